@@ -1,0 +1,3 @@
+"""DICOM archive appliance: STORAGE-SCP, QUERY-RETRIEVE-SCP and STORAGE-SCU in one service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""TOML file -> validated `Config`. The whole file is checked before anything is used.
+
+The daemon (start-up and SIGHUP) and the service tool both load through `load_file`, so a
+value the service would refuse is refused everywhere with the same message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+
+from appliance.config import model
+from appliance.errors import ConfigError
+
+
+def load_file(path: str | Path) -> model.Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from exc
+    return load_dict(data, base_dir=str(path.resolve().parent))
+
+
+def load_dict(data: dict, base_dir: str = ".") -> model.Config:
+    config = _build(model.Config, data, prefix="")
+    config = dataclasses.replace(config, base_dir=base_dir)
+    _check_whole(config)
+    return config
+
+
+def _build(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "(file)", "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(prefix + unknown[0], "unknown key")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if f.metadata.get("required"):
+                raise ConfigError(key, "is required")
+            continue
+        values[name] = _convert(hints[name], data[name], key)
+        for check in f.metadata.get("checks", ()):
+            if (err := check(values[name])) is not None:
+                raise ConfigError(key, err)
+    return cls(**values)
+
+
+def _convert(hint, value, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(key, "must be a list")
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, "must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, "must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, "must be a number (seconds)")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, "must be a string")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in model.py
+
+
+def _check_whole(config: model.Config) -> None:
+    """Rules that involve more than one key."""
+    scp, qr, scu = config.storage_scp, config.query_retrieve_scp, config.storage_scu
+    # AE-06: STORAGE-SCP's title must differ from both others (QR and SCU may share, AE-05).
+    for other in ("query_retrieve_scp", "storage_scu"):
+        if getattr(config, other).ae_title.strip() == scp.ae_title.strip():
+            raise ConfigError("storage_scp.ae_title",
+                              f"{scp.ae_title!r} is also {other}.ae_title; STORAGE-SCP needs its own title")
+    if scp.port == qr.port:
+        raise ConfigError("query_retrieve_scp.port", f"{qr.port} is also storage_scp.port")
+    # PC-04: Implicit VR Little Endian can never be removed.
+    from appliance.dicom import uids
+
+    if uids.IMPLICIT_LE not in scp.transfer_syntaxes:
+        raise ConfigError("storage_scp.transfer_syntaxes",
+                          f"must include Implicit VR Little Endian ({uids.IMPLICIT_LE})")
+    if not scp.sop_classes:
+        raise ConfigError("storage_scp.sop_classes", "must list at least one storage SOP class")
+    seen = set()
+    for i, remote in enumerate(config.remote_aes):
+        title = remote.ae_title.strip()
+        if title in seen:
+            raise ConfigError(f"remote_aes[{i}].ae_title", f"{title!r} is listed twice")
+        seen.add(title)
+
+
+def data_dir(config: model.Config) -> Path:
+    return Path(config.base_dir, config.storage.data_dir)
+
+
+__all__ = ["load_file", "load_dict", "data_dir", "ConfigError"]

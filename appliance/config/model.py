@@ -1,0 +1,218 @@
+"""The configuration model: frozen dataclasses whose defaults are the conformance statement's.
+
+Every field is one TOML key; `docs/configuration.md` documents each (default, meaning,
+trade-off). Field metadata carries the checks the loader applies, so that a key's rule lives
+next to its default. Requirement IDs refer to the project's requirements checklist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from appliance.dicom import uids
+
+
+def _check(*checks, **meta):
+    return {"checks": checks, **meta}
+
+
+# --- value checks (each returns an error message or None) -----------------------------------
+
+def port(v):
+    return None if 1 <= v <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+def positive(v):
+    return None if v > 0 else "must be greater than 0"
+
+
+def non_negative(v):
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def pdu_size(v):
+    # PS3.8 9.3.1: 0 would mean "unlimited"; we always advertise a bound.
+    return None if 4096 <= v <= 0xFFFFFFFF else "must be between 4096 and 4294967295 bytes"
+
+
+def one_of(*allowed):
+    def check(v):
+        return None if v in allowed else f"must be one of {', '.join(map(repr, allowed))}"
+    return check
+
+
+def ae_title(v):
+    """AE-07: 1-16 characters of the default repertoire, no backslash or control characters."""
+    title = v.strip(" ")
+    if not title:
+        return "must not be empty or all spaces"
+    if len(v) > 16:
+        return f"{v!r} is longer than 16 characters"
+    if any(c == "\\" or not (" " <= c <= "~") for c in v):
+        return f"{v!r} may hold only printable ASCII characters and no backslash"
+    return None
+
+
+def ae_titles(values):
+    for v in values:
+        if (err := ae_title(v)) is not None:
+            return err
+    return None
+
+
+def uid_list(values):
+    for v in values:
+        if not uids.is_valid_uid(v):
+            return f"{v!r} is not a valid UID"
+    return None
+
+
+def ip_networks(values):
+    import ipaddress
+
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not an IPv4/IPv6 address or network"
+    return None
+
+
+def bind_address(v):
+    import ipaddress
+
+    if v == "*":
+        return None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"{v!r} is not an IP address (use \"*\" for all IPv4 and IPv6 addresses)"
+    return None
+
+
+def da_or_empty(v):
+    import re
+
+    return None if v == "" or re.fullmatch(r"\d{8}", v) else "must be empty or a date YYYYMMDD"
+
+
+# --- sections --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListeningAE:
+    """Settings shared by the two listening AEs (STORAGE-SCP, QUERY-RETRIEVE-SCP)."""
+
+    ae_title: str = field(default="", metadata=_check(ae_title))
+    port: int = field(default=0, metadata=_check(port))
+    max_associations: int = field(default=10, metadata=_check(positive))  # CF-16, CF-23
+    association_limit: str = field(default="total", metadata=_check(one_of("total", "per_calling_ae")))  # CC-02
+    accepted_calling_aes: tuple[str, ...] = field(default=(), metadata=_check(ae_titles))  # AS-05
+    accepted_addresses: tuple[str, ...] = field(default=(), metadata=_check(ip_networks))  # AS-08
+    check_called_ae: bool = True  # AS-04, D-14
+    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-14, CF-22, D-1
+    idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15, CF-24
+
+
+@dataclass(frozen=True)
+class DefaultValues:
+    """EL-02 / CF-32: values applied in the index when the element is absent or empty ("" = none)."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: str = field(default="", metadata=_check(da_or_empty))
+    study_date: str = field(default="", metadata=_check(da_or_empty))
+    accession_number: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class StorageSCP(ListeningAE):
+    ae_title: str = field(default="EX_STORE_SCP", metadata=_check(ae_title))
+    port: int = field(default=4000, metadata=_check(port))
+    idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15: 15 minutes
+    sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES, metadata=_check(uid_list))  # AE-16
+    transfer_syntaxes: tuple[str, ...] = field(default=uids.SCP_TS_PREFERENCE, metadata=_check(uid_list))  # PC-03/04
+    jpeg_sop_classes: tuple[str, ...] = field(default=uids.JPEG_BASELINE_CLASSES, metadata=_check(uid_list))  # PC-02
+    duplicate_policy: str = field(default="new_uid", metadata=_check(one_of("new_uid", "replace")))  # CF-30
+    coercion_warning: bool = False  # ST-14, CF-31
+    quarantine: bool = False  # ST-13, CF-38
+    quarantine_max_files: int = field(default=100, metadata=_check(positive))
+    archive_unsolicited: bool = True  # CF-18
+    archive_retrieved: bool = False  # CF-17, inert (D-13)
+    always_new_association_for_reports: bool = False  # CF-19
+    report_attempts: int = field(default=5, metadata=_check(non_negative))  # CF-20
+    report_retry_interval: float = field(default=300.0, metadata=_check(positive))  # CF-21
+    exam_types: tuple[str, ...] = ()  # EL-12, CF-39
+    default_values: DefaultValues = DefaultValues()
+
+
+@dataclass(frozen=True)
+class QueryRetrieveSCP(ListeningAE):
+    ae_title: str = field(default="EX_QUERY_SCP", metadata=_check(ae_title))
+    port: int = field(default=5000, metadata=_check(port))
+    idle_timeout: float = field(default=180.0, metadata=_check(positive))  # CF-24: 3 minutes
+
+
+@dataclass(frozen=True)
+class StorageSCU:
+    ae_title: str = field(default="EX_STORE_SCU", metadata=_check(ae_title))
+    max_associations: int = field(default=10, metadata=_check(positive))  # CF-10, SU-03
+    dimse_timeout: float = field(default=300.0, metadata=_check(positive))  # CF-11, SU-10
+    open_retries: int = field(default=0, metadata=_check(non_negative))  # SU-04, D-4
+    open_retry_delay: float = field(default=30.0, metadata=_check(positive))  # SU-04
+    context_mode: str = field(default="single", metadata=_check(one_of("single", "multiple")))  # PC-08/09
+    us_conversion: bool = True  # SU-09, CF-35
+    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-01
+    sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES, metadata=_check(uid_list))  # PC-11
+
+
+@dataclass(frozen=True)
+class Storage:
+    data_dir: str = "appliance-data"  # relative paths are relative to the config file
+    reserve_bytes: int = field(default=100 * 1024 * 1024, metadata=_check(non_negative))  # ST-07
+
+
+@dataclass(frozen=True)
+class Network:
+    bind_address: str = field(default="*", metadata=_check(bind_address))  # NW-11
+    socket_buffer_size: int = field(default=1342177, metadata=_check(non_negative))  # CF-08, D-3
+    max_pdu_send: int = field(default=131072, metadata=_check(pdu_size))  # CF-02
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = field(default=10.0, metadata=_check(positive))  # CF-03
+    artim: float = field(default=30.0, metadata=_check(positive))  # CF-04
+    association_response: float = field(default=30.0, metadata=_check(positive))  # CF-05
+    send: float = field(default=30.0, metadata=_check(positive))  # CF-06
+    pdu_gap: float = field(default=30.0, metadata=_check(positive))  # CF-07
+    shutdown_drain: float = field(default=30.0, metadata=_check(non_negative))
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = field(default="info", metadata=_check(one_of("debug", "info", "warning", "error")))
+    file: str = "appliance.log"  # relative to storage.data_dir; "" = stderr only
+    max_bytes: int = field(default=10 * 1024 * 1024, metadata=_check(positive))  # LG-10
+    backups: int = field(default=5, metadata=_check(non_negative))
+
+
+@dataclass(frozen=True)
+class RemoteAE:
+    ae_title: str = field(default="", metadata=_check(ae_title, required=True))
+    host: str = field(default="", metadata=_check(required=True))
+    port: int = field(default=0, metadata=_check(port, required=True))
+
+
+@dataclass(frozen=True)
+class Config:
+    storage_scp: StorageSCP = StorageSCP()
+    query_retrieve_scp: QueryRetrieveSCP = QueryRetrieveSCP()
+    storage_scu: StorageSCU = StorageSCU()
+    storage: Storage = Storage()
+    network: Network = Network()
+    timeouts: Timeouts = Timeouts()
+    logging: Logging = Logging()
+    remote_aes: tuple[RemoteAE, ...] = ()
+    # Where the file was read from; relative paths resolve against its directory.
+    base_dir: str = field(default=".", metadata={"internal": True})

@@ -1,0 +1,107 @@
+"""The two listening AEs, each its own pynetdicom ApplicationEntity.
+
+One AE object per SCP AE because pynetdicom counts `maximum_associations`, timeouts and PDU
+size per AE object, and the conformance statement sets them per AE (CC-03, CF-14/15, CF-22/24).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from pynetdicom import AE, evt
+
+from appliance import __version__
+from appliance.config.model import Config, ListeningAE
+from appliance.dicom import contexts, sockets, uids, verification
+from appliance.dicom.associations import Tracker
+from appliance.dicom.storage_scp import StorageSCP
+from appliance.store.ingest import Archive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Listener:
+    name: str  # "STORAGE-SCP" or "QUERY-RETRIEVE-SCP"
+    ae: AE
+    server: object  # pynetdicom ThreadedAssociationServer
+    tracker: Tracker
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop_accepting(self) -> None:
+        self.server.shutdown()  # stops the accept loop; running associations go on
+        self.server.server_close()
+
+    def abort_all(self) -> None:
+        for assoc in list(self.ae.active_associations):
+            assoc.abort()
+
+
+def bind_host(config: Config) -> str:
+    """NW-11: "*" means every IPv4 and IPv6 address (a dual-stack IPv6 socket when available)."""
+    if config.network.bind_address != "*":
+        return config.network.bind_address
+    return "::" if socket.has_ipv6 and _ipv6_usable() else "0.0.0.0"
+
+
+def _ipv6_usable() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _make_ae(config: Config, local: ListeningAE, implementation_uid: str, presentation) -> AE:
+    ae = AE(ae_title=local.ae_title.strip())
+    ae.implementation_class_uid = implementation_uid  # AE-11
+    ae.implementation_version_name = uids.implementation_version_name(__version__)  # AE-10
+    ae.maximum_associations = local.max_associations  # CC-01 (per-calling-AE mode: issue 3)
+    ae.maximum_pdu_size = local.max_pdu_size  # CF-14 / CF-22
+    ae.require_called_aet = local.check_called_ae  # AS-04
+    ae.require_calling_aet = [t.strip() for t in local.accepted_calling_aes]  # AS-05
+    ae.acse_timeout = config.timeouts.artim  # CF-04: wait for A-ASSOCIATE-RQ
+    ae.network_timeout = local.idle_timeout  # CF-15 / CF-24: no traffic on an open association
+    ae.dimse_timeout = local.idle_timeout
+    ae.connection_timeout = config.timeouts.connect
+    ae.supported_contexts = presentation
+    return ae
+
+
+def _start(name: str, config: Config, local: ListeningAE, implementation_uid: str, presentation,
+           handlers: list, tracker: Tracker) -> Listener:
+    ae = _make_ae(config, local, implementation_uid, presentation)
+    tune = [(evt.EVT_CONN_OPEN, lambda event: sockets.tune(event.assoc.dul.socket.socket,
+                                                           config.network.socket_buffer_size))]
+    server = ae.start_server((bind_host(config), local.port), block=False,
+                             evt_handlers=tune + tracker.handlers() + handlers)
+    sockets.tune(server.socket, config.network.socket_buffer_size)
+    return Listener(name, ae, server, tracker)
+
+
+def start_listeners(config: Config, archive: Archive) -> list[Listener]:
+    """Bind both listening AEs; raises OSError (e.g. port in use) before anything is served."""
+    scp_tracker = Tracker("STORAGE-SCP")
+    qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
+    storage = StorageSCP(archive, scp_tracker)
+    listeners = []
+    try:
+        listeners.append(_start(
+            "STORAGE-SCP", config, config.storage_scp, uids.IMPLEMENTATION_UID_SCP,
+            contexts.storage_scp_contexts(config.storage_scp),
+            storage.handlers() + verification.handlers(scp_tracker), scp_tracker))
+        listeners.append(_start(
+            "QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp, uids.IMPLEMENTATION_UID_QR_SCU,
+            contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),
+            verification.handlers(qr_tracker), qr_tracker))
+    except BaseException:
+        for listener in listeners:
+            listener.stop_accepting()
+        raise
+    return listeners

@@ -1,0 +1,85 @@
+"""Opening the index database: PRAGMAs, schema migrations, and the single-writer rule.
+
+Everything SQLite-specific lives here; the rest of the code speaks peewee, so a site that
+outgrows one box can bind the same models to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from pathlib import Path
+
+from peewee import SqliteDatabase
+
+from appliance.store import models
+
+log = logging.getLogger(__name__)
+
+# Bump when the text folding behind the *_folded columns changes; a mismatch on open means
+# the index must be rebuilt from the files (service-tool reindex), never silently mixed.
+NORMALISER_VERSION = 1
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    # FULL: in WAL mode every commit fsyncs the log, so a 0x0000 survives power loss (ST-06).
+    "synchronous": "full",
+    "foreign_keys": 1,
+    "busy_timeout": 30000,
+    "cache_size": -16384,  # 16 MiB page cache per connection
+    "wal_autocheckpoint": 1000,
+}
+
+
+def _migration_1(db) -> None:
+    db.create_tables(models.ALL_MODELS)
+    models.SchemaInfo.create(normaliser_version=NORMALISER_VERSION)
+
+
+# Append-only: migration N takes the schema from user_version N-1 to N.
+MIGRATIONS = (_migration_1,)
+
+
+class Index:
+    """The open index. Readers use per-thread connections; writes go through `write()`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
+        models.database.initialize(self.db)
+        # One writer at a time inside the process: SQLite would serialise anyway, but a
+        # Python lock avoids busy-wait retries between association threads.
+        self._write_lock = threading.Lock()
+        self.db.connect(reuse_if_open=True)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.pragma("user_version")
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"index {self.path} has schema {version}, newer than this release "
+                               f"({len(MIGRATIONS)}); refusing to open it")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            with self.db.atomic():
+                MIGRATIONS[number - 1](self.db)
+                self.db.pragma("user_version", number)
+            log.info("index %s migrated to schema %d", self.path, number)
+        stored = models.SchemaInfo.get().normaliser_version
+        if stored != NORMALISER_VERSION:
+            raise RuntimeError(f"index {self.path} was built with normaliser {stored}, this release "
+                               f"uses {NORMALISER_VERSION}: run 'service-tool reindex'")
+
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction; BEGIN IMMEDIATE so other processes (service tool) queue cleanly."""
+        with self._write_lock:
+            self.db.connect(reuse_if_open=True)
+            with self.db.atomic("IMMEDIATE"):
+                yield
+
+    def close(self) -> None:
+        """Checkpoint the WAL so the database file alone is complete, then close."""
+        with self._write_lock:
+            self.db.connect(reuse_if_open=True)
+            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.close()

@@ -1,0 +1,130 @@
+"""The storage area: spool, fan-out store, durable placement and crash recovery.
+
+Layout under the data directory::
+
+    spool/               pynetdicom writes each incoming dataset here (same filesystem as store/)
+    spool/<uuid>.dcm     an instance being placed: its name says where it goes in store/
+    store/aa/bb/<uuid>.dcm   stored instances; names are random, never derived from UIDs
+    quarantine/          refused datasets kept for diagnosis (ST-13, off by default)
+
+Placement protocol (the spool name is the journal, so recovery is O(instances in flight),
+not a scan of the archive):
+
+1. fsync the received file, rename it to ``spool/<uuid>.dcm``, fsync ``spool/``;
+2. hard-link it to ``store/aa/bb/<uuid>.dcm``, fsync that directory;
+3. the caller commits the index row;
+4. unlink the spool name.
+
+After a crash, `recover()` keeps a store file only if the index has its row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Placement:
+    """One instance on its way into the store; `commit()` after the index row is committed."""
+
+    def __init__(self, area: "StorageArea", name: str):
+        self.area = area
+        self.name = name
+        self.relative = f"{name[:2]}/{name[2:4]}/{name}.dcm"
+        self.spool_path = area.spool / f"{name}.dcm"
+        self.store_path = area.store / self.relative
+
+    def commit(self) -> None:
+        self.spool_path.unlink(missing_ok=True)
+
+    def rollback(self) -> None:
+        """Remove every trace; used when the index transaction failed."""
+        self.store_path.unlink(missing_ok=True)
+        self.spool_path.unlink(missing_ok=True)
+
+
+class StorageArea:
+    def __init__(self, data_dir: Path):
+        self.root = data_dir
+        self.spool = data_dir / "spool"
+        self.store = data_dir / "store"
+        self.quarantine_dir = data_dir / "quarantine"
+        for d in (self.spool, self.store):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def place(self, received: Path) -> Placement:
+        """Steps 1-2 of the protocol; on any error nothing of the instance remains."""
+        placement = Placement(self, uuid.uuid4().hex)
+        try:
+            fsync_file(received)
+            os.rename(received, placement.spool_path)
+            fsync_dir(self.spool)
+            leaf = placement.store_path.parent
+            if not leaf.is_dir():
+                leaf.mkdir(parents=True, exist_ok=True)
+                fsync_dir(leaf.parent)
+                fsync_dir(leaf.parent.parent)
+            os.link(placement.spool_path, placement.store_path)
+            fsync_dir(leaf)
+        except BaseException:
+            placement.rollback()
+            Path(received).unlink(missing_ok=True)
+            raise
+        return placement
+
+    def remove_stored(self, relative: str) -> None:
+        (self.store / relative).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.store)
+        return st.f_bavail * st.f_frsize
+
+    def recover(self, is_indexed) -> tuple[int, int]:
+        """Finish or undo placements interrupted by a crash. Returns (kept, removed)."""
+        kept = removed = 0
+        for entry in self.spool.iterdir():
+            name = entry.name
+            if entry.suffix == ".dcm" and len(entry.stem) == 32:
+                placement = Placement(self, entry.stem)
+                if is_indexed(placement.relative):
+                    placement.commit()
+                    kept += 1
+                    continue
+                placement.rollback()
+            else:
+                entry.unlink(missing_ok=True)  # a partial receive (pynetdicom temp file)
+            removed += 1
+            log.warning("recovery: removed unacknowledged partial instance %s", name)
+        return kept, removed
+
+    def quarantine(self, received: Path, reason: str, max_files: int) -> None:
+        """ST-13: keep a refused dataset for diagnosis, bounded to the newest `max_files`."""
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / f"{uuid.uuid4().hex}.dcm"
+        shutil.copyfile(received, target)
+        (self.quarantine_dir / f"{target.stem}.txt").write_text(reason + "\n")
+        kept = sorted(self.quarantine_dir.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-max_files]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".txt").unlink(missing_ok=True)

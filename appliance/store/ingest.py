@@ -1,0 +1,208 @@
+"""The C-STORE pipeline: received file -> checks -> durable placement -> index row -> status.
+
+Order matters for ST-06: the status is decided only after the file is fsync'd in place and
+the index transaction is committed; every failure path removes what was placed (ST-07,
+ST-12, FL-02) and returns the conformance statement's status with a reason for the log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config.model import StorageSCP
+from appliance.dicom import status
+from appliance.errors import DicomStatusError
+from appliance.store import coercion
+from appliance.store.db import Index
+from appliance.store.files import StorageArea
+from appliance.store.header import Header, Unparseable, read_header
+from appliance.store.models import Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+# ST-08: mandatory identifiers; ST-09 / D-12: values an image needs for display (presence only).
+MANDATORY = {0x00080016: "SOP Class UID", 0x00080018: "SOP Instance UID",
+             0x0020000D: "Study Instance UID", 0x0020000E: "Series Instance UID"}
+DISPLAY = {0x00280004: "Photometric Interpretation", 0x00280100: "Bits Allocated",
+           0x00280101: "Bits Stored", 0x00280010: "Rows", 0x00280011: "Columns"}
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the C-STORE-RQ and its presentation context say about the received dataset."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    implicit_vr: bool
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: int
+    sop_instance_uid: str  # as indexed (differs from the request after ST-17 reassignment)
+    detail: str  # what happened, for the service log
+    size: int = 0
+
+
+class Archive:
+    """Stores received instances. One per daemon; safe to call from association threads."""
+
+    def __init__(self, policy: StorageSCP, index: Index, area: StorageArea, reserve_bytes: int):
+        self.policy = policy
+        self.index = index
+        self.area = area
+        self.reserve_bytes = reserve_bytes
+
+    def recover(self) -> tuple[int, int]:
+        """Finish or undo placements a killed process left in the spool (see files.py)."""
+        return self.area.recover(lambda relative: Instance.select().where(Instance.path == relative).exists())
+
+    def store(self, received: Path, request: StoreRequest) -> StoreOutcome:
+        try:
+            return self._store(received, request)
+        except DicomStatusError as exc:
+            self._discard(received, exc)
+            return StoreOutcome(exc.status, request.sop_instance_uid, exc.why)
+        finally:
+            # Whatever happened, nothing is left at the receive path: it was placed or discarded.
+            received.unlink(missing_ok=True)
+
+    def _discard(self, received: Path, exc: DicomStatusError) -> None:
+        if self.policy.quarantine and exc.status in (status.CANNOT_UNDERSTAND, status.DATASET_MISMATCH):
+            try:
+                self.area.quarantine(received, exc.why, self.policy.quarantine_max_files)
+            except OSError as qexc:
+                log.warning("could not quarantine refused dataset: %s", qexc)
+
+    def _store(self, received: Path, request: StoreRequest) -> StoreOutcome:
+        free = self.area.free_bytes()
+        if free < self.reserve_bytes:
+            raise DicomStatusError(status.OUT_OF_RESOURCES,
+                                   f"disk full: {free} bytes free, below the reserve of {self.reserve_bytes}")
+        try:
+            header = read_header(received, request.implicit_vr, request.transfer_syntax)
+        except Unparseable as exc:
+            raise DicomStatusError(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
+        check_required(header, request)
+        values = coercion.index_values(header, self.policy.default_values, self.policy.exam_types)
+        size = received.stat().st_size
+        try:
+            placement = self.area.place(received)
+        except OSError as exc:
+            reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write file"
+            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{reason}: {exc}") from exc
+        try:
+            with self.index.write():
+                replaced = self._index(values, request, placement.relative, size)
+        except Exception as exc:
+            placement.rollback()
+            log.exception("index write failed for %s", values.sop_instance_uid)
+            raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
+        placement.commit()
+        if replaced:
+            self.area.remove_stored(replaced)
+        result = status.SUCCESS
+        detail = "stored"
+        if values.coerced:
+            detail = "stored; coerced " + ", ".join(values.coerced)
+            if self.policy.coercion_warning:
+                result = status.COERCION_OF_DATA_ELEMENTS
+        return StoreOutcome(result, values.sop_instance_uid, detail, size)
+
+    def _index(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int) -> str | None:
+        """Upsert patient/study/series/instance; returns the replaced file's path (ST-18)."""
+        patient = self._patient(v)
+        study = Study.get_or_none(Study.study_instance_uid == v.study_instance_uid)
+        if study is None:
+            study = Study.create(
+                patient=patient, study_instance_uid=v.study_instance_uid, study_date=v.study_date,
+                study_time=v.study_time, accession_number=v.accession_number, study_id=v.study_id,
+                referring_physician=v.referring_physician,
+                referring_physician_folded=v.referring_physician.casefold(),
+                study_description=v.study_description, exam_type=v.exam_type)
+        series = Series.get_or_none(Series.series_instance_uid == v.series_instance_uid)
+        if series is None:
+            series = Series.create(
+                study=study, series_instance_uid=v.series_instance_uid, modality=v.modality,
+                series_number=v.series_number, series_description=v.series_description,
+                operators_name=v.operators_name, body_part=v.body_part, exam_type=v.exam_type)
+        row = dict(series=series, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,
+                   transfer_syntax_uid=request.transfer_syntax, specific_character_set=v.specific_character_set,
+                   path=path, size=size, received_at=datetime.datetime.now(datetime.timezone.utc),
+                   calling_ae=request.calling_ae, file_sop_instance_uid=v.sop_instance_uid)
+        existing = Instance.get_or_none(Instance.sop_instance_uid == v.sop_instance_uid)
+        if existing is None:
+            Instance.create(sop_instance_uid=v.sop_instance_uid, **row)
+            return None
+        if self.policy.duplicate_policy == "replace":  # ST-18
+            Instance.update(**row).where(Instance.id == existing.id).execute()
+            v.coerced.append("replaced duplicate")
+            return existing.path
+        # ST-17: keep both; the newcomer gets a new UID, recorded in the index and used on export.
+        v.sop_instance_uid = f"2.25.{uuid.uuid4().int}"
+        v.coerced.append("SOPInstanceUID")
+        Instance.create(sop_instance_uid=v.sop_instance_uid, **row)
+        return None
+
+    def _patient(self, v: coercion.IndexValues) -> Patient:
+        """EL-06/EL-07: one patient record per ID; a different name gets a coerced ID."""
+        folded = coercion.fold_name(v.last_name, v.first_name)
+        for candidate in Patient.select().where(
+                (Patient.patient_id == v.patient_id) | (Patient.original_patient_id == v.patient_id)):
+            if candidate.name_folded == folded:
+                if candidate.patient_id != v.patient_id:
+                    v.coerced.append("PatientID")
+                    v.patient_id = candidate.patient_id
+                return candidate
+        if Patient.get_or_none(Patient.patient_id == v.patient_id) is not None:
+            original = v.patient_id
+            v.patient_id = _unique_patient_id(original)
+            v.coerced.append("PatientID")
+            log.warning("Patient ID %r already belongs to another name; indexed as %r", original, v.patient_id)
+            return self._create_patient(v, original, folded)
+        return self._create_patient(v, v.patient_id, folded)
+
+    @staticmethod
+    def _create_patient(v: coercion.IndexValues, original: str, folded: str) -> Patient:
+        return Patient.create(
+            patient_id=v.patient_id, original_patient_id=original, last_name=v.last_name,
+            first_name=v.first_name, name_folded=folded, birth_date=v.birth_date, sex=v.sex,
+            other_patient_ids=v.other_patient_ids, other_patient_names=v.other_patient_names)
+
+
+def _unique_patient_id(original: str) -> str:
+    n = 2
+    while True:
+        suffix = f"_{n}"
+        candidate = original[:64 - len(suffix)] + suffix
+        if Patient.get_or_none(Patient.patient_id == candidate) is None:
+            return candidate
+        n += 1
+
+
+def check_required(header: Header, request: StoreRequest) -> None:
+    """ST-08, ST-09, ST-10: A900 for missing identifiers, display values or mismatched UIDs."""
+    missing = [name for tag, name in MANDATORY.items() if not header.has_value(tag)]
+    missing += [name for tag, name in DISPLAY.items() if not header.has_value(tag)]
+    if not header.pixel_data_present:
+        missing.append("Pixel Data")
+    if missing:
+        raise DicomStatusError(status.DATASET_MISMATCH, "missing " + ", ".join(missing))
+    if header.text(0x00080016) != request.sop_class_uid:
+        raise DicomStatusError(status.DATASET_MISMATCH,
+                               f"SOP Class UID {header.text(0x00080016)} differs from the request's "
+                               f"{request.sop_class_uid}")
+    if header.text(0x00080018) != request.sop_instance_uid:
+        raise DicomStatusError(status.DATASET_MISMATCH,
+                               f"SOP Instance UID {header.text(0x00080018)} differs from the request's "
+                               f"{request.sop_instance_uid}")
+
+
+__all__ = ["Archive", "StoreOutcome", "StoreRequest"]

@@ -1,0 +1,86 @@
+"""The index: Patient / Study / Series / Instance with typed, indexed columns.
+
+Columns hold every C-FIND key of QF-07 and the Annex elements of EL-*, with index values
+(after coercion) rather than file values: C-FIND answers and exports come from here
+(QF-06, SU-14). `*_folded` columns hold the case-folded PN used for case-insensitive
+matching (QF-08); the folding is part of the schema (see NORMALISER_VERSION in db.py).
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    BigIntegerField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+)
+
+database = DatabaseProxy()
+
+
+class _Base(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Patient(_Base):
+    patient_id = CharField(max_length=64, unique=True)  # as indexed (EL-06 may coerce it)
+    original_patient_id = CharField(max_length=64, index=True)  # as received
+    last_name = CharField(max_length=64, default="")  # EL-01
+    first_name = CharField(max_length=64, default="")
+    name_folded = CharField(max_length=129, default="", index=True)  # "last^first", casefolded
+    birth_date = CharField(max_length=8, default="", index=True)  # DA
+    sex = CharField(max_length=1, default="U")  # EL-09: M, F, O or U
+    other_patient_ids = CharField(max_length=1024, default="")
+    other_patient_names = CharField(max_length=1024, default="")
+
+
+class Study(_Base):
+    patient = ForeignKeyField(Patient, backref="studies", on_delete="RESTRICT")
+    study_instance_uid = CharField(max_length=64, unique=True)
+    study_date = CharField(max_length=8, default="", index=True)
+    study_time = CharField(max_length=16, default="", index=True)
+    accession_number = CharField(max_length=16, default="", index=True)
+    study_id = CharField(max_length=16, default="", index=True)
+    referring_physician = CharField(max_length=324, default="")
+    referring_physician_folded = CharField(max_length=324, default="", index=True)
+    study_description = CharField(max_length=64, default="", index=True)
+    exam_type = CharField(max_length=64, default="")  # EL-12
+
+
+class Series(_Base):
+    study = ForeignKeyField(Study, backref="series", on_delete="RESTRICT")
+    series_instance_uid = CharField(max_length=64, unique=True)
+    modality = CharField(max_length=16, default="", index=True)
+    series_number = CharField(max_length=12, default="", index=True)  # IS kept as text (D-15 wildcards)
+    series_description = CharField(max_length=64, default="")
+    operators_name = CharField(max_length=324, default="")
+    body_part = CharField(max_length=16, default="")
+    exam_type = CharField(max_length=64, default="")
+
+
+class Instance(_Base):
+    series = ForeignKeyField(Series, backref="instances", on_delete="RESTRICT")
+    sop_instance_uid = CharField(max_length=64, unique=True)  # as indexed (ST-17 may reassign)
+    file_sop_instance_uid = CharField(max_length=64, index=True)  # as in the file
+    sop_class_uid = CharField(max_length=64, index=True)
+    instance_number = CharField(max_length=12, default="", index=True)
+    transfer_syntax_uid = CharField(max_length=64)
+    specific_character_set = CharField(max_length=128, default="")
+    path = CharField(max_length=255, unique=True)  # relative to the store root
+    size = BigIntegerField()
+    received_at = DateTimeField()
+    calling_ae = CharField(max_length=16, default="")
+
+
+class SchemaInfo(_Base):
+    """One row: which normaliser produced the *_folded columns (so a change forces a reindex)."""
+
+    normaliser_version = IntegerField()
+
+
+ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo)

@@ -1,0 +1,28 @@
+"""sd_notify over $NOTIFY_SOCKET, without a dependency (sd_notify(3) protocol: one datagram)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(*fields: str) -> bool:
+    """Send e.g. notify("READY=1", "STATUS=serving"); False when not run under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall("\n".join(fields).encode())
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of WatchdogSec (as systemd recommends), or None when no watchdog is armed for us."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6

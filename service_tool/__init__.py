@@ -1,0 +1,1 @@
+"""service-tool: installer and field-service command line."""

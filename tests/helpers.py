@@ -1,0 +1,151 @@
+"""Starting the real daemon for tests: a controller that waits on sd_notify READY (no sleeps)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomlkit
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@dataclass
+class Appliance:
+    """A running `python -m appliance serve` with its own config, data dir and free ports."""
+
+    root: Path
+    overrides: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.root / "appliance.toml"
+        self.data_dir = self.root / "data"
+        self.stderr_path = self.root / "stderr.log"
+        base = {
+            "storage_scp": {"port": free_port()},
+            "query_retrieve_scp": {"port": free_port()},
+            "storage": {"data_dir": str(self.data_dir), "reserve_bytes": 0},
+            "timeouts": {"shutdown_drain": 10},
+        }
+        self.config = merge(base, self.overrides)
+        self.write_config(self.config)
+
+    # --- configuration ---------------------------------------------------------------------
+    def write_config(self, config: dict) -> None:
+        self.config_path.write_text(tomlkit.dumps(config))
+
+    @property
+    def storage_port(self) -> int:
+        return self.config["storage_scp"]["port"]
+
+    @property
+    def qr_port(self) -> int:
+        return self.config["query_retrieve_scp"]["port"]
+
+    @property
+    def storage_title(self) -> str:
+        return self.config["storage_scp"].get("ae_title", "EX_STORE_SCP")
+
+    # --- process ---------------------------------------------------------------------------
+    def start(self) -> "Appliance":
+        notify_path = self.root / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **self.env}
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            cwd=REPO, env=env, stdout=self._stderr, stderr=self._stderr)
+        self.wait_notify("READY=1", READY_TIMEOUT)
+        return self
+
+    def wait_notify(self, wanted: str, timeout: float) -> str:
+        """Block until the daemon sends a datagram containing `wanted` (or fail with its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"appliance exited with {self.proc.returncode}:\n{self.log()}")
+            self._notify.settimeout(min(0.5, max(deadline - time.monotonic(), 0.01)))
+            try:
+                message = self._notify.recv(4096).decode()
+            except socket.timeout:
+                continue
+            if wanted in message.split("\n"):
+                return message
+        raise AssertionError(f"no {wanted} from the appliance within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.log()):
+                return match
+            time.sleep(0.05)
+        raise AssertionError(f"log never matched {pattern!r}:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._notify.close()
+        self._stderr.close()
+
+    # --- what it stored --------------------------------------------------------------------
+    def index_rows(self, sql: str, *params) -> list[tuple]:
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "index.sqlite") as db:
+            return db.execute(sql, params).fetchall()
+
+    def stored_files(self) -> list[Path]:
+        return sorted(p for p in (self.data_dir / "store").rglob("*") if p.is_file())
+
+
+def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a DCMTK tool with TCP_NODELAY=1 (Debian's DCMTK leaves Nagle on otherwise)."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TCP_NODELAY": "1"})

@@ -1,0 +1,17 @@
+#!/bin/sh
+# The whole test suite on a fresh Debian machine: system tools, a venv with the project, pytest.
+# Needs root (or sudo) for apt and for the tests that mount a small filesystem (disk full).
+set -eu
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+missing=""
+for tool in echoscu storescu storescp findscu movescu; do command -v "$tool" >/dev/null || missing="dcmtk"; done
+command -v iperf3 >/dev/null || missing="$missing iperf3"
+if [ -n "$missing" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 >/dev/null
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
