@@ -1,8 +1,36 @@
-"""Placeholder entry point; the service tool's commands are built in service_tool/ modules."""
+"""`service-tool`: the dispatcher. Each command group lives in its own module with `register()`."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+
+from appliance import __version__
+from service_tool import config_cmd
+
+# Where the installed service reads its configuration (system/systemd/appliance.service).
+DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
+
+GROUPS = (config_cmd,)
 
 
-def main(argv=None) -> int:
-    print("service-tool: no commands yet", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="service-tool", description="Installation and field-service tool of the DICOM archive appliance.")
+    parser.add_argument("--version", action="version", version=f"service-tool {__version__}")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"the appliance's TOML configuration file (default: {DEFAULT_CONFIG})")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

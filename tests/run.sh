@@ -7,9 +7,10 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 missing=""
 for tool in echoscu storescu storescp findscu movescu; do command -v "$tool" >/dev/null || missing="dcmtk"; done
 command -v iperf3 >/dev/null || missing="$missing iperf3"
+command -v systemd-analyze >/dev/null || missing="$missing systemd"
 if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 systemd >/dev/null
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null

@@ -7,11 +7,13 @@ value the service would refuse is refused everywhere with the same message namin
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from pathlib import Path
 
 from appliance.config import model
+from appliance.dicom import uids
 from appliance.errors import ConfigError
 
 
@@ -73,8 +75,8 @@ def _convert(hint, value, key: str):
             raise ConfigError(key, "must be an integer")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, "must be a number (seconds)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(key, "must be a finite number (seconds)")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -94,8 +96,6 @@ def _check_whole(config: model.Config) -> None:
     if scp.port == qr.port:
         raise ConfigError("query_retrieve_scp.port", f"{qr.port} is also storage_scp.port")
     # PC-04: Implicit VR Little Endian can never be removed.
-    from appliance.dicom import uids
-
     if uids.IMPLICIT_LE not in scp.transfer_syntaxes:
         raise ConfigError("storage_scp.transfer_syntaxes",
                           f"must include Implicit VR Little Endian ({uids.IMPLICIT_LE})")

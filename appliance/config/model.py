@@ -30,6 +30,15 @@ def non_negative(v):
     return None if v >= 0 else "must be 0 or greater"
 
 
+def not_empty(v):
+    return None if v.strip() else "must not be empty"
+
+
+def socket_buffer(v):
+    # setsockopt takes a C int; the kernel doubles the request, so half of INT_MAX is the ceiling.
+    return None if 0 <= v <= 0x3FFFFFFF else "must be 0 (kernel autotuning) or a size up to 1073741823 bytes"
+
+
 def pdu_size(v):
     # PS3.8 9.3.1: 0 would mean "unlimited"; we always advertise a bound.
     return None if 4096 <= v <= 0xFFFFFFFF else "must be between 4096 and 4294967295 bytes"
@@ -46,9 +55,9 @@ def ae_title(v):
     title = v.strip(" ")
     if not title:
         return "must not be empty or all spaces"
-    if len(v) > 16:
+    if len(title) > 16:  # surrounding spaces are not significant (AE-07), so not counted
         return f"{v!r} is longer than 16 characters"
-    if any(c == "\\" or not (" " <= c <= "~") for c in v):
+    if any(c == "\\" or not (" " <= c <= "~") for c in title):
         return f"{v!r} may hold only printable ASCII characters and no backslash"
     return None
 
@@ -90,6 +99,32 @@ def bind_address(v):
     return None
 
 
+def transfer_syntax_subset(values):
+    """PC-03/PC-04: an ordered subset of the syntaxes the STORAGE-SCP can parse (no duplicates)."""
+    for v in values:
+        if v not in uids.SCP_TS_PREFERENCE:
+            return f"{v!r} is not one of the supported transfer syntaxes {', '.join(uids.SCP_TS_PREFERENCE)}"
+    if len(set(values)) != len(values):
+        return "lists a transfer syntax twice"
+    return None
+
+
+def host(v):
+    """NW-11: an IPv4/IPv6 literal or a DNS name (RFC 1123 labels)."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(v)
+        return None
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if len(v) <= 253 and all(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", l) for l in labels):
+        return None
+    return f"{v!r} is neither an IP address nor a host name"
+
+
 def da_or_empty(v):
     import re
 
@@ -97,6 +132,13 @@ def da_or_empty(v):
 
 
 # --- sections --------------------------------------------------------------------------------
+# `inert` names the feature that will act on a key which is validated but not used yet; the
+# service tool warns when such a key is set to something other than its default.
+
+_SCU = "STORAGE-SCU (C-MOVE sub-operations) is not implemented yet"
+_COMMITMENT = "Storage Commitment (SC-*) is not implemented yet"
+_OUTGOING = "the service opens no outgoing associations yet (STORAGE-SCU, commitment reports)"
+
 
 @dataclass(frozen=True)
 class ListeningAE:
@@ -105,9 +147,12 @@ class ListeningAE:
     ae_title: str = field(default="", metadata=_check(ae_title))
     port: int = field(default=0, metadata=_check(port))
     max_associations: int = field(default=10, metadata=_check(positive))  # CF-16, CF-23
-    association_limit: str = field(default="total", metadata=_check(one_of("total", "per_calling_ae")))  # CC-02
+    association_limit: str = field(default="total", metadata=_check(
+        one_of("total", "per_calling_ae"), inert="per-calling-AE limits (CC-02) are not implemented; "
+                                                  "max_associations always counts the total"))
     accepted_calling_aes: tuple[str, ...] = field(default=(), metadata=_check(ae_titles))  # AS-05
-    accepted_addresses: tuple[str, ...] = field(default=(), metadata=_check(ip_networks))  # AS-08
+    accepted_addresses: tuple[str, ...] = field(default=(), metadata=_check(
+        ip_networks, inert="the IP allow-list (AS-08) is not enforced yet"))
     check_called_ae: bool = True  # AS-04, D-14
     max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-14, CF-22, D-1
     idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15, CF-24
@@ -131,17 +176,20 @@ class StorageSCP(ListeningAE):
     port: int = field(default=4000, metadata=_check(port))
     idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15: 15 minutes
     sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES, metadata=_check(uid_list))  # AE-16
-    transfer_syntaxes: tuple[str, ...] = field(default=uids.SCP_TS_PREFERENCE, metadata=_check(uid_list))  # PC-03/04
+    transfer_syntaxes: tuple[str, ...] = field(default=uids.SCP_TS_PREFERENCE,
+                                               metadata=_check(transfer_syntax_subset))  # PC-03/04
     jpeg_sop_classes: tuple[str, ...] = field(default=uids.JPEG_BASELINE_CLASSES, metadata=_check(uid_list))  # PC-02
     duplicate_policy: str = field(default="new_uid", metadata=_check(one_of("new_uid", "replace")))  # CF-30
     coercion_warning: bool = False  # ST-14, CF-31
     quarantine: bool = False  # ST-13, CF-38
     quarantine_max_files: int = field(default=100, metadata=_check(positive))
-    archive_unsolicited: bool = True  # CF-18
-    archive_retrieved: bool = False  # CF-17, inert (D-13)
-    always_new_association_for_reports: bool = False  # CF-19
-    report_attempts: int = field(default=5, metadata=_check(non_negative))  # CF-20
-    report_retry_interval: float = field(default=300.0, metadata=_check(positive))  # CF-21
+    archive_unsolicited: bool = field(default=True, metadata=_check(
+        inert="received instances are always archived"))  # CF-18
+    archive_retrieved: bool = field(default=False, metadata=_check(
+        inert="the product issues no retrieve requests, so no such instances exist (D-13)"))  # CF-17
+    always_new_association_for_reports: bool = field(default=False, metadata=_check(inert=_COMMITMENT))  # CF-19
+    report_attempts: int = field(default=5, metadata=_check(non_negative, inert=_COMMITMENT))  # CF-20
+    report_retry_interval: float = field(default=300.0, metadata=_check(positive, inert=_COMMITMENT))  # CF-21
     exam_types: tuple[str, ...] = ()  # EL-12, CF-39
     default_values: DefaultValues = DefaultValues()
 
@@ -155,37 +203,43 @@ class QueryRetrieveSCP(ListeningAE):
 
 @dataclass(frozen=True)
 class StorageSCU:
-    ae_title: str = field(default="EX_STORE_SCU", metadata=_check(ae_title))
-    max_associations: int = field(default=10, metadata=_check(positive))  # CF-10, SU-03
-    dimse_timeout: float = field(default=300.0, metadata=_check(positive))  # CF-11, SU-10
-    open_retries: int = field(default=0, metadata=_check(non_negative))  # SU-04, D-4
-    open_retry_delay: float = field(default=30.0, metadata=_check(positive))  # SU-04
-    context_mode: str = field(default="single", metadata=_check(one_of("single", "multiple")))  # PC-08/09
-    us_conversion: bool = True  # SU-09, CF-35
-    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-01
-    sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES, metadata=_check(uid_list))  # PC-11
+    # The title is checked against STORAGE-SCP's (AE-06) even before STORAGE-SCU exists.
+    ae_title: str = field(default="EX_STORE_SCU", metadata=_check(ae_title, inert=_SCU))
+    max_associations: int = field(default=10, metadata=_check(positive, inert=_SCU))  # CF-10, SU-03
+    dimse_timeout: float = field(default=300.0, metadata=_check(positive, inert=_SCU))  # CF-11, SU-10
+    open_retries: int = field(default=0, metadata=_check(non_negative, inert=_SCU))  # SU-04, D-4
+    open_retry_delay: float = field(default=30.0, metadata=_check(positive, inert=_SCU))  # SU-04
+    context_mode: str = field(default="single", metadata=_check(
+        one_of("single", "multiple"), inert=_SCU))  # PC-08/09
+    us_conversion: bool = field(default=True, metadata=_check(inert=_SCU))  # SU-09, CF-35
+    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size, inert=_SCU))  # CF-01
+    sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES,
+                                         metadata=_check(uid_list, inert=_SCU))  # PC-11
 
 
 @dataclass(frozen=True)
 class Storage:
-    data_dir: str = "appliance-data"  # relative paths are relative to the config file
+    data_dir: str = field(default="appliance-data", metadata=_check(not_empty))  # relative to the config file
     reserve_bytes: int = field(default=100 * 1024 * 1024, metadata=_check(non_negative))  # ST-07
 
 
 @dataclass(frozen=True)
 class Network:
     bind_address: str = field(default="*", metadata=_check(bind_address))  # NW-11
-    socket_buffer_size: int = field(default=1342177, metadata=_check(non_negative))  # CF-08, D-3
-    max_pdu_send: int = field(default=131072, metadata=_check(pdu_size))  # CF-02
+    socket_buffer_size: int = field(default=1342177, metadata=_check(socket_buffer))  # CF-08, D-3
+    max_pdu_send: int = field(default=131072, metadata=_check(
+        pdu_size, inert="pynetdicom sends P-DATA up to the peer's advertised maximum"))  # CF-02
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = field(default=10.0, metadata=_check(positive))  # CF-03
+    connect: float = field(default=10.0, metadata=_check(positive, inert=_OUTGOING))  # CF-03
     artim: float = field(default=30.0, metadata=_check(positive))  # CF-04
-    association_response: float = field(default=30.0, metadata=_check(positive))  # CF-05
-    send: float = field(default=30.0, metadata=_check(positive))  # CF-06
-    pdu_gap: float = field(default=30.0, metadata=_check(positive))  # CF-07
+    association_response: float = field(default=30.0, metadata=_check(positive, inert=_OUTGOING))  # CF-05
+    send: float = field(default=30.0, metadata=_check(
+        positive, inert="no blocked-send timer yet; idle_timeout bounds a stalled peer"))  # CF-06
+    pdu_gap: float = field(default=30.0, metadata=_check(
+        positive, inert="no timer inside a PDU yet; idle_timeout bounds a stalled peer"))  # CF-07
     shutdown_drain: float = field(default=30.0, metadata=_check(non_negative))
 
 
@@ -200,7 +254,7 @@ class Logging:
 @dataclass(frozen=True)
 class RemoteAE:
     ae_title: str = field(default="", metadata=_check(ae_title, required=True))
-    host: str = field(default="", metadata=_check(required=True))
+    host: str = field(default="", metadata=_check(host, required=True))
     port: int = field(default=0, metadata=_check(port, required=True))
 
 
@@ -213,6 +267,7 @@ class Config:
     network: Network = Network()
     timeouts: Timeouts = Timeouts()
     logging: Logging = Logging()
-    remote_aes: tuple[RemoteAE, ...] = ()
+    remote_aes: tuple[RemoteAE, ...] = field(default=(), metadata=_check(
+        inert="C-MOVE destinations and commitment peers are not used yet (AE-08)"))  # CF-40
     # Where the file was read from; relative paths resolve against its directory.
     base_dir: str = field(default=".", metadata={"internal": True})

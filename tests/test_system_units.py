@@ -1,0 +1,116 @@
+"""The files installed on the box: systemd unit (SE-06), sysctl drop-in (CF-08), config file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.config import data_dir, load_dict, load_file
+from appliance.config.model import Network, Timeouts
+from helpers import REPO
+from service_tool.cli import DEFAULT_CONFIG
+
+SYSTEM = REPO / "system"
+UNIT = SYSTEM / "systemd" / "appliance.service"
+SYSCTL = SYSTEM / "sysctl.d" / "60-appliance-net.conf"
+# Exposure as `systemd-analyze security` scores it, x10 (0-100); the unit scores 14 ("1.4 OK").
+EXPOSURE_THRESHOLD = 15
+# Units every service depends on implicitly (DefaultDependencies=yes).
+DEFAULT_DEPENDENCIES = ("sysinit.target", "basic.target", "shutdown.target")
+
+
+def directives(path: Path) -> dict[str, list[str]]:
+    """Key -> values (a key may repeat) of a unit file, comments dropped."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@pytest.fixture
+def unit_root(tmp_path) -> Path:
+    """A root with the unit, stub executables for its commands and stub targets it refers to.
+
+    `systemd-analyze verify` checks that ExecStart/ExecReload exist and loads every unit the
+    service names, so the root needs them; it never starts anything.
+    """
+    root = tmp_path / "root"
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    shutil.copy(UNIT, units / UNIT.name)
+    unit = directives(UNIT)
+    for command in unit["ExecStart"] + unit["ExecReload"]:
+        stub = root / command.split()[0].lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    for target in set(re.findall(r"[\w@.-]+\.target", UNIT.read_text())) | set(DEFAULT_DEPENDENCIES):
+        (units / target).write_text("[Unit]\nDescription=stub\n")
+    return root
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_unit_verifies_without_any_warning(unit_root):
+    # verify exits 0 on unknown keys and typos; only its stderr shows them.
+    result = analyze("verify", f"--root={unit_root}", f"/etc/systemd/system/{UNIT.name}")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_unit_passes_the_security_threshold(unit_root):
+    result = analyze("security", "--offline=true", f"--root={unit_root}",
+                     f"--threshold={EXPOSURE_THRESHOLD}", UNIT.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Overall exposure level for appliance\.service: \d\.\d OK", result.stdout)
+
+
+def test_unit_runs_the_installed_daemon_as_notify_service():
+    unit = directives(UNIT)
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
+    assert unit["ExecStart"] == [f"/opt/appliance/venv/bin/appliance serve --config {DEFAULT_CONFIG}"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["StateDirectory"] == ["appliance"]
+    assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    # Default ports are unprivileged: the service needs no capability.
+    assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
+    # systemd must not kill the service while it drains associations.
+    assert float(unit["TimeoutStopSec"][0]) > Timeouts().shutdown_drain
+
+
+def sysctl_values() -> dict[str, str]:
+    values = {}
+    for line in SYSCTL.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_sysctl_caps_admit_the_configured_socket_buffers():  # CF-08, D-3
+    values = sysctl_values()
+    wanted = Network().socket_buffer_size
+    assert int(values["net.core.rmem_max"]) >= wanted
+    assert int(values["net.core.wmem_max"]) >= wanted
+    # Only caps are raised: per-socket defaults and autotuning for other sockets stay.
+    assert "net.core.rmem_default" not in values and "net.core.wmem_default" not in values
+    assert values["net.ipv4.tcp_moderate_rcvbuf"] == "1"
+
+
+def test_sysctl_keys_exist_on_this_kernel():
+    for key in sysctl_values():
+        assert Path("/proc/sys", *key.split(".")).exists(), key
+
+
+def test_installed_config_file_is_the_defaults_with_the_state_directory():
+    config = load_file(SYSTEM / "appliance.toml")
+    assert data_dir(config) == Path("/var/lib/appliance")
+    defaults = load_dict({"storage": {"data_dir": "/var/lib/appliance"}}, base_dir=config.base_dir)
+    assert config == defaults
