@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from pynetdicom import _config as pynetdicom_config
-
 from appliance import __version__, systemd
 from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
-from appliance.dicom.server import Listener, start_listeners
+from appliance.config.keys import inert_settings
+from appliance.dicom import receive
+from appliance.dicom.server import Listener, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
@@ -38,6 +37,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.listeners: list[Listener] = []
+        # Listeners closed by a reload whose associations may still run: the drain at shutdown
+        # must wait for (and if need be abort) those too.
+        self.retired: list[Listener] = []
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
@@ -45,6 +47,11 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
+        # First, so that a SIGTERM during start-up (recovery can take a while) is a clean stop
+        # once the listeners are up, and a SIGHUP then is not the default "terminate".
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
         directory = data_dir(self.config)
         directory.mkdir(parents=True, exist_ok=True)
         service_log.setup(self.config.logging, directory)
@@ -55,20 +62,15 @@ class Daemon:
         if kept or removed:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
-        # pynetdicom spools each incoming C-STORE dataset to a temporary file instead of memory
-        # (bounded RSS for large instances); keeping that file on the store's filesystem lets
-        # the archive rename it into place instead of copying it.
-        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(area.spool)
+        receive.install(area.spool)
+        quiet_libraries()
         try:
             self.listeners = start_listeners(self.config, self.archive)
         except OSError as exc:
-            log.error("cannot listen: %s", exc)
+            log.error("cannot start: %s", exc.strerror or exc)
             self.index.close()
             return 1
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_signal)
+        warn_inert(self.config)
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
         log.info("ready: %s", status)
@@ -101,21 +103,25 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("stopping: no new associations; waiting up to %.0f s for %d running",
                  self.config.timeouts.shutdown_drain, self._active())
-        for listener in self.listeners:
-            listener.stop_accepting()
+        stop_accepting(self.listeners)
         deadline = time.monotonic() + self.config.timeouts.shutdown_drain
         while self._active() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self._active():
             log.error("aborting %d associations still running at shutdown", self._active())
-            for listener in self.listeners:
+            for listener in self.listeners + self.retired:
                 listener.abort_all()
+            # A C-STORE handler already running finishes its index transaction; wait for it
+            # (bounded) so that none writes after the index is checkpointed and closed.
+            deadline = time.monotonic() + 5
+            while self._active() and time.monotonic() < deadline:
+                time.sleep(0.05)
         self.index.close()
         log.info("stopped")
         return 0
 
     def _active(self) -> int:
-        return sum(len(l.ae.active_associations) for l in self.listeners)
+        return sum(len(l.ae.active_associations) for l in self.listeners + self.retired)
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -133,25 +139,34 @@ class Daemon:
         if new.storage != old.storage:
             log.warning("reload: [storage] changes take effect at the next restart")
             new = dataclasses.replace(new, storage=old.storage)
+        self.archive.policy = new.storage_scp  # before the rebind: new listeners use it at once
+        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS) and not self._rebind(old, new):
+            self.archive.policy = old.storage_scp
+            return
         self.config = new
-        self.archive.policy = new.storage_scp
         if new.logging != old.logging:
             service_log.setup(new.logging, data_dir(new))
-        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS):
-            self._rebind(old, new)
+        warn_inert(new)
         log.info("configuration reloaded from %s", self.config_path)
 
-    def _rebind(self, old: Config, new: Config) -> None:
-        """Close the listeners and bind them with the new settings; running associations go on."""
-        for listener in self.listeners:
-            listener.stop_accepting()
+    def _rebind(self, old: Config, new: Config) -> bool:
+        """Close the listeners and bind them with the new settings; running associations go on.
+        False (logged, the old listeners bound again) when the new ones cannot listen."""
+        stop_accepting(self.listeners)
+        self.retired = [l for l in self.retired + self.listeners if l.ae.active_associations]
         try:
             self.listeners = start_listeners(new, self.archive)
+            return True
         except OSError as exc:
-            log.error("reload: cannot listen with the new configuration (%s); keeping the old one", exc)
-            self.config = old
-            self.archive.policy = old.storage_scp
+            log.error("reload refused, keeping the running configuration: %s", exc.strerror or exc)
             self.listeners = start_listeners(old, self.archive)
+            return False
+
+
+def warn_inert(config: Config) -> None:
+    """Say so when the installer set a key whose behaviour this release does not have yet."""
+    for key, why in inert_settings(config):
+        log.warning("configuration key %s is set but not enforced yet: %s", key, why)
 
 
 def load_or_default(config_path: Path | None) -> Config:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+
+log = logging.getLogger(__name__)
+_failed: list[OSError] = []
 
 
 def notify(*fields: str) -> bool:
@@ -13,9 +17,16 @@ def notify(*fields: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall("\n".join(fields).encode())
+    # Like sd_notify(3): a notification that cannot be delivered is not the service's failure.
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(fields).encode())
+    except OSError as exc:
+        if not _failed:  # once: WATCHDOG=1 would repeat it every few seconds
+            _failed.append(exc)
+            log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        return False
     return True
 
 

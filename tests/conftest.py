@@ -20,8 +20,9 @@ def make_appliance(tmp_path):
     """Factory for an appliance with config overrides; started ones are stopped at teardown."""
     made = []
 
-    def make(overrides: dict | None = None, start: bool = True, name: str = "appliance") -> Appliance:
-        app = Appliance(tmp_path / name, overrides or {})
+    def make(overrides: dict | None = None, start: bool = True, name: str = "appliance",
+             env: dict | None = None) -> Appliance:
+        app = Appliance(tmp_path / name, overrides or {}, env or {})
         made.append(app)
         return app.start() if start else app
 

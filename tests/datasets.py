@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import generate_uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -20,6 +22,7 @@ US_MULTIFRAME_RETIRED = "1.2.840.10008.5.1.4.1.1.3"
 ALL_STORAGE = (US_RETIRED, US, US_MULTIFRAME_RETIRED, US_MULTIFRAME, CR, CT, MR, SC)
 JPEG_CLASSES = (US_RETIRED, US, US_MULTIFRAME_RETIRED, US_MULTIFRAME, SC)
 
+VERIFICATION = "1.2.840.10008.1.1"
 ILE = "1.2.840.10008.1.2"
 ELE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -110,3 +113,26 @@ def dataset_bytes(path: Path) -> bytes:
     assert data[128:132] == b"DICM"
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length:]
+
+
+# --- crafted files and sending them as they are ---------------------------------------------
+
+def part10(path: Path, body: bytes, sop_class: str, sop_instance_uid: str, transfer_syntax: str) -> Path:
+    """A Part 10 file whose File Meta says what the C-STORE-RQ will say (pynetdicom's chunked
+    send takes the request's UIDs and context from it) and whose dataset is `body` byte for
+    byte: for garbage, truncations and datasets that disagree with their request."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + buffer.getvalue() + body)
+    return path
+
+
+def stored_paths(app, sop_instance_uid: str) -> list[Path]:
+    """Files the appliance's index holds for instances sent with this SOP Instance UID."""
+    rows = app.index_rows("SELECT path FROM instance WHERE file_sop_instance_uid = ? ORDER BY id",
+                          sop_instance_uid)
+    return [app.data_dir / "store" / path for (path,) in rows]

@@ -24,6 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(condition, what: str, timeout: float = 10.0):
+    """Poll `condition` until it returns something true (returned) or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.02)  # the suite's only sleep: a poll interval, never a wait for an event
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
@@ -72,6 +82,12 @@ class Appliance:
 
     # --- process ---------------------------------------------------------------------------
     def start(self) -> "Appliance":
+        self.spawn()
+        self.ready_message = self.wait_notify("READY=1", READY_TIMEOUT)
+        return self
+
+    def spawn(self) -> "Appliance":
+        """Start the process without waiting for READY (start() = spawn() + wait for READY)."""
         notify_path = self.root / "notify.sock"
         notify_path.unlink(missing_ok=True)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -81,8 +97,15 @@ class Appliance:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
             cwd=REPO, env=env, stdout=self._stderr, stderr=self._stderr)
-        self.wait_notify("READY=1", READY_TIMEOUT)
         return self
+
+    def run_to_exit(self, timeout: float = READY_TIMEOUT) -> int:
+        """Start the daemon expecting it to give up (bad config, port in use); its exit code."""
+        with open(self.stderr_path, "ab") as out:
+            return subprocess.run(
+                [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+                cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                stdout=out, stderr=out, timeout=timeout).returncode
 
     def wait_notify(self, wanted: str, timeout: float) -> str:
         """Block until the daemon sends a datagram containing `wanted` (or fail with its log)."""
@@ -103,12 +126,10 @@ class Appliance:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if match := re.search(pattern, self.log()):
-                return match
-            time.sleep(0.05)
-        raise AssertionError(f"log never matched {pattern!r}:\n{self.log()}")
+        try:
+            return wait_for(lambda: re.search(pattern, self.log()), f"a log line matching {pattern!r}", timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from None
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -136,9 +157,11 @@ class Appliance:
 
     # --- what it stored --------------------------------------------------------------------
     def index_rows(self, sql: str, *params) -> list[tuple]:
+        import contextlib
         import sqlite3
 
-        with sqlite3.connect(self.data_dir / "index.sqlite") as db:
+        # closing(): sqlite3's own context manager commits but leaves the file open.
+        with contextlib.closing(sqlite3.connect(self.data_dir / "index.sqlite")) as db:
             return db.execute(sql, params).fetchall()
 
     def stored_files(self) -> list[Path]:

@@ -1,6 +1,5 @@
 """The daemon starts, answers C-ECHO on both AEs (VE-01, VE-02) and stores with DCMTK storescu."""
 
-from pathlib import Path
 
 import datasets
 from helpers import dcmtk

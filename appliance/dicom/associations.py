@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 from pynetdicom import evt
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
+
+from appliance.dicom import receive
 
 log = logging.getLogger("appliance.association")
 
@@ -31,6 +33,7 @@ class Session:
     instances: int = 0
     failures: int = 0
     bytes: int = 0
+    received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
 
     def prefix(self) -> str:
         return f"{self.ae_name} #{self.number} {self.peer}"
@@ -75,12 +78,40 @@ class Tracker:
 
     def handlers(self) -> list:
         return [
+            (evt.EVT_CONN_OPEN, self._guard_reader),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ACSE_SENT, self._on_acse_sent),
+            (evt.EVT_ACSE_RECV, self._on_acse_recv),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
+
+    def _guard_reader(self, event) -> None:
+        """pynetdicom (3.0) lets an exception in its reader thread's state machine (e.g. a
+        C-STORE-RQ on a presentation context ID that was never accepted: KeyError) end that
+        thread silently: no abort or close event, and the dataset file it had opened stays in
+        spool/. Wrap the association's state machine so that such an end is logged and the
+        file removed; pynetdicom's own handling (the re-raise) is unchanged."""
+        assoc = event.assoc
+        machine = assoc.dul.state_machine
+        do_action = machine.do_action
+
+        def guarded(fsm_event):
+            try:
+                return do_action(fsm_event)
+            except Exception as exc:
+                self._reader_failed(assoc, exc)
+                raise
+
+        machine.do_action = guarded
+
+    def _reader_failed(self, assoc, exc: Exception) -> None:
+        receive.discard_in_flight(assoc)
+        s = self._end(assoc)
+        prefix = s.prefix() if s else f"{self.ae_name} {peer_of(assoc)}"
+        log.error("%s: connection dropped: cannot process the peer's data (%s: %s)%s", prefix,
+                  type(exc).__name__, exc, f"; {s.summary()}" if s else "")
 
     def _on_established(self, event) -> None:
         s = self.session(event.assoc)
@@ -92,7 +123,10 @@ class Tracker:
     def _on_acse_sent(self, event) -> None:
         primitive = event.primitive
         if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0x00):
-            called = (primitive.called_ae_title or "").strip()
+            # An A-ASSOCIATE-RJ primitive carries no titles (pynetdicom fills in "DEFAULT"):
+            # the called title the peer asked for is in its request.
+            request = getattr(event.assoc.requestor, "primitive", None)
+            called = (getattr(request, "called_ae_title", "") or "").strip() or "?"
             log.warning("%s %s: association rejected (called %s): result %d, source %d, reason %d",
                         self.ae_name, peer_of(event.assoc), called, primitive.result,
                         primitive.result_source, primitive.diagnostic)
@@ -102,13 +136,39 @@ class Tracker:
         if s is not None:
             log.info("%s: association released; %s", s.prefix(), s.summary())
 
+    def _on_acse_recv(self, event) -> None:
+        kind = {A_ABORT: "A-ABORT", A_P_ABORT: "A-P-ABORT"}.get(type(event.primitive))
+        if kind:
+            with self._lock:
+                if (s := self._sessions.get(event.assoc)) is not None:
+                    s.received_abort = kind
+
+    # pynetdicom fires EVT_CONN_CLOSE and EVT_ABORTED for the same end, in either order
+    # (the DUL and association threads race); the first one logs, with the cause.
     def _on_aborted(self, event) -> None:
         s = self._end(event.assoc)
         if s is not None:
-            log.error("%s: association aborted; %s", s.prefix(), s.summary())
+            log.error("%s: %s; %s", s.prefix(), _ending(event.assoc, s), s.summary())
 
     def _on_closed(self, event) -> None:
-        # A connection that ends without release or abort (peer vanished, idle timeout).
-        s = self._end(event.assoc)
-        if s is not None and event.assoc.is_established:
-            log.error("%s: connection lost; %s", s.prefix(), s.summary())
+        assoc = event.assoc
+        released = assoc.is_released or assoc.dul.state_machine.current_state == "Sta13"
+        if released and not getattr(assoc, "_sent_abort", False):
+            return  # the peer closing after our A-RELEASE-RP: _on_released logs it
+        s = self._end(assoc)
+        if s is not None:
+            log.error("%s: %s; %s", s.prefix(), _ending(assoc, s), s.summary())
+
+
+def _ending(assoc, s: Session) -> str:
+    """Why an association ended without a release (FL-03, LG-08)."""
+    if getattr(assoc, "_sent_abort", False):
+        if assoc.dul.idle_timer_expired():  # FL-01, FL-02: pynetdicom's network timeout
+            return f"association aborted by the appliance (A-ABORT) after {assoc.network_timeout:g} s without data"
+        return "association aborted by the appliance (A-ABORT)"
+    received = s.received_abort
+    if not received:
+        received = "A-ABORT" if assoc.acse.is_aborted("a-abort") else ""
+    if received == "A-ABORT":
+        return "association aborted by the peer (A-ABORT)"
+    return "connection lost"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 
 from pynetdicom import AE, evt
@@ -40,6 +41,31 @@ class Listener:
     def abort_all(self) -> None:
         for assoc in list(self.ae.active_associations):
             assoc.abort()
+
+
+def stop_accepting(listeners: list[Listener]) -> None:
+    """Close all listeners at once: each shutdown() waits up to socketserver's 0.5 s poll."""
+    threads = [threading.Thread(target=listener.stop_accepting) for listener in listeners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def quiet_libraries() -> None:
+    """Process-wide library settings for the service's hot paths.
+
+    pynetdicom's "standard" log handlers format a summary of every PDU and DIMSE message even
+    when its logger is below INFO (our own lines cover LG-07/LG-08); pydicom's value
+    validation runs regexes on every command-set element pynetdicom encodes and decodes. The
+    appliance checks what it relies on itself (store/header.py).
+    """
+    from pydicom import config as pydicom_config
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
 def bind_host(config: Config) -> str:
@@ -79,8 +105,13 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
     ae = _make_ae(config, local, implementation_uid, presentation)
     tune = [(evt.EVT_CONN_OPEN, lambda event: sockets.tune(event.assoc.dul.socket.socket,
                                                            config.network.socket_buffer_size))]
-    server = ae.start_server((bind_host(config), local.port), block=False,
-                             evt_handlers=tune + tracker.handlers() + handlers)
+    host = bind_host(config)
+    try:
+        server = ae.start_server((host, local.port), block=False,
+                                 evt_handlers=tune + tracker.handlers() + handlers)
+    except OSError as exc:
+        where = f"port {local.port}" if host in ("::", "0.0.0.0") else f"{host} port {local.port}"
+        raise OSError(exc.errno, f"{name} ({ae.ae_title}) cannot listen on {where}: {exc.strerror}") from exc
     sockets.tune(server.socket, config.network.socket_buffer_size)
     return Listener(name, ae, server, tracker)
 
@@ -101,7 +132,6 @@ def start_listeners(config: Config, archive: Archive) -> list[Listener]:
             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),
             verification.handlers(qr_tracker), qr_tracker))
     except BaseException:
-        for listener in listeners:
-            listener.stop_accepting()
+        stop_accepting(listeners)
         raise
     return listeners

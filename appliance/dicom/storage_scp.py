@@ -8,11 +8,10 @@ only a bug reaches the last-resort 0xC211, and that is logged with its traceback
 from __future__ import annotations
 
 import logging
-import os
 
 from pynetdicom import evt
 
-from appliance.dicom import status, uids
+from appliance.dicom import receive, status, uids
 from appliance.dicom.associations import Tracker
 from appliance.store.ingest import Archive, StoreRequest
 
@@ -27,7 +26,7 @@ class StorageSCP:
     def handlers(self) -> list:
         return [
             (evt.EVT_C_STORE, self.on_c_store),
-            (evt.EVT_CONN_CLOSE, discard_partial_receive),
+            (evt.EVT_CONN_CLOSE, lambda event: receive.discard_in_flight(event.assoc)),  # FL-02
         ]
 
     def on_c_store(self, event) -> int:
@@ -42,7 +41,7 @@ class StorageSCP:
                 implicit_vr=transfer_syntax == uids.IMPLICIT_LE,
                 calling_ae=event.assoc.requestor.ae_title.strip(),
             )
-            outcome = self.archive.store(event.dataset_path, request)
+            outcome = self.archive.store(event.dataset_path, request, receive.receive_error(rq))
         except Exception:
             log.exception("%s: C-STORE %s: unexpected failure, status 0x%04X", session.prefix(),
                           rq.AffectedSOPInstanceUID, status.UNEXPECTED_FAILURE)
@@ -61,20 +60,3 @@ class StorageSCP:
         log.log(level, "%s: C-STORE %s class %s status 0x%04X: %s", session.prefix(), uid,
                 request.sop_class_uid, outcome.status, outcome.detail)
         return outcome.status
-
-
-def discard_partial_receive(event) -> None:
-    """FL-02: a connection that dies mid-dataset leaves pynetdicom's spool file behind.
-
-    pynetdicom (3.0) keeps the file of a C-STORE still being received on its DIMSE provider
-    and removes it only after a complete message was handled; we remove it when the
-    connection closes. The daemon's start-up recovery covers a killed process.
-    """
-    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-    spool = getattr(message, "_data_set_file", None)
-    if spool is not None:
-        spool.close()
-        try:
-            os.unlink(spool.name)
-        except FileNotFoundError:
-            pass

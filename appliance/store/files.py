@@ -10,8 +10,9 @@ Layout under the data directory::
 Placement protocol (the spool name is the journal, so recovery is O(instances in flight),
 not a scan of the archive):
 
-1. fsync the received file, rename it to ``spool/<uuid>.dcm``, fsync ``spool/``;
-2. hard-link it to ``store/aa/bb/<uuid>.dcm``, fsync that directory;
+1. rename the received file to ``spool/<uuid>.dcm`` and hard-link it to
+   ``store/aa/bb/<uuid>.dcm``;
+2. fsync the file, ``spool/`` and the store directory (see `StorageArea.place`);
 3. the caller commits the index row;
 4. unlink the spool name.
 
@@ -20,6 +21,7 @@ After a crash, `recover()` keeps a store file only if the index has its row.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -27,6 +29,11 @@ import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def write_error_reason(exc: OSError) -> str:
+    """Words for the service log: a full disk (ST-07) or some other write failure."""
+    return "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write file"
 
 
 def fsync_dir(path: Path) -> None:
@@ -74,19 +81,24 @@ class StorageArea:
             d.mkdir(parents=True, exist_ok=True)
 
     def place(self, received: Path) -> Placement:
-        """Steps 1-2 of the protocol; on any error nothing of the instance remains."""
+        """Steps 1-2 of the protocol; on any error nothing of the instance remains.
+
+        The renames come first and the fsyncs after, so that on ext4 the file's fsync commits
+        the one journal transaction holding all of them and the directory fsyncs that follow
+        find nothing left to write; on any POSIX filesystem every name is durable on return.
+        """
         placement = Placement(self, uuid.uuid4().hex)
         try:
-            fsync_file(received)
             os.rename(received, placement.spool_path)
-            fsync_dir(self.spool)
             leaf = placement.store_path.parent
+            new_dirs = []
             if not leaf.is_dir():
                 leaf.mkdir(parents=True, exist_ok=True)
-                fsync_dir(leaf.parent)
-                fsync_dir(leaf.parent.parent)
+                new_dirs = [leaf.parent, leaf.parent.parent]
             os.link(placement.spool_path, placement.store_path)
-            fsync_dir(leaf)
+            fsync_file(placement.store_path)
+            for directory in (self.spool, *new_dirs, leaf):
+                fsync_dir(directory)
         except BaseException:
             placement.rollback()
             Path(received).unlink(missing_ok=True)

@@ -92,7 +92,11 @@ class Header:
         return text.rstrip("\x00 ").lstrip(" ") if WANTED[tag] != "UI" else text.rstrip("\x00 ")
 
     def has_value(self, tag: int) -> bool:
-        return bool(self.raw.get(tag, b"").strip(b"\x00 "))
+        value = self.raw.get(tag, b"")
+        if WANTED[tag] == "US":
+            # Binary: 0x0020 (32) or 0x2000 (8192) are values, not space/NUL padding.
+            return len(value) >= 2
+        return bool(value.strip(b"\x00 "))
 
     def uint16(self, tag: int) -> int | None:
         value = self.raw.get(tag)
@@ -187,7 +191,12 @@ class _Walker:
             if length == _UNDEFINED:
                 if tag == PIXEL_DATA or vr in (b"OB", b"OW"):
                     self.fragments()
-                elif vr in (None, b"SQ", b"UN"):
+                elif vr == b"UN":
+                    # PS3.5 6.2.2: an undefined-length UN holds a sequence in Implicit VR LE.
+                    outer, self.implicit_vr = self.implicit_vr, True
+                    self.items(end=None, depth=depth + 1)
+                    self.implicit_vr = outer
+                elif vr in (None, b"SQ"):
                     self.items(end=None, depth=depth + 1)
                 else:
                     raise Unparseable(f"undefined length not allowed for VR {vr!r} in {_fmt(tag)}")

@@ -8,7 +8,6 @@ ST-12, FL-02) and returns the conformance statement's status with a reason for t
 from __future__ import annotations
 
 import datetime
-import errno
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,11 +18,13 @@ from appliance.dicom import status
 from appliance.errors import DicomStatusError
 from appliance.store import coercion
 from appliance.store.db import Index
-from appliance.store.files import StorageArea
+from appliance.store.files import StorageArea, write_error_reason
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
+
+_CACHE_ENTRIES = 10000
 
 # ST-08: mandatory identifiers; ST-09 / D-12: values an image needs for display (presence only).
 MANDATORY = {0x00080016: "SOP Class UID", 0x00080018: "SOP Instance UID",
@@ -59,13 +60,20 @@ class Archive:
         self.index = index
         self.area = area
         self.reserve_bytes = reserve_bytes
+        # Row ids of recently seen studies and series; touched only under the index write lock.
+        self._studies: dict[str, tuple[int, str]] = {}
+        self._series_ids: dict[str, int] = {}
 
     def recover(self) -> tuple[int, int]:
         """Finish or undo placements a killed process left in the spool (see files.py)."""
         return self.area.recover(lambda relative: Instance.select().where(Instance.path == relative).exists())
 
-    def store(self, received: Path, request: StoreRequest) -> StoreOutcome:
+    def store(self, received: Path, request: StoreRequest, receive_error: OSError | None = None) -> StoreOutcome:
+        """Store the dataset pynetdicom received at `received` (`receive_error`: writing it failed)."""
         try:
+            if receive_error is not None:
+                raise DicomStatusError(status.OUT_OF_RESOURCES,
+                                       f"{write_error_reason(receive_error)} while receiving: {receive_error}")
             return self._store(received, request)
         except DicomStatusError as exc:
             self._discard(received, exc)
@@ -96,60 +104,90 @@ class Archive:
         try:
             placement = self.area.place(received)
         except OSError as exc:
-            reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write file"
-            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{reason}: {exc}") from exc
+            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
         try:
             with self.index.write():
                 replaced = self._index(values, request, placement.relative, size)
         except Exception as exc:
             placement.rollback()
+            self.forget_cached_rows()  # they may name rows this transaction did not keep
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
         placement.commit()
         if replaced:
             self.area.remove_stored(replaced)
         result = status.SUCCESS
-        detail = "stored"
+        detail = "stored; replaced the earlier instance with this UID" if replaced else "stored"
         if values.coerced:
-            detail = "stored; coerced " + ", ".join(values.coerced)
+            detail += "; coerced " + ", ".join(values.coerced)
             if self.policy.coercion_warning:
                 result = status.COERCION_OF_DATA_ELEMENTS
         return StoreOutcome(result, values.sop_instance_uid, detail, size)
 
     def _index(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int) -> str | None:
-        """Upsert patient/study/series/instance; returns the replaced file's path (ST-18)."""
-        patient = self._patient(v)
-        study = Study.get_or_none(Study.study_instance_uid == v.study_instance_uid)
-        if study is None:
-            study = Study.create(
+        """Insert the instance under its series/study/patient, creating the parents the first time.
+
+        Returns the replaced file's path (ST-18). Parents are looked up through small caches
+        (a series of 500 images hits the database for them once); the service never deletes
+        rows (ST-20), and any failure clears the caches (see `_store`).
+        """
+        study_id, patient_id = self._study(v)
+        if patient_id != v.patient_id:
+            v.coerced.append("PatientID")  # the study belongs to an already indexed patient
+            v.patient_id = patient_id
+        series_id = self._series_ids.get(v.series_instance_uid)
+        if series_id is None:
+            series_id = Series.select(Series.id).where(
+                Series.series_instance_uid == v.series_instance_uid).scalar()
+        if series_id is None:
+            series_id = Series.insert(
+                study=study_id, series_instance_uid=v.series_instance_uid, modality=v.modality,
+                series_number=v.series_number, series_description=v.series_description,
+                operators_name=v.operators_name, body_part=v.body_part, exam_type=v.exam_type).execute()
+        self._series_ids[v.series_instance_uid] = series_id
+        row = dict(series=series_id, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,
+                   transfer_syntax_uid=request.transfer_syntax, specific_character_set=v.specific_character_set,
+                   path=path, size=size, received_at=datetime.datetime.now(datetime.timezone.utc),
+                   calling_ae=request.calling_ae, file_sop_instance_uid=v.sop_instance_uid)
+        existing = Instance.select(Instance.id, Instance.path).where(
+            Instance.sop_instance_uid == v.sop_instance_uid).tuples().first()
+        if existing is None:
+            Instance.insert(sop_instance_uid=v.sop_instance_uid, **row).execute()
+            return None
+        if self.policy.duplicate_policy == "replace":  # ST-18
+            Instance.update(**row).where(Instance.id == existing[0]).execute()
+            # Replacing coerces no element, so no B000 for it (ST-14); the log line says it.
+            return existing[1]
+        # ST-17: keep both; the newcomer gets a new UID, recorded in the index and used on export.
+        v.sop_instance_uid = f"2.25.{uuid.uuid4().int}"
+        v.coerced.append("SOPInstanceUID")
+        Instance.insert(sop_instance_uid=v.sop_instance_uid, **row).execute()
+        return None
+
+    def _study(self, v: coercion.IndexValues) -> tuple[int, str]:
+        """(study row id, indexed Patient ID) for the instance's study, created if new."""
+        cached = self._studies.get(v.study_instance_uid)
+        if cached is None:
+            cached = Study.select(Study.id, Patient.patient_id).join(Patient).where(
+                Study.study_instance_uid == v.study_instance_uid).tuples().first()
+        if cached is None:
+            patient = self._patient(v)
+            study_id = Study.insert(
                 patient=patient, study_instance_uid=v.study_instance_uid, study_date=v.study_date,
                 study_time=v.study_time, accession_number=v.accession_number, study_id=v.study_id,
                 referring_physician=v.referring_physician,
                 referring_physician_folded=v.referring_physician.casefold(),
-                study_description=v.study_description, exam_type=v.exam_type)
-        series = Series.get_or_none(Series.series_instance_uid == v.series_instance_uid)
-        if series is None:
-            series = Series.create(
-                study=study, series_instance_uid=v.series_instance_uid, modality=v.modality,
-                series_number=v.series_number, series_description=v.series_description,
-                operators_name=v.operators_name, body_part=v.body_part, exam_type=v.exam_type)
-        row = dict(series=series, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,
-                   transfer_syntax_uid=request.transfer_syntax, specific_character_set=v.specific_character_set,
-                   path=path, size=size, received_at=datetime.datetime.now(datetime.timezone.utc),
-                   calling_ae=request.calling_ae, file_sop_instance_uid=v.sop_instance_uid)
-        existing = Instance.get_or_none(Instance.sop_instance_uid == v.sop_instance_uid)
-        if existing is None:
-            Instance.create(sop_instance_uid=v.sop_instance_uid, **row)
-            return None
-        if self.policy.duplicate_policy == "replace":  # ST-18
-            Instance.update(**row).where(Instance.id == existing.id).execute()
-            v.coerced.append("replaced duplicate")
-            return existing.path
-        # ST-17: keep both; the newcomer gets a new UID, recorded in the index and used on export.
-        v.sop_instance_uid = f"2.25.{uuid.uuid4().int}"
-        v.coerced.append("SOPInstanceUID")
-        Instance.create(sop_instance_uid=v.sop_instance_uid, **row)
-        return None
+                study_description=v.study_description, exam_type=v.exam_type).execute()
+            cached = (study_id, patient.patient_id)
+        if len(self._studies) > _CACHE_ENTRIES:
+            self._studies.clear()
+            self._series_ids.clear()
+        self._studies[v.study_instance_uid] = cached
+        return cached
+
+    def forget_cached_rows(self) -> None:
+        self._studies.clear()
+        self._series_ids.clear()
 
     def _patient(self, v: coercion.IndexValues) -> Patient:
         """EL-06/EL-07: one patient record per ID; a different name gets a coerced ID."""

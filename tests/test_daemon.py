@@ -1,0 +1,175 @@
+"""Daemon lifecycle: sd_notify READY/STATUS/STOPPING/WATCHDOG, SIGTERM drain, SIGHUP reload,
+refusal to start (bad configuration, port in use), IPv6 loopback. Real daemon, real sockets."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+
+import pytest
+
+import datasets
+from helpers import free_port, merge, wait_for
+from scu import associate, echo
+
+SUCCESS = 0x0000
+CALLED_AE_NOT_RECOGNIZED = (1, 1, 7)  # A-ASSOCIATE-RJ result, source, reason (AS-04)
+
+# Invalid configurations and the key their refusal must name.
+INVALID = [
+    pytest.param({"storage_scp": {"port": "x"}}, "storage_scp.port", id="port-not-integer"),
+    pytest.param({"storage_scp": {"ae_title": "EX_QUERY_SCP"}}, "storage_scp.ae_title", id="title-shared-with-QR"),
+]
+
+
+def test_ready_is_notified_with_a_status_line(appliance):
+    """The unit is Type=notify: READY=1 comes with a STATUS= naming both AEs and their ports."""
+    fields = dict(line.split("=", 1) for line in appliance.ready_message.split("\n"))
+    assert fields["READY"] == "1"
+    for title, port in (("EX_STORE_SCP", appliance.storage_port), ("EX_QUERY_SCP", appliance.qr_port)):
+        assert f"{title} on port {port}" in fields["STATUS"]
+
+
+@pytest.mark.parametrize("reload_first", [False, True], ids=["plain", "after-a-reload"])
+def test_sigterm_lets_a_running_transfer_finish(appliance, tmp_path, reload_first):
+    """SIGTERM drains: an association already transferring completes every C-STORE with 0x0000,
+    then the daemon sends STOPPING=1, logs 'stopped' and exits 0; the instances are indexed.
+    Also for an association that began before a SIGHUP rebuilt the listeners."""
+    paths = [datasets.write(datasets.image(), tmp_path / f"{n}.dcm") for n in range(20)]
+    assoc = associate(appliance.storage_port, appliance.storage_title, datasets.CT)
+    if reload_first:
+        appliance.write_config(merge(appliance.config, {"storage_scp": {"ae_title": "NEW_STORE_SCP"}}))
+        appliance.signal(signal.SIGHUP)
+        appliance.wait_log("configuration reloaded")
+    statuses = []
+    first_stored = threading.Event()
+
+    def transfer():
+        for path in paths:
+            statuses.append(getattr(assoc.send_c_store(path), "Status", None))
+            first_stored.set()
+        assoc.release()
+
+    sender = threading.Thread(target=transfer)
+    sender.start()
+    try:
+        assert first_stored.wait(10)
+        appliance.signal(signal.SIGTERM)
+        appliance.wait_notify("STOPPING=1", 10)
+        appliance.wait_log(r"stopping: no new associations; waiting up to \d+ s for 1 running")
+    finally:
+        sender.join(30)
+    assert statuses == [SUCCESS] * len(paths)
+    assert appliance.proc.wait(30) == 0, appliance.log()
+    appliance.wait_log(r"appliance\.daemon: stopped")
+    assert appliance.index_rows("SELECT count(*) FROM instance") == [(len(paths),)]
+
+
+def test_sigterm_aborts_associations_that_outlive_the_drain(make_appliance):
+    """timeouts.shutdown_drain bounds the wait: an idle association still open then is aborted
+    (logged), and the daemon still exits 0."""
+    app = make_appliance({"timeouts": {"shutdown_drain": 1}})
+    assoc = associate(app.storage_port, app.storage_title, datasets.CT)
+    app.signal(signal.SIGTERM)
+    assert app.proc.wait(15) == 0, app.log()
+    app.wait_log(r"aborting 1 associations still running at shutdown")
+    app.wait_log(r"association aborted by the appliance \(A-ABORT\); 0 instances stored")
+    wait_for(lambda: not assoc.is_alive(), "the client to see the abort")
+    assert assoc.is_aborted
+
+
+@pytest.mark.parametrize("key", ["ae_title", "port"])
+def test_sighup_applies_a_valid_change(appliance, key):
+    """SIGHUP reloads: a new STORAGE-SCP title is accepted and the old one refused with
+    A-ASSOCIATE-RJ 1/1/7 (AS-04); a new port is served and the old one closed."""
+    old_title, old_port = appliance.storage_title, appliance.storage_port
+    new_value = "NEW_STORE_SCP" if key == "ae_title" else free_port()
+    appliance.write_config(merge(appliance.config, {"storage_scp": {key: new_value}}))
+    appliance.signal(signal.SIGHUP)
+    appliance.wait_notify("RELOADING=1", 10)
+    appliance.wait_notify("READY=1", 10)
+    appliance.wait_log("configuration reloaded")
+    if key == "ae_title":
+        assert echo(old_port, new_value) == SUCCESS
+        assert echo(old_port, old_title) == CALLED_AE_NOT_RECOGNIZED
+        appliance.wait_log(rf"STORAGE-SCP TEST_SCU@\S+: association rejected \(called {old_title}\): "
+                           r"result 1, source 1, reason 7")
+    else:
+        assert echo(new_value, old_title) == SUCCESS
+        assert echo(old_port, old_title) is None  # connection refused
+    assert echo(appliance.qr_port, "EX_QUERY_SCP") == SUCCESS
+
+
+@pytest.mark.parametrize("bad, key", INVALID)
+def test_sighup_refuses_an_invalid_config_and_keeps_serving(appliance, bad, key):
+    """An invalid file on SIGHUP is refused with a log line naming the key; the running
+    configuration keeps serving (AE-06, AE-07)."""
+    appliance.write_config(merge(appliance.config, bad))
+    appliance.signal(signal.SIGHUP)
+    appliance.wait_notify("READY=1", 10)
+    appliance.wait_log(rf"reload refused, keeping the running configuration: {key}:")
+    assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
+    assert echo(appliance.qr_port, "EX_QUERY_SCP") == SUCCESS
+    assert appliance.proc.poll() is None
+
+
+def test_sighup_to_a_port_in_use_keeps_the_running_listeners(appliance):
+    """A reload whose new port is taken is refused like an invalid file: logged with the AE and
+    port, the old port serves again, and no 'configuration reloaded' is claimed."""
+    port = free_port()
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("::", port))
+        blocker.listen()
+        appliance.write_config(merge(appliance.config, {"storage_scp": {"port": port}}))
+        appliance.signal(signal.SIGHUP)
+        appliance.wait_notify("READY=1", 10)
+    appliance.wait_log(rf"reload refused, keeping the running configuration: STORAGE-SCP \(EX_STORE_SCP\) "
+                       rf"cannot listen on port {port}: Address already in use")
+    assert echo(appliance.storage_port, appliance.storage_title) == SUCCESS
+    assert "configuration reloaded" not in appliance.log()
+
+
+def test_watchdog_is_fed_when_systemd_arms_it(make_appliance):
+    """WatchdogSec in the unit: with WATCHDOG_USEC set the daemon sends WATCHDOG=1 at half that."""
+    app = make_appliance(env={"WATCHDOG_USEC": "200000"})  # 0.2 s: a ping every 0.1 s
+    for _ in range(3):
+        app.wait_notify("WATCHDOG=1", 2)
+
+
+def test_undeliverable_notification_does_not_stop_the_service(make_appliance, tmp_path):
+    """sd_notify(3) semantics: a NOTIFY_SOCKET nobody listens on is logged, not fatal."""
+    app = make_appliance(start=False, env={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
+    app.spawn()
+    app.wait_log(r"sd_notify to \S+ failed")
+    app.wait_log(r"appliance\.daemon: ready:")
+    assert echo(app.storage_port, app.storage_title) == SUCCESS
+    assert app.stop() == 0, app.log()
+
+
+@pytest.mark.parametrize("bad, key", INVALID)
+def test_invalid_config_at_start_exits_2_naming_the_key(make_appliance, bad, key):
+    """AE-06, AE-07: the service refuses to start on an invalid file (exit 2, the key named)."""
+    app = make_appliance(start=False)
+    app.write_config(merge(app.config, bad))
+    assert app.run_to_exit() == 2
+    assert f"configuration refused: {key}:" in app.log()
+
+
+@pytest.mark.parametrize("section, name", [("storage_scp", "STORAGE-SCP"), ("query_retrieve_scp", "QUERY-RETRIEVE-SCP")])
+def test_port_in_use_exits_non_zero_with_a_clear_message(make_appliance, section, name):
+    """A port held by another process: exit non-zero, a message naming the AE and the port."""
+    app = make_appliance(start=False)
+    port = app.config[section]["port"]
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("::", port))
+        blocker.listen()
+        assert app.run_to_exit() not in (0, None)
+    assert f"{name} " in app.log() and f"cannot listen on port {port}: Address already in use" in app.log()
+
+
+def test_ipv6_loopback_client_echoes_both_aes(appliance):
+    """NW-11: with the default bind address "*", an IPv6 client on ::1 reaches both AEs."""
+    assert echo(appliance.storage_port, "EX_STORE_SCP", host="::1") == SUCCESS
+    assert echo(appliance.qr_port, "EX_QUERY_SCP", host="::1") == SUCCESS
+    appliance.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@::1:\d+: C-ECHO status 0x0000")
