@@ -16,6 +16,8 @@ not a scan of the archive):
 3. the caller commits the index row;
 4. unlink the spool name.
 
+Replacing a stored instance (ST-18) journals the old file the same way (`retire`).
+
 After a crash, `recover()` keeps a store file only if the index has its row.
 """
 
@@ -105,8 +107,17 @@ class StorageArea:
             raise
         return placement
 
-    def remove_stored(self, relative: str) -> None:
-        (self.store / relative).unlink(missing_ok=True)
+    def retire(self, relative: str) -> Placement:
+        """Journal the removal of a stored file whose index row is being replaced (ST-18).
+
+        The spool link makes the pending removal visible to `recover`, which applies the same
+        rule as for placements: a store file whose path the index no longer holds goes.
+        After the commit, `rollback()` removes it; if the transaction failed, `commit()`.
+        """
+        placement = Placement(self, Path(relative).stem)
+        os.link(placement.store_path, placement.spool_path)
+        fsync_dir(self.spool)
+        return placement
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.store)

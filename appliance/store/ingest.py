@@ -105,17 +105,22 @@ class Archive:
             placement = self.area.place(received)
         except OSError as exc:
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
+        retired = None
         try:
             with self.index.write():
                 replaced = self._index(values, request, placement.relative, size)
+                if replaced:
+                    retired = self.area.retire(replaced)  # journaled before the commit
         except Exception as exc:
             placement.rollback()
+            if retired is not None:
+                retired.commit()  # the old file stays: its row was not replaced
             self.forget_cached_rows()  # they may name rows this transaction did not keep
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
         placement.commit()
-        if replaced:
-            self.area.remove_stored(replaced)
+        if retired is not None:
+            retired.rollback()  # ST-18: the replaced file goes; recovery finishes this after a crash
         result = status.SUCCESS
         detail = "stored; replaced the earlier instance with this UID" if replaced else "stored"
         if values.coerced:
