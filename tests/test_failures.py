@@ -26,7 +26,7 @@ from scu import associate, echo
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 DISK = 24 << 20
 RESERVE = 4 << 20
-INODES = 64
+INODES = 400  # the 256 store directories, the index files and a few instances
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def assert_no_debris(app: Appliance) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An appliance whose data dir is a 24 MiB tmpfs (64 inodes) with a 4 MiB reserve; unmounted
+    """An appliance whose data dir is a 24 MiB tmpfs (400 inodes) with a 4 MiB reserve; unmounted
     at the end even when the test or the daemon failed."""
     app = Appliance(tmp_path / "appliance", {"storage": {"reserve_bytes": RESERVE}})
     app.data_dir.mkdir()

@@ -4,14 +4,15 @@ Layout under the data directory::
 
     spool/               pynetdicom writes each incoming dataset here (same filesystem as store/)
     spool/<uuid>.dcm     an instance being placed: its name says where it goes in store/
-    store/aa/bb/<uuid>.dcm   stored instances; names are random, never derived from UIDs
+    store/aa/<uuid>.dcm  stored instances; names are random, never derived from UIDs; the 256
+                         directories `aa` exist from the start (no mkdir on the hot path)
     quarantine/          refused datasets kept for diagnosis (ST-13, off by default)
 
 Placement protocol (the spool name is the journal, so recovery is O(instances in flight),
 not a scan of the archive):
 
 1. rename the received file to ``spool/<uuid>.dcm`` and hard-link it to
-   ``store/aa/bb/<uuid>.dcm``;
+   ``store/aa/<uuid>.dcm``;
 2. fsync the file, ``spool/`` and the store directory (see `StorageArea.place`);
 3. the caller commits the index row;
 4. unlink the spool name.
@@ -60,7 +61,7 @@ class Placement:
     def __init__(self, area: "StorageArea", name: str):
         self.area = area
         self.name = name
-        self.relative = f"{name[:2]}/{name[2:4]}/{name}.dcm"
+        self.relative = f"{name[:2]}/{name}.dcm"
         self.spool_path = area.spool / f"{name}.dcm"
         self.store_path = area.store / self.relative
 
@@ -81,6 +82,12 @@ class StorageArea:
         self.quarantine_dir = data_dir / "quarantine"
         for d in (self.spool, self.store):
             d.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(256):
+                (self.store / f"{i:02x}").mkdir(exist_ok=True)
+            fsync_dir(self.store)
+        except OSError as exc:  # a full disk must not keep the service from starting
+            log.warning("cannot create the store directories (%s); they will be created on use", exc)
 
     def place(self, received: Path) -> Placement:
         """Steps 1-2 of the protocol; on any error nothing of the instance remains.
@@ -92,15 +99,15 @@ class StorageArea:
         placement = Placement(self, uuid.uuid4().hex)
         try:
             os.rename(received, placement.spool_path)
-            leaf = placement.store_path.parent
-            new_dirs = []
-            if not leaf.is_dir():
-                leaf.mkdir(parents=True, exist_ok=True)
-                new_dirs = [leaf.parent, leaf.parent.parent]
-            os.link(placement.spool_path, placement.store_path)
+            try:
+                os.link(placement.spool_path, placement.store_path)
+            except FileNotFoundError:  # its directory could not be created at start
+                placement.store_path.parent.mkdir(exist_ok=True)
+                fsync_dir(self.store)
+                os.link(placement.spool_path, placement.store_path)
             fsync_file(placement.store_path)
-            for directory in (self.spool, *new_dirs, leaf):
-                fsync_dir(directory)
+            fsync_dir(self.spool)
+            fsync_dir(placement.store_path.parent)
         except BaseException:
             placement.rollback()
             Path(received).unlink(missing_ok=True)
