@@ -43,6 +43,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
+        self._exit_code = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class Daemon:
                 time.sleep(0.05)
         self.index.close()
         log.info("stopped")
-        return 0
+        return self._exit_code
 
     def _active(self) -> int:
         return sum(len(l.ae.active_associations) for l in self.listeners + self.retired)
@@ -159,8 +160,14 @@ class Daemon:
             return True
         except OSError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc.strerror or exc)
+        try:
             self.listeners = start_listeners(old, self.archive)
-            return False
+        except OSError as exc:  # the old ports were taken meanwhile: exit, systemd restarts us
+            log.critical("cannot listen again with the running configuration: %s", exc.strerror or exc)
+            self.listeners = []
+            self._stop = True
+            self._exit_code = 1
+        return False
 
 
 def warn_inert(config: Config) -> None:

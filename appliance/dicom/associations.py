@@ -50,7 +50,9 @@ class Session:
 
 def peer_of(assoc) -> str:
     title = (assoc.requestor.ae_title or "").strip() or "?"
-    return f"{title}@{assoc.requestor.address}:{assoc.requestor.port}"
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log the address they know.
+    address = assoc.requestor.address.removeprefix("::ffff:")
+    return f"{title}@{address}:{assoc.requestor.port}"
 
 
 class Tracker:
@@ -71,10 +73,6 @@ class Tracker:
     def _end(self, assoc) -> Session | None:
         with self._lock:
             return self._sessions.pop(assoc, None)
-
-    def active(self) -> int:
-        with self._lock:
-            return len(self._sessions)
 
     def handlers(self) -> list:
         return [

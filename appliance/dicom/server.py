@@ -28,15 +28,13 @@ class Listener:
     name: str  # "STORAGE-SCP" or "QUERY-RETRIEVE-SCP"
     ae: AE
     server: object  # pynetdicom ThreadedAssociationServer
-    tracker: Tracker
 
     @property
     def port(self) -> int:
         return self.server.server_address[1]
 
     def stop_accepting(self) -> None:
-        self.server.shutdown()  # stops the accept loop; running associations go on
-        self.server.server_close()
+        self.server.shutdown()  # stops the accept loop, closes the socket; associations go on
 
     def abort_all(self) -> None:
         for assoc in list(self.ae.active_associations):
@@ -113,7 +111,7 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
         where = f"port {local.port}" if host in ("::", "0.0.0.0") else f"{host} port {local.port}"
         raise OSError(exc.errno, f"{name} ({ae.ae_title}) cannot listen on {where}: {exc.strerror}") from exc
     sockets.tune(server.socket, config.network.socket_buffer_size)
-    return Listener(name, ae, server, tracker)
+    return Listener(name, ae, server)
 
 
 def start_listeners(config: Config, archive: Archive) -> list[Listener]:
