@@ -173,3 +173,35 @@ def test_ipv6_loopback_client_echoes_both_aes(appliance):
     assert echo(appliance.storage_port, "EX_STORE_SCP", host="::1") == SUCCESS
     assert echo(appliance.qr_port, "EX_QUERY_SCP", host="::1") == SUCCESS
     appliance.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@::1:\d+: C-ECHO status 0x0000")
+
+
+def test_c_echo_keeps_an_idle_storage_association_open(make_appliance):
+    """VE-03, CF-15, FL-01: with a 1 s idle timeout, an association that sends a C-ECHO every
+    0.3 s outlives the timeout several times over; once it stops, the appliance aborts it."""
+    appliance = make_appliance({"storage_scp": {"idle_timeout": 1}})
+    assoc = associate(appliance.storage_port, appliance.storage_title)
+    paced = threading.Event()  # never set: its wait() paces the echoes
+    for _ in range(10):  # 3 s, three idle timeouts
+        assert assoc.send_c_echo().Status == SUCCESS
+        paced.wait(0.3)
+    assert assoc.is_established
+    wait_for(lambda: not assoc.is_established, timeout=5, what="the idle association to be aborted")
+    appliance.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association aborted by the appliance "
+                       r"\(A-ABORT\) after 1 s without data")
+
+
+def test_association_acceptance_carries_pdu_size_and_implementation_identity(appliance):
+    """D-1/CF-01: both AEs advertise a 128 KiB maximum PDU; AE-10/AE-11: one Implementation
+    Version Name for all AEs, and STORAGE-SCP's Implementation Class UID differs from
+    QUERY-RETRIEVE-SCP's."""
+    seen = {}
+    for name, port, title in (("scp", appliance.storage_port, "EX_STORE_SCP"),
+                              ("qr", appliance.qr_port, "EX_QUERY_SCP")):
+        assoc = associate(port, title)
+        assert assoc.is_established
+        seen[name] = (assoc.acceptor.maximum_length, assoc.acceptor.implementation_class_uid,
+                      assoc.acceptor.implementation_version_name)
+        assoc.release()
+    assert seen["scp"][0] == seen["qr"][0] == 131072
+    assert seen["scp"][1] != seen["qr"][1]
+    assert seen["scp"][2] == seen["qr"][2] and seen["scp"][2].startswith("APPL_")
