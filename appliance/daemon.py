@@ -19,7 +19,7 @@ from appliance import __version__, systemd
 from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
 from appliance.config.keys import inert_settings
-from appliance.dicom import receive
+from appliance.dicom import receive, wakeups
 from appliance.dicom.server import Listener, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.store.db import Index
@@ -64,6 +64,7 @@ class Daemon:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
         receive.install(area.spool)
+        wakeups.install()
         quiet_libraries()
         try:
             self.listeners = start_listeners(self.config, self.archive)

@@ -15,7 +15,7 @@ from pynetdicom import AE, evt
 
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE
-from appliance.dicom import contexts, sockets, uids, verification
+from appliance.dicom import contexts, sockets, uids, verification, wakeups
 from appliance.dicom.associations import Tracker
 from appliance.dicom.storage_scp import StorageSCP
 from appliance.store.ingest import Archive
@@ -101,8 +101,11 @@ def _make_ae(config: Config, local: ListeningAE, implementation_uid: str, presen
 def _start(name: str, config: Config, local: ListeningAE, implementation_uid: str, presentation,
            handlers: list, tracker: Tracker) -> Listener:
     ae = _make_ae(config, local, implementation_uid, presentation)
-    tune = [(evt.EVT_CONN_OPEN, lambda event: sockets.tune(event.assoc.dul.socket.socket,
-                                                           config.network.socket_buffer_size))]
+    def on_open(event) -> None:
+        sockets.tune(event.assoc.dul.socket.socket, config.network.socket_buffer_size)
+        wakeups.attach(event.assoc)
+
+    tune = [(evt.EVT_CONN_OPEN, on_open)]
     host = bind_host(config)
     try:
         server = ae.start_server((host, local.port), block=False,
