@@ -19,6 +19,7 @@ from helpers import Appliance
 SUCCESS, COERCED = 0x0000, 0xB000
 DEFAULTS = {"patient_name": "UNKNOWN^PATIENT", "patient_id": "NOID", "patient_birth_date": "19000101",
             "study_date": "20000101", "accession_number": "NOACC", "modality": "OT"}
+EXAM_TYPES = ["CHEST", "ABDOMEN", "KNEE", "LUNG"]
 COLUMNS = {
     "patient_id": "p.patient_id", "original_patient_id": "p.original_patient_id",
     "last_name": "p.last_name", "first_name": "p.first_name", "name_folded": "p.name_folded",
@@ -43,9 +44,10 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory):
-    """EL-02 default values, ST-14 coercion warning on, ST-18 duplicates replace."""
+    """EL-02 default values, ST-14 coercion warning on, ST-18 duplicates replace, EL-12 exam types."""
     yield from start(tmp_path_factory, "coercion-configured", {"storage_scp": {
-        "coercion_warning": True, "duplicate_policy": "replace", "default_values": DEFAULTS}})
+        "coercion_warning": True, "duplicate_policy": "replace", "default_values": DEFAULTS,
+        "exam_types": EXAM_TYPES}})
 
 
 def store(app, path_dir, ds, name=None) -> tuple[int, object]:
@@ -215,3 +217,22 @@ def test_latin1_names_indexed_as_unicode(app, tmp_path):
     assert row["referring_physician"] == "Größe^Jörg"
     stored = datasets.dataset_bytes(app.data_dir / "store" / row["path"])
     assert b"M\xfcller^Hans" in stored and "Müller".encode() not in stored
+
+
+@pytest.mark.parametrize("elements, exam_type", [
+    ({"StudyDescription": "ABDOMEN"}, "ABDOMEN"),
+    ({"SeriesDescription": "KNEE"}, "KNEE"),
+    ({"BodyPartExamined": "CHEST"}, "CHEST"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "LUNG"]}, "LUNG"),
+    ({"StudyDescription": "routine", "BodyPartExamined": "HAND"}, ""),
+], ids=["study-description", "series-description", "body-part", "image-type-3rd-value", "no-match"])
+def test_exam_type_from_the_configured_list(configured, tmp_path, elements, exam_type):
+    """EL-12 (CF-39): Study/Series Description, Body Part Examined or the 3rd Image Type value
+    found in the exam-type list is recorded as the study's and series' exam type."""
+    ds = datasets.image(CT, **elements)
+    status, _sent = store(configured, tmp_path, ds)
+    assert status == SUCCESS
+    [row] = configured.index_rows(
+        "SELECT st.exam_type, se.exam_type FROM instance i JOIN series se ON i.series_id = se.id "
+        "JOIN study st ON se.study_id = st.id WHERE i.file_sop_instance_uid = ?", ds.SOPInstanceUID)
+    assert row == (exam_type, exam_type)

@@ -160,3 +160,20 @@ def test_other_missing_elements_still_stored(app, tmp_path, mutate):
         assert scu.send_file(assoc, path) == SUCCESS
     [stored] = datasets.stored_paths(app, uid)
     assert datasets.dataset_bytes(stored) == datasets.dataset_bytes(path)
+
+
+def test_quarantine_keeps_refused_datasets_bounded(make_appliance, tmp_path):
+    """ST-13 (CF-38): with quarantine on, each dataset refused with A900 or C000 is kept in
+    quarantine/ with its reason, only the newest `quarantine_max_files`; nothing in store/."""
+    app = make_appliance({"storage_scp": {"quarantine": True, "quarantine_max_files": 2}})
+    refused = [crafted(tmp_path, without("StudyInstanceUID")),
+               crafted(tmp_path, body(lambda _: b"\xde\xad\xbe\xef" * 64)),
+               crafted(tmp_path, without("PhotometricInterpretation"))]
+    with scu.association(app.storage_port) as assoc:
+        statuses = [scu.send_file(assoc, path) for path, _uid in refused]
+    assert statuses == [MISMATCH, CANNOT_UNDERSTAND, MISMATCH]
+    kept = sorted((app.data_dir / "quarantine").glob("*.dcm"), key=lambda p: p.stat().st_mtime)
+    assert [datasets.dataset_bytes(p) for p in kept] == [datasets.dataset_bytes(p) for p, _ in refused[1:]]
+    reasons = [p.with_suffix(".txt").read_text() for p in kept]
+    assert "cannot be parsed" in reasons[0] and "Photometric Interpretation" in reasons[1]
+    assert app.stored_files() == [] and list((app.data_dir / "spool").iterdir()) == []
