@@ -34,6 +34,7 @@ class Session:
     failures: int = 0
     bytes: int = 0
     received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
+    last_received: float = field(default_factory=time.monotonic)  # any PDU from the peer
 
     def prefix(self) -> str:
         return f"{self.ae_name} #{self.number} {self.peer}"
@@ -80,6 +81,7 @@ class Tracker:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ACSE_SENT, self._on_acse_sent),
             (evt.EVT_ACSE_RECV, self._on_acse_recv),
+            (evt.EVT_PDU_RECV, self._on_pdu_recv),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
@@ -134,6 +136,12 @@ class Tracker:
         if s is not None:
             log.info("%s: association released; %s", s.prefix(), s.summary())
 
+    def _on_pdu_recv(self, event) -> None:
+        # A plain read of the dict: creating a session here would be before the requestor's
+        # title is known, and the GIL keeps a lookup safe against concurrent inserts.
+        if (s := self._sessions.get(event.assoc)) is not None:
+            s.last_received = time.monotonic()
+
     def _on_acse_recv(self, event) -> None:
         kind = {A_ABORT: "A-ABORT", A_P_ABORT: "A-P-ABORT"}.get(type(event.primitive))
         if kind:
@@ -161,7 +169,9 @@ class Tracker:
 def _ending(assoc, s: Session) -> str:
     """Why an association ended without a release (FL-03, LG-08)."""
     if getattr(assoc, "_sent_abort", False):
-        if assoc.dul.idle_timer_expired():  # FL-01, FL-02: pynetdicom's network timeout
+        # FL-01, FL-02: pynetdicom's network timeout. Its own idle timer cannot tell: the reader
+        # thread restarts it when the connection closes after our A-ABORT.
+        if time.monotonic() - s.last_received >= assoc.network_timeout * 0.9:
             return f"association aborted by the appliance (A-ABORT) after {assoc.network_timeout:g} s without data"
         return "association aborted by the appliance (A-ABORT)"
     received = s.received_abort
