@@ -10,6 +10,7 @@ needs, so a C-STORE costs one pass over the headers and never touches pixel data
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -67,10 +68,10 @@ class Unparseable(Exception):
 class Header:
     """Raw top-level values of the wanted elements, plus what the A900 checks need."""
 
-    transfer_syntax: str
     raw: dict[int, bytes] = field(default_factory=dict)
     pixel_data_present: bool = False
 
+    @functools.cached_property
     def _encodings(self) -> list[str]:
         terms = self.text(0x00080005, ascii_only=True)
         try:
@@ -88,7 +89,7 @@ class Header:
             text = value.decode("latin-1")
         else:
             delimiters = {0x5C, 0x3D, 0x5E} if WANTED[tag] == "PN" else {0x5C}
-            text = decode_bytes(value, self._encodings(), delimiters)
+            text = decode_bytes(value, self._encodings, delimiters)
         return text.rstrip("\x00 ").lstrip(" ") if WANTED[tag] != "UI" else text.rstrip("\x00 ")
 
     def has_value(self, tag: int) -> bool:
@@ -105,9 +106,9 @@ class Header:
         return struct.unpack("<H", value[:2])[0]
 
 
-def read_header(path, implicit_vr: bool, transfer_syntax: str) -> Header:
+def read_header(path, implicit_vr: bool) -> Header:
     """Walk the Part 10 file at `path`; raise `Unparseable` if it is not well formed."""
-    header = Header(transfer_syntax=transfer_syntax)
+    header = Header()
     with open(path, "rb", buffering=65536) as f:
         size = f.seek(0, 2)
         f.seek(0)

@@ -95,7 +95,7 @@ class Archive:
             raise DicomStatusError(status.OUT_OF_RESOURCES,
                                    f"disk full: {free} bytes free, below the reserve of {self.reserve_bytes}")
         try:
-            header = read_header(received, request.implicit_vr, request.transfer_syntax)
+            header = read_header(received, request.implicit_vr)
         except Unparseable as exc:
             raise DicomStatusError(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
         check_required(header, request)
