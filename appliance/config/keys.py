@@ -10,11 +10,7 @@ import dataclasses
 import typing
 from collections.abc import Iterator
 
-from appliance.config.model import Config
-
-
-def _public_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+from appliance.config.model import Config, public_fields
 
 
 def _element_class(hint):
@@ -36,7 +32,7 @@ class Key(typing.NamedTuple):
 def keys(cls=Config, prefix: str = "", inert: str | None = None) -> Iterator[Key]:
     """Every leaf key of the model, in model order."""
     hints = typing.get_type_hints(cls)
-    for f in _public_fields(cls):
+    for f in public_fields(cls):
         name = prefix + f.name
         why = f.metadata.get("inert", inert)
         nested = _element_class(hints[f.name])
@@ -49,7 +45,7 @@ def keys(cls=Config, prefix: str = "", inert: str | None = None) -> Iterator[Key
 def to_dict(config) -> dict:
     """The configuration as plain TOML/JSON values (tuples become lists); internal fields left out."""
     out = {}
-    for f in _public_fields(type(config)):
+    for f in public_fields(type(config)):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
@@ -64,7 +60,7 @@ def inert_settings(config: Config) -> list[tuple[str, str]]:
     found = []
 
     def walk(obj, cls, prefix: str) -> None:
-        for f in _public_fields(cls):
+        for f in public_fields(cls):
             value = getattr(obj, f.name)
             key = prefix + f.name
             if f.metadata.get("inert"):

@@ -39,7 +39,7 @@ def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "(file)", "must be a table")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.name: f for f in model.public_fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(prefix + unknown[0], "unknown key")

@@ -7,9 +7,15 @@ next to its default. Requirement IDs refer to the project's requirements checkli
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from appliance.dicom import uids
+
+
+def public_fields(cls) -> list[dataclasses.Field]:
+    """The fields that are TOML keys (not the loader's own bookkeeping, marked `internal`)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
 def _check(*checks, **meta):

@@ -184,9 +184,8 @@ class Archive:
                 referring_physician_folded=v.referring_physician.casefold(),
                 study_description=v.study_description, exam_type=v.exam_type).execute()
             cached = (study_id, patient.patient_id)
-        if len(self._studies) > _CACHE_ENTRIES:
-            self._studies.clear()
-            self._series_ids.clear()
+        if len(self._studies) + len(self._series_ids) > _CACHE_ENTRIES:
+            self.forget_cached_rows()
         self._studies[v.study_instance_uid] = cached
         return cached
 
