@@ -1,9 +1,9 @@
 """Composition root: config -> index and storage area -> listening AEs -> signals and sd_notify.
 
-READY is sent only when the index is migrated, interrupted placements are recovered and both
-listeners are bound. SIGHUP reloads the configuration (an invalid file is refused and the
-running one kept); SIGTERM stops accepting, lets running associations finish for
-`timeouts.shutdown_drain` seconds, aborts the rest, checkpoints the index and exits 0.
+The listeners are bound first and answer every request 2/3/1 (AS-02) until the index is
+migrated and interrupted placements are recovered; then READY is sent. SIGHUP reloads the configuration (an invalid file is refused and the
+running one kept); SIGTERM answers new requests 2/3/1 again, lets running associations finish
+for `timeouts.shutdown_drain` seconds, aborts the rest, checkpoints the index and exits 0.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
 from appliance.config.keys import inert_settings
 from appliance.dicom import receive, wakeups
-from appliance.dicom.server import Listener, quiet_libraries, start_listeners, stop_accepting
+from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
@@ -57,21 +57,23 @@ class Daemon:
         directory.mkdir(parents=True, exist_ok=True)
         service_log.setup(self.config.logging, directory)
         area = StorageArea(directory)
+        receive.install(area.spool)
+        wakeups.install()
+        quiet_libraries()
+        self.services = Services(self.config)
+        try:
+            self.listeners = start_listeners(self.config, self.services)
+        except OSError as exc:
+            log.error("cannot start: %s", exc.strerror or exc)
+            return 1
         self.index = Index(directory / "index.sqlite")
         self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes)
         kept, removed = self.archive.recover()
         if kept or removed:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
-        receive.install(area.spool)
-        wakeups.install()
-        quiet_libraries()
-        try:
-            self.listeners = start_listeners(self.config, self.archive)
-        except OSError as exc:
-            log.error("cannot start: %s", exc.strerror or exc)
-            self.index.close()
-            return 1
+        self.services.archive = self.archive
+        self.services.gate.open()
         warn_inert(self.config)
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
@@ -103,12 +105,13 @@ class Daemon:
 
     def _shutdown(self) -> int:
         systemd.notify("STOPPING=1")
-        log.info("stopping: no new associations; waiting up to %.0f s for %d running",
+        self.services.gate.drain()
+        log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
                  self.config.timeouts.shutdown_drain, self._active())
-        stop_accepting(self.listeners)
         deadline = time.monotonic() + self.config.timeouts.shutdown_drain
         while self._active() and time.monotonic() < deadline:
             time.sleep(0.05)
+        stop_accepting(self.listeners)
         if self._active():
             log.error("aborting %d associations still running at shutdown", self._active())
             for listener in self.listeners + self.retired:
@@ -123,7 +126,7 @@ class Daemon:
         return self._exit_code
 
     def _active(self) -> int:
-        return sum(len(l.ae.active_associations) for l in self.listeners + self.retired)
+        return self.services.active()
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -141,9 +144,12 @@ class Daemon:
         if new.storage != old.storage:
             log.warning("reload: [storage] changes take effect at the next restart")
             new = dataclasses.replace(new, storage=old.storage)
-        self.archive.policy = new.storage_scp  # before the rebind: new listeners use it at once
+        # Before the rebind: new listeners use them at once.
+        self.archive.policy = new.storage_scp
+        self.services.configure(new)
         if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS) and not self._rebind(old, new):
             self.archive.policy = old.storage_scp
+            self.services.configure(old)
             return
         self.config = new
         if new.logging != old.logging:
@@ -157,12 +163,12 @@ class Daemon:
         stop_accepting(self.listeners)
         self.retired = [l for l in self.retired + self.listeners if l.ae.active_associations]
         try:
-            self.listeners = start_listeners(new, self.archive)
+            self.listeners = start_listeners(new, self.services)
             return True
         except OSError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc.strerror or exc)
         try:
-            self.listeners = start_listeners(old, self.archive)
+            self.listeners = start_listeners(old, self.services)
         except OSError as exc:  # the old ports were taken meanwhile: exit, systemd restarts us
             log.critical("cannot listen again with the running configuration: %s", exc.strerror or exc)
             self.listeners = []

@@ -16,6 +16,7 @@ from scu import associate, echo
 
 SUCCESS = 0x0000
 CALLED_AE_NOT_RECOGNIZED = (1, 1, 7)  # A-ASSOCIATE-RJ result, source, reason (AS-04)
+TEMPORARY_CONGESTION = (2, 3, 1)  # AS-02
 
 # Invalid configurations and the key their refusal must name.
 INVALID = [
@@ -34,9 +35,10 @@ def test_ready_is_notified_with_a_status_line(appliance):
 
 @pytest.mark.parametrize("reload_first", [False, True], ids=["plain", "after-a-reload"])
 def test_sigterm_lets_a_running_transfer_finish(appliance, tmp_path, reload_first):
-    """SIGTERM drains: an association already transferring completes every C-STORE with 0x0000,
-    then the daemon sends STOPPING=1, logs 'stopped' and exits 0; the instances are indexed.
-    Also for an association that began before a SIGHUP rebuilt the listeners."""
+    """SIGTERM drains: an association already transferring completes every C-STORE with 0x0000
+    while new requests to either AE get 2/3/1 (AS-02); then the daemon sends STOPPING=1, logs
+    'stopped' and exits 0; the instances are indexed. Also for an association that began
+    before a SIGHUP rebuilt the listeners."""
     paths = [datasets.write(datasets.image(), tmp_path / f"{n}.dcm") for n in range(20)]
     assoc = associate(appliance.storage_port, appliance.storage_title, datasets.CT)
     if reload_first:
@@ -58,7 +60,10 @@ def test_sigterm_lets_a_running_transfer_finish(appliance, tmp_path, reload_firs
         assert first_stored.wait(10)
         appliance.signal(signal.SIGTERM)
         appliance.wait_notify("STOPPING=1", 10)
-        appliance.wait_log(r"stopping: no new associations; waiting up to \d+ s for 1 running")
+        appliance.wait_log(r"stopping: new associations refused \(2/3/1\); waiting up to \d+ s for 1 running")
+        title = "NEW_STORE_SCP" if reload_first else appliance.storage_title
+        assert echo(appliance.storage_port, title) == TEMPORARY_CONGESTION
+        assert echo(appliance.qr_port, "EX_QUERY_SCP") == TEMPORARY_CONGESTION
     finally:
         sender.join(30)
     assert statuses == [SUCCESS] * len(paths)
@@ -94,8 +99,8 @@ def test_sighup_applies_a_valid_change(appliance, key):
     if key == "ae_title":
         assert echo(old_port, new_value) == SUCCESS
         assert echo(old_port, old_title) == CALLED_AE_NOT_RECOGNIZED
-        appliance.wait_log(rf"STORAGE-SCP TEST_SCU@\S+: association rejected \(called {old_title}\): "
-                           r"result 1, source 1, reason 7")
+        appliance.wait_log(rf"STORAGE-SCP #\d+ TEST_SCU@\S+: association rejected \(called {old_title}\): "
+                           r".*result 1, source 1, reason 7 \(AS-04\)")
     else:
         assert echo(new_value, old_title) == SUCCESS
         assert echo(old_port, old_title) is None  # connection refused

@@ -57,10 +57,10 @@ def test_validate_reports_a_missing_file(tmp_path):
 
 def test_validate_warns_about_keys_that_have_no_effect_yet(tmp_path):
     path = tmp_path / "appliance.toml"
-    path.write_text('[storage_scp]\naccepted_addresses = ["10.0.0.0/8"]\n')
+    path.write_text("[storage_scu]\nopen_retries = 2\n")
     result = run("--config", str(path), "config", "validate")
     assert result.returncode == 0
-    assert "warning: storage_scp.accepted_addresses is set but has no effect yet" in result.stderr
+    assert "warning: storage_scu.open_retries is set but has no effect yet" in result.stderr
 
 
 def test_show_prints_the_effective_configuration_as_toml(config_file):

@@ -152,13 +152,10 @@ class ListeningAE:
 
     ae_title: str = field(default="", metadata=_check(ae_title))
     port: int = field(default=0, metadata=_check(port))
-    max_associations: int = field(default=10, metadata=_check(positive))  # CF-16, CF-23
-    association_limit: str = field(default="total", metadata=_check(
-        one_of("total", "per_calling_ae"), inert="per-calling-AE limits (CC-02) are not implemented; "
-                                                  "max_associations always counts the total"))
+    max_associations: int = field(default=10, metadata=_check(positive))  # CF-16, CF-23, CC-01
+    association_limit: str = field(default="total", metadata=_check(one_of("total", "per_calling_ae")))  # CC-02
     accepted_calling_aes: tuple[str, ...] = field(default=(), metadata=_check(ae_titles))  # AS-05
-    accepted_addresses: tuple[str, ...] = field(default=(), metadata=_check(
-        ip_networks, inert="the IP allow-list (AS-08) is not enforced yet"))
+    accepted_addresses: tuple[str, ...] = field(default=(), metadata=_check(ip_networks))  # AS-08
     check_called_ae: bool = True  # AS-04, D-14
     max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-14, CF-22, D-1
     idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15, CF-24
@@ -242,10 +239,8 @@ class Timeouts:
     connect: float = field(default=10.0, metadata=_check(positive, inert=_OUTGOING))  # CF-03
     artim: float = field(default=30.0, metadata=_check(positive))  # CF-04
     association_response: float = field(default=30.0, metadata=_check(positive, inert=_OUTGOING))  # CF-05
-    send: float = field(default=30.0, metadata=_check(
-        positive, inert="no blocked-send timer yet; idle_timeout bounds a stalled peer"))  # CF-06
-    pdu_gap: float = field(default=30.0, metadata=_check(
-        positive, inert="no timer inside a PDU yet; idle_timeout bounds a stalled peer"))  # CF-07
+    send: float = field(default=30.0, metadata=_check(positive))  # CF-06
+    pdu_gap: float = field(default=30.0, metadata=_check(positive))  # CF-07
     shutdown_drain: float = field(default=30.0, metadata=_check(non_negative))
 
 

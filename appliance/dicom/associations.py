@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from pynetdicom import evt
-from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
 from appliance.dicom import receive
 
@@ -24,20 +24,23 @@ _numbers = itertools.count(1)
 
 @dataclass
 class Session:
-    """One accepted association: who, since when, and what it carried."""
+    """One accepted connection and, once requested, its association: who, since when, what it carried."""
 
     number: int
     ae_name: str
-    peer: str
+    address: str  # ip:port
+    title: str = ""  # the calling AE title, once the A-ASSOCIATE-RQ is read
+    stage: str = "connected"  # -> "requested" -> "established", or "rejected"
     started: float = field(default_factory=time.monotonic)
     instances: int = 0
     failures: int = 0
     bytes: int = 0
     received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
     last_received: float = field(default_factory=time.monotonic)  # any PDU from the peer
+    ending: str = ""  # why the appliance ended the connection, when it did (framing)
 
     def prefix(self) -> str:
-        return f"{self.ae_name} #{self.number} {self.peer}"
+        return f"{self.ae_name} #{self.number} {self.title or '?'}@{self.address}"
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -49,11 +52,10 @@ class Session:
         return line
 
 
-def peer_of(assoc) -> str:
-    title = (assoc.requestor.ae_title or "").strip() or "?"
+def address_of(assoc) -> str:
     # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log the address they know.
     address = assoc.requestor.address.removeprefix("::ffff:")
-    return f"{title}@{address}:{assoc.requestor.port}"
+    return f"{address}:{assoc.requestor.port}"
 
 
 class Tracker:
@@ -68,7 +70,7 @@ class Tracker:
         with self._lock:
             found = self._sessions.get(assoc)
             if found is None:
-                found = self._sessions[assoc] = Session(next(_numbers), self.ae_name, peer_of(assoc))
+                found = self._sessions[assoc] = Session(next(_numbers), self.ae_name, address_of(assoc))
             return found
 
     def _end(self, assoc) -> Session | None:
@@ -78,8 +80,8 @@ class Tracker:
     def handlers(self) -> list:
         return [
             (evt.EVT_CONN_OPEN, self._guard_reader),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_ACSE_SENT, self._on_acse_sent),
             (evt.EVT_ACSE_RECV, self._on_acse_recv),
             (evt.EVT_PDU_RECV, self._on_pdu_recv),
             (evt.EVT_RELEASED, self._on_released),
@@ -109,27 +111,22 @@ class Tracker:
     def _reader_failed(self, assoc, exc: Exception) -> None:
         receive.discard_in_flight(assoc)
         s = self._end(assoc)
-        prefix = s.prefix() if s else f"{self.ae_name} {peer_of(assoc)}"
+        prefix = s.prefix() if s else f"{self.ae_name} {address_of(assoc)}"
         log.error("%s: connection dropped: cannot process the peer's data (%s: %s)%s", prefix,
                   type(exc).__name__, exc, f"; {s.summary()}" if s else "")
 
+    def _on_requested(self, event) -> None:
+        s = self.session(event.assoc)
+        s.title = event.assoc.requestor.primitive.calling_ae_title.strip()
+        s.stage = "requested"
+
     def _on_established(self, event) -> None:
         s = self.session(event.assoc)
+        s.stage = "established"
         called = event.assoc.acceptor.ae_title.strip()
         accepted = len(event.assoc.accepted_contexts)
         log.info("%s: association accepted (called %s, %d presentation contexts accepted)",
                  s.prefix(), called, accepted)
-
-    def _on_acse_sent(self, event) -> None:
-        primitive = event.primitive
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0x00):
-            # An A-ASSOCIATE-RJ primitive carries no titles (pynetdicom fills in "DEFAULT"):
-            # the called title the peer asked for is in its request.
-            request = getattr(event.assoc.requestor, "primitive", None)
-            called = (getattr(request, "called_ae_title", "") or "").strip() or "?"
-            log.warning("%s %s: association rejected (called %s): result %d, source %d, reason %d",
-                        self.ae_name, peer_of(event.assoc), called, primitive.result,
-                        primitive.result_source, primitive.diagnostic)
 
     def _on_released(self, event) -> None:
         s = self._end(event.assoc)
@@ -137,8 +134,8 @@ class Tracker:
             log.info("%s: association released; %s", s.prefix(), s.summary())
 
     def _on_pdu_recv(self, event) -> None:
-        # A plain read of the dict: creating a session here would be before the requestor's
-        # title is known, and the GIL keeps a lookup safe against concurrent inserts.
+        # A plain read of the dict, no lock: this runs for every PDU, and the GIL keeps a
+        # lookup safe against concurrent inserts.
         if (s := self._sessions.get(event.assoc)) is not None:
             s.last_received = time.monotonic()
 
@@ -152,22 +149,41 @@ class Tracker:
     # pynetdicom fires EVT_CONN_CLOSE and EVT_ABORTED for the same end, in either order
     # (the DUL and association threads race); the first one logs, with the cause.
     def _on_aborted(self, event) -> None:
-        s = self._end(event.assoc)
-        if s is not None:
-            log.error("%s: %s; %s", s.prefix(), _ending(event.assoc, s), s.summary())
+        self._finish(event.assoc)
 
     def _on_closed(self, event) -> None:
         assoc = event.assoc
         released = assoc.is_released or assoc.dul.state_machine.current_state == "Sta13"
         if released and not getattr(assoc, "_sent_abort", False):
             return  # the peer closing after our A-RELEASE-RP: _on_released logs it
+        self._finish(assoc)
+
+    def _finish(self, assoc) -> None:
         s = self._end(assoc)
-        if s is not None:
+        if s is None or s.stage == "rejected":  # already logged (admission, framing)
+            return
+        if s.stage == "connected":
+            self._log_unrequested(assoc, s)
+        else:
             log.error("%s: %s; %s", s.prefix(), _ending(assoc, s), s.summary())
+
+    @staticmethod
+    def _log_unrequested(assoc, s: Session) -> None:
+        """A connection that ended before any A-ASSOCIATE-RQ: garbage, ARTIM, or a port probe."""
+        elapsed = time.monotonic() - s.started
+        if s.ending:
+            log.warning("%s: %s", s.prefix(), s.ending)
+        elif elapsed >= assoc.acse_timeout * 0.9:
+            log.warning("%s: connection closed: no A-ASSOCIATE-RQ within %g s (timeouts.artim)",
+                        s.prefix(), assoc.acse_timeout)
+        else:
+            log.info("%s: connection closed by the peer before an association request", s.prefix())
 
 
 def _ending(assoc, s: Session) -> str:
     """Why an association ended without a release (FL-03, LG-08)."""
+    if s.ending:
+        return s.ending
     if getattr(assoc, "_sent_abort", False):
         # FL-01, FL-02: pynetdicom's network timeout. Its own idle timer cannot tell: the reader
         # thread restarts it when the connection closes after our A-ABORT.

@@ -15,7 +15,8 @@ from pynetdicom import AE, evt
 
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE
-from appliance.dicom import contexts, sockets, uids, verification, wakeups
+from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
+from appliance.dicom.admission import Admission, Gate
 from appliance.dicom.associations import Tracker
 from appliance.dicom.storage_scp import StorageSCP
 from appliance.store.ingest import Archive
@@ -39,6 +40,28 @@ class Listener:
     def abort_all(self) -> None:
         for assoc in list(self.ae.active_associations):
             assoc.abort()
+
+
+class Services:
+    """What the listeners serve, kept across the rebinds of a reload: each AE's admission (its
+    admitted associations keep counting against the new limits) and the archive, which is set
+    once the index is open. Until then, and while draining, the gate answers 2/3/1 (AS-02)."""
+
+    def __init__(self, config: Config):
+        self.gate = Gate()
+        self.admissions = {
+            "STORAGE-SCP": Admission("STORAGE-SCP", config.storage_scp, self.gate),
+            "QUERY-RETRIEVE-SCP": Admission("QUERY-RETRIEVE-SCP", config.query_retrieve_scp, self.gate),
+        }
+        self.archive: Archive | None = None
+
+    def configure(self, config: Config) -> None:
+        self.admissions["STORAGE-SCP"].configure(config.storage_scp)
+        self.admissions["QUERY-RETRIEVE-SCP"].configure(config.query_retrieve_scp)
+
+    def active(self) -> int:
+        """Associations admitted and still running, on both AEs."""
+        return sum(admission.active() for admission in self.admissions.values())
 
 
 def stop_accepting(listeners: list[Listener]) -> None:
@@ -86,10 +109,12 @@ def _make_ae(config: Config, local: ListeningAE, implementation_uid: str, presen
     ae = AE(ae_title=local.ae_title.strip())
     ae.implementation_class_uid = implementation_uid  # AE-11
     ae.implementation_version_name = uids.implementation_version_name(__version__)  # AE-10
-    ae.maximum_associations = local.max_associations  # CC-01 (per-calling-AE mode: issue 3)
+    # Titles, limits and the rest of admission are decided by admission.Admission, in AS-09's
+    # order; pynetdicom's own checks would answer first, in theirs.
+    ae.maximum_associations = 1 << 20
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
     ae.maximum_pdu_size = local.max_pdu_size  # CF-14 / CF-22
-    ae.require_called_aet = local.check_called_ae  # AS-04
-    ae.require_calling_aet = [t.strip() for t in local.accepted_calling_aes]  # AS-05
     ae.acse_timeout = config.timeouts.artim  # CF-04: wait for A-ASSOCIATE-RQ
     ae.network_timeout = local.idle_timeout  # CF-15 / CF-24: no traffic on an open association
     ae.dimse_timeout = local.idle_timeout
@@ -99,17 +124,21 @@ def _make_ae(config: Config, local: ListeningAE, implementation_uid: str, presen
 
 
 def _start(name: str, config: Config, local: ListeningAE, implementation_uid: str, presentation,
-           handlers: list, tracker: Tracker) -> Listener:
+           handlers: list, tracker: Tracker, admission: Admission) -> Listener:
     ae = _make_ae(config, local, implementation_uid, presentation)
-    def on_open(event) -> None:
-        sockets.tune(event.assoc.dul.socket.socket, config.network.socket_buffer_size)
-        wakeups.attach(event.assoc)
 
-    tune = [(evt.EVT_CONN_OPEN, on_open)]
+    def on_open(event) -> None:
+        assoc = event.assoc
+        sockets.tune(assoc.dul.socket.socket, config.network.socket_buffer_size)
+        wakeups.attach(assoc)
+        framing.attach(assoc, tracker.session(assoc), config.timeouts)
+
+    # Order matters within an event: the tracker names the peer before admission logs it.
+    all_handlers = [(evt.EVT_CONN_OPEN, on_open)] + tracker.handlers() + admission.handlers(tracker.session) \
+        + handlers
     host = bind_host(config)
     try:
-        server = ae.start_server((host, local.port), block=False,
-                                 evt_handlers=tune + tracker.handlers() + handlers)
+        server = ae.start_server((host, local.port), block=False, evt_handlers=all_handlers)
     except OSError as exc:
         where = f"port {local.port}" if host in ("::", "0.0.0.0") else f"{host} port {local.port}"
         raise OSError(exc.errno, f"{name} ({ae.ae_title}) cannot listen on {where}: {exc.strerror}") from exc
@@ -117,21 +146,22 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
     return Listener(name, ae, server)
 
 
-def start_listeners(config: Config, archive: Archive) -> list[Listener]:
+def start_listeners(config: Config, services: Services) -> list[Listener]:
     """Bind both listening AEs; raises OSError (e.g. port in use) before anything is served."""
     scp_tracker = Tracker("STORAGE-SCP")
     qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
-    storage = StorageSCP(archive, scp_tracker)
+    storage = StorageSCP(services, scp_tracker)
     listeners = []
     try:
         listeners.append(_start(
             "STORAGE-SCP", config, config.storage_scp, uids.IMPLEMENTATION_UID_SCP,
             contexts.storage_scp_contexts(config.storage_scp),
-            storage.handlers() + verification.handlers(scp_tracker), scp_tracker))
+            storage.handlers() + verification.handlers(scp_tracker), scp_tracker,
+            services.admissions["STORAGE-SCP"]))
         listeners.append(_start(
             "QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp, uids.IMPLEMENTATION_UID_QR_SCU,
             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),
-            verification.handlers(qr_tracker), qr_tracker))
+            verification.handlers(qr_tracker), qr_tracker, services.admissions["QUERY-RETRIEVE-SCP"]))
     except BaseException:
         stop_accepting(listeners)
         raise

@@ -13,14 +13,14 @@ from pynetdicom import evt
 
 from appliance.dicom import receive, status, uids
 from appliance.dicom.associations import Tracker
-from appliance.store.ingest import Archive, StoreRequest
+from appliance.store.ingest import StoreRequest
 
 log = logging.getLogger("appliance.storage_scp")
 
 
 class StorageSCP:
-    def __init__(self, archive: Archive, tracker: Tracker):
-        self.archive = archive
+    def __init__(self, services, tracker: Tracker):
+        self.services = services  # server.Services: its archive is set before the gate opens
         self.tracker = tracker
 
     def handlers(self) -> list:
@@ -41,7 +41,7 @@ class StorageSCP:
                 implicit_vr=transfer_syntax == uids.IMPLICIT_LE,
                 calling_ae=event.assoc.requestor.ae_title.strip(),
             )
-            outcome = self.archive.store(event.dataset_path, request, receive.receive_error(rq))
+            outcome = self.services.archive.store(event.dataset_path, request, receive.receive_error(rq))
         except Exception:
             log.exception("%s: C-STORE %s: unexpected failure, status 0x%04X", session.prefix(),
                           rq.AffectedSOPInstanceUID, status.UNEXPECTED_FAILURE)

@@ -1,0 +1,235 @@
+"""Reading and writing PDUs on an accepted connection, with bounds and timers (CF-04, CF-06, CF-07, AS-06).
+
+pynetdicom 3.0 reads a PDU as "6 header bytes, then as many as the header announces", each
+recv() waiting up to the idle timeout, into a buffer that grows to the announced length. A
+peer can therefore hold a reader for 15 minutes per byte, trickle an A-ASSOCIATE-RQ past
+ARTIM, or announce 4 GB and make it allocate as much as it sends; an undecodable
+A-ASSOCIATE-RQ is answered with A-ABORT instead of the A-ASSOCIATE-RJ of AS-06.
+
+`attach` gives each accepted association our reader and sender instead (pynetdicom has no hook
+for either; both replace instance attributes, like `wakeups`):
+
+- a PDU may announce at most our advertised maximum length (P-DATA-TF, D-1) or
+  `CONTROL_PDU_LIMIT` (all other types);
+- within a PDU, the peer may pause at most `timeouts.pdu_gap` (CF-07);
+- the A-ASSOCIATE-RQ must be complete within ARTIM of the connection (CF-04), any later PDU
+  within the AE's idle timeout of its first byte, so a trickling peer cannot hold a worker;
+- a send may block at most `timeouts.send` (CF-06).
+
+A violation before the A-ASSOCIATE-RQ closes the connection (an undecodable request is first
+answered 1/2/1, AS-06); after it, the association is aborted (A-ABORT, FL-02). Either way the
+session records why, and `associations.Tracker` logs it when the connection ends.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from pynetdicom import dul as pynetdicom_dul
+from pynetdicom import evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+from appliance.config.model import Timeouts
+from appliance.dicom.admission import UNPARSEABLE, log_rejection
+
+# PS3.8 sets no maximum for an A-ASSOCIATE-RQ; real ones (128 contexts, user identity) stay
+# well below 100 KiB. Release and abort PDUs are 10 bytes.
+CONTROL_PDU_LIMIT = 1 << 20
+_PDU_TYPES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
+              0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}
+P_DATA_TF = 0x04
+
+
+class ProtocolError(Exception):
+    """The peer's bytes break PS3.8 or our bounds; the message says how, for the log."""
+
+
+class _TimedOut(ProtocolError):
+    """A timer expired inside a PDU: the connection ends without an answer."""
+
+
+class _Closed(Exception):
+    """The peer closed the connection, or it broke."""
+
+
+def check_header(header: bytes, max_pdata: int, expect_request: bool) -> tuple[int, int]:
+    """The PDU type and length of a 6-byte header, or ProtocolError."""
+    pdu_type, length = struct.unpack(">BxL", header)
+    if pdu_type not in _PDU_TYPES:
+        raise ProtocolError(f"not a DICOM PDU ({describe(header)})")
+    if expect_request and pdu_type != 0x01:
+        raise ProtocolError(f"{_PDU_TYPES[pdu_type]} received where an A-ASSOCIATE-RQ was expected")
+    limit = max_pdata if pdu_type == P_DATA_TF else CONTROL_PDU_LIMIT
+    if length > limit:
+        raise ProtocolError(f"{_PDU_TYPES[pdu_type]} of {length} bytes announced, more than the "
+                            f"{limit} accepted")
+    return pdu_type, length
+
+
+def decode_pdu(data: bytes):
+    """The pynetdicom PDU object and state-machine event of a whole PDU (header checked), or
+    ProtocolError; an A-ASSOCIATE-RQ must also convert and carry its mandatory items (AS-06)."""
+    pdu_class, event = pynetdicom_dul._PDU_TYPES[data[:1]]
+    pdu = pdu_class()
+    try:
+        pdu.decode(data)
+        request = pdu.to_primitive() if data[0] == 0x01 else None
+    except Exception as exc:  # pynetdicom's decoders raise anything on bad input
+        raise ProtocolError(f"{_PDU_TYPES[data[0]]} cannot be decoded ({exc!r:.200})") from None
+    if request is not None:
+        if request.application_context_name is None:
+            raise ProtocolError("the A-ASSOCIATE-RQ has no application context item")
+        if request.maximum_length_received is None:
+            raise ProtocolError("the A-ASSOCIATE-RQ has no maximum length in its user information")
+    return pdu, event
+
+
+def describe(first: bytes) -> str:
+    """What the first bytes of a non-DICOM connection look like, for a field engineer."""
+    if first.startswith(b"\x16\x03"):
+        return "a TLS handshake: the peer expects DICOM over TLS, which this AE does not offer"
+    if first[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"CONN"):
+        return "an HTTP request"
+    return "first bytes " + first.hex(" ")
+
+
+class Framing:
+    """The reader (`read_pdu`) and sender (`send`) of one accepted association's DUL."""
+
+    def __init__(self, assoc, session, timeouts: Timeouts):
+        self.assoc = assoc
+        self.dul = assoc.dul
+        self.session = session
+        self.pdu_gap = timeouts.pdu_gap
+        self.send_timeout = timeouts.send
+        self.opened = time.monotonic()
+        self.finished = False  # after a violation nothing more is read
+        # recv() waits at most pdu_gap: the DUL reads only when select() saw data, so a
+        # blocking wait happens only inside a PDU.
+        self.dul.socket.socket.settimeout(self.pdu_gap)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read_pdu(self) -> None:
+        """Stands in for DULServiceProvider._read_pdu_data: one PDU onto the DUL's queues."""
+        dul = self.dul
+        if self.finished:
+            dul.socket.close()  # Evt17: the state machine ends the connection
+            return
+        expect_request = dul.state_machine.current_state == "Sta2"
+        if expect_request:
+            deadline, timer = self.opened + self.assoc.acse_timeout, "timeouts.artim"
+        else:
+            deadline, timer = time.monotonic() + self.assoc.network_timeout, "idle_timeout"
+        data = b""
+        try:
+            data = self._receive(6, deadline, timer)
+            _, length = check_header(data, self.assoc.acceptor.maximum_length, expect_request)
+            data += self._receive(length, deadline, timer)
+            pdu, event = decode_pdu(data)
+        except _Closed:
+            if expect_request:
+                self._close_before_request()
+            else:  # as pynetdicom does: the state machine decides (A-P-ABORT indication, or the end)
+                dul.event_queue.put("Evt17")
+            return
+        except ProtocolError as exc:
+            self._violation(expect_request, data, exc)
+            return
+        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(pdu)
+
+    def _receive(self, count: int, deadline: float, timer: str) -> bytes:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        received = 0
+        sock = self.dul.socket.socket
+        while received < count:
+            try:
+                got = sock.recv_into(view[received:])
+            except TimeoutError:
+                raise _TimedOut(f"no data for {self.pdu_gap:g} s inside a PDU ({received} of "
+                                    f"{count} bytes received; timeouts.pdu_gap)") from None
+            except OSError:
+                raise _Closed() from None
+            if not got:
+                raise _Closed()
+            received += got
+            if received < count and time.monotonic() > deadline:
+                what = "the A-ASSOCIATE-RQ" if timer == "timeouts.artim" else "a PDU"
+                limit = deadline - self.opened if timer == "timeouts.artim" else self.assoc.network_timeout
+                raise _TimedOut(f"{what} was not complete within {limit:g} s ({received} of {count} "
+                                    f"bytes received; {timer})")
+        return bytes(buffer)
+
+    def _violation(self, expect_request: bool, data: bytes, error: ProtocolError) -> None:
+        self.finished = True
+        why = str(error)
+        if expect_request and data[:1] == b"\x01" and not isinstance(error, _TimedOut):
+            self._refuse_request(data, why)
+        elif expect_request:
+            self.session.ending = f"connection closed: {why}"
+            self._close_before_request()
+        else:
+            self.session.ending = f"association aborted by the appliance (A-ABORT): {why}"
+            self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT, then the connection closes
+
+    def _refuse_request(self, data: bytes, why: str) -> None:
+        """AS-06: an A-ASSOCIATE-RQ that cannot be parsed gets 1/2/1, whatever else is wrong."""
+        called = data[10:26].decode("ascii", "replace").strip()
+        self.session.title = data[26:42].decode("ascii", "replace").strip()
+        self.session.stage = "rejected"
+        log_rejection(self.session.prefix(), called, UNPARSEABLE, why)
+        reject = A_ASSOCIATE_RJ()
+        reject.result, reject.source, reject.reason_diagnostic = (
+            UNPARSEABLE.result, UNPARSEABLE.source, UNPARSEABLE.reason)
+        sock = self.dul.socket.socket
+        try:
+            sock.sendall(reject.encode())
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._close_before_request()
+
+    def _close_before_request(self) -> None:
+        self.finished = True
+        self.dul.socket.close()  # Evt17 in Sta2: back to idle; EVT_CONN_CLOSE
+        self.dul.to_user_queue.put(None)  # the association thread stops waiting for a request
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Stands in for AssociationSocket.send."""
+        sock = self.dul.socket.socket
+        if sock is None:
+            self.dul.event_queue.put("Evt17")
+            return
+        if self.send_timeout != self.pdu_gap:
+            sock.settimeout(self.send_timeout)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[sock.send(view):]
+            evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": data})
+        except TimeoutError:
+            self.session.ending = (f"connection dropped: the peer accepted no data for "
+                                   f"{self.send_timeout:g} s (timeouts.send)")
+            self.dul.event_queue.put("Evt17")
+        except OSError:
+            self.dul.event_queue.put("Evt17")
+        finally:
+            if self.send_timeout != self.pdu_gap:
+                try:
+                    sock.settimeout(self.pdu_gap)
+                except OSError:
+                    pass
+
+
+def attach(assoc, session, timeouts: Timeouts) -> None:
+    """EVT_CONN_OPEN (before the association's threads start)."""
+    framing = Framing(assoc, session, timeouts)
+    assoc.dul._read_pdu_data = framing.read_pdu
+    assoc.dul.socket.send = framing.send
