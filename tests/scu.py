@@ -13,9 +13,9 @@ from pynetdicom.presentation import build_context
 import datasets
 
 
-def scu_ae(*sop_classes: str, transfer_syntaxes: tuple[str, ...] = ()) -> "AE":
+def scu_ae(*sop_classes: str, transfer_syntaxes: tuple[str, ...] = (), title: str = "TEST_SCU") -> "AE":
     """A requesting AE proposing Verification plus `sop_classes` (default TS: ELE, ILE)."""
-    ae = AE(ae_title="TEST_SCU")
+    ae = AE(ae_title=title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     syntaxes = list(transfer_syntaxes) or [datasets.ELE, datasets.ILE]
     ae.add_requested_context(datasets.VERIFICATION)
@@ -24,8 +24,10 @@ def scu_ae(*sop_classes: str, transfer_syntaxes: tuple[str, ...] = ()) -> "AE":
     return ae
 
 
-def associate(port: int, title: str, *sop_classes: str, host: str = "127.0.0.1", **kwargs):
-    """An association to the appliance; `.acse_result` holds (result, source, reason) when rejected."""
+def associate(port: int, title: str, *sop_classes: str, host: str = "127.0.0.1", calling: str = "TEST_SCU",
+              **kwargs):
+    """An association to the appliance (called `title`); `.acse_result` holds (result, source,
+    reason) when rejected."""
     seen = {}
 
     def on_acse(event):
@@ -33,15 +35,15 @@ def associate(port: int, title: str, *sop_classes: str, host: str = "127.0.0.1",
         if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0):
             seen["rj"] = (primitive.result, primitive.result_source, primitive.diagnostic)
 
-    assoc = scu_ae(*sop_classes).associate(host, port, ae_title=title,
+    assoc = scu_ae(*sop_classes, title=calling).associate(host, port, ae_title=title,
                                            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)], **kwargs)
     assoc.acse_result = seen.get("rj")
     return assoc
 
 
-def echo(port: int, title: str, host: str = "127.0.0.1") -> int | tuple | None:
+def echo(port: int, title: str, host: str = "127.0.0.1", calling: str = "TEST_SCU") -> int | tuple | None:
     """C-ECHO status; the (result, source, reason) of an A-ASSOCIATE-RJ; None if no association."""
-    assoc = associate(port, title, host=host)
+    assoc = associate(port, title, host=host, calling=calling)
     if not assoc.is_established:
         return assoc.acse_result
     try:

@@ -10,6 +10,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from pynetdicom import evt
@@ -30,14 +31,14 @@ class Session:
     ae_name: str
     address: str  # ip:port
     title: str = ""  # the calling AE title, once the A-ASSOCIATE-RQ is read
-    stage: str = "connected"  # -> "requested" -> "established", or "rejected"
+    stage: str = "connected"  # -> "requested" -> "established"; or "rejected" or "closed" (logged)
     started: float = field(default_factory=time.monotonic)
     instances: int = 0
     failures: int = 0
     bytes: int = 0
     received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
     last_received: float = field(default_factory=time.monotonic)  # any PDU from the peer
-    ending: str = ""  # why the appliance ended the connection, when it did (framing)
+    ending: str = ""  # why the appliance ended the association, when it did (framing)
 
     def prefix(self) -> str:
         return f"{self.ae_name} #{self.number} {self.title or '?'}@{self.address}"
@@ -64,18 +65,25 @@ class Tracker:
     def __init__(self, ae_name: str):
         self.ae_name = ae_name
         self._sessions: dict[object, Session] = {}
+        # Ended sessions stay findable: pynetdicom's two threads race, so an event can follow
+        # the end (EVT_ESTABLISHED after framing aborted on the first PDU). It must not start a
+        # new session and log the association again.
+        self._ended: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def session(self, assoc) -> Session:
         with self._lock:
-            found = self._sessions.get(assoc)
+            found = self._sessions.get(assoc) or self._ended.get(assoc)
             if found is None:
                 found = self._sessions[assoc] = Session(next(_numbers), self.ae_name, address_of(assoc))
             return found
 
     def _end(self, assoc) -> Session | None:
         with self._lock:
-            return self._sessions.pop(assoc, None)
+            found = self._sessions.pop(assoc, None)
+            if found is not None:
+                self._ended[assoc] = found
+            return found
 
     def handlers(self) -> list:
         return [
@@ -121,7 +129,9 @@ class Tracker:
         s.stage = "requested"
 
     def _on_established(self, event) -> None:
-        s = self.session(event.assoc)
+        s = self._sessions.get(event.assoc)
+        if s is None:  # ended already; its end was logged
+            return
         s.stage = "established"
         called = event.assoc.acceptor.ae_title.strip()
         accepted = len(event.assoc.accepted_contexts)
@@ -154,13 +164,14 @@ class Tracker:
     def _on_closed(self, event) -> None:
         assoc = event.assoc
         released = assoc.is_released or assoc.dul.state_machine.current_state == "Sta13"
-        if released and not getattr(assoc, "_sent_abort", False):
+        aborted = getattr(assoc, "_sent_abort", False) or getattr(self._sessions.get(assoc), "ending", "")
+        if released and not aborted:
             return  # the peer closing after our A-RELEASE-RP: _on_released logs it
         self._finish(assoc)
 
     def _finish(self, assoc) -> None:
         s = self._end(assoc)
-        if s is None or s.stage == "rejected":  # already logged (admission, framing)
+        if s is None or s.stage in ("rejected", "closed"):  # already logged (admission, framing)
             return
         if s.stage == "connected":
             self._log_unrequested(assoc, s)
@@ -169,15 +180,13 @@ class Tracker:
 
     @staticmethod
     def _log_unrequested(assoc, s: Session) -> None:
-        """A connection that ended before any A-ASSOCIATE-RQ: garbage, ARTIM, or a port probe."""
-        elapsed = time.monotonic() - s.started
-        if s.ending:
-            log.warning("%s: %s", s.prefix(), s.ending)
-        elif elapsed >= assoc.acse_timeout * 0.9:
+        """A connection that ended before any A-ASSOCIATE-RQ and that framing did not end: ARTIM
+        (pynetdicom's timer), or the service aborting everything at shutdown."""
+        if time.monotonic() - s.started >= assoc.acse_timeout * 0.9:
             log.warning("%s: connection closed: no A-ASSOCIATE-RQ within %g s (timeouts.artim)",
                         s.prefix(), assoc.acse_timeout)
         else:
-            log.info("%s: connection closed by the peer before an association request", s.prefix())
+            log.info("%s: connection closed before an association request", s.prefix())
 
 
 def _ending(assoc, s: Session) -> str:

@@ -17,12 +17,15 @@ for either; both replace instance attributes, like `wakeups`):
 - a send may block at most `timeouts.send` (CF-06).
 
 A violation before the A-ASSOCIATE-RQ closes the connection (an undecodable request is first
-answered 1/2/1, AS-06); after it, the association is aborted (A-ABORT, FL-02). Either way the
-session records why, and `associations.Tracker` logs it when the connection ends.
+answered 1/2/1, AS-06) and is logged here: pynetdicom may never report that end (its reader was
+busy with our read when its own ARTIM stopped the association). After the request, the
+association is aborted (A-ABORT, FL-02); the session records why, and
+`associations.Tracker` logs it when the association ends.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import time
@@ -33,6 +36,8 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from appliance.config.model import Timeouts
 from appliance.dicom.admission import UNPARSEABLE, log_rejection
+
+log = logging.getLogger("appliance.association")
 
 # PS3.8 sets no maximum for an A-ASSOCIATE-RQ; real ones (128 contexts, user identity) stay
 # well below 100 KiB. Release and abort PDUs are 10 bytes.
@@ -105,6 +110,9 @@ class Framing:
         self.pdu_gap = timeouts.pdu_gap
         self.send_timeout = timeouts.send
         self.opened = time.monotonic()
+        # Until the A-ASSOCIATE-RQ is delivered. Not the state machine's Sta2: the first read can
+        # come before pynetdicom has processed the connection event that enters Sta2.
+        self.awaiting_request = True
         self.finished = False  # after a violation nothing more is read
         # recv() waits at most pdu_gap: the DUL reads only when select() saw data, so a
         # blocking wait happens only inside a PDU.
@@ -118,7 +126,7 @@ class Framing:
         if self.finished:
             dul.socket.close()  # Evt17: the state machine ends the connection
             return
-        expect_request = dul.state_machine.current_state == "Sta2"
+        expect_request = self.awaiting_request
         if expect_request:
             deadline, timer = self.opened + self.assoc.acse_timeout, "timeouts.artim"
         else:
@@ -131,13 +139,15 @@ class Framing:
             pdu, event = decode_pdu(data)
         except _Closed:
             if expect_request:
-                self._close_before_request()
+                self._drop_before_request("connection closed by the peer before an association request",
+                                          logging.INFO)
             else:  # as pynetdicom does: the state machine decides (A-P-ABORT indication, or the end)
                 dul.event_queue.put("Evt17")
             return
         except ProtocolError as exc:
             self._violation(expect_request, data, exc)
             return
+        self.awaiting_request = False
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
@@ -157,6 +167,9 @@ class Framing:
                 raise _Closed() from None
             if not got:
                 raise _Closed()
+            # pynetdicom's idle timer then measures silence, not PDUs: a trickle is ended by the
+            # deadline below, here in this thread, not by its association thread's abort.
+            self.dul._idle_timer.restart()
             received += got
             if received < count and time.monotonic() > deadline:
                 what = "the A-ASSOCIATE-RQ" if timer == "timeouts.artim" else "a PDU"
@@ -171,9 +184,10 @@ class Framing:
         if expect_request and data[:1] == b"\x01" and not isinstance(error, _TimedOut):
             self._refuse_request(data, why)
         elif expect_request:
-            self.session.ending = f"connection closed: {why}"
-            self._close_before_request()
-        else:
+            self._drop_before_request(f"connection closed: {why}", logging.WARNING)
+        elif not self.assoc._sent_abort:  # else its abort (idle timeout) is on its way already
+            # One A-ABORT only: marked as sent, the association thread's abort() does nothing.
+            self.assoc._sent_abort = True
             self.session.ending = f"association aborted by the appliance (A-ABORT): {why}"
             self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT, then the connection closes
 
@@ -192,11 +206,16 @@ class Framing:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self._close_before_request()
+        self._close()
 
-    def _close_before_request(self) -> None:
+    def _drop_before_request(self, why: str, level: int) -> None:
+        self.session.stage = "closed"  # logged here, not again by the tracker
+        log.log(level, "%s: %s", self.session.prefix(), why)
+        self._close()
+
+    def _close(self) -> None:
         self.finished = True
-        self.dul.socket.close()  # Evt17 in Sta2: back to idle; EVT_CONN_CLOSE
+        self.dul.socket.close()  # Evt17 in Sta2: back to idle
         self.dul.to_user_queue.put(None)  # the association thread stops waiting for a request
 
     # --- sending --------------------------------------------------------------------------

@@ -143,6 +143,10 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
         where = f"port {local.port}" if host in ("::", "0.0.0.0") else f"{host} port {local.port}"
         raise OSError(exc.errno, f"{name} ({ae.ae_title}) cannot listen on {where}: {exc.strerror}") from exc
     sockets.tune(server.socket, config.network.socket_buffer_size)
+    # socketserver listens with a backlog of 5: a burst of connections (200 modalities after a
+    # network outage) would wait for SYN retransmissions, 1 s and more each. listen() again
+    # only enlarges the queue.
+    server.socket.listen(socket.SOMAXCONN)
     return Listener(name, ae, server)
 
 

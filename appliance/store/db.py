@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 NORMALISER_VERSION = 1
 
 PRAGMAS = {
+    # First, so that every later PRAGMA waits for a lock another process (the service tool)
+    # holds instead of failing the start; meanwhile the listeners answer 2/3/1 (AS-02).
+    "busy_timeout": 30000,
     "journal_mode": "wal",
     # FULL: in WAL mode every commit fsyncs the log, so a 0x0000 survives power loss (ST-06).
     "synchronous": "full",
     "foreign_keys": 1,
-    "busy_timeout": 30000,
     "cache_size": -16384,  # 16 MiB page cache per connection
     "wal_autocheckpoint": 1000,
 }
