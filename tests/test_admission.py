@@ -10,8 +10,10 @@ and sent on a raw socket (tests/pdus.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +231,38 @@ def test_asynchronous_operations_are_not_offered(appliance):
         assert assoc.acceptor.asynchronous_operations == (1, 1)
     finally:
         assoc.release()
+
+
+@contextlib.contextmanager
+def thread_budget(pid: int):
+    """Put process `pid` in a pids cgroup of its own (cgroup v1 `pids` hierarchy, or the
+    cgroup2 root); yields a function that caps its number of threads (None: no cap)."""
+    v1 = Path("/sys/fs/cgroup/pids")
+    root = v1 if v1.is_dir() else Path("/sys/fs/cgroup")
+    group = root / f"appliance-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+
+        def cap(extra: int | None) -> None:
+            current = int((group / "pids.current").read_text())
+            (group / "pids.max").write_text("max" if extra is None else str(current + extra))
+
+        yield cap
+    finally:
+        with contextlib.suppress(OSError):
+            (root / "cgroup.procs").write_text(str(pid))
+        group.rmdir()
+
+
+def test_no_worker_thread_means_temporary_congestion(appliance):
+    """AS-02: when no thread can be started for a new association (here: the process's pids
+    cgroup is full), the request gets 2/3/1 and a log line; once threads can be made again,
+    the service answers normally."""
+    with thread_budget(appliance.proc.pid) as cap:
+        cap(0)
+        assert pdus.rejection(pdus.exchange(appliance.storage_port, pdus.request())) == CONGESTION
+        appliance.wait_log(r"STORAGE-SCP \?@127\.0\.0\.1:\d+: association rejected \(called \?\): no worker thread "
+                           r"can be started \([^)]*\); A-ASSOCIATE-RJ result 2, source 3, reason 1 \(AS-02\)")
+        cap(None)
+        assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS

@@ -212,3 +212,19 @@ def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(target):
         app.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: connection dropped: the peer accepted no data "
                      r"for 1 s \(timeouts\.send\)", timeout=20)
     assert_still_serving(app)
+
+
+def test_idle_timeouts_are_per_ae(target):
+    """CF-15, CF-24, FL-05: a QUERY-RETRIEVE-SCP association silent for its idle_timeout is
+    aborted (logged); a STORAGE-SCP association idle as long is not, its timer being its own."""
+    app = target({"query_retrieve_scp": {"idle_timeout": 1}, "storage_scp": {"idle_timeout": 30}})
+    with pdus.associated(app.qr_port, called="EX_QUERY_SCP") as query, pdus.associated(app.storage_port) as store:
+        start = time.monotonic()
+        assert pdus.rejection(pdus.read_pdu(query)) == "aborted"
+        assert 0.8 <= time.monotonic() - start < 4
+        for pdu in pdus.c_echo():
+            store.sendall(pdu)
+        assert pdus.read_pdu(store)[:1] == b"\x04"  # C-ECHO-RSP: still open
+    app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association aborted by the appliance \(A-ABORT\) "
+                 r"after 1 s without data")
+    assert_still_serving(app)

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from pynetdicom import evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import negotiate_as_acceptor
 
 from appliance.config.model import ListeningAE
@@ -48,6 +49,13 @@ ADDRESS = Rejection(1, 1, 1, "AS-08")
 LIMIT = Rejection(2, 3, 2, "AS-01")
 CONGESTION = Rejection(2, 3, 1, "AS-02")
 NO_CONTEXT = Rejection(1, 1, 1, "AS-07")
+
+
+def reject_pdu(rejection: Rejection) -> bytes:
+    """The encoded A-ASSOCIATE-RJ, for the refusals sent without pynetdicom's state machine."""
+    pdu = A_ASSOCIATE_RJ()
+    pdu.result, pdu.source, pdu.reason_diagnostic = rejection.result, rejection.source, rejection.reason
+    return pdu.encode()
 
 
 def log_rejection(prefix: str, called: str, rejection: Rejection, why: str) -> None:

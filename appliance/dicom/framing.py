@@ -32,10 +32,9 @@ import time
 
 from pynetdicom import dul as pynetdicom_dul
 from pynetdicom import evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from appliance.config.model import Timeouts
-from appliance.dicom.admission import UNPARSEABLE, log_rejection
+from appliance.dicom.admission import UNPARSEABLE, log_rejection, reject_pdu
 
 log = logging.getLogger("appliance.association")
 
@@ -197,12 +196,9 @@ class Framing:
         self.session.title = data[26:42].decode("ascii", "replace").strip()
         self.session.stage = "rejected"
         log_rejection(self.session.prefix(), called, UNPARSEABLE, why)
-        reject = A_ASSOCIATE_RJ()
-        reject.result, reject.source, reject.reason_diagnostic = (
-            UNPARSEABLE.result, UNPARSEABLE.source, UNPARSEABLE.reason)
         sock = self.dul.socket.socket
         try:
-            sock.sendall(reject.encode())
+            sock.sendall(reject_pdu(UNPARSEABLE))
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass

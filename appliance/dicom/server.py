@@ -16,7 +16,7 @@ from pynetdicom import AE, evt
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
-from appliance.dicom.admission import Admission, Gate
+from appliance.dicom.admission import CONGESTION, Admission, Gate, log_rejection, reject_pdu
 from appliance.dicom.associations import Tracker
 from appliance.dicom.storage_scp import StorageSCP
 from appliance.store.ingest import Archive
@@ -147,7 +147,32 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
     # network outage) would wait for SYN retransmissions, 1 s and more each. listen() again
     # only enlarges the queue.
     server.socket.listen(socket.SOMAXCONN)
+    _refuse_without_worker(server, name)
     return Listener(name, ae, server)
+
+
+def _refuse_without_worker(server, name: str) -> None:
+    """AS-02: when no thread can be started for a new connection (its handler, then its
+    association), answer 2/3/1 and close, instead of socketserver's traceback on stderr and a
+    silent close. The DUL thread, which the association thread starts, is not covered."""
+
+    def guarded(start_worker):
+        def call(request, client_address) -> None:
+            try:
+                start_worker(request, client_address)
+            except RuntimeError as exc:  # "can't start new thread"
+                address = str(client_address[0]).removeprefix("::ffff:")
+                log_rejection(f"{name} ?@{address}:{client_address[1]}", "?", CONGESTION,
+                              f"no worker thread can be started ({exc})")
+                try:
+                    request.sendall(reject_pdu(CONGESTION))
+                except OSError:
+                    pass
+                server.shutdown_request(request)
+        return call
+
+    server.process_request = guarded(server.process_request)  # the connection's handler thread
+    server.finish_request = guarded(server.finish_request)  # its association thread
 
 
 def start_listeners(config: Config, services: Services) -> list[Listener]:
