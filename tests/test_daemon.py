@@ -7,10 +7,12 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
 import datasets
+import pdus
 from helpers import free_port, merge, wait_for
 from scu import associate, echo
 
@@ -230,3 +232,28 @@ def test_open_idle_associations_cost_almost_no_cpu(appliance):
     for assoc in open_ones:
         assoc.release()
     assert used / 2.0 < 0.10, f"three idle associations used {used / 2.0:.0%} of a core"
+
+
+def test_associations_leave_no_descriptors_or_threads_behind(appliance):
+    """A box that runs for months: 300 associations, accepted and released one after another,
+    leave the daemon with the file descriptors and threads it had before (a leak of one
+    descriptor each would end in refused connections once select() passes 1024)."""
+    proc = Path(f"/proc/{appliance.proc.pid}")
+
+    def counts() -> tuple[int, int]:
+        return len(list((proc / "fd").iterdir())), len(list((proc / "task").iterdir()))
+
+    assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
+    before = counts()
+    for _ in range(300):
+        with pdus.connect(appliance.storage_port) as sock:
+            sock.sendall(pdus.request())
+            assert pdus.read_pdu(sock)[:1] == b"\x02"
+            sock.sendall(pdus.RELEASE_RQ)
+            assert pdus.read_pdu(sock)[:1] == b"\x06"
+    try:
+        # At most as many: a thread of the first echo may still have been winding down.
+        wait_for(lambda: all(now <= then for now, then in zip(counts(), before)),
+                 f"descriptors and threads back to {before}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; now {counts()}") from None

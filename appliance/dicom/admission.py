@@ -92,7 +92,10 @@ class Admission:
         self.name = name
         self.gate = gate
         self.configure(policy)
-        self._admitted: list[tuple[object, str]] = []  # (association thread, calling AE title)
+        # [association thread, calling AE title, still associated]: an association counts
+        # against the limit until it is released or aborted, not until pynetdicom's thread
+        # has wound down, so a peer that reconnects at once gets its slot back.
+        self._admitted: list[list] = []
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
     def configure(self, policy: ListeningAE) -> None:
@@ -101,9 +104,13 @@ class Admission:
         self._rules = (policy, networks)  # one assignment: a request sees the old or the new rules
 
     def active(self) -> int:
+        """Admitted associations whose thread still runs (their handlers may be running)."""
         with self._lock:
             self._prune()
             return len(self._admitted)
+
+    def _associated(self) -> list[list]:
+        return [entry for entry in self._admitted if entry[2]]
 
     def handlers(self, session_of) -> list:
         """`session_of(assoc)` gives the tracker's session, for the log line's prefix."""
@@ -115,7 +122,7 @@ class Admission:
                 self._prune()
                 refusal = self._decide(assoc, request)
                 if refusal is None:
-                    self._admitted.append((assoc, request.calling_ae_title.strip()))
+                    self._admitted.append([assoc, request.calling_ae_title.strip(), True])
                     return
             session = session_of(assoc)
             session.stage = "rejected"
@@ -126,10 +133,17 @@ class Admission:
             # and the peer has closed (or ARTIM expired), so the socket is not closed under it.
             assoc.kill()
 
-        return [(evt.EVT_REQUESTED, on_requested)]
+        def on_end(event) -> None:
+            with self._lock:
+                for entry in self._admitted:
+                    if entry[0] is event.assoc:
+                        entry[2] = False
+
+        return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_RELEASED, on_end), (evt.EVT_ABORTED, on_end),
+                (evt.EVT_CONN_CLOSE, on_end)]
 
     def _prune(self) -> None:
-        self._admitted = [(a, title) for a, title in self._admitted if a.is_alive()]
+        self._admitted = [entry for entry in self._admitted if entry[0].is_alive()]
 
     def _decide(self, assoc, request) -> tuple[Rejection, str] | None:
         policy, networks = self._rules
@@ -144,12 +158,13 @@ class Admission:
         address = peer_address(assoc)
         if networks and not any(address in network for network in networks):
             return ADDRESS, f"address {address} is not in accepted_addresses"
+        associated = self._associated()
         if policy.association_limit == "per_calling_ae":
-            running = sum(1 for _, title in self._admitted if title == calling)
+            running = sum(1 for _, title, _ in associated if title == calling)
             if running >= policy.max_associations:
                 return LIMIT, f"{running} associations from {calling} already open (max_associations per calling AE)"
-        elif len(self._admitted) >= policy.max_associations:
-            return LIMIT, f"{len(self._admitted)} associations already open (max_associations)"
+        elif len(associated) >= policy.max_associations:
+            return LIMIT, f"{len(associated)} associations already open (max_associations)"
         if self.gate.state != "open":
             return CONGESTION, "the service is starting" if self.gate.state == "starting" \
                 else "the service is shutting down"

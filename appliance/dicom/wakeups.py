@@ -7,10 +7,11 @@ looks at its socket and its outgoing queue. On this hardware such a sleep return
 (VE-03 lets a modality keep one open for a whole exam) costs about 12 % of a core.
 
 We keep pynetdicom's loops and change only how their threads wait, and only for the
-associations our listeners accept: the association thread waits on its DIMSE queue, the DUL
-thread waits in select() on its socket and on a pipe that every outgoing primitive rings.
-Both wake at once when there is work and otherwise look at their timers every `IDLE_WAIT`
-(ARTIM, idle timeout, abort and release are therefore noticed within that time).
+associations our listeners accept: the association thread waits on its DIMSE queue, which
+every primitive from the DUL (release, abort) also notifies; the DUL thread waits in select()
+on its socket and on an eventfd that every outgoing primitive rings. Both wake at once when
+there is work and otherwise look at their timers every `IDLE_WAIT` (ARTIM and the idle
+timeout are therefore noticed within that time).
 
 pynetdicom has no hook for this; `install` replaces the `time` module the two loops sleep
 through with `_Clock`, which behaves exactly like `time` for every other thread and call.
@@ -56,57 +57,103 @@ def install() -> None:
         module.time = _clock
 
 
+class _Bell:
+    """An eventfd that other threads ring to wake the DUL thread out of its wait.
+
+    Closed by the DUL thread itself when its loop ends, so the number is never waited on or
+    read after it may have been reused; a ring after that is ignored."""
+
+    def __init__(self):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+
+    def ring(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                os.eventfd_write(self.fd, 1)
+
+    def silence(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
 class _RingingQueue(queue.Queue):
     """The DUL's outgoing queue: a put also wakes the DUL thread."""
 
-    def __init__(self, bell: int):
+    def __init__(self, bell: _Bell):
         super().__init__()
         self._bell = bell
 
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        try:
-            os.write(self._bell, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of rings: the DUL thread is awake anyway
+        self._bell.ring()
+
+
+class _NotifyingQueue(queue.Queue):
+    """The DUL's queue to the association thread (A-RELEASE-RQ, A-ABORT, …): a put also wakes
+    the association thread, which otherwise waits on its DIMSE queue only and would notice a
+    release request up to IDLE_WAIT late (20 ms per association)."""
+
+    def __init__(self, wake: threading.Condition):
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        with self._wake:
+            self._wake.notify_all()
 
 
 def attach(assoc) -> None:
-    """EVT_CONN_OPEN (before the threads start): make this association's loops event-driven."""
+    """EVT_CONN_OPEN (before the threads start): make this association's loops event-driven.
+
+    The wait functions must not refer to `dul` or `assoc`: they are the values of weak-keyed
+    maps keyed by those objects, and a reference back would keep both alive for ever."""
     dul = assoc.dul
-    listen, bell = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    weakref.finalize(dul, _close, listen, bell)
-    dul.to_provider_queue = _RingingQueue(bell)  # still empty: nothing was sent yet
-    sock = dul.socket.socket
+    bell = _Bell()
+    outgoing = dul.to_provider_queue = _RingingQueue(bell)  # both still empty: nothing moved yet
     messages = assoc.dimse.msg_queue
+    incoming = dul.to_user_queue = _NotifyingQueue(messages.not_empty)
+    sock = dul.socket.socket
 
     def dul_wait(seconds: float) -> None:
-        if not dul.to_provider_queue.empty():
+        if not outgoing.empty():
             return
         try:
-            ready, _, _ = select.select([sock, listen], [], [], IDLE_WAIT)
+            ready, _, _ = select.select([sock, bell.fd], [], [], IDLE_WAIT)
         except (OSError, ValueError):  # the socket was closed under us: plain sleep
             time.sleep(seconds)
             return
-        if listen in ready:
-            try:
-                while os.read(listen, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        if bell.fd in ready:
+            bell.silence()
 
     def association_wait(seconds: float) -> None:
         if seconds != _REACTOR_POLL:  # other waits in association.py keep their meaning
             time.sleep(seconds)
             return
         with messages.not_empty:
-            if not messages._qsize():  # Queue's own size hook; qsize() would re-take the lock
+            # Queue's own size hook; qsize() would re-take the lock. Checked under the lock
+            # that `incoming` notifies through, so no wake-up is lost.
+            if not messages._qsize() and not incoming._qsize():
                 messages.not_empty.wait(IDLE_WAIT)
 
+    run = dul.run
+
+    def run_then_close() -> None:  # Thread.run of the DUL: its loop, then the bell goes
+        try:
+            run()
+        finally:
+            bell.close()
+
+    dul.run = run_then_close
+    weakref.finalize(dul, bell.close)  # a DUL thread that never started
     _clock.waits[dul] = dul_wait
     _clock.waits[assoc] = association_wait
-
-
-def _close(*fds: int) -> None:
-    for fd in fds:
-        os.close(fd)
