@@ -127,14 +127,17 @@ class Framing:
             return
         expect_request = self.awaiting_request
         if expect_request:
-            deadline, timer = self.opened + self.assoc.acse_timeout, "timeouts.artim"
+            artim = self.assoc.acse_timeout
+            deadline = (self.opened + artim, f"the A-ASSOCIATE-RQ was not complete within {artim:g} s",
+                        "timeouts.artim")
         else:
-            deadline, timer = time.monotonic() + self.assoc.network_timeout, "idle_timeout"
+            idle = self.assoc.network_timeout
+            deadline = (time.monotonic() + idle, f"a PDU was not complete within {idle:g} s", "idle_timeout")
         data = b""
         try:
-            data = self._receive(6, deadline, timer)
+            data = self._receive(6, deadline)
             _, length = check_header(data, self.assoc.acceptor.maximum_length, expect_request)
-            data += self._receive(length, deadline, timer)
+            data += self._receive(length, deadline)
             pdu, event = decode_pdu(data)
         except _Closed:
             if expect_request:
@@ -151,7 +154,8 @@ class Framing:
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
 
-    def _receive(self, count: int, deadline: float, timer: str) -> bytes:
+    def _receive(self, count: int, deadline: tuple[float, str, str]) -> bytes:
+        """`count` bytes; `deadline` is (monotonic time, what is late, the key that sets it)."""
         buffer = bytearray(count)
         view = memoryview(buffer)
         received = 0
@@ -170,11 +174,8 @@ class Framing:
             # deadline below, here in this thread, not by its association thread's abort.
             self.dul._idle_timer.restart()
             received += got
-            if received < count and time.monotonic() > deadline:
-                what = "the A-ASSOCIATE-RQ" if timer == "timeouts.artim" else "a PDU"
-                limit = deadline - self.opened if timer == "timeouts.artim" else self.assoc.network_timeout
-                raise _TimedOut(f"{what} was not complete within {limit:g} s ({received} of {count} "
-                                    f"bytes received; {timer})")
+            if received < count and time.monotonic() > deadline[0]:
+                raise _TimedOut(f"{deadline[1]} ({received} of {count} bytes received; {deadline[2]})")
         return bytes(buffer)
 
     def _violation(self, expect_request: bool, data: bytes, error: ProtocolError) -> None:
