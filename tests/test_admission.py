@@ -19,7 +19,7 @@ import pytest
 
 import datasets
 import pdus
-from helpers import merge, wait_for
+from helpers import dcmtk, merge, wait_for
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from scu import associate, echo, scu_ae
 
@@ -266,3 +266,16 @@ def test_no_worker_thread_means_temporary_congestion(appliance):
                            r"can be started \([^)]*\); A-ASSOCIATE-RJ result 2, source 3, reason 1 \(AS-02\)")
         cap(None)
         assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
+
+
+def test_dcmtk_echoscu_reads_the_rejections(make_appliance):
+    """Interoperability: DCMTK's echoscu decodes our A-ASSOCIATE-RJ as the reason we meant."""
+    app = make_appliance({"storage_scp": {"accepted_calling_aes": ["MODALITY"]}})
+    port = str(app.storage_port)
+    wrong_called = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "WRONG", "127.0.0.1", port)
+    assert wrong_called.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong_called.stdout + wrong_called.stderr
+    wrong_calling = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "EX_STORE_SCP", "127.0.0.1", port)
+    assert "Calling AE Title Not Recognized" in wrong_calling.stdout + wrong_calling.stderr
+    allowed = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "EX_STORE_SCP", "127.0.0.1", port)
+    assert allowed.returncode == 0, allowed.stderr
