@@ -183,33 +183,32 @@ def run_case(receiver, rq: bytes, count: int, parallel: int) -> dict:
         "median_release_ms": round(statistics.median(release), 2) if ms else None,
         "cpu_s_per_1000": round(1000 * cpu_used / done, 2) if done else None,
         "client_cpu_s_per_1000": round(1000 * client_used / done, 2) if done else None,
+        "fds_after": len(list(Path(f"/proc/{receiver.pid}/fd").iterdir())),  # a leak shows here
         "machine_busy_before_percent": busy,
     }
 
 
-def measure(receiver, rq: bytes, count: int, cases: dict[str, int]) -> dict:
-    """Each case ({name: client threads}) against one running receiver, after a warm-up."""
+def measure(receiver, rq: bytes, count: int, parallel: int) -> dict:
     for _ in range(WARMUP):
         one_association(receiver.port, rq)
-    out = {}
-    for name, p in cases.items():
-        r = out[name] = run_case(receiver, rq, count, p)
-        log(f"   {name}: {r['per_s']} assoc/s, median {r['median_ms']} ms, p95 {r['p95_ms']} ms, "
-            f"{r['failures']} failed {r['failure_kinds'] or ''}, {r['cpu_s_per_1000']} CPU s/1000")
-    return out
+    r = run_case(receiver, rq, count, parallel)
+    log(f"   {r['per_s']} assoc/s, median {r['median_ms']} ms, p95 {r['p95_ms']} ms, "
+        f"{r['failures']} failed {r['failure_kinds'] or ''}, server {r['cpu_s_per_1000']} CPU s/1000")
+    return r
 
 
 # --- report ----------------------------------------------------------------------------------
 
 ROWS = (("per_s", "associations/s"), ("median_ms", "median latency, ms"), ("p95_ms", "p95 latency, ms"),
-        ("median_to_ac_ms", "  median connect+RQ to AC, ms"), ("median_release_ms", "  median release+close, ms"),
+        ("median_to_ac_ms", "  median connect+RQ to AC, ms"),
+        ("median_release_ms", "  median release+close, ms"),
         ("failures", "failures"), ("cpu_s_per_1000", "server CPU s per 1000"),
-        ("client_cpu_s_per_1000", "client CPU s per 1000"))
+        ("client_cpu_s_per_1000", "client CPU s per 1000"), ("fds_after", "server open fds after"))
 RECEIVERS = {"service": "service", "storescp": "storescp", "storescp_fork": "storescp --fork"}
 
 
 def table(results: dict, previous: dict | None) -> str:
-    prev = previous["results"] if previous else {}
+    prev = (previous or {}).get("results", {})
     head = ("case", *RECEIVERS.values(), "prev service", "prev storescp", "prev --fork")
     rows = []
     for case in ("sequential", "parallel"):
@@ -248,20 +247,23 @@ def main(argv=None) -> int:
     rq = associate_rq()
     work = Path(tempfile.mkdtemp(prefix="bench-assoc-"))
     started = datetime.datetime.now(datetime.timezone.utc)
-    results = {}
     try:
-        cases = {"sequential": 1, "parallel": args.parallel}
         receivers = {
-            "service": lambda: store.Service(work / "service", store.CF08_BUFFER),
-            "storescp": lambda: store.StoreSCP(work / "storescp"),  # --single-process: one at a time
-            "storescp_fork": lambda: store.StoreSCP(work / "storescp-fork", fork=True),  # as store.py case b
+            "service": lambda d: store.Service(d, store.CF08_BUFFER),
+            "storescp": lambda d: store.StoreSCP(d),  # --single-process: one association at a time
+            "storescp_fork": lambda d: store.StoreSCP(d, fork=True),  # as bench/store.py case b
         }
-        for name, start in receivers.items():
-            log(f"{RECEIVERS[name]}: {args.count} associations, sequential and {args.parallel} parallel")
-            with start() as receiver:
-                results[name] = measure(receiver, rq, args.count, cases)
-                if name == "service" and any(r["failures"] for r in results[name].values()):
-                    log(f"service log tail:\n{receiver.app.log()[-3000:]}")  # the data dir goes away
+        results = {name: {} for name in receivers}
+        # a fresh receiver per case: no case inherits another's leftovers (threads, descriptors)
+        for case, parallel in (("sequential", 1), ("parallel", args.parallel)):
+            for name, start in receivers.items():
+                log(f"{RECEIVERS[name]}, {case}: {args.count} associations from {parallel} client thread(s)")
+                with start(work / f"{name}-{case}") as receiver:
+                    r = results[name][case] = measure(receiver, rq, args.count, parallel)
+                    if name == "service" and r["failures"]:  # its data dir goes away: show why now
+                        unusual = [line for line in receiver.app.log().splitlines()
+                                   if " accepted (" not in line and " released;" not in line]
+                        log("service log, last lines other than accepted/released:\n  " + "\n  ".join(unusual[-5:]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = {
