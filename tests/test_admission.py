@@ -60,6 +60,8 @@ def test_each_row_of_the_rejection_table(make_appliance, section, ae, title):
     rows = [
         ("AS-06", "TEST_SCU", title, pdus.request(called=title, max_length=None), UNPARSEABLE),
         ("AS-06", "TEST_SCU", title, corrupt_items(pdus.request(called=title)), UNPARSEABLE),
+        ("AS-06", "TEST_SCU", title, pdus.request(called=title, contexts=((datasets.VERIFICATION, ()),)),
+         UNPARSEABLE),  # a context without transfer syntax (found by tests/fuzz)
         ("AS-03", "TEST_SCU", title, pdus.request(called=title, application_context="1.2.3.4"), APPLICATION_CONTEXT),
         ("AS-04", "TEST_SCU", "SOMEONE_ELSE", pdus.request(called="SOMEONE_ELSE"), CALLED_AE),
         ("AS-05", "INTRUDER", title, pdus.request(calling="INTRUDER", called=title), CALLING_AE),

@@ -87,6 +87,11 @@ def decode_pdu(data: bytes):
             raise ProtocolError("the A-ASSOCIATE-RQ has no application context item")
         if request.maximum_length_received is None:
             raise ProtocolError("the A-ASSOCIATE-RQ has no maximum length in its user information")
+        for context in request.presentation_context_definition_list:
+            # pynetdicom's negotiation raises on such a context and then answers nothing at all.
+            if not context.abstract_syntax or not context.transfer_syntax:
+                raise ProtocolError(f"presentation context {context.context_id} has no abstract syntax "
+                                    "or no transfer syntax")
     return pdu, event
 
 

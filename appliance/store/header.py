@@ -76,7 +76,7 @@ class Header:
         terms = self.text(0x00080005, ascii_only=True)
         try:
             return convert_encodings([t.strip() for t in terms.split("\\")] if terms else ["ISO_IR 6"])
-        except LookupError:
+        except (LookupError, ValueError):  # unknown term; pydicom's ValueError: an embedded NUL
             # An unknown charset term must not lose the instance; decode as Latin-1 (CS-04).
             return ["iso8859"]
 

@@ -68,8 +68,12 @@ class Archive:
         """Finish or undo placements a killed process left in the spool (see files.py)."""
         return self.area.recover(lambda relative: Instance.select().where(Instance.path == relative).exists())
 
-    def store(self, received: Path, request: StoreRequest, receive_error: OSError | None = None) -> StoreOutcome:
-        """Store the dataset pynetdicom received at `received` (`receive_error`: writing it failed)."""
+    def store(self, received: Path | None, request: StoreRequest, receive_error: OSError | None = None) -> StoreOutcome:
+        """Store the dataset pynetdicom received at `received` (`receive_error`: writing it failed;
+        None: the C-STORE-RQ announced no data set at all)."""
+        if received is None:
+            return StoreOutcome(status.CANNOT_UNDERSTAND, request.sop_instance_uid,
+                                "the C-STORE-RQ carries no data set (Command Data Set Type 0x0101)")
         try:
             if receive_error is not None:
                 raise DicomStatusError(status.OUT_OF_RESOURCES,
