@@ -63,6 +63,15 @@ def log_rejection(prefix: str, called: str, rejection: Rejection, why: str) -> N
     log.warning("%s: association rejected (called %s): %s; %s", prefix, called or "?", why, rejection)
 
 
+@dataclass
+class _Admitted:
+    assoc: object  # pynetdicom's Association thread
+    calling: str
+    # An association counts against the limit until it is released or aborted, not until
+    # pynetdicom's thread has wound down, so a peer that reconnects at once gets its slot back.
+    associated: bool = True
+
+
 class Gate:
     """Shared by both listening AEs: while the service starts (index not open yet) or drains
     for shutdown, every otherwise acceptable request is answered 2/3/1 (AS-02)."""
@@ -92,10 +101,7 @@ class Admission:
         self.name = name
         self.gate = gate
         self.configure(policy)
-        # [association thread, calling AE title, still associated]: an association counts
-        # against the limit until it is released or aborted, not until pynetdicom's thread
-        # has wound down, so a peer that reconnects at once gets its slot back.
-        self._admitted: list[list] = []
+        self._admitted: list[_Admitted] = []
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
     def configure(self, policy: ListeningAE) -> None:
@@ -109,8 +115,8 @@ class Admission:
             self._prune()
             return len(self._admitted)
 
-    def _associated(self) -> list[list]:
-        return [entry for entry in self._admitted if entry[2]]
+    def _associated(self) -> list[_Admitted]:
+        return [entry for entry in self._admitted if entry.associated]
 
     def handlers(self, session_of) -> list:
         """`session_of(assoc)` gives the tracker's session, for the log line's prefix."""
@@ -122,7 +128,7 @@ class Admission:
                 self._prune()
                 refusal = self._decide(assoc, request)
                 if refusal is None:
-                    self._admitted.append([assoc, request.calling_ae_title.strip(), True])
+                    self._admitted.append(_Admitted(assoc, request.calling_ae_title.strip()))
                     return
             session = session_of(assoc)
             session.stage = "rejected"
@@ -136,14 +142,14 @@ class Admission:
         def on_end(event) -> None:
             with self._lock:
                 for entry in self._admitted:
-                    if entry[0] is event.assoc:
-                        entry[2] = False
+                    if entry.assoc is event.assoc:
+                        entry.associated = False
 
         return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_RELEASED, on_end), (evt.EVT_ABORTED, on_end),
                 (evt.EVT_CONN_CLOSE, on_end)]
 
     def _prune(self) -> None:
-        self._admitted = [entry for entry in self._admitted if entry[0].is_alive()]
+        self._admitted = [entry for entry in self._admitted if entry.assoc.is_alive()]
 
     def _decide(self, assoc, request) -> tuple[Rejection, str] | None:
         policy, networks = self._rules
@@ -160,7 +166,7 @@ class Admission:
             return ADDRESS, f"address {address} is not in accepted_addresses"
         associated = self._associated()
         if policy.association_limit == "per_calling_ae":
-            running = sum(1 for _, title, _ in associated if title == calling)
+            running = sum(1 for entry in associated if entry.calling == calling)
             if running >= policy.max_associations:
                 return LIMIT, f"{running} associations from {calling} already open (max_associations per calling AE)"
         elif len(associated) >= policy.max_associations:
