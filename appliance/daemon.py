@@ -1,9 +1,10 @@
-"""Composition root: config -> index and storage area -> listening AEs -> signals and sd_notify.
+"""Composition root: config -> storage area -> listening AEs -> index -> signals and sd_notify.
 
 The listeners are bound first and answer every request 2/3/1 (AS-02) until the index is
-migrated and interrupted placements are recovered; then READY is sent. SIGHUP reloads the configuration (an invalid file is refused and the
-running one kept); SIGTERM answers new requests 2/3/1 again, lets running associations finish
-for `timeouts.shutdown_drain` seconds, aborts the rest, checkpoints the index and exits 0.
+migrated and interrupted placements are recovered; then READY is sent. SIGHUP reloads the
+configuration (an invalid file is refused and the running one kept); SIGTERM answers new
+requests 2/3/1 again, lets running associations finish for `timeouts.shutdown_drain`
+seconds, aborts the rest, checkpoints the index and exits 0.
 """
 
 from __future__ import annotations

@@ -35,10 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import store  # noqa: E402  (bench/store.py: receivers, CPU accounting, machine description)
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID  # noqa: E402
-from pynetdicom.pdu import A_ASSOCIATE_RQ  # noqa: E402
-from pynetdicom.pdu_primitives import (  # noqa: E402
-    A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification, PresentationContext)
+import pdus  # noqa: E402  (tests/pdus.py, on the path bench/store.py sets up: the encoded RQ, a PDU reader)
 
 log = store.log
 PREVIOUS = store.RESULTS / "associations-previous.json"
@@ -47,44 +44,15 @@ SOCKET_TIMEOUT = 10.0
 CASE_DEADLINE = 300.0
 WARMUP = 20  # the first associations pay for lazy imports and first-use caches; not measured
 QUIET_WAIT = 30.0  # before each case, wait up to this long for the shared machine to be idle
-RELEASE_RQ = bytes.fromhex("05000000000400000000")
 PDU_NAMES = {1: "RQ", 2: "AC", 3: "RJ", 4: "P-DATA", 5: "RELEASE-RQ", 6: "RELEASE-RP", 7: "ABORT"}
 
 
-def associate_rq() -> bytes:
-    """The one A-ASSOCIATE-RQ every association sends, encoded once."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "BENCH_SCU"
-    primitive.called_ae_title = store.SCP_TITLE  # storescp accepts any called title
-    context = PresentationContext()
-    context.context_id = 1
-    context.abstract_syntax = "1.2.840.10008.1.1"
-    context.transfer_syntax = ["1.2.840.10008.1.2"]
-    primitive.presentation_context_definition_list = [context]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 131072
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    primitive.user_information = [max_length, implementation]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed by peer")
-        data += chunk
-    return bytes(data)
-
-
 def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = recv_exactly(sock, 6)
-    return header[0], recv_exactly(sock, struct.unpack(">I", header[2:])[0])
+    """(PDU type, body after the 6-byte header) of the next PDU; ConnectionError when closed."""
+    pdu = pdus.read_pdu(sock)
+    if not pdu:
+        raise ConnectionError("closed by peer")
+    return pdu[0], pdu[6:]
 
 
 def refusal(pdu_type: int, body: bytes) -> str:
@@ -121,7 +89,7 @@ def one_association(port: int, rq: bytes) -> tuple[float, float, str | None]:
                 return time.perf_counter() - start, accepted, refusal(pdu_type, body)
             if (result := context_result(body)) != 0:
                 return time.perf_counter() - start, accepted, f"context result {result}"
-            sock.sendall(RELEASE_RQ)
+            sock.sendall(pdus.RELEASE_RQ)
             pdu_type, body = read_pdu(sock)
             if pdu_type != 6:
                 return time.perf_counter() - start, accepted, f"after release: {refusal(pdu_type, body)}"
@@ -244,7 +212,9 @@ def main(argv=None) -> int:
     previous = None
     with contextlib.suppress(ValueError, OSError):
         previous = json.loads(PREVIOUS.read_text())
-    rq = associate_rq()
+    # The one A-ASSOCIATE-RQ every association sends (Verification, Implicit VR LE), encoded once;
+    # storescp accepts any called title.
+    rq = pdus.request("BENCH_SCU", store.SCP_TITLE, max_length=131072)
     work = Path(tempfile.mkdtemp(prefix="bench-assoc-"))
     started = datetime.datetime.now(datetime.timezone.utc)
     try:

@@ -54,9 +54,12 @@ class Session:
 
 
 def address_of(assoc) -> str:
+    return peer_text(assoc.requestor.address, assoc.requestor.port)
+
+
+def peer_text(address: str, port: int) -> str:
     # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log the address they know.
-    address = assoc.requestor.address.removeprefix("::ffff:")
-    return f"{address}:{assoc.requestor.port}"
+    return f"{address.removeprefix('::ffff:')}:{port}"
 
 
 class Tracker:

@@ -138,12 +138,15 @@ class Framing:
         else:
             idle = self.assoc.network_timeout
             deadline = (time.monotonic() + idle, f"a PDU was not complete within {idle:g} s", "idle_timeout")
-        data = b""
+        data = bytearray(6)
         try:
-            data = self._receive(6, deadline)
+            self._receive_into(memoryview(data), deadline)
             _, length = check_header(data, self.assoc.acceptor.maximum_length, expect_request)
-            data += self._receive(length, deadline)
-            pdu, event = decode_pdu(data)
+            # One buffer for the whole PDU, received into in place: no copy of a 128 KiB P-DATA
+            # but the one pynetdicom's decoder needs as bytes.
+            data = data + bytearray(length)
+            self._receive_into(memoryview(data)[6:], deadline)
+            pdu, event = decode_pdu(bytes(data))
         except _Closed:
             if expect_request:
                 self._drop_before_request("connection closed by the peer before an association request",
@@ -159,10 +162,9 @@ class Framing:
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
 
-    def _receive(self, count: int, deadline: tuple[float, str, str]) -> bytes:
-        """`count` bytes; `deadline` is (monotonic time, what is late, the key that sets it)."""
-        buffer = bytearray(count)
-        view = memoryview(buffer)
+    def _receive_into(self, view: memoryview, deadline: tuple[float, str, str]) -> None:
+        """Fill `view`; `deadline` is (monotonic time, what is late, the key that sets it)."""
+        count = len(view)
         received = 0
         sock = self.dul.socket.socket
         while received < count:
@@ -181,9 +183,8 @@ class Framing:
             received += got
             if received < count and time.monotonic() > deadline[0]:
                 raise _TimedOut(f"{deadline[1]} ({received} of {count} bytes received; {deadline[2]})")
-        return bytes(buffer)
 
-    def _violation(self, expect_request: bool, data: bytes, error: ProtocolError) -> None:
+    def _violation(self, expect_request: bool, data: bytearray, error: ProtocolError) -> None:
         self.finished = True
         why = str(error)
         if expect_request and data[:1] == b"\x01" and not isinstance(error, _TimedOut):
@@ -196,7 +197,7 @@ class Framing:
             self.session.ending = f"association aborted by the appliance (A-ABORT): {why}"
             self.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT, then the connection closes
 
-    def _refuse_request(self, data: bytes, why: str) -> None:
+    def _refuse_request(self, data: bytearray, why: str) -> None:
         """AS-06: an A-ASSOCIATE-RQ that cannot be parsed gets 1/2/1, whatever else is wrong."""
         called = data[10:26].decode("ascii", "replace").strip()
         self.session.title = data[26:42].decode("ascii", "replace").strip()

@@ -17,7 +17,7 @@ from appliance import __version__
 from appliance.config.model import Config, ListeningAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
 from appliance.dicom.admission import CONGESTION, Admission, Gate, log_rejection, reject_pdu
-from appliance.dicom.associations import Tracker
+from appliance.dicom.associations import Tracker, peer_text
 from appliance.dicom.storage_scp import StorageSCP
 from appliance.store.ingest import Archive
 
@@ -47,17 +47,17 @@ class Services:
     admitted associations keep counting against the new limits) and the archive, which is set
     once the index is open. Until then, and while draining, the gate answers 2/3/1 (AS-02)."""
 
+    SECTIONS = {"STORAGE-SCP": "storage_scp", "QUERY-RETRIEVE-SCP": "query_retrieve_scp"}
+
     def __init__(self, config: Config):
         self.gate = Gate()
-        self.admissions = {
-            "STORAGE-SCP": Admission("STORAGE-SCP", config.storage_scp, self.gate),
-            "QUERY-RETRIEVE-SCP": Admission("QUERY-RETRIEVE-SCP", config.query_retrieve_scp, self.gate),
-        }
+        self.admissions = {name: Admission(name, getattr(config, section), self.gate)
+                           for name, section in self.SECTIONS.items()}
         self.archive: Archive | None = None
 
     def configure(self, config: Config) -> None:
-        self.admissions["STORAGE-SCP"].configure(config.storage_scp)
-        self.admissions["QUERY-RETRIEVE-SCP"].configure(config.query_retrieve_scp)
+        for name, section in self.SECTIONS.items():
+            self.admissions[name].configure(getattr(config, section))
 
     def active(self) -> int:
         """Associations admitted and still running, on both AEs."""
@@ -161,8 +161,7 @@ def _refuse_without_worker(server, name: str) -> None:
             try:
                 start_worker(request, client_address)
             except RuntimeError as exc:  # "can't start new thread"
-                address = str(client_address[0]).removeprefix("::ffff:")
-                log_rejection(f"{name} ?@{address}:{client_address[1]}", "?", CONGESTION,
+                log_rejection(f"{name} ?@{peer_text(str(client_address[0]), client_address[1])}", "?", CONGESTION,
                               f"no worker thread can be started ({exc})")
                 try:
                     request.sendall(reject_pdu(CONGESTION))
