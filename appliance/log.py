@@ -12,6 +12,26 @@ from appliance.config.model import Logging
 
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# LG-09: the conformance statement's "alert to the User Interface" (C-FIND A700, C-MOVE
+# A701/A702) is a record above CRITICAL, logged as ALERT and sent to the journal at syslog
+# priority 1 (alert).
+ALERT = logging.CRITICAL + 10
+logging.addLevelName(ALERT, "ALERT")
+_SYSLOG_PRIORITY = ((ALERT, 1), (logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                    (logging.INFO, 6))
+
+
+def alert(logger: logging.Logger, message: str, *args) -> None:
+    logger.log(ALERT, message, *args)
+
+
+class _JournalFormatter(logging.Formatter):
+    """journald reads a "<N>" line prefix on stderr as the record's priority (SyslogLevelPrefix)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in _SYSLOG_PRIORITY if record.levelno >= level), 7)
+        return f"<{priority}>{super().format(record)}"
+
 
 def setup(settings: Logging, data_dir: Path) -> None:
     root = logging.getLogger()
@@ -20,9 +40,11 @@ def setup(settings: Logging, data_dir: Path) -> None:
         handler.close()
     root.setLevel(settings.level.upper())
     # Under systemd the journal adds its own timestamps; JOURNAL_STREAM says we are there.
-    stderr_format = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else _FILE_FORMAT
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter(stderr_format))
+    if os.environ.get("JOURNAL_STREAM"):
+        console.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        console.setFormatter(logging.Formatter(_FILE_FORMAT))
     root.addHandler(console)
     if settings.file:
         path = data_dir / settings.file

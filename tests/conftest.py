@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from pydicom import config as pydicom_config
 
 from helpers import Appliance
+
+# The tests are a client that sends wrong values on purpose (a word as a date, a wildcard in
+# an IS): pydicom need not warn about each one.
+pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 @pytest.fixture
@@ -30,3 +36,15 @@ def make_appliance(tmp_path):
     for app in made:
         if app.proc is not None and app.proc.poll() is None:
             app.stop()
+
+
+@pytest.fixture(scope="module")
+def archive_appliance(tmp_path_factory):
+    """One appliance per test module, holding tests/query_archive.py's studies (read-only use)."""
+    import query_archive
+
+    root = tmp_path_factory.mktemp("archive")
+    app = Appliance(root / "appliance").start()
+    query_archive.populate(app, root / "files")
+    yield app
+    assert app.stop() == 0, app.log()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -35,10 +40,17 @@ def associate(port: int, title: str, *sop_classes: str, host: str = "127.0.0.1",
         if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0):
             seen["rj"] = (primitive.result, primitive.result_source, primitive.diagnostic)
 
-    assoc = scu_ae(*sop_classes, title=calling).associate(host, port, ae_title=title,
-                                           evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)], **kwargs)
+    handlers = [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_CONN_OPEN, _no_delay)]
+    assoc = scu_ae(*sop_classes, title=calling).associate(host, port, ae_title=title, evt_handlers=handlers,
+                                                          **kwargs)
     assoc.acse_result = seen.get("rj")
     return assoc
+
+
+def _no_delay(event) -> None:
+    """Nagle off, as the appliance has it: pynetdicom sends a C-FIND-RQ's command and identifier
+    as two writes, and the second would wait for a delayed ACK (~40 ms)."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def echo(port: int, title: str, host: str = "127.0.0.1", calling: str = "TEST_SCU") -> int | tuple | None:
@@ -93,3 +105,30 @@ def echo_status(assoc) -> int:
     response = assoc.send_c_echo()
     assert "Status" in response, "no C-ECHO response"
     return response.Status
+
+
+def query_contexts() -> list:
+    """What a viewer proposes to QUERY-RETRIEVE-SCP: Verification and both FIND models, ILE."""
+    return [build_context(sop_class, [datasets.ILE]) for sop_class in
+            (datasets.VERIFICATION, datasets.PATIENT_ROOT_FIND, datasets.STUDY_ROOT_FIND)]
+
+
+def find(assoc, sop_class: str, identifier) -> list[tuple[int, object]]:
+    """Every C-FIND response as (status, identifier or None), the final one included."""
+    responses = [(status.Status, found) for status, found in assoc.send_c_find(identifier, sop_class)
+                 if "Status" in status]
+    assert responses, "no C-FIND response"
+    return responses
+
+
+def identifier(keys: dict) -> Dataset:
+    """A query identifier from keyword -> text; values pydicom will not hold (a wildcard in an
+    IS, a word in a DA) go in as the bytes a modality would send."""
+    ds = Dataset()
+    for keyword, value in keys.items():
+        try:
+            setattr(ds, keyword, value)
+        except ValueError:
+            tag = Tag(keyword)
+            ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value.encode(), 0, True, True)
+    return ds

@@ -35,6 +35,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     instances: int = 0
     failures: int = 0
+    queries: int = 0  # C-FINDs answered (QUERY-RETRIEVE-SCP)
     bytes: int = 0
     received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
     last_received: float = field(default_factory=time.monotonic)  # any PDU from the peer
@@ -45,7 +46,8 @@ class Session:
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        line = f"{self.instances} instances stored"
+        line = f"{self.queries} queries answered" if self.ae_name == "QUERY-RETRIEVE-SCP" \
+            else f"{self.instances} instances stored"
         if self.failures:
             line += f", {self.failures} refused"
         if self.bytes:

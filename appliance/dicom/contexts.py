@@ -31,5 +31,7 @@ def _ensure_storage_class(sop_class: str) -> None:
 
 
 def query_retrieve_scp_contexts(_qr: QueryRetrieveSCP) -> list[PresentationContext]:
-    """PC-05: Verification with Implicit VR Little Endian only (FIND and MOVE: later issues)."""
-    return [build_context(uids.VERIFICATION, [uids.IMPLICIT_LE])]
+    """PC-05: Verification and Patient/Study Root FIND, Implicit VR Little Endian only (MOVE:
+    issue 5). No SOP Class Extended Negotiation answer: relational queries are not offered (PC-07)."""
+    return [build_context(sop_class, [uids.IMPLICIT_LE])
+            for sop_class in (uids.VERIFICATION, uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND)]

@@ -16,6 +16,7 @@ from pynetdicom import AE, evt
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
+from appliance.dicom.qr_scp import QueryRetrieveSCP
 from appliance.dicom.admission import CONGESTION, Admission, Gate, log_rejection, reject_pdu
 from appliance.dicom.associations import Tracker, peer_text
 from appliance.dicom.storage_scp import StorageSCP
@@ -179,6 +180,7 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
     scp_tracker = Tracker("STORAGE-SCP")
     qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
     storage = StorageSCP(services, scp_tracker)
+    query_retrieve = QueryRetrieveSCP(qr_tracker)
     listeners = []
     try:
         listeners.append(_start(
@@ -189,7 +191,8 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
         listeners.append(_start(
             "QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp, uids.IMPLEMENTATION_UID_QR_SCU,
             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),
-            verification.handlers(qr_tracker), qr_tracker, services.admissions["QUERY-RETRIEVE-SCP"]))
+            query_retrieve.handlers() + verification.handlers(qr_tracker), qr_tracker,
+            services.admissions["QUERY-RETRIEVE-SCP"]))
     except BaseException:
         stop_accepting(listeners)
         raise

@@ -8,3 +8,13 @@ CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (ST-12)
 COERCION_OF_DATA_ELEMENTS = 0xB000  # Warning, only when enabled (ST-14)
 # PY-02: last-resort answer to an unexpected exception in our handler (pynetdicom's code).
 UNEXPECTED_FAILURE = 0xC211
+
+# PS3.4 C.4.1.1.4 / seed T "QUERY-RETRIEVE-SCP AE C-FIND Response Status Return Behavior"
+IDENTIFIER_MISMATCH = 0xA900  # Failed: Identifier does not match SOP Class (QF-17)
+UNABLE_TO_PROCESS = 0xC001  # Failed: Unable to process (QF-15, QF-16)
+CANCEL = 0xFE00  # Matching terminated due to Cancel (QF-19)
+PENDING = 0xFF00  # Matches are continuing, all optional keys supported (QF-14)
+PENDING_UNSUPPORTED_KEYS = 0xFF01  # Matches are continuing, some optional keys not supported
+# PS3.7 C.4 range "Unable to process" (pynetdicom's own code for a failing C-FIND handler):
+# the last-resort answer to an unexpected exception while answering a C-FIND.
+UNEXPECTED_FIND_FAILURE = 0xC311

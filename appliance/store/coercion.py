@@ -60,9 +60,16 @@ def split_name(name: str) -> tuple[str, str]:
     return last.strip()[:NAME_PART_MAX], first.strip()[:NAME_PART_MAX]
 
 
+def pn_search_key(value: str) -> str:
+    """The form in which PN values are compared, case-insensitively (QF-08): the alphabetic
+    component group, trailing empty components dropped, casefolded. Part of the schema
+    (db.NORMALISER_VERSION): the index's *_folded columns hold it."""
+    return value.split("=", 1)[0].rstrip("^ ").casefold()
+
+
 def fold_name(last: str, first: str) -> str:
-    """The case-insensitive PN search key (QF-08); part of the schema (NORMALISER_VERSION)."""
-    return f"{last}^{first}".casefold()
+    """The indexed Patient's Name ("last^first", or "last") in its search form."""
+    return pn_search_key(f"{last}^{first}")
 
 
 def normalise_sex(value: str) -> str:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from peewee import SqliteDatabase
 
-from appliance.store import models
+from appliance.store import coercion, models
 
 log = logging.getLogger(__name__)
 
 # Bump when the text folding behind the *_folded columns changes; a mismatch on open means
 # the index must be rebuilt from the files (service-tool reindex), never silently mixed.
-NORMALISER_VERSION = 1
+NORMALISER_VERSION = 2
 
 PRAGMAS = {
     # First, so that every later PRAGMA waits for a lock another process (the service tool)
@@ -36,11 +36,22 @@ PRAGMAS = {
 
 def _migration_1(db) -> None:
     db.create_tables(models.ALL_MODELS)
-    models.SchemaInfo.create(normaliser_version=NORMALISER_VERSION)
+    models.SchemaInfo.create(normaliser_version=1)
+
+
+def _migration_2(db) -> None:
+    """Normaliser 2 (coercion.pn_search_key): folded names lose trailing empty components, so
+    that "DOE" matches a patient indexed without a first name and "*OE" ends where the name
+    does; the referring physician is folded like the patient's name."""
+    db.execute_sql("UPDATE patient SET name_folded = rtrim(name_folded, '^')")
+    for study_id, referring in db.execute_sql("SELECT id, referring_physician FROM study").fetchall():
+        models.Study.update(referring_physician_folded=coercion.pn_search_key(referring)).where(
+            models.Study.id == study_id).execute()
+    models.SchemaInfo.update(normaliser_version=2).execute()
 
 
 # Append-only: migration N takes the schema from user_version N-1 to N.
-MIGRATIONS = (_migration_1,)
+MIGRATIONS = (_migration_1, _migration_2)
 
 
 class Index:

@@ -185,7 +185,7 @@ class Archive:
                 patient=patient, study_instance_uid=v.study_instance_uid, study_date=v.study_date,
                 study_time=v.study_time, accession_number=v.accession_number, study_id=v.study_id,
                 referring_physician=v.referring_physician,
-                referring_physician_folded=v.referring_physician.casefold(),
+                referring_physician_folded=coercion.pn_search_key(v.referring_physician),
                 study_description=v.study_description, exam_type=v.exam_type).execute()
             cached = (study_id, patient.patient_id)
         if len(self._studies) + len(self._series_ids) > _CACHE_ENTRIES:

@@ -1,0 +1,96 @@
+"""A validated `Query` as one SQL statement at the requested level (Part 4 C.2.2.2).
+
+Every condition is written so that SQLite can use the column's index: equality, IN over a
+json_each() list (one parameter however long the UID list), ranges, and for wildcards a
+GLOB (case-sensitive; `%` and `_` are ordinary characters in it) plus a range on the literal
+prefix. Case-insensitive PN matching (QF-08) compares casefolded forms, computed in Python
+on both sides (`keys.Key.search_form`, the index's *_folded columns), never SQL's ASCII-only
+lower(). No ORDER BY: sorting would make SQLite read every row before the first answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from peewee import SQL, Expression, Select
+
+from appliance.query.identifier import Condition, Query
+from appliance.query.keys import TABLES, Level
+from appliance.store.models import Instance, Patient, Series, Study
+
+
+def select(query: Query) -> Select:
+    """The statement returning, per match, the values of `query.returned` in that order."""
+    columns = [key.value for key in query.returned] or [SQL("1")]
+    statement = TABLES[query.level].select(*columns)
+    if query.level >= Level.IMAGE:
+        statement = statement.join_from(Instance, Series)
+    if query.level >= Level.SERIES:
+        statement = statement.join_from(Series, Study)
+    if query.level >= Level.STUDY:
+        statement = statement.join_from(Study, Patient)
+    for condition in query.conditions:
+        statement = statement.where(_where(condition))
+    return statement
+
+
+def rows(query: Query) -> Iterator[tuple]:
+    """The matches, streamed from the cursor (never loaded into a list)."""
+    return select(query).tuples().iterator()
+
+
+def plan(query: Query) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN lines for the statement (tests and bench/find.py)."""
+    sql, params = select(query).sql()
+    cursor = Patient._meta.database.execute_sql("EXPLAIN QUERY PLAN " + sql, params)
+    return [row[-1] for row in cursor.fetchall()]
+
+
+def _where(condition: Condition) -> Expression:
+    column, values = condition.key.search, condition.values
+    if condition.kind == "equal":
+        return column == values[0]
+    if condition.kind == "list":
+        return Expression(column, "IN", SQL("(SELECT value FROM json_each(?))", [json.dumps(values)]))
+    if condition.kind == "range":
+        return _range(column, condition.key.vr, *values)
+    where = _wildcard(column, values[0])
+    if condition.key.vr == "PN" and values[0].endswith("^*"):
+        # "DOE^*" also finds a patient indexed without a first name ("DOE", not "DOE^").
+        where |= _wildcard(column, values[0][:-2])
+    return where
+
+
+def _range(column, vr: str, low: str, high: str) -> Expression:
+    """`low-high`, either end open; an empty stored value never matches a range."""
+    where = column != ""
+    if low:
+        # A TM lower bound without its trailing zeros: a stored "1030" (10:30) is >= "103000".
+        where &= column >= (low.rstrip("0").rstrip(".").rstrip("0") if vr == "TM" else low)
+    if high:
+        # An upper bound includes everything it is a prefix of: "-1030" includes 10:30:59.
+        where &= (column < _successor(high)) if vr == "TM" else (column <= high)
+    return where
+
+
+def _wildcard(column, pattern: str) -> Expression:
+    """`*` any run, `?` one character (QF-09); everything else literal, `[` escaped for GLOB.
+    A pattern without wildcards is an equality (the "DOE" of "DOE^*")."""
+    where = Expression(column, "GLOB", pattern.replace("[", "[[]"))
+    prefix = _literal_prefix(pattern)
+    if prefix:
+        where &= (column >= prefix) & (column < _successor(prefix))
+    return where
+
+
+def _literal_prefix(pattern: str) -> str:
+    for i, char in enumerate(pattern):
+        if char in "*?":
+            return pattern[:i]
+    return pattern
+
+
+def _successor(prefix: str) -> str:
+    """The smallest string above every string starting with `prefix` (for a range scan)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)

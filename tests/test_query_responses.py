@@ -1,0 +1,153 @@
+"""What a C-FIND returns (QF-05, QF-06, CS-03, CS-04, EL-10), cancel (QF-19) and an index that
+cannot answer (QF-18), against the real daemon."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+import datasets
+import scu
+from appliance.store.db import Index
+from appliance.store.models import Instance, Patient, Series, Study
+from datasets import STUDY_ROOT_FIND as SR
+from query_archive import uid
+from test_query_matching import identifier
+
+
+@pytest.fixture(scope="module")
+def qr(archive_appliance):
+    with scu.association(archive_appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
+        yield assoc
+
+
+def only_match(assoc, level: str, keys: dict):
+    responses = scu.find(assoc, SR, identifier(level, keys))
+    assert len(responses) == 2 and responses[-1] == (0x0000, None), responses
+    return responses[0]
+
+
+def test_only_requested_keys_with_index_values(qr):
+    """QF-05, QF-06, QF-20: the requested elements and no others, zero-length where the index has
+    no value or the key is unsupported; counts of the study's series and instances."""
+    keys = {"StudyInstanceUID": uid("S1"), "PatientName": "", "PatientID": "", "PatientSex": "",
+            "OtherPatientIDs": "", "StudyDate": "", "StudyTime": "", "StudyDescription": "",
+            "ReferringPhysicianName": "", "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": "",
+            "NumberOfPatientRelatedStudies": "", "RetrieveAETitle": "", "Modality": ""}
+    status, ds = only_match(qr, "STUDY", keys)
+    assert status == 0xFF01  # RetrieveAETitle is not supported, Modality is below the level
+    assert {e.keyword for e in ds} == set(keys) | {"QueryRetrieveLevel"}
+    assert ds.QueryRetrieveLevel == "STUDY"
+    assert (str(ds.PatientName), ds.PatientID, ds.PatientSex, ds.OtherPatientIDs) == \
+        ("Doe^John", "PID-1", "M", "OTHER-PID-1")
+    assert (ds.StudyDate, ds.StudyTime, ds.StudyDescription, str(ds.ReferringPhysicianName)) == \
+        ("20240101", "083000", "CT CHEST", "Smith^Anna")
+    assert (ds.NumberOfStudyRelatedSeries, ds.NumberOfStudyRelatedInstances, ds.NumberOfPatientRelatedStudies) \
+        == (2, 3, 2)
+    assert ds.RetrieveAETitle in ("", None) and ds.Modality in ("", None)
+    assert "SpecificCharacterSet" not in ds  # all ASCII (CS-03)
+
+
+def test_counts_at_series_level_and_patient_level(qr):
+    status, ds = only_match(qr, "SERIES", {"StudyInstanceUID": uid("S1"), "SeriesInstanceUID": uid("S1.1"),
+                                           "NumberOfSeriesRelatedInstances": "", "OperatorsName": "",
+                                           "NumberOfStudyRelatedInstances": ""})
+    assert status == 0xFF00
+    assert (ds.NumberOfSeriesRelatedInstances, ds.NumberOfStudyRelatedInstances) == (2, 3)
+    assert str(ds.OperatorsName) == "Op^Erator"
+    responses = scu.find(qr, datasets.PATIENT_ROOT_FIND, identifier("PATIENT", {
+        "PatientID": "PID-1", "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedSeries": "",
+        "NumberOfPatientRelatedInstances": ""}))
+    ds = responses[0][1]
+    assert (ds.NumberOfPatientRelatedStudies, ds.NumberOfPatientRelatedSeries,
+            ds.NumberOfPatientRelatedInstances) == (2, 3, 4)
+
+
+def test_sex_unknown_returned_empty(qr):
+    """EL-09/EL-10: 'X' is indexed as U, and U is returned as an empty Patient's Sex."""
+    _, ds = only_match(qr, "STUDY", {"PatientID": "PID-4", "PatientSex": ""})
+    assert ds.PatientSex in ("", None)
+
+
+@pytest.mark.parametrize("patient_id,charset,name", [
+    ("PID-3", "ISO_IR 100", "Müller^Hans"),
+    ("PID-6", "ISO_IR 192", "Παπαδόπουλος^Νίκος"),
+])
+def test_specific_character_set_added(qr, patient_id, charset, name):
+    """CS-01, CS-03, CS-04: non-ASCII values come with the character set that holds them,
+    requested or not; Latin-1 when it suffices."""
+    _, ds = only_match(qr, "STUDY", {"PatientID": patient_id, "PatientName": ""})
+    assert ds.SpecificCharacterSet == charset
+    assert str(ds.PatientName) == name
+
+
+def test_requested_character_set_for_ascii_values_is_empty(qr):
+    _, ds = only_match(qr, "STUDY", {"PatientID": "PID-2", "PatientName": "", "SpecificCharacterSet": ""})
+    assert ds.SpecificCharacterSet in ("", None)
+    assert str(ds.PatientName) == "DOE^JANE"
+
+
+def test_values_come_from_the_index(appliance, tmp_path):
+    """QF-06: an instance whose Patient ID belongs to another name is indexed under a coerced
+    ID (EL-06), and C-FIND answers with that ID, not the file's."""
+    first = datasets.image(patient_name="First^Person", patient_id="SAME", rows=8, columns=8)
+    second = datasets.image(patient_name="Second^Person", patient_id="SAME", rows=8, columns=8)
+    with scu.association(appliance.storage_port) as assoc:
+        for i, ds in enumerate((first, second)):
+            assert scu.send_file(assoc, datasets.write(ds, tmp_path / f"{i}.dcm")) == 0
+    with scu.association(appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
+        _, ds = only_match(assoc, "STUDY", {"PatientName": "Second^Person", "PatientID": ""})
+    assert ds.PatientID == "SAME_2"
+
+
+def fill_index(app, instances: int) -> None:
+    """One study of `instances` rows written straight into the index (as bench/find.py does):
+    storing that many through C-STORE would take minutes. The daemon is stopped meanwhile."""
+    index = Index(app.data_dir / "index.sqlite")
+    with index.write():
+        patient = Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
+                                 name_folded="many")
+        study = Study.create(patient=patient, study_instance_uid=uid("S100"))
+        series = Series.create(study=study, series_instance_uid=uid("S100.1"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        rows = [dict(series=series, sop_instance_uid=uid(f"S100.1.{n}"), file_sop_instance_uid=uid(f"S100.1.{n}"),
+                     sop_class_uid=datasets.CT, instance_number=str(n), transfer_syntax_uid=datasets.ILE,
+                     path=f"none/{n}", size=0, received_at=now) for n in range(1, instances + 1)]
+        Instance.insert_many(rows).execute()
+    index.close()
+
+
+def test_cancel_stops_matching(make_appliance):
+    """QF-19: after C-CANCEL-RQ no further pending responses, then FE00; the service logs it."""
+    app = make_appliance(start=False)
+    app.start().stop()  # creates the index
+    fill_index(app, 20000)
+    app.start()
+    with scu.association(app.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
+        context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == SR)
+        statuses = []
+        for status, _ in assoc.send_c_find(identifier("IMAGE", {"StudyInstanceUID": uid("S100"),
+                                                               "SeriesInstanceUID": uid("S100.1")}), SR, msg_id=7):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, context_id)
+        assert statuses[-1] == 0xFE00
+        assert set(statuses[:-1]) == {0xFF00}
+        assert len(statuses) - 1 < 20000
+        assert scu.echo_status(assoc) == 0  # the association goes on
+    app.wait_log(rf"C-FIND #7 Study Root IMAGE \(StudyInstanceUID equal, SeriesInstanceUID equal\): "
+                 rf"cancelled by the peer after {len(statuses) - 1} matches, status 0xFE00")
+
+
+def test_index_that_cannot_answer(appliance):
+    """QF-18, LG-09: the index file removed under the running service (a new connection finds
+    no tables): A700, an ALERT line naming the cause, and the service goes on serving."""
+    for suffix in ("", "-wal", "-shm"):
+        (appliance.data_dir / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    with scu.association(appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
+        assert scu.find(assoc, SR, identifier("STUDY", {"PatientID": "X"})) == [(0xA700, None)]
+        assert scu.echo_status(assoc) == 0
+    appliance.wait_log(r"ALERT appliance.qr_scp: QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: C-FIND #\d+ Study Root "
+                       r"STUDY \(PatientID equal\): status 0xA700 after 0 matches: the index cannot answer: "
+                       r"OperationalError: no such table")
