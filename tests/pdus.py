@@ -116,6 +116,19 @@ def c_echo(message_id: int = 1) -> list[bytes]:
     return p_data(message)
 
 
+def c_find(sop_class: str, identifier, message_id: int = 1) -> "object":
+    """A C-FIND-RQ primitive (for `p_data`); `identifier` is a pydicom Dataset (sent in ILE) or bytes."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode
+
+    message = C_FIND()
+    message.MessageID, message.AffectedSOPClassUID, message.Priority = message_id, sop_class, 0
+    message.Identifier = BytesIO(identifier if isinstance(identifier, bytes) else encode(identifier, True, True))
+    return message
+
+
 def c_store(path, context_id: int, message_id: int = 1) -> list[bytes]:
     """The C-STORE-RQ of Part 10 file `path`, its dataset bytes as they are in the file."""
     import io

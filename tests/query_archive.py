@@ -6,11 +6,14 @@ labels, so a failure says which entity was found or missed. UIDs are derived fro
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import scu
+from appliance.store.db import Index
+from appliance.store import models
 
 ROOT = "1.2.826.0.1.3680043.9.7433"  # test UIDs only
 
@@ -79,3 +82,21 @@ def populate(app, directory: Path) -> None:
         for name, ds in instances().items():
             status = scu.send_file(assoc, datasets.write(ds, directory / f"{name}.dcm"))
             assert status == 0, f"{name}: C-STORE status 0x{status:04X}"
+
+
+def fill_index(app, instances: int) -> None:
+    """Study S100 (patient MANY, series S100.1) with `instances` rows written straight into the
+    stopped appliance's index, as bench/find.py does: storing that many through C-STORE would
+    take minutes. The rows have no files; only C-FIND can use them."""
+    index = Index(app.data_dir / "index.sqlite")
+    with index.write():
+        patient = models.Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
+                                 name_folded="many")
+        study = models.Study.create(patient=patient, study_instance_uid=uid("S100"))
+        series = models.Series.create(study=study, series_instance_uid=uid("S100.1"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        models.Instance.insert_many([
+            dict(series=series, sop_instance_uid=uid(f"S100.1.{n}"), file_sop_instance_uid=uid(f"S100.1.{n}"),
+                 sop_class_uid=datasets.CT, instance_number=str(n), transfer_syntax_uid=datasets.ILE,
+                 path=f"none/{n}", size=0, received_at=now) for n in range(1, instances + 1)]).execute()
+    index.close()

@@ -18,6 +18,8 @@ import pytest
 
 import datasets
 import pdus
+import query_archive
+import scu
 from helpers import wait_for
 from scu import association, echo, send_file
 
@@ -192,26 +194,28 @@ def test_a_trickling_client_is_cut_off_and_does_not_delay_others(target):
     assert_still_serving(app)
 
 
-def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(target):
+def test_a_peer_that_stops_reading_is_dropped_after_the_send_timeout(make_appliance):
     """CF-06: when the peer accepts none of our data for timeouts.send, the connection is dropped
-    and logged. The peer floods C-ECHO-RQs and never reads; small socket buffers make the
-    appliance's responses back up quickly."""
-    app = target({"network": {"socket_buffer_size": 4096}})
+    and logged. The peer asks for 20,000 C-FIND matches and never reads them; small socket
+    buffers make the appliance's responses back up quickly."""
+    app = make_appliance({"timeouts": {"send": 1}, "network": {"socket_buffer_size": 4096}}, start=False)
+    app.start().stop()  # creates the index
+    query_archive.fill_index(app, 20000)
+    app.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.settimeout(10)
-    sock.connect(("127.0.0.1", app.storage_port))
+    sock.connect(("127.0.0.1", app.qr_port))
     with sock:
-        sock.sendall(pdus.request())
+        sock.sendall(pdus.request(called="EX_QUERY_SCP", contexts=((datasets.STUDY_ROOT_FIND, (datasets.ILE,)),)))
         assert pdus.read_pdu(sock)[:1] == b"\x02"
-        flood = b"".join(b"".join(pdus.c_echo(n)) for n in range(1, 3001))
-        try:
-            sock.sendall(flood)  # blocks once the appliance stops reading; bounded by the timeout
-        except (socket.timeout, BrokenPipeError, ConnectionResetError):
-            pass
-        app.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: connection dropped: the peer accepted no data "
-                     r"for 1 s \(timeouts\.send\)", timeout=20)
-    assert_still_serving(app)
+        sock.sendall(b"".join(pdus.p_data(pdus.c_find(datasets.STUDY_ROOT_FIND, scu.identifier({
+            "QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": query_archive.uid("S100"),
+            "SeriesInstanceUID": query_archive.uid("S100.1"), "SOPInstanceUID": ""})))))
+        app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: connection dropped: the peer accepted "
+                     r"no data for 1 s \(timeouts\.send\)", timeout=20)
+    assert echo(app.storage_port, "EX_STORE_SCP") == SUCCESS
+    assert echo(app.qr_port, "EX_QUERY_SCP") == SUCCESS
 
 
 def test_idle_timeouts_are_per_ae(target):
@@ -227,4 +231,36 @@ def test_idle_timeouts_are_per_ae(target):
         assert pdus.read_pdu(store)[:1] == b"\x04"  # C-ECHO-RSP: still open
     app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association aborted by the appliance \(A-ABORT\) "
                  r"after 1 s without data")
+    assert_still_serving(app)
+
+
+def test_an_identifier_beyond_the_message_limit_aborts_the_association(target):
+    """pynetdicom holds a C-FIND identifier in memory as it arrives: a peer announcing an
+    endless one is aborted at framing.MESSAGE_LIMIT (16 MiB), not when the box runs out."""
+    app = target()
+    request = pdus.c_find(datasets.STUDY_ROOT_FIND, bytes(17 << 20))
+    with pdus.associated(app.qr_port, (datasets.STUDY_ROOT_FIND, (datasets.ILE,)), called="EX_QUERY_SCP") as sock:
+        try:
+            for pdu in pdus.p_data(request, max_pdu=131072):
+                sock.sendall(pdu)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the appliance aborted while we were still sending
+        assert pdus.closed_by_peer(sock)
+    app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association aborted by the appliance "
+                 r"\(A-ABORT\): a DIMSE message grows beyond 16777216 bytes held in memory")
+    assert_still_serving(app)
+
+
+def test_requests_piled_up_without_waiting_abort_the_association(target):
+    """One operation at a time is negotiated (AS-11): a peer that sends 200 C-ECHO-RQs in one go
+    has them queued at most framing.QUEUED_LIMIT deep, then is aborted."""
+    app = target()
+    with pdus.associated(app.storage_port) as sock:
+        try:
+            sock.sendall(b"".join(pdu for n in range(1, 201) for pdu in pdus.c_echo(n)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert pdus.closed_by_peer(sock)  # reading the responses meanwhile: no reset from our side
+    app.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association aborted by the appliance \(A-ABORT\): "
+                 r"more than 2 requests sent without waiting for the responses")
     assert_still_serving(app)

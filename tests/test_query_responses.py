@@ -3,14 +3,11 @@ cannot answer (QF-18), against the real daemon."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 
 import datasets
+import query_archive
 import scu
-from appliance.store.db import Index
-from appliance.store.models import Instance, Patient, Series, Study
 from datasets import STUDY_ROOT_FIND as SR
 from query_archive import uid
 from test_query_matching import identifier
@@ -101,28 +98,11 @@ def test_values_come_from_the_index(appliance, tmp_path):
     assert ds.PatientID == "SAME_2"
 
 
-def fill_index(app, instances: int) -> None:
-    """One study of `instances` rows written straight into the index (as bench/find.py does):
-    storing that many through C-STORE would take minutes. The daemon is stopped meanwhile."""
-    index = Index(app.data_dir / "index.sqlite")
-    with index.write():
-        patient = Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
-                                 name_folded="many")
-        study = Study.create(patient=patient, study_instance_uid=uid("S100"))
-        series = Series.create(study=study, series_instance_uid=uid("S100.1"))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        rows = [dict(series=series, sop_instance_uid=uid(f"S100.1.{n}"), file_sop_instance_uid=uid(f"S100.1.{n}"),
-                     sop_class_uid=datasets.CT, instance_number=str(n), transfer_syntax_uid=datasets.ILE,
-                     path=f"none/{n}", size=0, received_at=now) for n in range(1, instances + 1)]
-        Instance.insert_many(rows).execute()
-    index.close()
-
-
 def test_cancel_stops_matching(make_appliance):
     """QF-19: after C-CANCEL-RQ no further pending responses, then FE00; the service logs it."""
     app = make_appliance(start=False)
     app.start().stop()  # creates the index
-    fill_index(app, 20000)
+    query_archive.fill_index(app, 20000)
     app.start()
     with scu.association(app.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
         context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == SR)

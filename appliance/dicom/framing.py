@@ -14,7 +14,11 @@ for either; both replace instance attributes, like `wakeups`):
 - within a PDU, the peer may pause at most `timeouts.pdu_gap` (CF-07);
 - the A-ASSOCIATE-RQ must be complete within ARTIM of the connection (CF-04), any later PDU
   within the AE's idle timeout of its first byte, so a trickling peer cannot hold a worker;
-- a send may block at most `timeouts.send` (CF-06).
+- a send may block at most `timeouts.send` (CF-06);
+- a DIMSE message that pynetdicom keeps in memory (a command set, an identifier, an N-ACTION's
+  references; not a C-STORE data set, which goes to a file) may grow to `MESSAGE_LIMIT`, and at
+  most `QUEUED_LIMIT` complete requests may wait for the association thread: with one
+  operation at a time negotiated (AS-11) a conforming peer never has more than one waiting.
 
 A violation before the A-ASSOCIATE-RQ closes the connection (an undecodable request is first
 answered 1/2/1, AS-06) and is logged here: pynetdicom may never report that end (its reader was
@@ -44,6 +48,9 @@ CONTROL_PDU_LIMIT = 1 << 20
 _PDU_TYPES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
               0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}
 P_DATA_TF = 0x04
+# An N-ACTION committing 100,000 instances is about 12 MB; C-FIND identifiers are a few KiB.
+MESSAGE_LIMIT = 16 << 20
+QUEUED_LIMIT = 2
 
 
 class ProtocolError(Exception):
@@ -147,6 +154,8 @@ class Framing:
             data = data + bytearray(length)
             self._receive_into(memoryview(data)[6:], deadline)
             pdu, event = decode_pdu(bytes(data))
+            if data[0] == P_DATA_TF:
+                self._check_memory(length)
         except _Closed:
             if expect_request:
                 self._drop_before_request("connection closed by the peer before an association request",
@@ -161,6 +170,21 @@ class Framing:
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
+
+    def _check_memory(self, incoming: int) -> None:
+        """MESSAGE_LIMIT and QUEUED_LIMIT, before pynetdicom appends this P-DATA (`incoming` bytes)."""
+        dimse = self.assoc.dimse
+        if dimse.msg_queue.qsize() >= QUEUED_LIMIT:
+            raise ProtocolError(f"more than {QUEUED_LIMIT} requests sent without waiting for the responses "
+                                f"(one operation at a time was negotiated)")
+        message = dimse.message
+        if message is None:
+            return
+        held = message.encoded_command_set.tell()
+        if message._data_set_file is None:  # else the data set goes to a file (receive.py)
+            held += message.data_set.tell()
+        if held + incoming > MESSAGE_LIMIT:
+            raise ProtocolError(f"a DIMSE message grows beyond {MESSAGE_LIMIT} bytes held in memory")
 
     def _receive_into(self, view: memoryview, deadline: tuple[float, str, str]) -> None:
         """Fill `view`; `deadline` is (monotonic time, what is late, the key that sets it)."""
