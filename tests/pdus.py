@@ -68,6 +68,32 @@ def read_pdu(sock: socket.socket) -> bytes:
     return data
 
 
+class Reader:
+    """PDUs one at a time off a socket, however the bytes arrive (read_pdu may return more)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buffer = sock, b""
+
+    def pdu(self) -> bytes:
+        while len(self.buffer) < 6 or len(self.buffer) < 6 + struct.unpack(">L", self.buffer[2:6])[0]:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed in the middle of a PDU"
+            self.buffer += chunk
+        size = 6 + struct.unpack(">L", self.buffer[2:6])[0]
+        pdu, self.buffer = self.buffer[:size], self.buffer[size:]
+        return pdu
+
+
+def pdvs(pdu: bytes) -> list[tuple[int, bytes]]:
+    """The (message control header, fragment) of each PDV in a P-DATA-TF PDU."""
+    items, offset = [], 6
+    while offset < len(pdu):
+        length = struct.unpack(">L", pdu[offset:offset + 4])[0]
+        items.append((pdu[offset + 5], pdu[offset + 6:offset + 4 + length]))
+        offset += 4 + length
+    return items
+
+
 def closed_by_peer(sock: socket.socket) -> bool:
     """True once the appliance has closed the connection (EOF or reset), after any PDUs it sent."""
     try:

@@ -3,9 +3,13 @@ cannot answer (QF-18), against the real daemon."""
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import pytest
+from pydicom import dcmread
 
 import datasets
+import pdus
 import query_archive
 import scu
 from datasets import STUDY_ROOT_FIND as SR
@@ -131,3 +135,31 @@ def test_index_that_cannot_answer(appliance):
     appliance.wait_log(r"ALERT appliance.qr_scp: QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: C-FIND #\d+ Study Root "
                        r"STUDY \(PatientID equal\): status 0xA700 after 0 matches: the index cannot answer: "
                        r"OperationalError: no such table")
+
+
+def test_responses_fit_a_small_peer_maximum_pdu(archive_appliance):
+    """PS3.8 9.3.5: the Pending messages the handler encodes itself (appliance.dicom.pdata) are
+    fragmented to the peer's maximum PDU length: a raw peer accepting 64-byte PDUs receives no
+    longer PDU and reassembles every identifier whole."""
+    request = pdus.request(called="EX_QUERY_SCP", contexts=((SR, (datasets.ILE,)),), max_length=64)
+    query = identifier("STUDY", {"PatientName": "DOE*", "ReferringPhysicianName": "", "StudyDescription": ""})
+    with pdus.connect(archive_appliance.qr_port) as sock:
+        sock.sendall(request)
+        assert pdus.read_pdu(sock)[:1] == b"\x02"
+        sock.sendall(b"".join(pdus.p_data(pdus.c_find(SR, query))))
+        reader, found, data, statuses = pdus.Reader(sock), [], b"", []
+        while not statuses or statuses[-1] != 0x0000:
+            pdu = reader.pdu()
+            assert pdu[:1] == b"\x04" and len(pdu) - 6 <= 64, pdu
+            for control, fragment in pdus.pdvs(pdu):
+                if control & 1:  # a command set: the status is the last element (0000,0900)
+                    statuses += [int.from_bytes(fragment[-2:], "little")] if control & 2 else []
+                else:
+                    data += fragment
+                    if control & 2:
+                        found.append(dcmread(BytesIO(data), force=True))
+                        data = b""
+        sock.sendall(pdus.RELEASE_RQ)
+    assert statuses == [0xFF00] * 4 + [0x0000]
+    assert sorted((str(ds.PatientName), ds.StudyDescription) for ds in found) == [
+        ("DOE^JANE", "ct chest"), ("Doe^John", "CT CHEST"), ("Doe^John", "MR_HEAD"), ("Doering", "CT CHEST")]

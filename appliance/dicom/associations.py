@@ -21,6 +21,8 @@ from appliance.dicom import receive
 log = logging.getLogger("appliance.association")
 
 _numbers = itertools.count(1)
+# PS3.8 9.2 local service requests: A-ASSOCIATE, P-DATA, A-RELEASE (request and response), A-ABORT.
+_LOCAL_REQUESTS = {"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"}
 
 
 @dataclass
@@ -107,12 +109,18 @@ class Tracker:
         C-STORE-RQ on a presentation context ID that was never accepted: KeyError) end that
         thread silently: no abort or close event, and the dataset file it had opened stays in
         spool/. Wrap the association's state machine so that such an end is logged and the
-        file removed; pynetdicom's own handling (the re-raise) is unchanged."""
+        file removed; pynetdicom's own handling (the re-raise) is unchanged.
+
+        One such exception is no fault: after framing aborted the association (Sta13, waiting
+        for the close), a response the association thread was still sending arrives as a local
+        request (Evt9 P-DATA and the like), for which PS3.8's table has no action. It is dropped."""
         assoc = event.assoc
         machine = assoc.dul.state_machine
         do_action = machine.do_action
 
         def guarded(fsm_event):
+            if machine.current_state == "Sta13" and fsm_event in _LOCAL_REQUESTS:
+                return None
             try:
                 return do_action(fsm_event)
             except Exception as exc:

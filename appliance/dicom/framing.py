@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 
 from pynetdicom import dul as pynetdicom_dul
@@ -125,6 +126,7 @@ class Framing:
         # come before pynetdicom has processed the connection event that enters Sta2.
         self.awaiting_request = True
         self.finished = False  # after a violation nothing more is read
+        self._send_lock = threading.Lock()
         # recv() waits at most pdu_gap: the DUL reads only when select() saw data, so a
         # blocking wait happens only inside a PDU.
         self.dul.socket.socket.settimeout(self.pdu_gap)
@@ -248,7 +250,12 @@ class Framing:
     # --- sending --------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Stands in for AssociationSocket.send."""
+        """Stands in for AssociationSocket.send. The DUL thread sends through it, and so does the
+        C-FIND handler (qr_scp), so one write at a time: PDUs never interleave."""
+        with self._send_lock:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
         sock = self.dul.socket.socket
         if sock is None:
             self.dul.event_queue.put("Evt17")

@@ -1,46 +1,56 @@
-"""A matched row as a C-FIND response identifier.
+"""A matched row as a C-FIND response identifier, encoded.
 
 QF-05: exactly the elements of the request, values from the index (QF-06), zero-length where
 the index has none or the key is not supported; the Query/Retrieve Level as the level.
 CS-03/CS-04: values outside ASCII are sent as ISO_IR 100 when Latin-1 holds them all, else
 ISO_IR 192 (UTF-8), and Specific Character Set says so.
+
+The identifier is written straight to Implicit VR Little Endian bytes, the only transfer
+syntax QUERY-RETRIEVE-SCP accepts (PC-05): building and encoding a pydicom Dataset per match
+cost 0.8 ms, more than everything else a response needs together.
 """
 
 from __future__ import annotations
 
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+import struct
 
 from appliance.query.identifier import Query
 from appliance.query.keys import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 
+_CODECS = {"": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+
 
 class Responses:
-    """Builds the identifier of each match of one query."""
+    """Encodes the identifier of each match of one query."""
 
     def __init__(self, query: Query):
+        # (tag, VR, where its value sits in a row of matching.select(), or None), in tag order.
+        positions = {key.tag: i for i, key in enumerate(query.returned)}
+        self.elements = sorted((tag, vr, positions.get(tag)) for tag, vr in query.requested
+                               if tag != SPECIFIC_CHARACTER_SET)
         self.level = query.level.name
-        self.requested = query.requested
-        # Where each returned key's value sits in a row of matching.select().
-        self.positions = {key.tag: i for i, key in enumerate(query.returned)}
         self.charset_requested = any(tag == SPECIFIC_CHARACTER_SET for tag, _ in query.requested)
 
-    def identifier(self, row: tuple) -> Dataset:
-        values = {tag: _text(row[i]) for tag, i in self.positions.items()}
-        charset = character_set(values.values())
-        ds = Dataset()
+    def identifier(self, row: tuple) -> bytes:
+        values = [(tag, vr, self.level if tag == QUERY_RETRIEVE_LEVEL else "" if i is None else _text(row[i]))
+                  for tag, vr, i in self.elements]
+        charset = character_set(value for _, _, value in values)
+        codec = _CODECS[charset]
+        encoded = [(tag, _element(tag, vr, value.encode(codec))) for tag, vr, value in values]
         if charset or self.charset_requested:
-            ds.SpecificCharacterSet = charset or None  # first: pydicom encodes the values with it
-        for tag, vr in self.requested:
-            if tag == SPECIFIC_CHARACTER_SET:
-                continue
-            value = self.level if tag == QUERY_RETRIEVE_LEVEL else values.get(tag)
-            ds.add(DataElement(tag, vr, value or None))  # None: zero-length, whatever the VR
-        return ds
+            encoded.append((SPECIFIC_CHARACTER_SET, _element(SPECIFIC_CHARACTER_SET, "CS", charset.encode())))
+            encoded.sort()
+        return b"".join(element for _, element in encoded)
 
 
 def _text(value) -> str:
     return "" if value is None else str(value)  # counts come back as integers
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "  # PS3.5 6.2: even length, UI padded with NUL
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
 def character_set(values) -> str:
