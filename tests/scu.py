@@ -76,12 +76,15 @@ def storage_contexts() -> list:
 
 
 @contextmanager
-def association(port: int, called: str = "EX_STORE_SCP", contexts: list | None = None):
+def association(port: int, called: str = "EX_STORE_SCP", contexts: list | None = None, calling: str = "TEST_SCU",
+                **kwargs):
     """An established association proposing `contexts` (default: the whole STORAGE-SCP
-    matrix, one TS per context); released on exit."""
-    assoc = associate(port, called, contexts=storage_contexts() if contexts is None else contexts)
+    matrix, one TS per context); released on exit. `kwargs` go to pynetdicom's associate()."""
+    assoc = associate(port, called, contexts=storage_contexts() if contexts is None else contexts,
+                      calling=calling, **kwargs)
     try:
-        assert assoc.is_established, f"association to {called} on port {port} not established"
+        assert assoc.is_established, \
+            f"association to {called} on port {port} not established: {assoc.acse_result}"
         yield assoc
     finally:
         if assoc.is_established:

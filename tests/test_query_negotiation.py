@@ -11,7 +11,6 @@ is accepted: with no accepted context the whole association is rejected (AS-07).
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 
 import pytest
 from pydicom.dataset import Dataset
@@ -40,19 +39,6 @@ def app(tmp_path_factory):
     started = Appliance(tmp_path_factory.mktemp("query_negotiation") / "appliance").start()
     yield started
     assert started.stop() == 0, started.log()
-
-
-@contextmanager
-def negotiated(port: int, called: str, contexts: list, calling: str = "TEST_SCU", **kwargs):
-    """An established association proposing exactly `contexts`; released on exit."""
-    assoc = scu.associate(port, called, contexts=contexts, calling=calling, **kwargs)
-    try:
-        assert assoc.is_established, f"association to {called} not established: {assoc.acse_result}"
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        assoc.ae.shutdown()
 
 
 def results(assoc) -> list[tuple[int, list[str] | None]]:
@@ -85,7 +71,7 @@ def test_query_retrieve_scp_accepts_verification_and_find_with_implicit_le_only(
         build_context(datasets.PATIENT_ROOT_FIND, [datasets.ELE]),
         build_context(datasets.VERIFICATION, [datasets.ELE]),
     ]
-    with negotiated(app.qr_port, QR_TITLE, contexts) as assoc:
+    with scu.association(app.qr_port, QR_TITLE, contexts) as assoc:
         assert results(assoc) == [ACCEPTED] * 4 + [TRANSFER_SYNTAXES_NOT_SUPPORTED] * 3
         assert scu.find(assoc, datasets.PATIENT_ROOT_FIND,
                         identifier(QueryRetrieveLevel="PATIENT", PatientID="NOBODY")) == [(SUCCESS, None)]
@@ -101,7 +87,7 @@ def test_query_retrieve_scp_refuses_storage_classes(app):
     refused += [build_context(datasets.CT, [datasets.ELE, datasets.ILE]),
                 build_context(STORAGE_COMMITMENT_PUSH, [datasets.ILE])]
     contexts = [build_context(datasets.STUDY_ROOT_FIND, [datasets.ILE]), *refused]
-    with negotiated(app.qr_port, QR_TITLE, contexts) as assoc:
+    with scu.association(app.qr_port, QR_TITLE, contexts) as assoc:
         assert results(assoc) == [ACCEPTED] + [ABSTRACT_SYNTAX_NOT_SUPPORTED] * len(refused)
 
 
@@ -112,7 +98,7 @@ def test_storage_scp_refuses_query_retrieve_classes(app):
                (datasets.PATIENT_ROOT_FIND, datasets.STUDY_ROOT_FIND, PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE)]
     refused += [build_context(datasets.STUDY_ROOT_FIND, [datasets.ELE, datasets.ILE])]
     contexts = [build_context(datasets.CT, [datasets.ILE]), *refused]
-    with negotiated(app.storage_port, app.storage_title, contexts) as assoc:
+    with scu.association(app.storage_port, app.storage_title, contexts) as assoc:
         assert results(assoc) == [ACCEPTED] + [ABSTRACT_SYNTAX_NOT_SUPPORTED] * len(refused)
 
 
@@ -127,7 +113,7 @@ def test_relational_queries_are_not_negotiated(app):
         item.sop_class_uid = sop_class
         item.service_class_application_information = RELATIONAL
         items.append(item)
-    with negotiated(app.qr_port, QR_TITLE, scu.query_contexts(), calling="RELATIONAL", ext_neg=items) as assoc:
+    with scu.association(app.qr_port, QR_TITLE, scu.query_contexts(), calling="RELATIONAL", ext_neg=items) as assoc:
         assert results(assoc) == [ACCEPTED] * 3
         answers = {str(item.sop_class_uid): item.service_class_application_information
                    for item in assoc.acceptor.primitive.user_information
@@ -152,6 +138,6 @@ def test_relational_queries_are_not_negotiated(app):
 
 def test_query_retrieve_scp_answers_c_echo(app):
     """VE-02: C-ECHO on the ILE Verification context of QUERY-RETRIEVE-SCP answers 0000."""
-    with negotiated(app.qr_port, QR_TITLE, scu.query_contexts(), calling="VE02_SCU") as assoc:
+    with scu.association(app.qr_port, QR_TITLE, scu.query_contexts(), calling="VE02_SCU") as assoc:
         assert scu.echo_status(assoc) == SUCCESS
     app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ VE02_SCU@127\.0\.0\.1:\d+: [^\n]*C-ECHO status 0x0000")
