@@ -10,6 +10,7 @@ fragments no longer than the peer's maximum PDU length allows (PS3.8 9.3.5, Anne
 
 from __future__ import annotations
 
+import functools
 import struct
 from io import BytesIO
 
@@ -23,14 +24,29 @@ _COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 
 def find_pending_command(request: C_FIND, status: int) -> bytes:
     """The encoded command set of a C-FIND-RSP with `status` and an identifier, answering `request`."""
+    template, offset = _find_pending_template(str(request.AffectedSOPClassUID), status)
+    return template[:offset] + struct.pack("<H", request.MessageID) + template[offset + 2:]
+
+
+@functools.lru_cache(maxsize=8)
+def _find_pending_template(sop_class: str, status: int) -> tuple[bytes, int]:
+    """The command set with Message ID Being Responded To 0, and where that value sits: only
+    the ID differs between requests (encoding through pydicom costs 0.6 ms)."""
     rsp = C_FIND()
-    rsp.MessageIDBeingRespondedTo = request.MessageID
-    rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+    rsp.MessageIDBeingRespondedTo = 0
+    rsp.AffectedSOPClassUID = sop_class
     rsp.Status = status
     rsp.Identifier = BytesIO(b"\0")  # present: Command Data Set Type says a data set follows
     message = C_FIND_RSP()
     message.primitive_to_message(rsp)
-    return encode(message.command_set, True, True)
+    encoded = encode(message.command_set, True, True)
+    position = 0
+    while position < len(encoded):  # Implicit VR LE elements: tag, 4-byte length, value
+        group, element, length = struct.unpack_from("<HHL", encoded, position)
+        if (group, element) == (0x0000, 0x0120):
+            return encoded, position + 8
+        position += 8 + length
+    raise AssertionError("pynetdicom encoded no Message ID Being Responded To")
 
 
 def message_pdus(context_id: int, command: bytes, dataset: bytes, max_pdu: int) -> bytes:
