@@ -134,3 +134,12 @@ def test_matching(qr, model, level, keys, expected):
     responses = scu.find(qr, model, identifier(level, keys))
     assert responses[-1] == (0x0000, None)
     assert found(responses, level) == expected
+
+
+@pytest.mark.parametrize("pattern", ["\U0010ffff*", "\ud7ff*"])
+def test_prefix_at_the_end_of_unicode(qr, pattern):
+    """A wildcard whose literal prefix ends in U+D7FF or U+10FFFF still gets an answer (the
+    index range above it skips the surrogates or is left open), not a failure."""
+    keys = {"PatientName": pattern, "SpecificCharacterSet": "ISO_IR 192"}
+    responses = scu.find(qr, SR, identifier("STUDY", keys))
+    assert responses == [(0x0000, None)]

@@ -70,7 +70,8 @@ def _range(column, vr: str, low: str, high: str) -> Expression:
         where &= column >= (low.rstrip("0").rstrip(".").rstrip("0") if vr == "TM" else low)
     if high:
         # An upper bound includes everything it is a prefix of: "-1030" includes 10:30:59.
-        where &= (column < _successor(high)) if vr == "TM" else (column <= high)
+        # (A TM is digits and ".", so that bound always exists.)
+        where &= _below_successor(column, high) if vr == "TM" else (column <= high)
     return where
 
 
@@ -80,7 +81,10 @@ def _wildcard(column, pattern: str) -> Expression:
     where = Expression(column, "GLOB", pattern.replace("[", "[[]"))
     prefix = _literal_prefix(pattern)
     if prefix:
-        where &= (column >= prefix) & (column < _successor(prefix))
+        where &= column >= prefix
+        upper = _below_successor(column, prefix)
+        if upper is not None:
+            where &= upper
     return where
 
 
@@ -91,6 +95,12 @@ def _literal_prefix(pattern: str) -> str:
     return pattern
 
 
-def _successor(prefix: str) -> str:
-    """The smallest string above every string starting with `prefix` (for a range scan)."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def _below_successor(column, prefix: str) -> Expression | None:
+    """`column` below every string that starts with `prefix` (None: no such bound). SQLite
+    compares UTF-8 bytes, which order as code points do; surrogates cannot be encoded."""
+    following = ord(prefix[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    if following > 0x10FFFF:
+        return None
+    return column < prefix[:-1] + chr(following)
