@@ -14,7 +14,9 @@ import datetime
 import re
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from appliance.dicom import status
 from appliance.dicom.uids import is_valid_uid
@@ -55,12 +57,13 @@ class Query:
 
 def parse(identifier: Dataset, model: Model) -> Query:
     """Validate `identifier` for `model`; raises DicomStatusError (A900, C001)."""
-    query = Query(model, _level(identifier, model))
-    values: dict[str, str] = {}
     try:
         elements = list(identifier)  # pydicom converts each raw element here
     except Exception as exc:  # whatever the raw bytes make pydicom raise
         raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"identifier cannot be decoded: {exc}") from exc
+    level = next((e for e in elements if e.tag == QUERY_RETRIEVE_LEVEL), None)
+    query = Query(model, _level(_text(level) if level is not None else "", model))
+    values: dict[str, str] = {}
     for element in elements:
         tag = int(element.tag)
         if tag >> 16 in (0x0000, 0x0002):
@@ -76,7 +79,7 @@ def parse(identifier: Dataset, model: Model) -> Query:
         if model.level_of(key.level) > query.level:  # no single value to return or match
             query.unsupported.append(f"{key.keyword} is below the {query.level.name} level")
             continue
-        text = _text(element.value)
+        text = _text(element)
         query.returned.append(key)
         values[key.keyword] = text
         condition = _condition(key, text, query)
@@ -87,9 +90,7 @@ def parse(identifier: Dataset, model: Model) -> Query:
     return query
 
 
-def _level(identifier: Dataset, model: Model) -> Level:
-    raw = identifier.get(QUERY_RETRIEVE_LEVEL)
-    text = _text(raw.value) if raw is not None else ""
+def _level(text: str, model: Model) -> Level:
     try:
         level = Level[text]
     except KeyError:
@@ -100,12 +101,22 @@ def _level(identifier: Dataset, model: Model) -> Level:
     return level
 
 
-def _text(value) -> str:
-    """An element value as the text of its wire form, DICOM padding removed."""
+def _text(element: DataElement) -> str:
+    """The value of a key element as the text of its wire form, DICOM padding removed."""
+    if element.VR == "SQ":
+        raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"{element.keyword or element.tag} holds a sequence")
+    try:
+        return _value_text(element.value)
+    except Exception as exc:  # a value pydicom converted but cannot show
+        raise DicomStatusError(status.IDENTIFIER_MISMATCH,
+                               f"{element.keyword or element.tag} cannot be read: {exc}") from exc
+
+
+def _value_text(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(_text(v) for v in value)
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(_value_text(v) for v in value)
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return str(value).strip(" \x00")

@@ -1,6 +1,6 @@
 r"""Coverage-guided fuzzing (atheris/libFuzzer) of the bytes a DICOM peer controls.
 
-Three targets, each a `Service` method that takes one input and raises only when the service's
+Four targets, each a `Service` method that takes one input and raises only when the service's
 contract is broken (atheris then reports a crash and saves the input):
 
 ``rq``
@@ -32,6 +32,15 @@ contract is broken (atheris then reports a crash and saves the input):
     file holds. Input: byte 0 bit 0 set = Implicit VR (the presentation context's encoding),
     the rest is the file from its "DICM" prefix on (the 128-byte preamble, which the walker
     does not read, is added).
+
+``find``
+    A C-FIND-RQ's identifier through `QueryRetrieveSCP.on_c_find` as pynetdicom's event hands
+    it over (decoded lazily by pynetdicom), against a small index of real rows: validation
+    (`query.identifier`), the SQL (`query.matching`), the encoded responses
+    (`query.responses`, `dicom.pdata`). Contract: the handler ends with one final status from
+    the conformance statement's C-FIND table, never its last-resort 0xC311 and never an
+    exception. Input: byte 0 bit 0 set = Patient Root, else Study Root; the rest is the
+    identifier in Implicit VR LE (the only transfer syntax QUERY-RETRIEVE-SCP accepts).
 
 In ``pdata`` and ``header`` the archive's storage area places nothing (`_Area`): a run fills
 no disk and no index.
@@ -68,7 +77,7 @@ import warnings
 from io import BytesIO
 from pathlib import Path
 
-if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"]):
+if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"], ["find"]):
     import atheris
 
     # Coverage feedback from the code that sees the peer's bytes; imported only below.
@@ -82,21 +91,25 @@ with _instrumented:
     from pydicom.encaps import encapsulate
     from pydicom.filewriter import write_file_meta_info
     from pydicom.sequence import Sequence
+    from pydicom.uid import UID
     from pynetdicom import _config as pynetdicom_config
     from pynetdicom import dimse_messages, evt, pdu_primitives
     from pynetdicom.association import Association
-    from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+    from pynetdicom.events import Event
     from pynetdicom.dsutils import create_file_meta, encode
     from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
-    from pynetdicom.presentation import build_context, negotiate_as_acceptor
+    from pynetdicom.presentation import PresentationContextTuple, build_context, negotiate_as_acceptor
     from pynetdicom.transport import AddressInformation
 
     from appliance.config.model import Config, DefaultValues
-    from appliance.dicom import contexts, framing, receive, server, uids, verification
+    from appliance.dicom import contexts, framing, receive, server, status, uids, verification
     from appliance.dicom.admission import Admission, Gate
     from appliance.dicom.associations import Tracker
+    from appliance.dicom.qr_scp import QueryRetrieveSCP
     from appliance.dicom.storage_scp import StorageSCP
-    from appliance.store import ingest
+    from appliance.store import ingest, models
+    from appliance.store.db import Index
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CONFIG = Config()
@@ -154,6 +167,12 @@ class Service:
         negotiated, _ = negotiate_as_acceptor(requested, self.ae.supported_contexts, {})
         self.accepted = {cx.context_id: cx for cx in negotiated if cx.result == 0x00}
         self.violation: BaseException | None = None
+        # QUERY-RETRIEVE-SCP's C-FIND handler on an index of a few real rows.
+        self.index = Index(self.work / "index.sqlite")
+        _fill(self.index)
+        self.qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
+        self.query_retrieve = QueryRetrieveSCP(self.qr_tracker)
+        self.pendings = 0  # Pending responses the handler wrote
         return self
 
     def __exit__(self, *exc) -> None:
@@ -162,6 +181,7 @@ class Service:
          pydicom_config.settings.writing_validation_mode, levels, warnings.showwarning) = self._saved
         for name, level in zip(QUIET_LOGGERS, levels):
             logging.getLogger(name).setLevel(level)
+        self.index.db.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
     # --- targets -------------------------------------------------------------------------
@@ -208,6 +228,31 @@ class Service:
         implicit_vr = bool(data[:1]) and bool(data[0] & 1)
         self.received.write_bytes(b"\0" * 128 + data[1:])
         self.archive.store(self.received, ingest.StoreRequest(uids.CT, SOP_INSTANCE, "", implicit_vr, "FUZZ"))
+
+    def find(self, data: bytes) -> None:
+        model = uids.PATIENT_ROOT_FIND if data[:1] and data[0] & 1 else uids.STUDY_ROOT_FIND
+        request = C_FIND()
+        request.MessageID, request.AffectedSOPClassUID, request.Priority = 1, model, 0
+        request.Identifier = BytesIO(data[1:])
+        assoc = self._association("Sta6")
+        assoc.requestor.maximum_length = 1024  # responses fragmented too
+        assoc.dul.socket = types.SimpleNamespace(send=self._count_pending)  # framing's sender, in the service
+        try:
+            context = PresentationContextTuple(1, model, UID(uids.IMPLICIT_LE))
+            event = Event(assoc, evt.EVT_C_FIND, {"request": request, "context": context,
+                                                  "_is_cancelled": lambda message_id: False})
+            answers = list(self.query_retrieve.on_c_find(event))
+        finally:
+            self._trigger(evt.EVT_CONN_CLOSE, assoc)
+            for bound, handler in self.qr_tracker.handlers():  # its session ends, as in the service
+                if bound is evt.EVT_CONN_CLOSE:
+                    handler(types.SimpleNamespace(assoc=assoc))
+        final = [code for code, _ in answers]
+        if final not in ([code] for code in FIND_FINAL):
+            raise AssertionError(f"C-FIND handler ended with {', '.join(f'0x{c:04X}' for c in final)}")
+
+    def _count_pending(self, pdus: bytes) -> None:
+        self.pendings += 1
 
     # --- the service around them ------------------------------------------------------------
 
@@ -292,7 +337,31 @@ def _read_pdu(data: bytes, expect_request: bool):
     return pdu, event, data[6 + length:]
 
 
-TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header}
+TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header, "find": Service.find}
+# The final C-FIND statuses of the conformance statement's table (QF-04, QF-15..QF-19).
+FIND_FINAL = (status.SUCCESS, status.OUT_OF_RESOURCES, status.IDENTIFIER_MISMATCH, status.UNABLE_TO_PROCESS,
+              status.CANCEL)
+
+
+def _fill(index: Index) -> None:
+    """Two patients (one Latin-1, one Greek), each with a study, a series and an instance."""
+    with index.write():
+        for n, (last, first, charset) in enumerate([("Müller", "Jörg", "ISO_IR 100"),
+                                                    ("Παπαδόπουλος", "Νίκος", "ISO_IR 192")], start=1):
+            patient = models.Patient.create(patient_id=f"PID{n}", original_patient_id=f"PID{n}", last_name=last,
+                                            first_name=first, name_folded=f"{last}^{first}".casefold(),
+                                            birth_date="19700101", sex="M", other_patient_ids="OTHER")
+            study = models.Study.create(patient=patient, study_instance_uid=f"1.2.3.{n}", study_date="20240102",
+                                        study_time="101500", accession_number=f"ACC{n}", study_id="S1",
+                                        referring_physician="Dr^Who", referring_physician_folded="dr^who",
+                                        study_description="CHEST")
+            series = models.Series.create(study=study, series_instance_uid=f"1.2.3.{n}.1", modality="CT",
+                                          series_number="1", operators_name="Op")
+            models.Instance.create(series=series, sop_instance_uid=f"1.2.3.{n}.1.1",
+                                   file_sop_instance_uid=f"1.2.3.{n}.1.1", sop_class_uid=uids.CT,
+                                   instance_number="1", transfer_syntax_uid=uids.IMPLICIT_LE,
+                                   specific_character_set=charset, path=f"none/{n}", size=0,
+                                   received_at="2024-01-02 10:15:00", calling_ae="FUZZ")
 
 
 # --- seeds: realistic inputs from pynetdicom's and pydicom's own encoders -------------------
@@ -419,6 +488,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "seed-store-implicit": store("implicit", 5, 512),
             "seed-store-jpeg": echo_stream + store("jpeg", 7, MAX_PDU),
         },
+        "find": {name: identifier(model, keys) for name, (model, keys) in FIND_SEEDS.items()},
         "header": {
             "seed-explicit": b"\0" + explicit,
             "seed-implicit": b"\1" + file_bytes(dataset("implicit"), uids.IMPLICIT_LE),
@@ -426,6 +496,31 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "seed-un-sequence": b"\0" + explicit[:split] + un_sequence + explicit[split:],
         },
     }
+
+
+# C-FIND identifiers: byte 0 = the model (1 Patient Root, 0 Study Root), then the keys.
+_RETURN = {"PatientName": "", "PatientID": "", "StudyDate": "", "NumberOfStudyRelatedInstances": ""}
+FIND_SEEDS = {
+    "seed-study-name": (0, {"QueryRetrieveLevel": "STUDY", "SpecificCharacterSet": "ISO_IR 100",
+                            "PatientName": "MÜLL*", **{k: v for k, v in _RETURN.items() if k != "PatientName"}}),
+    "seed-study-date-range": (0, {"QueryRetrieveLevel": "STUDY", **_RETURN, "StudyDate": "20240101-20240131",
+                                  "StudyTime": "1000-", "AccessionNumber": "ACC?"}),
+    "seed-series-list": (0, {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": "1.2.3.1",
+                             "SeriesInstanceUID": "1.2.3.1.1\\1.2.3.9", "Modality": "", "SeriesNumber": "1",
+                             "NumberOfSeriesRelatedInstances": "", "RetrieveAETitle": ""}),
+    "seed-patient": (1, {"QueryRetrieveLevel": "PATIENT", "PatientID": "PID*", "PatientName": "",
+                         "OtherPatientIDs": "", "NumberOfPatientRelatedStudies": "", "PatientBirthDate": ""}),
+    "seed-image": (1, {"QueryRetrieveLevel": "IMAGE", "PatientID": "PID2", "StudyInstanceUID": "1.2.3.2",
+                       "SeriesInstanceUID": "1.2.3.2.1", "SOPInstanceUID": "", "InstanceNumber": "",
+                       "SpecificCharacterSet": "ISO_IR 192", "PatientName": ""}),
+}
+
+
+def identifier(model: int, keys: dict) -> bytes:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return bytes([model]) + encode(ds, True, True)
 
 
 def write_seeds(corpus: Path = CORPUS) -> None:
