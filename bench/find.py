@@ -81,7 +81,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import socket
 import sqlite3
 import statistics
@@ -550,25 +549,11 @@ class DcmQrScp:
         self.proc = subprocess.Popen(["dcmqrscp", "-c", str(self.config), str(self.port)],
                                      env=store.dcmtk_env(), stdout=self.log_file, stderr=self.log_file)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # bounded: until it answers C-ECHO
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dcmqrscp exited {self.proc.returncode}: "
-                                   f"{(self.root / 'dcmqrscp.log').read_text(errors='replace')[-2000:]}")
-            if store.run(["echoscu", "-to", "2", "-aec", self.title, HOST, str(self.port)], timeout=10,
-                         check=False, env=store.dcmtk_env()).returncode == 0:
-                return self
-            time.sleep(0.1)
-        raise RuntimeError("dcmqrscp did not answer C-ECHO within 20 s")
+        store.wait_for_echo(self.proc, self.title, HOST, self.port, self.root / "dcmqrscp.log")
+        return self
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        store.terminate(self.proc)
         self.log_file.close()
 
 

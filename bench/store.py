@@ -257,33 +257,44 @@ class StoreSCP:
         self.stderr = open(self.root / "storescp.log", "wb")
         self.proc = subprocess.Popen(cmd, env=dcmtk_env(), stdout=self.stderr, stderr=self.stderr)
         self.pid = self.proc.pid
-        self.hwm_idle = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # bounded: wait until it answers C-ECHO
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"storescp exited {self.proc.returncode}")
-            probe = ["echoscu", "-to", "2", "-aec", self.title, self.host, str(self.port)]
-            if self.netns:
-                probe = ["ip", "netns", "exec", self.netns, *probe]
-            if run(probe, timeout=10, check=False, env=dcmtk_env()).returncode == 0:
-                self.hwm_idle = vm_hwm_kib(self.pid)
-                return self
-            time.sleep(0.1)
-        raise RuntimeError("storescp did not answer C-ECHO within 20 s")
+        wait_for_echo(self.proc, self.title, self.host, self.port, self.root / "storescp.log", self.netns)
+        self.hwm_idle = vm_hwm_kib(self.pid)
+        return self
 
     def stored(self) -> int:
         return sum(1 for p in self.out.iterdir() if p.is_file())
 
     def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.stderr.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log: Path,
+                  netns: str | None = None) -> None:
+    """Until the DCMTK server `proc` answers C-ECHO (bounded: 20 s); its log tail if it died."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{title} exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        probe = ["echoscu", "-to", "2", "-aec", title, host, str(port)]
+        if netns:
+            probe = ["ip", "netns", "exec", netns, *probe]
+        if run(probe, timeout=10, check=False, env=dcmtk_env()).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{title} did not answer C-ECHO within 20 s")
+
+
+def terminate(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 # --- sender ----------------------------------------------------------------------------------
