@@ -3,6 +3,8 @@ cannot answer (QF-18), against the real daemon."""
 
 from __future__ import annotations
 
+import socket
+import time
 from io import BytesIO
 
 import pytest
@@ -163,3 +165,26 @@ def test_responses_fit_a_small_peer_maximum_pdu(archive_appliance):
     assert statuses == [0xFF00] * 4 + [0x0000]
     assert sorted((str(ds.PatientName), ds.StudyDescription) for ds in found) == [
         ("DOE^JANE", "ct chest"), ("Doe^John", "CT CHEST"), ("Doe^John", "MR_HEAD"), ("Doering", "CT CHEST")]
+
+
+def test_storing_goes_on_while_a_query_streams(make_appliance, tmp_path):
+    """A C-FIND whose reader has stopped reading keeps its SQLite read open (rows are streamed);
+    in WAL mode that must not hold up a C-STORE on the other AE (ST-06's commit) nor a C-ECHO."""
+    app = make_appliance(start=False)
+    app.start().stop()
+    query_archive.fill_index(app, 20000)
+    app.start()
+    query = identifier("IMAGE", {"StudyInstanceUID": uid("S100"), "SeriesInstanceUID": uid("S100.1")})
+    with pdus.connect(app.qr_port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(pdus.request(called="EX_QUERY_SCP", contexts=((SR, (datasets.ILE,)),)))
+        assert pdus.read_pdu(sock)[:1] == b"\x02"
+        sock.sendall(b"".join(pdus.p_data(pdus.c_find(SR, query))))  # and read nothing more
+        app.wait_log(r"QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: association accepted")
+        path = datasets.write(datasets.image(rows=8, columns=8), tmp_path / "during.dcm")
+        started = time.monotonic()
+        with scu.association(app.storage_port) as assoc:
+            assert scu.send_file(assoc, path) == 0x0000
+        assert time.monotonic() - started < 5
+        assert scu.echo(app.qr_port, "EX_QUERY_SCP") == 0x0000
+    assert app.index_rows("SELECT count(*) FROM instance") == [(20001,)]
