@@ -188,3 +188,27 @@ def test_storing_goes_on_while_a_query_streams(make_appliance, tmp_path):
         assert time.monotonic() - started < 5
         assert scu.echo(app.qr_port, "EX_QUERY_SCP") == 0x0000
     assert app.index_rows("SELECT count(*) FROM instance") == [(20001,)]
+
+
+def test_a_query_longer_than_the_idle_timeout_keeps_its_association(make_appliance):
+    """CF-24: the idle timeout is about silence. A C-FIND that streams for longer than it (20,000
+    matches, idle_timeout 0.5 s) is traffic: the association stays open for the next request."""
+    app = make_appliance({"query_retrieve_scp": {"idle_timeout": 0.5}}, start=False)
+    app.start().stop()
+    query_archive.fill_index(app, 20000)
+    app.start()
+    query = identifier("IMAGE", {"StudyInstanceUID": uid("S100"), "SeriesInstanceUID": uid("S100.1")})
+    with pdus.associated(app.qr_port, (SR, (datasets.ILE,)), called="EX_QUERY_SCP") as sock:
+        sock.sendall(b"".join(pdus.p_data(pdus.c_find(SR, query))))
+        reader, started, final = pdus.Reader(sock), time.monotonic(), None
+        while final is None:
+            for control, fragment in pdus.pdvs(reader.pdu()):
+                if control == 0x03 and fragment[-2:] == b"\0\0":  # a command set with status 0000
+                    final = time.monotonic() - started
+        assert final > 0.5, "the query was too fast to show anything; give it more matches"
+        sock.sendall(b"".join(pdus.c_echo(2)))
+        answer = reader.pdu()
+        assert answer[:1] == b"\x04", f"no C-ECHO response but {answer[:1].hex()}: the association was aborted"
+        sock.sendall(pdus.RELEASE_RQ)
+        assert reader.pdu()[:1] == b"\x06"
+    assert "Network timeout" not in app.log()

@@ -266,6 +266,10 @@ class Framing:
             view = memoryview(data)
             while view:
                 view = view[sock.send(view):]
+            # A message out counts as traffic for the idle timeout too (CF-15/CF-24): pynetdicom
+            # restarts it only on what it receives, so a C-FIND streaming longer than the
+            # timeout would be aborted as soon as its final response is out.
+            self.dul._idle_timer.restart()
             evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": data})
         except TimeoutError:
             self.session.ending = (f"connection dropped: the peer accepted no data for "
