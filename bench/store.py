@@ -286,12 +286,12 @@ def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log:
     raise RuntimeError(f"{title} did not answer C-ECHO within 20 s")
 
 
-def terminate(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
+def terminate(proc: subprocess.Popen | None, signum: int = signal.SIGTERM, grace: float = 10) -> None:
+    """`signum`, then SIGKILL after `grace` seconds."""
     if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
@@ -419,12 +419,7 @@ def profiled(pyspy: str | None, pid: int, out: Path | None):
     try:
         yield
     finally:
-        rec.send_signal(signal.SIGINT)
-        try:
-            rec.wait(30)
-        except subprocess.TimeoutExpired:
-            rec.kill()
-            rec.wait(10)
+        terminate(rec, signal.SIGINT, 30)  # py-spy writes its profile on SIGINT
 
 
 # --- network namespaces (case e) -------------------------------------------------------------
