@@ -21,6 +21,15 @@ def appliance(tmp_path):
     assert app.stop() == 0, app.log()
 
 
+@pytest.fixture(scope="module")
+def qr(archive_appliance):
+    """An association to archive_appliance's QUERY-RETRIEVE-SCP, for the module's C-FINDs."""
+    import scu
+
+    with scu.association(archive_appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
+        yield assoc
+
+
 @pytest.fixture
 def make_appliance(tmp_path):
     """Factory for an appliance with config overrides; started ones are stopped at teardown."""

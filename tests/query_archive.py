@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import scu
 from appliance.store.db import Index
-from appliance.store import models
+from appliance.store import coercion, models
 
 ROOT = "1.2.826.0.1.3680043.9.7433"  # test UIDs only
 
@@ -91,7 +91,7 @@ def fill_index(app, instances: int) -> None:
     index = Index(app.data_dir / "index.sqlite")
     with index.write():
         patient = models.Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
-                                 name_folded="many")
+                                 name_folded=coercion.fold_name("Many", ""))
         study = models.Study.create(patient=patient, study_instance_uid=uid("S100"))
         series = models.Series.create(study=study, series_instance_uid=uid("S100.1"))
         now = datetime.datetime.now(datetime.timezone.utc)

@@ -113,12 +113,6 @@ def identifier(level: str, keys: dict) -> Dataset:
     return ds
 
 
-@pytest.fixture(scope="module")
-def qr(archive_appliance):
-    with scu.association(archive_appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
-        yield assoc
-
-
 def found(responses: list, level: str) -> set[str]:
     labels = set()
     for status, ds in responses[:-1]:

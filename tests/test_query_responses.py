@@ -19,12 +19,6 @@ from query_archive import uid
 from test_query_matching import identifier
 
 
-@pytest.fixture(scope="module")
-def qr(archive_appliance):
-    with scu.association(archive_appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
-        yield assoc
-
-
 def only_match(assoc, level: str, keys: dict):
     responses = scu.find(assoc, SR, identifier(level, keys))
     assert len(responses) == 2 and responses[-1] == (0x0000, None), responses

@@ -13,12 +13,6 @@ from test_query_matching import identifier
 A900, C001, FF00, FF01 = 0xA900, 0xC001, 0xFF00, 0xFF01
 
 
-@pytest.fixture(scope="module")
-def qr(archive_appliance):
-    with scu.association(archive_appliance.qr_port, "EX_QUERY_SCP", scu.query_contexts()) as assoc:
-        yield assoc
-
-
 REFUSED = [
     # (id, model, identifier, status, logged reason)
     ("level-missing", SR, {"PatientID": "PID-1"}, A900, r"Query/Retrieve Level '' is not one of"),

@@ -42,8 +42,7 @@ STUDY_ROOT = Model("Study Root", (Level.STUDY, Level.SERIES, Level.IMAGE))
 
 def _patient_name_search(value: str) -> str:
     """The index keeps only last and first name (EL-01, EL-03): compare those two components."""
-    components = value.split("=", 1)[0].split("^")
-    return pn_search_key("^".join(c.strip() for c in components[:2]))
+    return pn_search_key("^".join(c.strip() for c in value.split("=", 1)[0].split("^")[:2]))
 
 
 def _as_is(value: str) -> str:

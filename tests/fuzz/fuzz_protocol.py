@@ -108,7 +108,7 @@ with _instrumented:
     from appliance.dicom.associations import Tracker
     from appliance.dicom.qr_scp import QueryRetrieveSCP
     from appliance.dicom.storage_scp import StorageSCP
-    from appliance.store import ingest, models
+    from appliance.store import coercion, ingest, models
     from appliance.store.db import Index
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -349,11 +349,12 @@ def _fill(index: Index) -> None:
         for n, (last, first, charset) in enumerate([("Müller", "Jörg", "ISO_IR 100"),
                                                     ("Παπαδόπουλος", "Νίκος", "ISO_IR 192")], start=1):
             patient = models.Patient.create(patient_id=f"PID{n}", original_patient_id=f"PID{n}", last_name=last,
-                                            first_name=first, name_folded=f"{last}^{first}".casefold(),
+                                            first_name=first, name_folded=coercion.fold_name(last, first),
                                             birth_date="19700101", sex="M", other_patient_ids="OTHER")
             study = models.Study.create(patient=patient, study_instance_uid=f"1.2.3.{n}", study_date="20240102",
                                         study_time="101500", accession_number=f"ACC{n}", study_id="S1",
-                                        referring_physician="Dr^Who", referring_physician_folded="dr^who",
+                                        referring_physician="Dr^Who",
+                                        referring_physician_folded=coercion.pn_search_key("Dr^Who"),
                                         study_description="CHEST")
             series = models.Series.create(study=study, series_instance_uid=f"1.2.3.{n}.1", modality="CT",
                                           series_number="1", operators_name="Op")
