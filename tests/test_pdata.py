@@ -6,8 +6,8 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -39,3 +39,30 @@ def test_same_bytes_as_pynetdicom(message_id, status, max_pdu):
     command, expected = pynetdicom_pdus(message_id, status, identifier, max_pdu)
     assert pdata.find_pending_command(request, status) == command
     assert pdata.message_pdus(3, command, identifier, max_pdu) == expected
+
+
+@pytest.mark.parametrize("message_id, sop_class, sop_instance, originator", [
+    (1, datasets.CT, "1.2.3.4", "MOVER"),  # odd-length title, even-length UID
+    (65535, "1.2.840.10008.5.1.4.1.1.6.1", "1.2.34", "ABCDEFGHIJKLMNOP"),  # odd UIDs, 16-character title
+])
+def test_store_request_command_as_pynetdicom_encodes_it(message_id, sop_class, sop_instance, originator):
+    """QM-03: STORAGE-SCU's C-STORE-RQ, with the Move Originator fields, in pynetdicom's bytes."""
+    request = C_STORE()
+    request.MessageID, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = message_id, sop_class, sop_instance
+    request.Priority = 0  # Medium
+    request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID = originator, 7
+    request.DataSet = BytesIO(b"\0")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command = pdata.store_request_command(message_id, sop_class, sop_instance, originator, 7)
+    assert command == encode(message.command_set, True, True)
+    elements = pdata.command_elements(command)
+    assert pdata.command_uint16(elements, 0x0110) == message_id
+    assert elements[0x1000].rstrip(b"\0").decode() == sop_instance
+
+
+def test_command_elements_refuses_what_is_no_command_set():
+    with pytest.raises(ValueError):
+        pdata.command_elements(b"\x08\x00\x18\x00\x04\x00\x00\x001.2.")
+    with pytest.raises(ValueError):
+        pdata.command_elements(b"\x00\x00\x00\x09\x02")

@@ -1,11 +1,13 @@
-"""The P-DATA-TF PDUs of a DIMSE message whose command set repeats: encoded once, sent many times.
+"""DIMSE messages as bytes, for the two hot paths that bypass pynetdicom's message classes.
 
-A C-FIND answers with one Pending per match, and every Pending of one request has the same
-command set. pynetdicom's `send_msg` encodes each through a pydicom Dataset and hands it to
-its reader thread, about 1 ms a message; here the command set is encoded once (by pynetdicom,
-so its bytes are the ones pynetdicom would send) and each message goes out as its bytes, in
-the layout pynetdicom uses: one PDV per PDU, the command set first, then the data set,
-fragments no longer than the peer's maximum PDU length allows (PS3.8 9.3.5, Annex E).
+pynetdicom's `send_msg` encodes every command set through a pydicom Dataset and hands it to
+its reader thread, about 1 ms a message. A C-FIND answers with one Pending per match, all
+with the same command set: it is encoded once (by pynetdicom, so its bytes are the ones
+pynetdicom would send). A C-MOVE sends one C-STORE-RQ per instance: its command set is a
+handful of fixed elements, written here directly (`store_request_command`), and the answer's
+is read the same way (`command_elements`). Messages go out in the layout pynetdicom uses:
+one PDV per PDU, the command set first, then the data set, fragments no longer than the
+peer's maximum PDU length allows (PS3.8 9.3.5, Annex E).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from pynetdicom.dsutils import encode
 
 _P_DATA_TF = 0x04
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
+PDV_OVERHEAD = 12  # P-DATA-TF header (6) + PDV item length (4) + context ID + control header
+_C_STORE_RQ = 0x0001
+_MEDIUM_PRIORITY = 0x0000
+_DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1); pynetdicom writes 1
 
 
 def find_pending_command(request: C_FIND, status: int) -> bytes:
@@ -51,7 +57,12 @@ def _find_pending_template(sop_class: str, status: int) -> tuple[bytes, int]:
 
 def message_pdus(context_id: int, command: bytes, dataset: bytes, max_pdu: int) -> bytes:
     """The PDUs of one message; `max_pdu` is the peer's maximum PDU length (0: no limit)."""
-    return _fragments(context_id, command, _COMMAND, max_pdu) + _fragments(context_id, dataset, 0, max_pdu)
+    return command_pdus(context_id, command, max_pdu) + _fragments(context_id, dataset, 0, max_pdu)
+
+
+def command_pdus(context_id: int, command: bytes, max_pdu: int) -> bytes:
+    """The PDUs of a message's command set alone (its data set follows in further PDUs)."""
+    return _fragments(context_id, command, _COMMAND, max_pdu)
 
 
 def _fragments(context_id: int, data: bytes, kind: int, max_pdu: int) -> bytes:
@@ -64,3 +75,53 @@ def _fragments(context_id: int, data: bytes, kind: int, max_pdu: int) -> bytes:
         pdus.append(struct.pack(">BxLLBB", _P_DATA_TF, pdv_length + 4, pdv_length, context_id,
                                 kind | (_LAST if last else 0)) + fragment)
     return b"".join(pdus)
+
+
+def store_request_command(message_id: int, sop_class: str, sop_instance: str, originator_title: str,
+                          originator_message_id: int) -> bytes:
+    """The command set of a C-STORE-RQ with a data set, Medium priority and the Move Originator
+    fields (QM-03), Implicit VR Little Endian, elements in tag order (PS3.7 9.3.1.1)."""
+    elements = b"".join((
+        _element(0x0002, _ui(sop_class)),
+        _element(0x0100, struct.pack("<H", _C_STORE_RQ)),
+        _element(0x0110, struct.pack("<H", message_id)),
+        _element(0x0700, struct.pack("<H", _MEDIUM_PRIORITY)),
+        _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
+        _element(0x1000, _ui(sop_instance)),
+        _element(0x1030, _even(originator_title.encode("ascii"), b" ")),
+        _element(0x1031, struct.pack("<H", originator_message_id)),
+    ))
+    return _element(0x0000, struct.pack("<L", len(elements))) + elements
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    return _even(uid.encode("ascii"), b"\0")
+
+
+def _even(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def command_elements(command: bytes) -> dict[int, bytes]:
+    """The elements of an Implicit VR Little Endian command set, by element number (group
+    0000), raw values; ValueError when the bytes are not one."""
+    found = {}
+    position = 0
+    while position < len(command):
+        if position + 8 > len(command):
+            raise ValueError("command set truncated")
+        group, element, length = struct.unpack_from("<HHL", command, position)
+        if group != 0x0000 or position + 8 + length > len(command):
+            raise ValueError(f"not a command set element at byte {position}")
+        found[element] = command[position + 8:position + 8 + length]
+        position += 8 + length
+    return found
+
+
+def command_uint16(elements: dict[int, bytes], element: int) -> int | None:
+    value = elements.get(element)
+    return struct.unpack("<H", value[:2])[0] if value is not None and len(value) >= 2 else None
