@@ -61,7 +61,7 @@ class Daemon:
         receive.install(area.spool)
         wakeups.install()
         quiet_libraries()
-        self.services = Services(self.config)
+        self.services = Services(self.config, area.store)
         try:
             self.listeners = start_listeners(self.config, self.services)
         except OSError as exc:

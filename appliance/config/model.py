@@ -141,9 +141,7 @@ def da_or_empty(v):
 # `inert` names the feature that will act on a key which is validated but not used yet; the
 # service tool warns when such a key is set to something other than its default.
 
-_SCU = "STORAGE-SCU (C-MOVE sub-operations) is not implemented yet"
 _COMMITMENT = "Storage Commitment (SC-*) is not implemented yet"
-_OUTGOING = "the service opens no outgoing associations yet (STORAGE-SCU, commitment reports)"
 
 
 @dataclass(frozen=True)
@@ -206,18 +204,16 @@ class QueryRetrieveSCP(ListeningAE):
 
 @dataclass(frozen=True)
 class StorageSCU:
-    # The title is checked against STORAGE-SCP's (AE-06) even before STORAGE-SCU exists.
-    ae_title: str = field(default="EX_STORE_SCU", metadata=_check(ae_title, inert=_SCU))
-    max_associations: int = field(default=10, metadata=_check(positive, inert=_SCU))  # CF-10, SU-03
-    dimse_timeout: float = field(default=300.0, metadata=_check(positive, inert=_SCU))  # CF-11, SU-10
-    open_retries: int = field(default=0, metadata=_check(non_negative, inert=_SCU))  # SU-04, D-4
-    open_retry_delay: float = field(default=30.0, metadata=_check(positive, inert=_SCU))  # SU-04
-    context_mode: str = field(default="single", metadata=_check(
-        one_of("single", "multiple"), inert=_SCU))  # PC-08/09
-    us_conversion: bool = field(default=True, metadata=_check(inert=_SCU))  # SU-09, CF-35
-    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size, inert=_SCU))  # CF-01
+    ae_title: str = field(default="EX_STORE_SCU", metadata=_check(ae_title))
+    max_associations: int = field(default=10, metadata=_check(positive))  # CF-10, SU-03
+    dimse_timeout: float = field(default=300.0, metadata=_check(positive))  # CF-11, SU-10
+    open_retries: int = field(default=0, metadata=_check(non_negative))  # SU-04, D-4
+    open_retry_delay: float = field(default=30.0, metadata=_check(positive))  # SU-04
+    context_mode: str = field(default="single", metadata=_check(one_of("single", "multiple")))  # PC-08/09
+    us_conversion: bool = True  # SU-09, CF-35
+    max_pdu_size: int = field(default=131072, metadata=_check(pdu_size))  # CF-01
     sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES,
-                                         metadata=_check(uid_list, inert=_SCU))  # PC-11
+                                         metadata=_check(uid_list))  # PC-11
 
 
 @dataclass(frozen=True)
@@ -230,15 +226,14 @@ class Storage:
 class Network:
     bind_address: str = field(default="*", metadata=_check(bind_address))  # NW-11
     socket_buffer_size: int = field(default=1342177, metadata=_check(socket_buffer))  # CF-08, D-3
-    max_pdu_send: int = field(default=131072, metadata=_check(
-        pdu_size, inert="pynetdicom sends P-DATA up to the peer's advertised maximum"))  # CF-02
+    max_pdu_send: int = field(default=131072, metadata=_check(pdu_size))  # CF-02 (STORAGE-SCU's C-STOREs)
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = field(default=10.0, metadata=_check(positive, inert=_OUTGOING))  # CF-03
+    connect: float = field(default=10.0, metadata=_check(positive))  # CF-03
     artim: float = field(default=30.0, metadata=_check(positive))  # CF-04
-    association_response: float = field(default=30.0, metadata=_check(positive, inert=_OUTGOING))  # CF-05
+    association_response: float = field(default=30.0, metadata=_check(positive))  # CF-05
     send: float = field(default=30.0, metadata=_check(positive))  # CF-06
     pdu_gap: float = field(default=30.0, metadata=_check(positive))  # CF-07
     shutdown_drain: float = field(default=30.0, metadata=_check(non_negative))
@@ -268,7 +263,6 @@ class Config:
     network: Network = Network()
     timeouts: Timeouts = Timeouts()
     logging: Logging = Logging()
-    remote_aes: tuple[RemoteAE, ...] = field(default=(), metadata=_check(
-        inert="C-MOVE destinations and commitment peers are not used yet (AE-08)"))  # CF-40
+    remote_aes: tuple[RemoteAE, ...] = ()  # CF-40, AE-08: C-MOVE destinations
     # Where the file was read from; relative paths resolve against its directory.
     base_dir: str = field(default=".", metadata={"internal": True})

@@ -38,6 +38,7 @@ class Session:
     instances: int = 0
     failures: int = 0
     queries: int = 0  # C-FINDs answered (QUERY-RETRIEVE-SCP)
+    moves: int = 0  # C-MOVEs answered
     bytes: int = 0
     received_abort: str = ""  # "A-ABORT" (the peer's) or "A-P-ABORT" (connection lost)
     last_received: float = field(default_factory=time.monotonic)  # any PDU from the peer
@@ -48,8 +49,10 @@ class Session:
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        line = f"{self.queries} queries answered" if self.ae_name == "QUERY-RETRIEVE-SCP" \
-            else f"{self.instances} instances stored"
+        if self.ae_name == "QUERY-RETRIEVE-SCP":
+            line = f"{self.queries} queries answered" + (f", {self.moves} moves" if self.moves else "")
+        else:
+            line = f"{self.instances} instances stored"
         if self.failures:
             line += f", {self.failures} refused"
         if self.bytes:

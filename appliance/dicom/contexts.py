@@ -31,7 +31,9 @@ def _ensure_storage_class(sop_class: str) -> None:
 
 
 def query_retrieve_scp_contexts(_qr: QueryRetrieveSCP) -> list[PresentationContext]:
-    """PC-05: Verification and Patient/Study Root FIND, Implicit VR Little Endian only (MOVE:
-    issue 5). No SOP Class Extended Negotiation answer: relational queries are not offered (PC-07)."""
+    """PC-05: Verification and Patient/Study Root FIND and MOVE, Implicit VR Little Endian only.
+    No SOP Class Extended Negotiation answer: relational queries and retrieves are not offered
+    (PC-07)."""
     return [build_context(sop_class, [uids.IMPLICIT_LE])
-            for sop_class in (uids.VERIFICATION, uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND)]
+            for sop_class in (uids.VERIFICATION, uids.PATIENT_ROOT_FIND, uids.STUDY_ROOT_FIND,
+                              uids.PATIENT_ROOT_MOVE, uids.STUDY_ROOT_MOVE)]

@@ -10,13 +10,16 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from pynetdicom import AE, evt
 
 from appliance import __version__
-from appliance.config.model import Config, ListeningAE
+from appliance.config.model import Config, ListeningAE, RemoteAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
+from appliance.dicom.move_scp import MoveSCP
 from appliance.dicom.qr_scp import QueryRetrieveSCP
+from appliance.dicom.storage_scu import StorageSCU
 from appliance.dicom.admission import CONGESTION, Admission, Gate, log_rejection, reject_pdu
 from appliance.dicom.associations import Tracker, peer_text
 from appliance.dicom.storage_scp import StorageSCP
@@ -45,20 +48,26 @@ class Listener:
 
 class Services:
     """What the listeners serve, kept across the rebinds of a reload: each AE's admission (its
-    admitted associations keep counting against the new limits) and the archive, which is set
-    once the index is open. Until then, and while draining, the gate answers 2/3/1 (AS-02)."""
+    admitted associations keep counting against the new limits), STORAGE-SCU (its running
+    exports likewise) and the archive, which is set once the index is open. Until then, and
+    while draining, the gate answers 2/3/1 (AS-02)."""
 
     SECTIONS = {"STORAGE-SCP": "storage_scp", "QUERY-RETRIEVE-SCP": "query_retrieve_scp"}
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, store_root: Path):
         self.gate = Gate()
         self.admissions = {name: Admission(name, getattr(config, section), self.gate)
                            for name, section in self.SECTIONS.items()}
+        self.exports = StorageSCU(config, store_root)
+        self.remote_aes: dict[str, RemoteAE] = {}
         self.archive: Archive | None = None
+        self.configure(config)
 
     def configure(self, config: Config) -> None:
         for name, section in self.SECTIONS.items():
             self.admissions[name].configure(getattr(config, section))
+        self.exports.configure(config)
+        self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes}  # AE-08
 
     def active(self) -> int:
         """Associations admitted and still running, on both AEs."""
@@ -125,7 +134,8 @@ def _make_ae(config: Config, local: ListeningAE, implementation_uid: str, presen
 
 
 def _start(name: str, config: Config, local: ListeningAE, implementation_uid: str, presentation,
-           handlers: list, tracker: Tracker, admission: Admission) -> Listener:
+           handlers: list, tracker: Tracker, admission: Admission, attach=None) -> Listener:
+    """`attach(assoc)`, when given, is called for every accepted connection before its threads run."""
     ae = _make_ae(config, local, implementation_uid, presentation)
 
     def on_open(event) -> None:
@@ -133,6 +143,8 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
         sockets.tune(assoc.dul.socket.socket, config.network.socket_buffer_size)
         wakeups.attach(assoc)
         framing.attach(assoc, tracker.session(assoc), config.timeouts)
+        if attach is not None:
+            attach(assoc)
 
     # Order matters within an event: the tracker names the peer before admission logs it.
     all_handlers = [(evt.EVT_CONN_OPEN, on_open)] + tracker.handlers() + admission.handlers(tracker.session) \
@@ -181,6 +193,7 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
     qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
     storage = StorageSCP(services, scp_tracker)
     query_retrieve = QueryRetrieveSCP(qr_tracker)
+    move = MoveSCP(qr_tracker, services)
     listeners = []
     try:
         listeners.append(_start(
@@ -192,7 +205,7 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
             "QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp, uids.IMPLEMENTATION_UID_QR_SCU,
             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),
             query_retrieve.handlers() + verification.handlers(qr_tracker), qr_tracker,
-            services.admissions["QUERY-RETRIEVE-SCP"]))
+            services.admissions["QUERY-RETRIEVE-SCP"], move.attach))
     except BaseException:
         stop_accepting(listeners)
         raise

@@ -18,3 +18,8 @@ PENDING_UNSUPPORTED_KEYS = 0xFF01  # Matches are continuing, some optional keys 
 # PS3.7 C.4 range "Unable to process" (pynetdicom's own code for a failing C-FIND handler):
 # the last-resort answer to an unexpected exception while answering a C-FIND.
 UNEXPECTED_FIND_FAILURE = 0xC311
+
+# PS3.4 C.4.2.1.5 / seed T "QUERY-RETRIEVE-SCP AE C-MOVE Response Status Return Behavior"
+UNABLE_TO_CALCULATE_MATCHES = 0xA701  # Refused: the index cannot list the matches (QM-13)
+SUBOPERATIONS_FAILED = 0xA702  # Refused: unable to perform sub-operations (QM-11, QM-12, D-5)
+MOVE_DESTINATION_UNKNOWN = 0xA801  # Refused: Move Destination unknown (QM-04)

@@ -57,18 +57,12 @@ class Query:
 
 def parse(identifier: Dataset, model: Model) -> Query:
     """Validate `identifier` for `model`; raises DicomStatusError (A900, C001)."""
-    try:
-        elements = list(identifier)  # pydicom converts each raw element here
-    except Exception as exc:  # whatever the raw bytes make pydicom raise
-        raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"identifier cannot be decoded: {exc}") from exc
+    elements = elements_of(identifier)
     level = next((e for e in elements if e.tag == QUERY_RETRIEVE_LEVEL), None)
-    query = Query(model, _level(_text(level) if level is not None else "", model))
+    query = Query(model, level_of(text_of(level) if level is not None else "", model))
     values: dict[str, str] = {}
     for element in elements:
         tag = int(element.tag)
-        if tag >> 16 in (0x0000, 0x0002):
-            raise DicomStatusError(status.IDENTIFIER_MISMATCH,
-                                   f"element {element.tag} does not belong in an identifier")
         query.requested.append((tag, element.VR))
         if tag in (QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET):
             continue  # the level, and the character set the request is written in: not keys
@@ -79,7 +73,7 @@ def parse(identifier: Dataset, model: Model) -> Query:
         if model.level_of(key.level) > query.level:  # no single value to return or match
             query.unsupported.append(f"{key.keyword} is below the {query.level.name} level")
             continue
-        text = _text(element)
+        text = text_of(element)
         query.returned.append(key)
         values[key.keyword] = text
         condition = _condition(key, text, query)
@@ -90,7 +84,21 @@ def parse(identifier: Dataset, model: Model) -> Query:
     return query
 
 
-def _level(text: str, model: Model) -> Level:
+def elements_of(identifier: Dataset) -> list[DataElement]:
+    """The identifier's elements, converted; A900 when the bytes cannot be, or when an element
+    of the command or file meta groups is among them (C-FIND and C-MOVE)."""
+    try:
+        elements = list(identifier)  # pydicom converts each raw element here
+    except Exception as exc:  # whatever the raw bytes make pydicom raise
+        raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"identifier cannot be decoded: {exc}") from exc
+    for element in elements:
+        if element.tag.group in (0x0000, 0x0002):
+            raise DicomStatusError(status.IDENTIFIER_MISMATCH,
+                                   f"element {element.tag} does not belong in an identifier")
+    return elements
+
+
+def level_of(text: str, model: Model) -> Level:
     try:
         level = Level[text]
     except KeyError:
@@ -101,7 +109,7 @@ def _level(text: str, model: Model) -> Level:
     return level
 
 
-def _text(element: DataElement) -> str:
+def text_of(element: DataElement) -> str:
     """The value of a key element as the text of its wire form, DICOM padding removed."""
     if element.VR == "SQ":
         raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"{element.keyword or element.tag} holds a sequence")

@@ -6,13 +6,10 @@ Patient ID coercion (EL-06) needs the index and lives in `ingest`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from appliance.config.model import DefaultValues
 from appliance.store.header import Header
-
-log = logging.getLogger(__name__)
 
 NAME_PART_MAX = 64  # EL-01
 
@@ -92,9 +89,6 @@ def index_values(header: Header, defaults: DefaultValues, exam_types: tuple[str,
     name = with_default(0x00100010, "PatientName", defaults.patient_name)
     last, first = split_name(name)
     modality = with_default(0x00080060, "Modality", defaults.modality)
-    if modality and len(modality) != 2:
-        # EL-11 / D-15(a): modern modalities (SEG, DOC ...) are longer; keep, do not refuse.
-        log.warning("Modality %r is not two characters; indexed as received", modality)
     values = IndexValues(
         sop_class_uid=text(0x00080016),
         sop_instance_uid=text(0x00080018),

@@ -70,6 +70,7 @@ class Header:
 
     raw: dict[int, bytes] = field(default_factory=dict)
     pixel_data_present: bool = False
+    dataset_offset: int = 0  # where the data set starts in the file (after the file meta)
 
     @functools.cached_property
     def _encodings(self) -> list[str]:
@@ -116,6 +117,7 @@ def read_header(path, implicit_vr: bool) -> Header:
             raise Unparseable("no DICM prefix")
         walker = _Walker(f, size, implicit_vr, header)
         walker.skip_file_meta()
+        header.dataset_offset = f.tell()
         walker.dataset(end=size, depth=0)
     return header
 

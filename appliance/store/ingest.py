@@ -104,6 +104,9 @@ class Archive:
             raise DicomStatusError(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
         check_required(header, request)
         values = coercion.index_values(header, self.policy.default_values, self.policy.exam_types)
+        if values.modality and len(values.modality) != 2:
+            # EL-11 / D-15(a): modern modalities (SEG, DOC ...) are longer; keep, do not refuse.
+            log.warning("Modality %r is not two characters; indexed as received", values.modality)
         size = received.stat().st_size
         try:
             placement = self.area.place(received)
