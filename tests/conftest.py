@@ -57,3 +57,24 @@ def archive_appliance(tmp_path_factory):
     query_archive.populate(app, root / "files")
     yield app
     assert app.stop() == 0, app.log()
+
+
+# Move Destinations every move_archive knows (remote_aes): each test starts the ones it needs.
+MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
+
+
+@pytest.fixture(scope="module")
+def move_archive(tmp_path_factory):
+    """An appliance holding tests/query_archive.py's studies, with MOVE_DESTINATIONS in its
+    remote AE table on free ports (`move_archive.destination_ports`); nothing listens on them
+    until a test starts a destination there."""
+    import query_archive
+    from helpers import free_port
+    root = tmp_path_factory.mktemp("move")
+    ports = {title: free_port() for title in MOVE_DESTINATIONS}
+    remote = [{"ae_title": title, "host": "127.0.0.1", "port": port} for title, port in ports.items()]
+    app = Appliance(root / "appliance", {"remote_aes": remote, "storage_scu": {"open_retry_delay": 0.2}}).start()
+    app.destination_ports = ports
+    query_archive.populate(app, root / "files")
+    yield app
+    assert app.stop() == 0, app.log()

@@ -25,6 +25,8 @@ JPEG_CLASSES = (US_RETIRED, US, US_MULTIFRAME_RETIRED, US_MULTIFRAME, SC)
 VERIFICATION = "1.2.840.10008.1.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 ILE = "1.2.840.10008.1.2"
 ELE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -115,6 +117,13 @@ def dataset_bytes(path: Path) -> bytes:
     assert data[128:132] == b"DICM"
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length:]
+
+
+def read_dataset(data: bytes, implicit_vr: bool) -> Dataset:
+    """A data set from its encoded bytes (no file meta), e.g. as a destination received it."""
+    from io import BytesIO
+    from pydicom.filereader import read_dataset as pydicom_read_dataset
+    return pydicom_read_dataset(BytesIO(data), is_implicit_VR=implicit_vr, is_little_endian=True)
 
 
 # --- crafted files and sending them as they are ---------------------------------------------
