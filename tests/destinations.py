@@ -44,11 +44,13 @@ class Destination:
     """A Storage SCP on `port` (127.0.0.1) named `title`.
 
     `answer(n)` gives the status of the n-th C-STORE (1-based) and may block (a slow or dead
-    destination); `contexts` what it accepts (default: every storage class in every TS)."""
+    destination); at the `abort_at`-th it aborts the association instead of answering;
+    `contexts` what it accepts (default: every storage class in every TS)."""
 
     title: str
     port: int
     answer: object = None
+    abort_at: int = 0
     contexts: list | None = None
     arrivals: list[Arrival] = field(default_factory=list)
     proposals: list[list] = field(default_factory=list)  # per association: (abstract, [ts]) proposed
@@ -89,6 +91,8 @@ class Destination:
             str(event.context.transfer_syntax), request.DataSet.getvalue(),
             event.assoc.requestor.ae_title.strip(), str(request.MoveOriginatorApplicationEntityTitle or "").strip(),
             request.MoveOriginatorMessageID))
+        if len(self.arrivals) == self.abort_at:
+            event.assoc.abort()
         return self.answer(len(self.arrivals)) if self.answer else 0x0000
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Arrival]:
@@ -127,7 +131,8 @@ def move_identifier(level: str, **keys) -> Dataset:
 
 def move(assoc, identifier: Dataset, destination: str, model: str = "S", on_response=None,
          msg_id: int = 1) -> list[Response]:
-    """Every C-MOVE response; `on_response(assoc, responses so far)` runs after each one."""
+    """Every C-MOVE response; `on_response(assoc, responses so far)` runs after each one and
+    ends the wait for more by returning True (after it aborted the association, say)."""
     responses = []
     for status, found in assoc.send_c_move(identifier, destination, MOVE_MODELS[model], msg_id=msg_id):
         if "Status" not in status:
@@ -140,8 +145,8 @@ def move(assoc, identifier: Dataset, destination: str, model: str = "S", on_resp
                                   status.get("NumberOfCompletedSuboperations"),
                                   status.get("NumberOfFailedSuboperations"),
                                   status.get("NumberOfWarningSuboperations"), failed))
-        if on_response is not None:
-            on_response(assoc, responses)
+        if on_response is not None and on_response(assoc, responses):
+            break
     assert responses, "no C-MOVE response"
     return responses
 

@@ -54,6 +54,17 @@ def test_a_failed_instance_stops_the_export_with_a702(move_archive, requester, d
                           rf"stopped after 2 of 4 instances: {PID_1[2]}: the destination answered C-STORE status 0xA700")
 
 
+def test_destination_that_aborts_is_a702(move_archive, requester, destinations):
+    """SU-11: the destination aborts while the 2nd instance is sent: export failure, logged."""
+    dest = destinations("DEST", move_archive.destination_ports["DEST"], abort_at=2)
+    responses = move(requester, PATIENT_1, "DEST", "P")
+    assert (responses[-1].status, responses[-1].counts, responses[-1].failed_uids) == (
+        0xA702, (None, 1, 3, 0), PID_1[1:])
+    assert len(dest.arrivals) == 2
+    move_archive.wait_log(r"ALERT appliance.storage_scu: .*export stopped after 1 of 4 instances: association "
+                          r"aborted by the peer \(A-ABORT\)")
+
+
 @pytest.mark.parametrize("warning", [0xB000, 0xB006, 0xB007, 0x0107, 0x0116])
 def test_warning_statuses_count_as_sent(move_archive, requester, destinations, warning):
     """SU-07, QM-09: a warning is a sent instance, counted as Warning; the final status stays 0000."""
@@ -130,6 +141,7 @@ def test_export_goes_on_when_the_requester_aborts(move_archive, destinations):
         if len(responses) == 2:
             assoc.abort()
             aborted.set()
+            return True
 
     with scu.association(move_archive.qr_port, "EX_QUERY_SCP", move_contexts(), calling="GONE") as assoc:
         move(assoc, PATIENT_1, "DEST", "P", on_response=abort_after_first)
@@ -165,8 +177,8 @@ def test_no_answer_within_the_dimse_timeout_aborts(make_appliance, destinations,
     assert responses[-1].failed_uids == instances[1:]
     app.wait_log(r"ALERT appliance.storage_scu: .*export stopped after 1 of 3 instances: no C-STORE-RSP within "
                  r"0.5 s \(storage_scu.dimse_timeout\)")
+    gone.set()  # the destination's handler returns; its association has been aborted meanwhile
     wait_for(lambda: dest.released.is_set(), "the destination to see the abort")
-    gone.set()
 
 
 def test_opening_is_retried_then_fails(make_appliance, tmp_path):

@@ -77,7 +77,7 @@ class MoveSCP:
             answer.final(status.MOVE_DESTINATION_UNKNOWN, Progress())
             return
         try:
-            wanted = retrieve.parse(_identifier(request), model)
+            wanted = retrieve.parse(request_identifier(request), model)
         except DicomStatusError as exc:  # QM-05, QM-06
             session.failures += 1
             log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
@@ -150,6 +150,11 @@ class _Answer:
             identifier = Dataset()
             identifier.FailedSOPInstanceUIDList = progress.failed_uids
             rsp.Identifier = BytesIO(encode(identifier, True, True))
+        # The C-MOVE is traffic (CF-24): pynetdicom checks its idle timer as soon as this
+        # handler returns, possibly before its DUL thread has sent the final response (which,
+        # through framing, would restart the timer) and after a C-STORE that took longer than
+        # the idle timeout.
+        self.assoc.dul._idle_timer.restart()
         self.assoc.dimse.send_msg(rsp, self.context_id)
 
     def _requester_present(self) -> bool:
@@ -157,7 +162,8 @@ class _Answer:
         return self.assoc.is_established and self.assoc.dul.state_machine.current_state == "Sta6"
 
 
-def _identifier(request: C_MOVE) -> Dataset:
+def request_identifier(request: C_MOVE) -> Dataset:
+    """The decoded identifier of a C-MOVE-RQ; A900 when its bytes cannot be decoded (QM-06)."""
     try:
         return decode(request.Identifier, True, True)
     except Exception as exc:  # pynetdicom/pydicom on bytes the peer sent

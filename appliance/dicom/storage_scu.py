@@ -32,6 +32,7 @@ WARNINGS = {0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
 US_COUNTERPARTS = {uids.US_RETIRED: uids.US, uids.US: uids.US_RETIRED,
                    uids.US_MULTIFRAME_RETIRED: uids.US_MULTIFRAME, uids.US_MULTIFRAME: uids.US_MULTIFRAME_RETIRED}
 _LOSSLESS_ALTERNATIVE = {uids.IMPLICIT_LE: uids.EXPLICIT_LE, uids.EXPLICIT_LE: uids.IMPLICIT_LE}  # PC-12
+_C_STORE_RSP = 0x8001
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
 _SLOT_CHECK = 0.5  # seconds between cancel checks while a job waits for a slot or a retry
 
@@ -174,7 +175,8 @@ class StorageSCU:
             raise Failed(f"{len(proposals)} presentation contexts needed, more than one association carries (SU-02)")
         destination = job.destination
         attempts = self.settings.open_retries + 1
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             try:
                 association = Association.request(destination.host, destination.port, destination.ae_title,
                                                   self.local, proposals, self.timeouts, self.max_pdu_send)
@@ -187,12 +189,12 @@ class StorageSCU:
                     raise
                 log.warning("%s: attempt %d of %d failed (%s); next in %g s (storage_scu.open_retry_delay)", prefix,
                             attempt, attempts, exc, self.settings.open_retry_delay)
-                deadline = time.monotonic() + self.settings.open_retry_delay
-                while time.monotonic() < deadline:
-                    if job.cancelled():
-                        return None
-                    time.sleep(min(_SLOT_CHECK, max(deadline - time.monotonic(), 0)))
-        raise AssertionError("unreachable")
+            deadline = time.monotonic() + self.settings.open_retry_delay
+            while (left := deadline - time.monotonic()) > 0:
+                if job.cancelled():
+                    return None
+                time.sleep(min(_SLOT_CHECK, left))
+            attempt += 1
 
     def _store(self, association: Association, message_id: int, item: Item, job: Job,
                prefix: str) -> tuple[int, int]:
@@ -212,8 +214,10 @@ class StorageSCU:
             size = len(outgoing.data)
         answer = association.receive_command(self.settings.dimse_timeout, "C-STORE-RSP", "storage_scu.dimse_timeout")
         code = pdata.command_uint16(answer, 0x0900)
-        if code is None:
-            raise Failed(f"{item.sop_instance_uid}: the C-STORE-RSP has no status")
+        if (pdata.command_uint16(answer, 0x0100), pdata.command_uint16(answer, 0x0120)) != (_C_STORE_RSP, message_id) \
+                or code is None:
+            raise Failed(f"{item.sop_instance_uid}: the destination answered with something other than a C-STORE-RSP "
+                         f"with a status for message {message_id}")
         level = logging.INFO if code == status.SUCCESS else logging.WARNING if code in WARNINGS else logging.ERROR
         notes = []
         if send_class != item.sop_class_uid:

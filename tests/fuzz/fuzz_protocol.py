@@ -1,6 +1,6 @@
 r"""Coverage-guided fuzzing (atheris/libFuzzer) of the bytes a DICOM peer controls.
 
-Four targets, each a `Service` method that takes one input and raises only when the service's
+Five targets, each a `Service` method that takes one input and raises only when the service's
 contract is broken (atheris then reports a crash and saves the input):
 
 ``rq``
@@ -41,6 +41,11 @@ contract is broken (atheris then reports a crash and saves the input):
     the conformance statement's C-FIND table, never its last-resort 0xC311 and never an
     exception. Input: byte 0 bit 0 set = Patient Root, else Study Root; the rest is the
     identifier in Implicit VR LE (the only transfer syntax QUERY-RETRIEVE-SCP accepts).
+``move``
+    A C-MOVE-RQ's identifier as `dicom.move_scp` reads it (`request_identifier`), validated by
+    `query.retrieve.parse` and listed by `query.retrieve.instances` against the same index.
+    Contract: a list of instances, or DicomStatusError A900 (QM-05, QM-06); nothing else.
+    Input: as for ``find``.
 
 In ``pdata`` and ``header`` the archive's storage area places nothing (`_Area`): a run fills
 no disk and no index.
@@ -77,7 +82,7 @@ import warnings
 from io import BytesIO
 from pathlib import Path
 
-if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"], ["find"]):
+if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"], ["find"], ["move"]):
     import atheris
 
     # Coverage feedback from the code that sees the peer's bytes; imported only below.
@@ -95,7 +100,7 @@ with _instrumented:
     from pynetdicom import _config as pynetdicom_config
     from pynetdicom import dimse_messages, evt, pdu_primitives
     from pynetdicom.association import Association
-    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
     from pynetdicom.events import Event
     from pynetdicom.dsutils import create_file_meta, encode
     from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
@@ -106,8 +111,12 @@ with _instrumented:
     from appliance.dicom import contexts, framing, receive, server, status, uids, verification
     from appliance.dicom.admission import Admission, Gate
     from appliance.dicom.associations import Tracker
+    from appliance.dicom.move_scp import request_identifier
     from appliance.dicom.qr_scp import QueryRetrieveSCP
     from appliance.dicom.storage_scp import StorageSCP
+    from appliance.errors import DicomStatusError
+    from appliance.query import retrieve
+    from appliance.query.keys import PATIENT_ROOT, STUDY_ROOT
     from appliance.store import coercion, ingest, models
     from appliance.store.db import Index
 
@@ -173,6 +182,7 @@ class Service:
         self.qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
         self.query_retrieve = QueryRetrieveSCP(self.qr_tracker)
         self.pendings = 0  # Pending responses the handler wrote
+        self.moved = 0  # instances C-MOVE identifiers listed
         return self
 
     def __exit__(self, *exc) -> None:
@@ -250,6 +260,18 @@ class Service:
         final = [code for code, _ in answers]
         if final not in ([code] for code in FIND_FINAL):
             raise AssertionError(f"C-FIND handler ended with {', '.join(f'0x{c:04X}' for c in final)}")
+
+    def move(self, data: bytes) -> None:
+        request = C_MOVE()
+        request.Identifier = BytesIO(data[1:])
+        try:
+            wanted = retrieve.parse(request_identifier(request), PATIENT_ROOT if data[:1] and data[0] & 1
+                                    else STUDY_ROOT)
+        except DicomStatusError as exc:
+            if exc.status != status.IDENTIFIER_MISMATCH:
+                raise AssertionError(f"C-MOVE identifier refused with 0x{exc.status:04X}") from exc
+            return
+        self.moved += len(retrieve.instances(wanted))
 
     def _count_pending(self, pdus: bytes) -> None:
         self.pendings += 1
@@ -337,7 +359,8 @@ def _read_pdu(data: bytes, expect_request: bool):
     return pdu, event, data[6 + length:]
 
 
-TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header, "find": Service.find}
+TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header, "find": Service.find,
+           "move": Service.move}
 # The final C-FIND statuses of the conformance statement's table (QF-04, QF-15..QF-19).
 FIND_FINAL = (status.SUCCESS, status.OUT_OF_RESOURCES, status.IDENTIFIER_MISMATCH, status.UNABLE_TO_PROCESS,
               status.CANCEL)
@@ -490,6 +513,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "seed-store-jpeg": echo_stream + store("jpeg", 7, MAX_PDU),
         },
         "find": {name: identifier(model, keys) for name, (model, keys) in FIND_SEEDS.items()},
+        "move": {name: identifier(model, keys) for name, (model, keys) in MOVE_SEEDS.items()},
         "header": {
             "seed-explicit": b"\0" + explicit,
             "seed-implicit": b"\1" + file_bytes(dataset("implicit"), uids.IMPLICIT_LE),
@@ -514,6 +538,17 @@ FIND_SEEDS = {
     "seed-image": (1, {"QueryRetrieveLevel": "IMAGE", "PatientID": "PID2", "StudyInstanceUID": "1.2.3.2",
                        "SeriesInstanceUID": "1.2.3.2.1", "SOPInstanceUID": "", "InstanceNumber": "",
                        "SpecificCharacterSet": "ISO_IR 192", "PatientName": ""}),
+}
+
+
+# C-MOVE identifiers, same layout; each lists the instances of _fill it names.
+MOVE_SEEDS = {
+    "seed-study-list": (0, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3.1\\1.2.3.2"}),
+    "seed-series": (0, {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": "1.2.3.1",
+                        "SeriesInstanceUID": "1.2.3.1.1", "PatientName": "X"}),
+    "seed-patient": (1, {"QueryRetrieveLevel": "PATIENT", "PatientID": "PID2", "SpecificCharacterSet": "ISO_IR 192"}),
+    "seed-image": (1, {"QueryRetrieveLevel": "IMAGE", "PatientID": "PID1", "StudyInstanceUID": "1.2.3.1",
+                       "SeriesInstanceUID": "1.2.3.1.1", "SOPInstanceUID": "1.2.3.1.1.1\\1.2.3.9"}),
 }
 
 
