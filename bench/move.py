@@ -3,7 +3,8 @@
 
 A benchmark script, not a test. One study of 200 CT instances (512x512x16, ~525 KB each) is
 moved with DCMTK `movescu` (Study Root, QueryRetrieveLevel=STUDY, StudyInstanceUID) to a DCMTK
-`storescp` (move destination DEST, its own empty output directory per move), from
+`storescp` (move destination DEST, its own empty output directory per move, on /dev/shm so
+that the destination's disk is not what is measured), from
 
   appliance  the real daemon (tests/helpers.Appliance: temporary data dir, free ports, sd_notify
              READY), filled once with DCMTK storescu through its STORAGE-SCP; the same data dir
@@ -289,12 +290,15 @@ class Bench:
         self.args = args
         self.results: dict = {}
         self.work = Path(tempfile.mkdtemp(prefix="bench-move-", dir=args.tmpdir))
+        # The destination writes to memory: its disk's write-back is not what is measured, and
+        # on a shared VM it made single moves vary by a factor of two.
+        self.dest_work = Path(tempfile.mkdtemp(prefix="bench-move-dest-", dir=args.dest_dir))
         self.servers = {}
         self.n = 0
 
-    def tmp(self, name: str) -> Path:
+    def tmp(self, name: str, under: Path | None = None) -> Path:
         self.n += 1
-        return self.work / f"{self.n:03d}-{name}"
+        return (under or self.work) / f"{self.n:03d}-{name}"
 
     def fill(self, study: Study):
         """Give both servers the study; a server that cannot take it is reported and left out."""
@@ -340,7 +344,7 @@ class Bench:
                     if runs[name] and not runs[name][-1]["ok"]:
                         continue  # failed once on this link: not repeated
                     try:
-                        r = move_once(up[name], study, self.tmp(f"dest-{tag}-{name}"), dest_port, link)
+                        r = move_once(up[name], study, self.tmp(f"dest-{tag}-{name}", self.dest_work), dest_port, link)
                     except Exception as exc:  # e.g. storescp could not start: that server's run failed
                         r = {"ok": False, "mbps": None, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
                     runs[name].append(r)
@@ -355,7 +359,7 @@ class Bench:
         out = Path(self.args.profile_dir) / "move-loopback.txt"
         log(f"   one more appliance move under py-spy -> {out}")
         with profiled(self.args.profile, server.pid, out):
-            r = move_once(server, study, self.tmp("dest-profile"), dest_port, None)
+            r = move_once(server, study, self.tmp("dest-profile", self.dest_work), dest_port, None)
         self.results["profile"] = {"file": str(out), "move": r}
 
     def network(self, study: Study):
@@ -396,6 +400,7 @@ class Bench:
 
     def cleanup(self):
         shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.dest_work, ignore_errors=True)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -516,7 +521,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the full results to this file")
     parser.add_argument("--previous", help="a previous run's JSON to show side by side "
                                            "(default: bench/results/move-previous[-quick].json)")
-    parser.add_argument("--tmpdir", default=None, help="where data and storescp write (default: $TMPDIR or /tmp)")
+    parser.add_argument("--tmpdir", default=None, help="where the servers' data goes (default: $TMPDIR or /tmp)")
+    parser.add_argument("--dest-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="where the destination storescp writes (default: /dev/shm, a tmpfs)")
     parser.add_argument("--wait-quiet", type=float, default=QUIET_WAIT,
                         help="before each move wait up to this many seconds for an idle machine")
     parser.add_argument("--profile", help="path of a py-spy binary: record one extra appliance move on loopback")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -66,3 +66,20 @@ def test_command_elements_refuses_what_is_no_command_set():
         pdata.command_elements(b"\x08\x00\x18\x00\x04\x00\x00\x001.2.")
     with pytest.raises(ValueError):
         pdata.command_elements(b"\x00\x00\x00\x09\x02")
+
+
+@pytest.mark.parametrize("status, remaining, identifier", [
+    (0xFF00, 199, False), (0x0000, None, False), (0xA702, None, True), (0xFE00, 3, True)])
+def test_move_response_command_as_pynetdicom_encodes_it(status, remaining, identifier):
+    """QM-07..QM-14: C-MOVE-RSP command sets, with and without Remaining and an identifier."""
+    response = C_MOVE()
+    response.MessageIDBeingRespondedTo, response.AffectedSOPClassUID, response.Status = 513, datasets.STUDY_ROOT_MOVE, status
+    response.NumberOfRemainingSuboperations = remaining
+    response.NumberOfCompletedSuboperations, response.NumberOfFailedSuboperations = 1, 2
+    response.NumberOfWarningSuboperations = 65535
+    if identifier:
+        response.Identifier = BytesIO(b"\0")
+    message = C_MOVE_RSP()
+    message.primitive_to_message(response)
+    assert pdata.move_response_command(datasets.STUDY_ROOT_MOVE, 513, status, remaining, 1, 2, 65535, identifier) \
+        == encode(message.command_set, True, True)

@@ -3,9 +3,9 @@
 pynetdicom's `send_msg` encodes every command set through a pydicom Dataset and hands it to
 its reader thread, about 1 ms a message. A C-FIND answers with one Pending per match, all
 with the same command set: it is encoded once (by pynetdicom, so its bytes are the ones
-pynetdicom would send). A C-MOVE sends one C-STORE-RQ per instance: its command set is a
-handful of fixed elements, written here directly (`store_request_command`), and the answer's
-is read the same way (`command_elements`). Messages go out in the layout pynetdicom uses:
+pynetdicom would send). A C-MOVE sends one C-STORE-RQ and one C-MOVE-RSP per instance: their
+command sets are a handful of fixed elements, written here directly (`store_request_command`,
+`move_response_command`), and a C-STORE-RSP's is read the same way (`command_elements`). Messages go out in the layout pynetdicom uses:
 one PDV per PDU, the command set first, then the data set, fragments no longer than the
 peer's maximum PDU length allows (PS3.8 9.3.5, Annex E).
 """
@@ -24,6 +24,8 @@ _P_DATA_TF = 0x04
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 PDV_OVERHEAD = 12  # P-DATA-TF header (6) + PDV item length (4) + context ID + control header
 _C_STORE_RQ = 0x0001
+_C_MOVE_RSP = 0x8021
+_NO_DATA_SET = 0x0101
 _MEDIUM_PRIORITY = 0x0000
 _DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1); pynetdicom writes 1
 
@@ -90,6 +92,23 @@ def store_request_command(message_id: int, sop_class: str, sop_instance: str, or
         _element(0x1000, _ui(sop_instance)),
         _element(0x1030, _even(originator_title.encode("ascii"), b" ")),
         _element(0x1031, struct.pack("<H", originator_message_id)),
+    ))
+    return _element(0x0000, struct.pack("<L", len(elements))) + elements
+
+
+def move_response_command(sop_class: str, message_id: int, status: int, remaining: int | None, completed: int,
+                          failed: int, warning: int, identifier: bool) -> bytes:
+    """The command set of a C-MOVE-RSP with the sub-operation counts (Remaining left out when
+    None), and whether an identifier follows (PS3.7 9.3.4.2)."""
+    counts = b"".join(_element(element, struct.pack("<H", value)) for element, value in (
+        (0x1020, remaining), (0x1021, completed), (0x1022, failed), (0x1023, warning)) if value is not None)
+    elements = b"".join((
+        _element(0x0002, _ui(sop_class)),
+        _element(0x0100, struct.pack("<H", _C_MOVE_RSP)),
+        _element(0x0120, struct.pack("<H", message_id)),
+        _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT if identifier else _NO_DATA_SET)),
+        _element(0x0900, struct.pack("<H", status)),
+        counts,
     ))
     return _element(0x0000, struct.pack("<L", len(elements))) + elements
 

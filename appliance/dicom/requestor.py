@@ -15,11 +15,11 @@ unusable and has been aborted or closed.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
@@ -27,13 +27,15 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
 from pynetdicom.presentation import PresentationContext
 
 from appliance.config.model import Timeouts
-from appliance.dicom import pdata, uids
+from appliance.dicom import pdata, sockets, uids
 
 _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA_TF, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 _RELEASE_RQ_PDU = struct.pack(">BxLL", _RELEASE_RQ, 4, 0)
 _RELEASE_RP_PDU = struct.pack(">BxLL", _RELEASE_RP, 4, 0)
 _ABORT_PDU = struct.pack(">BxLxxBB", _ABORT, 4, 0, 0)  # source: service user, no reason
-_MAX_INCOMING_PDU = 1 << 24  # a C-STORE-RSP is about 200 bytes; anything near this is garbage
+_MAX_INCOMING_PDU = 1 << 24
+_BATCH = 1 << 20  # bytes of PDUs per write
+_MAX_IOVECS = 1024  # Linux IOV_MAX: buffers per preadv  # a C-STORE-RSP is about 200 bytes; anything near this is garbage
 
 
 class Failed(Exception):
@@ -49,10 +51,13 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Local:
-    """Who requests: calling title, the maximum PDU it receives, its implementation identity."""
+    """Who requests and how: calling title, the largest PDU it receives (advertised) and sends
+    (CF-02), its socket buffers (CF-08), its implementation identity (AE-10, AE-11)."""
 
     title: str
-    max_pdu: int
+    max_pdu_receive: int
+    max_pdu_send: int
+    socket_buffer_size: int
     implementation_uid: str
     implementation_version: str
 
@@ -71,15 +76,14 @@ class Association:
 
     @classmethod
     def request(cls, host: str, port: int, called: str, local: Local, proposals: list[Proposal],
-                timeouts: Timeouts, max_send: int) -> "Association":
+                timeouts: Timeouts) -> "Association":
         try:
             sock = socket.create_connection((host, port), timeout=timeouts.connect)
         except OSError as exc:
             raise Failed(f"cannot connect to {host} port {port}: {_reason(exc)}") from None
-        # Each PDU is written whole; a C-STORE-RQ's last one must not wait for an ACK (Nagle).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets.tune(sock, local.socket_buffer_size)  # no Nagle: a C-STORE-RQ's last PDU must not wait
         try:
-            association = cls(sock, timeouts, max_send)
+            association = cls(sock, timeouts, local.max_pdu_send)
             association._send(_associate_request(called, local, proposals))
             pdu_type, body = association._read_pdu(timeouts.association_response, "the association response",
                                                    "timeouts.association_response")
@@ -114,23 +118,42 @@ class Association:
 
     # --- messages ---------------------------------------------------------------------------
 
-    def send_message(self, context_id: int, command: bytes, dataset: BinaryIO, length: int) -> None:
-        """A message whose data set is `length` bytes read from `dataset`, in PDUs the peer accepts."""
+    def send_message(self, context_id: int, command: bytes, fd: int, offset: int, length: int) -> None:
+        """A message whose data set is the `length` bytes at `offset` of file `fd`, in PDUs the
+        peer accepts.
+
+        Up to `_BATCH` bytes of PDUs are built in one buffer: one scattered read (preadv) puts
+        each fragment after the gap left for its header, and one write sends them all. With a
+        destination's 16 KiB PDUs (DCMTK's default) a read and a write per PDU cost more than
+        the copies."""
         self._send(pdata.command_pdus(context_id, command, self.max_pdu))
         # PS3.8 9.3.1: the maximum bounds a P-DATA-TF's length field, so a PDV value holds 6
         # bytes less.
-        buffer = bytearray(pdata.PDV_OVERHEAD + min(self.max_pdu - 6, max(length, 1)))
+        fragment = self.max_pdu - 6
+        per_batch = max(min(_BATCH // (fragment + pdata.PDV_OVERHEAD), _MAX_IOVECS), 1)
+        buffer = bytearray(min(per_batch, -(-max(length, 1) // fragment)) * (fragment + pdata.PDV_OVERHEAD))
         view = memoryview(buffer)
         remaining = length
         while True:
-            size = min(remaining, len(buffer) - pdata.PDV_OVERHEAD)
-            got = dataset.readinto(view[pdata.PDV_OVERHEAD:pdata.PDV_OVERHEAD + size]) if size else 0
-            if got != size:
+            sizes, slots, used, left = [], [], 0, remaining
+            while used < len(buffer) and (left or not sizes):  # an empty data set is one empty PDV
+                size = min(left, fragment)
+                sizes.append(size)
+                slots.append(view[used + pdata.PDV_OVERHEAD:used + pdata.PDV_OVERHEAD + size])
+                used += pdata.PDV_OVERHEAD + size
+                left -= size
+            wanted = remaining - left
+            got = os.preadv(fd, slots, offset) if wanted else 0
+            if got != wanted:
                 raise Failed(f"the stored file ended {remaining - got} bytes early")
-            remaining -= size
-            struct.pack_into(">BxLLBB", buffer, 0, _P_DATA_TF, size + 6, size + 2, context_id,
-                             0x02 if remaining == 0 else 0x00)
-            self._send(view[:pdata.PDV_OVERHEAD + size])
+            offset += wanted
+            position = 0
+            for size in sizes:
+                remaining -= size
+                struct.pack_into(">BxLLBB", buffer, position, _P_DATA_TF, size + 6, size + 2, context_id,
+                                 0x02 if remaining == 0 else 0x00)
+                position += pdata.PDV_OVERHEAD + size
+            self._send(view[:used])
             if remaining == 0:
                 return
 
@@ -282,7 +305,7 @@ def _associate_request(called: str, local: Local, proposals: list[Proposal]) -> 
         contexts.append(context)
     primitive.presentation_context_definition_list = contexts
     maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = local.max_pdu
+    maximum.maximum_length_received = local.max_pdu_receive
     implementation = ImplementationClassUIDNotification()
     implementation.implementation_class_uid = local.implementation_uid
     version = ImplementationVersionNameNotification()

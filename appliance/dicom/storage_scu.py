@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,9 +73,9 @@ class StorageSCU:
         """Settings for the jobs that start from now on (a reload)."""
         self.settings = config.storage_scu
         self.timeouts = config.timeouts
-        self.max_pdu_send = config.network.max_pdu_send
-        self.local = Local(self.settings.ae_title.strip(), self.settings.max_pdu_size,
-                           uids.IMPLEMENTATION_UID_QR_SCU, uids.implementation_version_name(__version__))
+        self.local = Local(self.settings.ae_title.strip(), self.settings.max_pdu_size, config.network.max_pdu_send,
+                           config.network.socket_buffer_size, uids.IMPLEMENTATION_UID_QR_SCU,
+                           uids.implementation_version_name(__version__))
         self.slots.resize(self.settings.max_associations)
 
     def export(self, job: Job) -> Progress:
@@ -108,6 +109,7 @@ class StorageSCU:
                  prefix, len(association.accepted), len(proposals), job.originator_title,
                  job.originator_message_id, len(job.items))
         sent_bytes = 0
+        ready = self._prepare(association, job.items[0])
         for index, item in enumerate(job.items):
             if job.cancelled():
                 association.release_quietly()
@@ -115,7 +117,13 @@ class StorageSCU:
                 log.info("%s: cancelled by %s after %d instances", prefix, job.originator_title, index)
                 return progress
             try:
-                code, sent_bytes_one = self._store(association, index + 1, item, job, prefix)
+                current = ready.get()
+                size = self._send(association, index + 1, item, current, job)
+                # Read the next file's header while the destination stores this one: one
+                # operation at a time (SU-16) leaves the link idle during anything done here.
+                if index + 1 < len(job.items):
+                    ready = self._prepare(association, job.items[index + 1])
+                code = self._answer(association, index + 1, item, current, prefix)
             except (Failed, export.Unreadable) as exc:
                 association.abort()
                 return self._failed(progress, job.items, index, str(exc), prefix)
@@ -124,7 +132,7 @@ class StorageSCU:
                 return self._failed(progress, job.items, index,
                                     f"{item.sop_instance_uid}: the destination answered C-STORE status 0x{code:04X}",
                                     prefix)
-            sent_bytes += sent_bytes_one
+            sent_bytes += size
             progress.completed += 1
             progress.warnings += code in WARNINGS
             progress.remaining -= 1
@@ -179,7 +187,7 @@ class StorageSCU:
         while True:
             try:
                 association = Association.request(destination.host, destination.port, destination.ae_title,
-                                                  self.local, proposals, self.timeouts, self.max_pdu_send)
+                                                  self.local, proposals, self.timeouts)
                 if not association.accepted:
                     association.release_quietly()
                     raise Failed(f"{destination.ae_title} accepted none of the {len(proposals)} presentation contexts")
@@ -196,22 +204,36 @@ class StorageSCU:
                 time.sleep(min(_SLOT_CHECK, left))
             attempt += 1
 
-    def _store(self, association: Association, message_id: int, item: Item, job: Job,
-               prefix: str) -> tuple[int, int]:
-        """One C-STORE (SU-06..SU-08): the destination's status and the data set bytes sent."""
-        context_id, send_class, send_syntax = self._context(association, item)
-        outgoing = export.prepare(self.store_root / item.path, item.transfer_syntax_uid, item.index_values,
-                                  send_class, send_syntax)
-        command = pdata.store_request_command(message_id, send_class, item.sop_instance_uid,
+    def _prepare(self, association: Association, item: Item) -> "_Ready":
+        """The context and the outgoing data set of `item`, or the failure to raise at its turn."""
+        try:
+            context_id, send_class, send_syntax = self._context(association, item)
+            outgoing = export.prepare(self.store_root / item.path, item.transfer_syntax_uid, item.index_values,
+                                      send_class, send_syntax)
+            return _Ready(_Prepared(context_id, send_class, send_syntax, outgoing))
+        except (Failed, export.Unreadable) as exc:
+            return _Ready(error=exc)
+
+    @staticmethod
+    def _send(association: Association, message_id: int, item: Item, prepared: "_Prepared", job: Job) -> int:
+        """The C-STORE-RQ with the Move Originator fields (QM-03) and its data set; its size."""
+        command = pdata.store_request_command(message_id, prepared.send_class, item.sop_instance_uid,
                                               job.originator_title, job.originator_message_id)
-        if outgoing.data is None:
-            with open(outgoing.path, "rb", buffering=0) as f:
-                f.seek(outgoing.offset)
-                association.send_message(context_id, command, f, outgoing.length)
-            size = outgoing.length
-        else:
-            association.send_bytes_message(context_id, command, outgoing.data)
-            size = len(outgoing.data)
+        outgoing = prepared.outgoing
+        if not outgoing.as_stored:
+            data = outgoing.rebuilt()
+            association.send_bytes_message(prepared.context_id, command, data)
+            return len(data)
+        fd = os.open(outgoing.path, os.O_RDONLY)
+        try:
+            association.send_message(prepared.context_id, command, fd, outgoing.offset, outgoing.length)
+        finally:
+            os.close(fd)
+        return outgoing.length
+
+    def _answer(self, association: Association, message_id: int, item: Item, prepared: "_Prepared",
+                prefix: str) -> int:
+        """The C-STORE-RSP's status (SU-06..SU-08), logged."""
         answer = association.receive_command(self.settings.dimse_timeout, "C-STORE-RSP", "storage_scu.dimse_timeout")
         code = pdata.command_uint16(answer, 0x0900)
         if (pdata.command_uint16(answer, 0x0100), pdata.command_uint16(answer, 0x0120)) != (_C_STORE_RSP, message_id) \
@@ -220,15 +242,15 @@ class StorageSCU:
                          f"with a status for message {message_id}")
         level = logging.INFO if code == status.SUCCESS else logging.WARNING if code in WARNINGS else logging.ERROR
         notes = []
-        if send_class != item.sop_class_uid:
-            notes.append(f"sent as class {send_class} (SU-09)")
-        if send_syntax != item.transfer_syntax_uid:
-            notes.append(f"converted to {send_syntax}")
-        if outgoing.changed:
-            notes.append("index values applied: " + ", ".join(outgoing.changed))
+        if prepared.send_class != item.sop_class_uid:
+            notes.append(f"sent as class {prepared.send_class} (SU-09)")
+        if prepared.send_syntax != item.transfer_syntax_uid:
+            notes.append(f"converted to {prepared.send_syntax}")
+        if prepared.outgoing.changed:
+            notes.append("index values applied: " + ", ".join(prepared.outgoing.changed))
         log.log(level, "%s: C-STORE %s status 0x%04X%s", prefix, item.sop_instance_uid, code,
                 "; " + "; ".join(notes) if notes else "")
-        return code, size
+        return code
 
     def _context(self, association: Association, item: Item) -> tuple[int, str, str]:
         """PC-12 and SU-09: (context ID, class, syntax) to send `item` with; Failed if none fits."""
@@ -252,6 +274,27 @@ class StorageSCU:
         progress.failure = why
         alert(log, "%s: export stopped after %d of %d instances: %s", prefix, index, len(items), why)
         return progress
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    context_id: int
+    send_class: str
+    send_syntax: str
+    outgoing: export.Outgoing
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A prepared instance, or why it cannot be sent (raised when its turn comes, not before)."""
+
+    prepared: _Prepared | None = None
+    error: Exception | None = None
+
+    def get(self) -> _Prepared:
+        if self.error is not None:
+            raise self.error
+        return self.prepared
 
 
 class _Slots:

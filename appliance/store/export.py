@@ -47,13 +47,24 @@ class Unreadable(Exception):
 
 @dataclass
 class Outgoing:
-    """The data set to send: `length` stored bytes at `offset` of `path`, or `data` built in memory."""
+    """The data set to send: the `length` stored bytes at `offset` of `path` when `as_stored`,
+    else `rebuilt()`, a copy with `changes` in `send_syntax` (built when it is sent, so that
+    only one such copy is in memory at a time)."""
 
     path: Path
-    offset: int = 0
-    length: int = 0
-    data: bytes | None = None
-    changed: tuple[str, ...] = ()  # keywords written from the index, for the log
+    offset: int
+    length: int
+    changes: dict[str, str]
+    send_syntax: str
+    as_stored: bool
+
+    def rebuilt(self) -> bytes:
+        return _rebuilt(self.path, self.changes, self.send_syntax)
+
+    @property
+    def changed(self) -> tuple[str, ...]:
+        """Keywords written from the index, for the log."""
+        return tuple(sorted(self.changes))
 
 
 def changes(index_values: dict[str, str], header: Header) -> dict[str, str]:
@@ -75,7 +86,7 @@ def changes(index_values: dict[str, str], header: Header) -> dict[str, str]:
 
 def prepare(path: Path, stored_syntax: str, index_values: dict[str, str], send_class: str,
             send_syntax: str) -> Outgoing:
-    """The outgoing data set of the stored file at `path`, sent as `send_class` in `send_syntax`."""
+    """What to send of the stored file at `path`, as `send_class` in `send_syntax`."""
     try:
         header = read_header(path, stored_syntax == uids.IMPLICIT_LE)
         size = path.stat().st_size
@@ -84,9 +95,8 @@ def prepare(path: Path, stored_syntax: str, index_values: dict[str, str], send_c
     changed = changes(index_values, header)
     if send_class != header.text(0x00080016):
         changed["SOPClassUID"] = send_class  # SU-09: retired <-> current US
-    if not changed and send_syntax == stored_syntax:
-        return Outgoing(path, header.dataset_offset, size - header.dataset_offset)
-    return Outgoing(path, data=_rebuilt(path, changed, send_syntax), changed=tuple(sorted(changed)))
+    return Outgoing(path, header.dataset_offset, size - header.dataset_offset, changed, send_syntax,
+                    as_stored=not changed and send_syntax == stored_syntax)
 
 
 def _rebuilt(path: Path, changed: dict[str, str], send_syntax: str) -> bytes:
