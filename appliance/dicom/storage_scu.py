@@ -110,8 +110,10 @@ class StorageSCU:
                  job.originator_message_id, len(job.items))
         sent_bytes = 0
         ready = self._prepare(association, job.items[0])
+        report = _Once()  # the last instance's log line and Pending (QM-08)
         for index, item in enumerate(job.items):
             if job.cancelled():
+                report()
                 association.release_quietly()
                 progress.cancelled = True
                 log.info("%s: cancelled by %s after %d instances", prefix, job.originator_title, index)
@@ -119,15 +121,19 @@ class StorageSCU:
             try:
                 current = ready.get()
                 size = self._send(association, index + 1, item, current, job)
-                # Read the next file's header while the destination stores this one: one
-                # operation at a time (SU-16) leaves the link idle during anything done here.
+                # While the destination stores this instance: with one operation at a time
+                # (SU-16) whatever is done between an answer and the next request leaves the
+                # link idle, so the last one is reported and the next one read from here.
+                report()
                 if index + 1 < len(job.items):
                     ready = self._prepare(association, job.items[index + 1])
-                code = self._answer(association, index + 1, item, current, prefix)
+                code = self._answer(association, index + 1, item)
             except (Failed, export.Unreadable) as exc:
+                report()
                 association.abort()
                 return self._failed(progress, job.items, index, str(exc), prefix)
             if code not in WARNINGS and code != status.SUCCESS:  # SU-08
+                self._log_store(prefix, item, current, code)
                 association.release_quietly()
                 return self._failed(progress, job.items, index,
                                     f"{item.sop_instance_uid}: the destination answered C-STORE status 0x{code:04X}",
@@ -136,7 +142,9 @@ class StorageSCU:
             progress.completed += 1
             progress.warnings += code in WARNINGS
             progress.remaining -= 1
-            job.sent(progress)
+            report = _Once(self._log_store, prefix, item, current, code)
+            report.then(job.sent, progress)
+        report()
         association.release_quietly()
         elapsed = max(time.monotonic() - started, 1e-6)
         log.info("%s: association released; %d instances sent (%d with warnings), %d bytes in %.2f s (%.1f MB/s)",
@@ -231,15 +239,18 @@ class StorageSCU:
             os.close(fd)
         return outgoing.length
 
-    def _answer(self, association: Association, message_id: int, item: Item, prepared: "_Prepared",
-                prefix: str) -> int:
-        """The C-STORE-RSP's status (SU-06..SU-08), logged."""
+    def _answer(self, association: Association, message_id: int, item: Item) -> int:
+        """The status of the C-STORE-RSP to `message_id` (SU-06..SU-08)."""
         answer = association.receive_command(self.settings.dimse_timeout, "C-STORE-RSP", "storage_scu.dimse_timeout")
         code = pdata.command_uint16(answer, 0x0900)
         if (pdata.command_uint16(answer, 0x0100), pdata.command_uint16(answer, 0x0120)) != (_C_STORE_RSP, message_id) \
                 or code is None:
             raise Failed(f"{item.sop_instance_uid}: the destination answered with something other than a C-STORE-RSP "
                          f"with a status for message {message_id}")
+        return code
+
+    @staticmethod
+    def _log_store(prefix: str, item: Item, prepared: "_Prepared", code: int) -> None:
         level = logging.INFO if code == status.SUCCESS else logging.WARNING if code in WARNINGS else logging.ERROR
         notes = []
         if prepared.send_class != item.sop_class_uid:
@@ -250,7 +261,6 @@ class StorageSCU:
             notes.append("index values applied: " + ", ".join(prepared.outgoing.changed))
         log.log(level, "%s: C-STORE %s status 0x%04X%s", prefix, item.sop_instance_uid, code,
                 "; " + "; ".join(notes) if notes else "")
-        return code
 
     def _context(self, association: Association, item: Item) -> tuple[int, str, str]:
         """PC-12 and SU-09: (context ID, class, syntax) to send `item` with; Failed if none fits."""
@@ -274,6 +284,21 @@ class StorageSCU:
         progress.failure = why
         alert(log, "%s: export stopped after %d of %d instances: %s", prefix, index, len(items), why)
         return progress
+
+
+class _Once:
+    """Calls queued for later, run at the first call of the object and never again."""
+
+    def __init__(self, *call):
+        self.calls = [call] if call else []
+
+    def then(self, *call) -> None:
+        self.calls.append(call)
+
+    def __call__(self) -> None:
+        calls, self.calls = self.calls, []
+        for function, *args in calls:
+            function(*args)
 
 
 @dataclass(frozen=True)
