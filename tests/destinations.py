@@ -9,7 +9,6 @@ can compare arrivals with the stored files byte for byte (SU-15).
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -19,6 +18,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 
 import datasets
+from helpers import wait_for
 
 # pynetdicom's table lacks the retired US classes; without them its SCP aborts such a C-STORE.
 for _retired in (datasets.US_RETIRED, datasets.US_MULTIFRAME_RETIRED):
@@ -44,13 +44,16 @@ class Destination:
     """A Storage SCP on `port` (127.0.0.1) named `title`.
 
     `answer(n)` gives the status of the n-th C-STORE (1-based) and may block (a slow or dead
-    destination); at the `abort_at`-th it aborts the association instead of answering;
+    destination); at the `abort_at`-th it aborts the association instead of answering, at the
+    `stall_at`-th it writes the first bytes of a PDU before `answer` is asked (a peer that hangs
+    inside a PDU);
     `contexts` what it accepts (default: every storage class in every TS)."""
 
     title: str
     port: int
     answer: object = None
     abort_at: int = 0
+    stall_at: int = 0
     contexts: list | None = None
     arrivals: list[Arrival] = field(default_factory=list)
     proposals: list[list] = field(default_factory=list)  # per association: (abstract, [ts]) proposed
@@ -93,13 +96,12 @@ class Destination:
             request.MoveOriginatorMessageID))
         if len(self.arrivals) == self.abort_at:
             event.assoc.abort()
+        if len(self.arrivals) == self.stall_at:
+            event.assoc.dul.socket.socket.sendall(b"\x04\x00\x00")
         return self.answer(len(self.arrivals)) if self.answer else 0x0000
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Arrival]:
-        deadline = time.monotonic() + timeout
-        while len(self.arrivals) < count:
-            assert time.monotonic() < deadline, f"{len(self.arrivals)} of {count} instances arrived at {self.title}"
-            time.sleep(0.02)
+        wait_for(lambda: len(self.arrivals) >= count, f"{count} instances at {self.title}", timeout)
         return self.arrivals
 
     def stop(self) -> None:
@@ -114,7 +116,7 @@ class Response:
     completed: int | None
     failed: int | None
     warning: int | None
-    failed_uids: list[str] | None  # None: no identifier, or none with the list
+    failed_uids: list[str] | None = None  # None: no identifier, or none with the list
 
     @property
     def counts(self) -> tuple:

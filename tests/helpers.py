@@ -34,6 +34,21 @@ def wait_for(condition, what: str, timeout: float = 10.0):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def unread_bytes(local_port: int, remote_port: int) -> int | None:
+    """How many bytes the kernel holds for the socket local_port <-> remote_port on loopback
+    that its process has not read yet (rx_queue of /proc/net/tcp and tcp6); None if none such.
+    Lets a test wait until a service has taken in what was sent to it."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                if (int(local, 16), int(remote, 16)) == (local_port, remote_port):
+                    return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():

@@ -30,6 +30,7 @@ from pydicom.filereader import read_file_meta_info
 
 import datasets
 import query_archive
+from destinations import Response
 from helpers import dcmtk, wait_for
 from query_archive import uid
 
@@ -114,19 +115,6 @@ def destination(storescp):
 
 
 # --- the requester: movescu -------------------------------------------------------------------
-
-@dataclass
-class Response:
-    status: int
-    remaining: int | None
-    completed: int | None
-    failed: int | None
-    warning: int | None
-
-    @property
-    def counts(self) -> tuple:
-        return self.remaining, self.completed, self.failed, self.warning
-
 
 @dataclass
 class Moved:

@@ -13,7 +13,7 @@ from pynetdicom.presentation import build_context
 import datasets
 import scu
 from destinations import Destination, cancel, move, move_contexts, move_identifier
-from helpers import free_port, wait_for
+from helpers import free_port, unread_bytes, wait_for
 from query_archive import uid
 
 PID_1 = [uid("S1.1.1"), uid("S1.1.2"), uid("S1.2.1"), uid("S2.1.1")]  # move order of patient PID-1
@@ -112,7 +112,9 @@ def test_another_transfer_syntax_is_converted_losslessly(move_archive, requester
 
 def test_cancel_halts_after_the_instance_in_progress(move_archive, requester, destinations):
     """QM-14: C-CANCEL while the 2nd instance is being stored: it completes, the rest are not
-    sent, FE00 with Remaining = instances not sent."""
+    sent, FE00 with Remaining = instances not sent. The destination answers the 2nd only once
+    the service has read the C-CANCEL off its socket (a cancel still in the kernel's buffer
+    when the answer comes has not reached the service yet)."""
     cancelled = threading.Event()
     dest = destinations("DEST", move_archive.destination_ports["DEST"],
                         answer=lambda n: 0 if n != 2 or cancelled.wait(10) else 0xA700)
@@ -120,6 +122,8 @@ def test_cancel_halts_after_the_instance_in_progress(move_archive, requester, de
     def cancel_after_first(assoc, responses):
         if len(responses) == 2:  # the Pending after instance 1: instance 2 is on its way
             cancel(assoc, 4242, "P")
+            ports = (move_archive.qr_port, assoc.local["port"])
+            wait_for(lambda: unread_bytes(*ports) == 0, "the service to read the C-CANCEL")
             cancelled.set()
 
     responses = move(requester, PATIENT_1, "DEST", "P", on_response=cancel_after_first, msg_id=4242)
@@ -179,6 +183,22 @@ def test_no_answer_within_the_dimse_timeout_aborts(make_appliance, destinations,
                  r"0.5 s \(storage_scu.dimse_timeout\)")
     gone.set()  # the destination's handler returns; its association has been aborted meanwhile
     wait_for(lambda: dest.released.is_set(), "the destination to see the abort")
+
+
+def test_a_destination_that_stops_inside_a_pdu_is_aborted(make_appliance, destinations, tmp_path):
+    """SU-11: the destination sends part of a PDU and then nothing: after timeouts.pdu_gap the
+    association is aborted and the export fails (A702), logged."""
+    port = free_port()
+    app, study, instances = small_archive(make_appliance, {"timeouts": {"pdu_gap": 0.5}}, {"STALL": port}, tmp_path)
+    gone = threading.Event()
+    destinations("STALL", port, stall_at=2, answer=lambda n: 0 if n == 1 else (gone.wait(10), 0)[1])
+    with scu.association(app.qr_port, "EX_QUERY_SCP", move_contexts()) as assoc:
+        responses = move(assoc, move_identifier("STUDY", StudyInstanceUID=study), "STALL")
+    gone.set()
+    assert (responses[-1].status, responses[-1].counts, responses[-1].failed_uids) == (
+        0xA702, (None, 1, 2, 0), instances[1:])
+    app.wait_log(r"ALERT appliance.storage_scu: .*export stopped after 1 of 3 instances: no data for 0.5 s inside "
+                 r"a PDU \(timeouts.pdu_gap\)")
 
 
 def test_opening_is_retried_then_fails(make_appliance, tmp_path):

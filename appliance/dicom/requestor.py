@@ -15,6 +15,7 @@ unusable and has been aborted or closed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -245,14 +246,9 @@ class Association:
 
     def _send(self, data) -> None:
         self.sock.settimeout(self.timeouts.send)
-        try:
+        with self._transport(f"the peer accepted no data for {self.timeouts.send:g} s (timeouts.send)",
+                             "connection lost while sending"):
             self.sock.sendall(data)
-        except TimeoutError:
-            self.abort()
-            raise Failed(f"the peer accepted no data for {self.timeouts.send:g} s (timeouts.send)") from None
-        except OSError as exc:
-            self._close()
-            raise Failed(f"connection lost while sending: {_reason(exc)}") from None
 
     def _read_pdu(self, timeout: float, what: str, key: str) -> tuple[int, bytes]:
         """The next PDU: its first byte within `timeout`, the rest without a gap longer than
@@ -276,19 +272,27 @@ class Association:
         self.sock.settimeout(self.timeouts.pdu_gap)
         data = bytearray()
         while len(data) < count:
-            try:
+            with self._transport(f"no data for {self.timeouts.pdu_gap:g} s inside a PDU (timeouts.pdu_gap)",
+                                 "connection lost"):
                 chunk = self.sock.recv(count - len(data))
-            except TimeoutError:
-                self.abort()
-                raise Failed(f"no data for {self.timeouts.pdu_gap:g} s inside a PDU (timeouts.pdu_gap)") from None
-            except OSError as exc:
-                self._close()
-                raise Failed(f"connection lost: {_reason(exc)}") from None
             if not chunk:
                 self._close()
                 raise Failed("connection closed by the peer")
             data += chunk
         return bytes(data)
+
+
+    @contextlib.contextmanager
+    def _transport(self, timed_out: str, lost: str):
+        """A timeout aborts the association, a broken connection closes it; both raise Failed."""
+        try:
+            yield
+        except TimeoutError:
+            self.abort()
+            raise Failed(timed_out) from None
+        except OSError as exc:
+            self._close()
+            raise Failed(f"{lost}: {_reason(exc)}") from None
 
 
 def _associate_request(called: str, local: Local, proposals: list[Proposal]) -> bytes:
