@@ -153,3 +153,11 @@ def test_stored_files_are_never_changed(overlay):
         stored = [app.data_dir / "store" / p for (p,) in app.index_rows(
             "SELECT path FROM instance WHERE file_sop_instance_uid = ?", str(ds.SOPInstanceUID))]
         assert any(datasets.dataset_bytes(s) == datasets.dataset_bytes(path) for s in stored), path.name
+
+
+def test_every_index_value_listed_for_export_is_compared():
+    """SU-14 (in-process): the index columns a C-MOVE reads for an instance are exactly the
+    values store/export.py compares with the file, so none is read and then ignored."""
+    from appliance.query.retrieve import EXPORTED_COLUMNS
+    from appliance.store.export import ELEMENTS
+    assert set(EXPORTED_COLUMNS) == set(ELEMENTS) | {"last_name", "first_name", "sex"}

@@ -50,22 +50,34 @@ class MoveSCP:
         """EVT_CONN_OPEN: C-MOVE-RQs on a MOVE context come here instead of pynetdicom's loop."""
         serve_request = assoc._serve_request
 
-        def serve(msg, context_id: int) -> None:
+        def route(msg, context_id: int) -> None:
             context = assoc._accepted_cx.get(context_id)
             if (isinstance(msg, C_MOVE) and msg.is_valid_request and context is not None
                     and context.abstract_syntax in MODELS and not assoc._sent_release):
                 assoc.dimse.cancel_req = {}  # as pynetdicom does: only a cancel sent from now on counts
-                self.on_c_move(assoc, msg, context_id, MODELS[context.abstract_syntax])
+                self.serve(assoc, msg, context_id, MODELS[context.abstract_syntax])
             else:
                 serve_request(msg, context_id)
 
-        assoc._serve_request = serve
+        assoc._serve_request = route
 
-    def on_c_move(self, assoc, request: C_MOVE, context_id: int, model) -> None:
+    def serve(self, assoc, request: C_MOVE, context_id: int, model) -> None:
+        """on_c_move, with a last resort: an unexpected exception (a bug) must neither end the
+        association thread silently nor leave the requester without a final response."""
+        answer = _Answer(assoc, request, context_id)
+        try:
+            self.on_c_move(assoc, request, answer, model)
+        except Exception:
+            session = self.tracker.session(assoc)
+            session.failures += 1
+            log.exception("%s: C-MOVE #%d: unexpected failure, status 0x%04X", session.prefix(), request.MessageID,
+                          status.SUBOPERATIONS_FAILED)
+            answer.final(status.SUBOPERATIONS_FAILED, Progress())
+
+    def on_c_move(self, assoc, request: C_MOVE, answer: "_Answer", model) -> None:
         session = self.tracker.session(assoc)
         session.moves += 1
         started = time.monotonic()
-        answer = _Answer(assoc, request, context_id)
         destination_title = str(request.MoveDestination or "").strip()
         prefix = f"{session.prefix()}: C-MOVE #{request.MessageID} to {destination_title or '(none)'}"
         destination = self.services.remote_aes.get(destination_title)
@@ -94,7 +106,7 @@ class MoveSCP:
         log.info("%s %s: %d instances to send%s", prefix, wanted.describe(), len(items), ignored)
         answer.pending(Progress(remaining=len(items)))  # QM-07
         progress = self.services.exports.export(Job(destination, items, session.title, request.MessageID,
-                                           answer.cancelled, answer.pending, prefix))
+                                                    answer.cancelled, answer.pending))
         if progress.cancelled:
             code = status.CANCEL
         elif progress.failure:

@@ -99,8 +99,9 @@ def store_request_command(message_id: int, sop_class: str, sop_instance: str, or
 def move_response_command(sop_class: str, message_id: int, status: int, remaining: int | None, completed: int,
                           failed: int, warning: int, identifier: bool) -> bytes:
     """The command set of a C-MOVE-RSP with the sub-operation counts (Remaining left out when
-    None), and whether an identifier follows (PS3.7 9.3.4.2)."""
-    counts = b"".join(_element(element, struct.pack("<H", value)) for element, value in (
+    None), and whether an identifier follows (PS3.7 9.3.4.2). The counts are US: a move of
+    more than 65535 instances reports 65535 until fewer remain."""
+    counts = b"".join(_element(element, struct.pack("<H", min(value, 0xFFFF))) for element, value in (
         (0x1020, remaining), (0x1021, completed), (0x1022, failed), (0x1023, warning)) if value is not None)
     elements = b"".join((
         _element(0x0002, _ui(sop_class)),

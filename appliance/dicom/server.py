@@ -58,7 +58,7 @@ class Services:
         self.gate = Gate()
         self.admissions = {name: Admission(name, getattr(config, section), self.gate)
                            for name, section in self.SECTIONS.items()}
-        self.exports = StorageSCU(config, store_root)
+        self.exports = StorageSCU(store_root)
         self.remote_aes: dict[str, RemoteAE] = {}
         self.archive: Archive | None = None
         self.configure(config)

@@ -48,7 +48,6 @@ class Job:
     originator_message_id: int  # QM-03: the C-MOVE-RQ's Message ID
     cancelled: Callable[[], bool]
     sent: Callable[["Progress"], None]  # after every instance sent (QM-08)
-    prefix: str = ""  # the C-MOVE's log prefix
 
 
 @dataclass
@@ -65,7 +64,7 @@ class StorageSCU:
     """One per daemon, kept across reloads: running jobs keep their slots under a new limit.
     `configure` must be called before the first export."""
 
-    def __init__(self, config: Config, store_root: Path):
+    def __init__(self, store_root: Path):
         self.store_root = store_root
         self.slots = _Slots()
 
@@ -118,16 +117,17 @@ class StorageSCU:
                 progress.cancelled = True
                 log.info("%s: cancelled by %s after %d instances", prefix, job.originator_title, index)
                 return progress
+            message_id = index % 0xFFFF + 1  # a US: a move of more instances wraps round
             try:
                 current = ready.get()
-                size = self._send(association, index + 1, item, current, job)
+                size = self._send(association, message_id, item, current, job)
                 # While the destination stores this instance: with one operation at a time
                 # (SU-16) whatever is done between an answer and the next request leaves the
                 # link idle, so the last one is reported and the next one read from here.
                 report()
                 if index + 1 < len(job.items):
                     ready = self._prepare(association, job.items[index + 1])
-                code = self._answer(association, index + 1, item)
+                code = self._answer(association, message_id, item)
             except (Failed, export.Unreadable) as exc:
                 report()
                 association.abort()
@@ -232,11 +232,14 @@ class StorageSCU:
             data = outgoing.rebuilt()
             association.send_bytes_message(prepared.context_id, command, data)
             return len(data)
-        fd = os.open(outgoing.path, os.O_RDONLY)
         try:
-            association.send_message(prepared.context_id, command, fd, outgoing.offset, outgoing.length)
-        finally:
-            os.close(fd)
+            fd = os.open(outgoing.path, os.O_RDONLY)
+            try:
+                association.send_message(prepared.context_id, command, fd, outgoing.offset, outgoing.length)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # the file: the socket's errors are Failed already
+            raise export.Unreadable(f"stored file {outgoing.path.name} cannot be read: {exc}") from exc
         return outgoing.length
 
     def _answer(self, association: Association, message_id: int, item: Item) -> int:

@@ -25,17 +25,14 @@ from appliance.dicom import uids
 from appliance.store import coercion
 from appliance.store.header import Header, Unparseable, read_header
 
-# coercion.IndexValues field -> (tag, keyword) of the element it comes from.
-_ELEMENTS = {
-    "patient_id": (0x00100020, "PatientID"), "birth_date": (0x00100030, "PatientBirthDate"),
-    "other_patient_ids": (0x00101000, "OtherPatientIDs"), "other_patient_names": (0x00101001, "OtherPatientNames"),
-    "study_date": (0x00080020, "StudyDate"), "study_time": (0x00080030, "StudyTime"),
-    "accession_number": (0x00080050, "AccessionNumber"), "study_id": (0x00200010, "StudyID"),
-    "referring_physician": (0x00080090, "ReferringPhysicianName"),
-    "study_description": (0x00081030, "StudyDescription"), "modality": (0x00080060, "Modality"),
-    "series_number": (0x00200011, "SeriesNumber"), "series_description": (0x0008103E, "SeriesDescription"),
-    "operators_name": (0x00081070, "OperatorsName"), "body_part": (0x00180015, "BodyPartExamined"),
-    "sop_instance_uid": (0x00080018, "SOPInstanceUID"),
+# coercion.IndexValues field -> keyword of the element it comes from (names and sex: below).
+ELEMENTS = {
+    "patient_id": "PatientID", "birth_date": "PatientBirthDate", "other_patient_ids": "OtherPatientIDs",
+    "other_patient_names": "OtherPatientNames", "study_date": "StudyDate", "study_time": "StudyTime",
+    "accession_number": "AccessionNumber", "study_id": "StudyID", "referring_physician": "ReferringPhysicianName",
+    "study_description": "StudyDescription", "modality": "Modality", "series_number": "SeriesNumber",
+    "series_description": "SeriesDescription", "operators_name": "OperatorsName", "body_part": "BodyPartExamined",
+    "sop_instance_uid": "SOPInstanceUID",
 }
 _PATIENT_SEX = 0x00100040
 _NO_DEFAULTS = DefaultValues()
@@ -71,7 +68,7 @@ def changes(index_values: dict[str, str], header: Header) -> dict[str, str]:
     """Keyword -> value for every element whose index value differs from the file's (SU-14)."""
     derived = coercion.index_values(header, _NO_DEFAULTS, ())
     changed = {}
-    for name, (_, keyword) in _ELEMENTS.items():
+    for name, keyword in ELEMENTS.items():
         if index_values[name] != getattr(derived, name):
             changed[keyword] = index_values[name]
     name = (index_values["last_name"], index_values["first_name"])
