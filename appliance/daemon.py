@@ -25,6 +25,7 @@ from appliance.dicom.server import Listener, Services, quiet_libraries, start_li
 from appliance.errors import ConfigError
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
+from appliance.commitment import Commitments
 from appliance.store.ingest import Archive
 
 log = logging.getLogger("appliance.daemon")
@@ -74,6 +75,8 @@ class Daemon:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
         self.services.archive = self.archive
+        self.services.commitments = Commitments(self.index, area.store)
+        self.services.reports.start(self.services.commitments)
         self.services.gate.open()
         warn_inert(self.config)
         status = self._status_line(directory)
@@ -122,6 +125,7 @@ class Daemon:
             deadline = time.monotonic() + 5
             while self._active() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        self.services.reports.stop()
         self.index.close()
         log.info("stopped")
         return self._exit_code

@@ -172,10 +172,12 @@ def c_store(path, context_id: int, message_id: int = 1) -> list[bytes]:
     return p_data(message, context_id)
 
 
-def associated(port: int, *contexts, called: str = "EX_STORE_SCP", host: str = "127.0.0.1") -> socket.socket:
+def associated(port: int, *contexts, called: str = "EX_STORE_SCP", host: str = "127.0.0.1",
+               calling: str = "TEST_SCU") -> socket.socket:
     """A raw socket with an accepted association (contexts as for `request`; IDs 1, 3, 5, …)."""
     sock = connect(port, host)
-    sock.sendall(request(called=called, contexts=contexts or ((datasets.VERIFICATION, (datasets.ILE,)),)))
+    sock.sendall(request(calling=calling, called=called,
+                         contexts=contexts or ((datasets.VERIFICATION, (datasets.ILE,)),)))
     answer = read_pdu(sock)
     assert answer[:1] == b"\x02", f"association not accepted: {rejection(answer)}"
     return sock

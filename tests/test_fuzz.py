@@ -17,7 +17,7 @@ _spec = importlib.util.spec_from_file_location("fuzz_protocol", HARNESS)
 fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
-FUZZ_SECONDS = 12  # per target; the five run side by side
+FUZZ_SECONDS = 12  # per target; the six run side by side
 LIBFUZZER_LIMITS = ["-timeout=10", "-rss_limit_mb=1024"]  # a hang or unbounded memory is a finding
 
 
@@ -53,6 +53,7 @@ def test_seeds_reach_the_end_of_each_path(monkeypatch):
         assert service.area.placed == 3 + 4  # the pdata seeds' C-STOREs, the header seeds
         assert service.pendings == 1 + 2 + 1 + 2 + 1  # every find seed matches
         assert service.moved == 2 + 1 + 1 + 1  # and every move seed
+        assert service.commitments == 2  # and both N-ACTION seeds
 
 
 def test_fuzzing_finds_no_crash_hang_or_memory_blowup(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ, N_EVENT_REPORT_RQ
+from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -82,4 +82,17 @@ def test_move_response_command_as_pynetdicom_encodes_it(status, remaining, ident
     message = C_MOVE_RSP()
     message.primitive_to_message(response)
     assert pdata.move_response_command(datasets.STUDY_ROOT_MOVE, 513, status, remaining, 1, 2, 65535, identifier) \
+        == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("message_id, event_type", [(1, 1), (65535, 2)])
+def test_event_report_command_as_pynetdicom_encodes_it(message_id, event_type):
+    """SC-08: the N-EVENT-REPORT-RQ of a Storage Commitment result."""
+    request = N_EVENT_REPORT()
+    request.MessageID, request.EventTypeID = message_id, event_type
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
+    request.EventInformation = BytesIO(b"\0")
+    message = N_EVENT_REPORT_RQ()
+    message.primitive_to_message(request)
+    assert pdata.event_report_command(message_id, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", event_type) \
         == encode(message.command_set, True, True)

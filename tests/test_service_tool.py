@@ -57,10 +57,10 @@ def test_validate_reports_a_missing_file(tmp_path):
 
 def test_validate_warns_about_keys_that_have_no_effect_yet(tmp_path):
     path = tmp_path / "appliance.toml"
-    path.write_text("[storage_scp]\nreport_attempts = 2\n[storage_scu]\nopen_retries = 2\n")
+    path.write_text("[storage_scp]\narchive_unsolicited = false\n[storage_scu]\nopen_retries = 2\n")
     result = run("--config", str(path), "config", "validate")
     assert result.returncode == 0
-    assert "warning: storage_scp.report_attempts is set but has no effect yet" in result.stderr
+    assert "warning: storage_scp.archive_unsolicited is set but has no effect yet" in result.stderr
     assert "storage_scu.open_retries" not in result.stderr  # enforced since C-MOVE
 
 

@@ -141,7 +141,6 @@ def da_or_empty(v):
 # `inert` names the feature that will act on a key which is validated but not used yet; the
 # service tool warns when such a key is set to something other than its default.
 
-_COMMITMENT = "Storage Commitment (SC-*) is not implemented yet"
 
 
 @dataclass(frozen=True)
@@ -188,9 +187,9 @@ class StorageSCP(ListeningAE):
         inert="received instances are always archived"))  # CF-18
     archive_retrieved: bool = field(default=False, metadata=_check(
         inert="the product issues no retrieve requests, so no such instances exist (D-13)"))  # CF-17
-    always_new_association_for_reports: bool = field(default=False, metadata=_check(inert=_COMMITMENT))  # CF-19
-    report_attempts: int = field(default=5, metadata=_check(non_negative, inert=_COMMITMENT))  # CF-20
-    report_retry_interval: float = field(default=300.0, metadata=_check(positive, inert=_COMMITMENT))  # CF-21
+    always_new_association_for_reports: bool = False  # CF-19, SC-15
+    report_attempts: int = field(default=5, metadata=_check(non_negative))  # CF-20, SC-20, D-6
+    report_retry_interval: float = field(default=300.0, metadata=_check(positive))  # CF-21, SC-20
     exam_types: tuple[str, ...] = ()  # EL-12, CF-39
     default_values: DefaultValues = DefaultValues()
 

@@ -11,9 +11,10 @@ from appliance.dicom import uids
 
 
 def storage_scp_contexts(scp: StorageSCP) -> list[PresentationContext]:
-    """PC-01..PC-04. The TS order is the preference: pynetdicom, as acceptor, picks the first
+    """PC-01..PC-04, and Storage Commitment Push Model as SCP (SC-01, SC-25). The TS order is the preference: pynetdicom, as acceptor, picks the first
     of its own list that the requestor proposed, so JPEG-B > ELE > ILE gives PC-03."""
-    contexts = [build_context(uids.VERIFICATION, [uids.EXPLICIT_LE, uids.IMPLICIT_LE])]  # D-10
+    contexts = [build_context(uids.VERIFICATION, [uids.EXPLICIT_LE, uids.IMPLICIT_LE]),  # D-10
+                build_context(uids.STORAGE_COMMITMENT_PUSH, [uids.EXPLICIT_LE, uids.IMPLICIT_LE])]  # SC-25
     for sop_class in scp.sop_classes:
         _ensure_storage_class(sop_class)
         syntaxes = [ts for ts in scp.transfer_syntaxes

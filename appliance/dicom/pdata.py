@@ -25,6 +25,7 @@ _COMMAND, _LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 PDV_OVERHEAD = 12  # P-DATA-TF header (6) + PDV item length (4) + context ID + control header
 _C_STORE_RQ = 0x0001
 _C_MOVE_RSP = 0x8021
+_N_EVENT_REPORT_RQ = 0x0100
 _NO_DATA_SET = 0x0101
 _MEDIUM_PRIORITY = 0x0000
 _DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1); pynetdicom writes 1
@@ -110,6 +111,19 @@ def move_response_command(sop_class: str, message_id: int, status: int, remainin
         _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT if identifier else _NO_DATA_SET)),
         _element(0x0900, struct.pack("<H", status)),
         counts,
+    ))
+    return _element(0x0000, struct.pack("<L", len(elements))) + elements
+
+
+def event_report_command(message_id: int, sop_class: str, sop_instance: str, event_type: int) -> bytes:
+    """The command set of an N-EVENT-REPORT-RQ with Event Information (PS3.7 10.3.1.1)."""
+    elements = b"".join((
+        _element(0x0002, _ui(sop_class)),
+        _element(0x0100, struct.pack("<H", _N_EVENT_REPORT_RQ)),
+        _element(0x0110, struct.pack("<H", message_id)),
+        _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
+        _element(0x1000, _ui(sop_instance)),
+        _element(0x1002, struct.pack("<H", event_type)),
     ))
     return _element(0x0000, struct.pack("<L", len(elements))) + elements
 

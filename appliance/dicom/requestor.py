@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
-                                       ImplementationVersionNameNotification, MaximumLengthNotification)
+                                       ImplementationVersionNameNotification, MaximumLengthNotification,
+                                       SCP_SCU_RoleSelectionNegotiation)
 from pynetdicom.presentation import PresentationContext
 
 from appliance.config.model import Timeouts
@@ -48,6 +49,7 @@ class Proposal:
     context_id: int
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
+    as_scp: bool = False  # an SCP/SCU Role Selection item: we are SCP, not SCU (PC-13)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,10 @@ class Association:
     # --- ending -----------------------------------------------------------------------------
 
     def release(self) -> None:
-        """A-RELEASE-RQ, then the peer's A-RELEASE-RP; aborts if it does not come."""
+        """A-RELEASE-RQ, then the peer's A-RELEASE-RP; aborts if it does not come. Nothing
+        after an abort or a lost connection."""
+        if not self.open:
+            return
         try:
             self._send(_RELEASE_RQ_PDU)
             while True:
@@ -314,7 +319,12 @@ def _associate_request(called: str, local: Local, proposals: list[Proposal]) -> 
     implementation.implementation_class_uid = local.implementation_uid
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = local.implementation_version
-    primitive.user_information = [maximum, implementation, version]
+    roles = []
+    for abstract_syntax in dict.fromkeys(p.abstract_syntax for p in proposals if p.as_scp):
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid, role.scu_role, role.scp_role = abstract_syntax, False, True
+        roles.append(role)
+    primitive.user_information = [maximum, implementation, version, *roles]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()

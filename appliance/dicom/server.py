@@ -17,12 +17,15 @@ from pynetdicom import AE, evt
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE, RemoteAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
+from appliance.dicom.commitment_reports import Reports
+from appliance.dicom.commitment_scp import CommitmentSCP
 from appliance.dicom.move_scp import MoveSCP
 from appliance.dicom.qr_scp import QueryRetrieveSCP
 from appliance.dicom.storage_scu import StorageSCU
 from appliance.dicom.admission import CONGESTION, Admission, Gate, log_rejection, reject_pdu
 from appliance.dicom.associations import Tracker, peer_text
 from appliance.dicom.storage_scp import StorageSCP
+from appliance.commitment import Commitments
 from appliance.store.ingest import Archive
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ class Listener:
 class Services:
     """What the listeners serve, kept across the rebinds of a reload: each AE's admission (its
     admitted associations keep counting against the new limits), STORAGE-SCU (its running
-    exports likewise) and the archive, which is set once the index is open. Until then, and
+    exports likewise), the commitment reports, and the archive and the commitments, which are
+    set once the index is open. Until then, and
     while draining, the gate answers 2/3/1 (AS-02)."""
 
     SECTIONS = {"STORAGE-SCP": "storage_scp", "QUERY-RETRIEVE-SCP": "query_retrieve_scp"}
@@ -59,14 +63,17 @@ class Services:
         self.admissions = {name: Admission(name, getattr(config, section), self.gate)
                            for name, section in self.SECTIONS.items()}
         self.exports = StorageSCU(store_root)
+        self.reports = Reports()
         self.remote_aes: dict[str, RemoteAE] = {}
         self.archive: Archive | None = None
+        self.commitments: Commitments | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         for name, section in self.SECTIONS.items():
             self.admissions[name].configure(getattr(config, section))
         self.exports.configure(config)
+        self.reports.configure(config)
         self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes}  # AE-08
 
     def active(self) -> int:
@@ -192,6 +199,7 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
     scp_tracker = Tracker("STORAGE-SCP")
     qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
     storage = StorageSCP(services, scp_tracker)
+    commitment = CommitmentSCP(services, scp_tracker)
     query_retrieve = QueryRetrieveSCP(qr_tracker)
     move = MoveSCP(qr_tracker, services)
     listeners = []
@@ -199,8 +207,8 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
         listeners.append(_start(
             "STORAGE-SCP", config, config.storage_scp, uids.IMPLEMENTATION_UID_SCP,
             contexts.storage_scp_contexts(config.storage_scp),
-            storage.handlers() + verification.handlers(scp_tracker), scp_tracker,
-            services.admissions["STORAGE-SCP"]))
+            storage.handlers() + commitment.handlers() + verification.handlers(scp_tracker), scp_tracker,
+            services.admissions["STORAGE-SCP"], services.reports.attach))
         listeners.append(_start(
             "QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp, uids.IMPLEMENTATION_UID_QR_SCU,
             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp),

@@ -23,3 +23,13 @@ UNEXPECTED_FIND_FAILURE = 0xC311
 UNABLE_TO_CALCULATE_MATCHES = 0xA701  # Refused: the index cannot list the matches (QM-13)
 SUBOPERATIONS_FAILED = 0xA702  # Refused: unable to perform sub-operations (QM-11, QM-12, D-5)
 MOVE_DESTINATION_UNKNOWN = 0xA801  # Refused: Move Destination unknown (QM-04)
+
+# PS3.4 J.3.2 / seed T "STORAGE-SCP AE N-ACTION Response Status" and Failure Reasons (SC-02..SC-08)
+PROCESSING_FAILURE = 0x0110  # N-ACTION refused: database or system failure (SC-03); failure reason
+NO_SUCH_OBJECT_INSTANCE = 0x0112  # failure reason: not in the index (SC-06)
+CLASS_INSTANCE_CONFLICT = 0x0119  # failure reason: indexed under another SOP class
+MISSING_ATTRIBUTE = 0x0120  # N-ACTION: a required attribute is absent (SC-04)
+MISSING_ATTRIBUTE_VALUE = 0x0121  # N-ACTION: a required attribute is empty (SC-05)
+NO_SUCH_ACTION = 0x0123  # N-ACTION: Action Type ID other than 1 (SC-01)
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # failure reason: not a class commitment covers (SC-10)
+ATTRIBUTE_LIST_ERROR = 0x0107  # N-EVENT-REPORT-RSP warning (SC-18)

@@ -35,7 +35,7 @@ PRAGMAS = {
 
 
 def _migration_1(db) -> None:
-    db.create_tables(models.ALL_MODELS)
+    db.create_tables([models.Patient, models.Study, models.Series, models.Instance, models.SchemaInfo])
     models.SchemaInfo.create(normaliser_version=1)
 
 
@@ -50,8 +50,13 @@ def _migration_2(db) -> None:
     models.SchemaInfo.update(normaliser_version=2).execute()
 
 
+def _migration_3(db) -> None:
+    """Storage Commitment requests waiting for their report (SC-24)."""
+    db.create_tables([models.CommitmentRequest])
+
+
 # Append-only: migration N takes the schema from user_version N-1 to N.
-MIGRATIONS = (_migration_1, _migration_2)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 
 
 class Index:

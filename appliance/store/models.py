@@ -13,9 +13,11 @@ from peewee import (
     CharField,
     DatabaseProxy,
     DateTimeField,
+    FloatField,
     ForeignKeyField,
     IntegerField,
     Model,
+    TextField,
 )
 
 database = DatabaseProxy()
@@ -77,10 +79,26 @@ class Instance(_Base):
     calling_ae = CharField(max_length=16, default="")
 
 
+class CommitmentRequest(_Base):
+    """A Storage Commitment request that was acknowledged (N-ACTION-RSP 0000) and not yet
+    reported: the decision is made and stored before the acknowledgement (SC-06, SC-24), so a
+    restart loses no promise. The row goes when the report is delivered or abandoned."""
+
+    transaction_uid = CharField(max_length=64)
+    requester = CharField(max_length=16)  # the N-ACTION's calling AE title: where the report goes
+    received_at = DateTimeField()
+    committed = TextField()  # JSON [[SOP class UID, SOP instance UID], ...]
+    failed = TextField()  # JSON [[SOP class UID, SOP instance UID, failure reason], ...]
+    attempts = IntegerField(default=0)  # failed deliveries over a new association (SC-20)
+    # Due for delivery over a new association from then; NULL while the N-ACTION's own
+    # association is delivering it (SC-11), and after a restart (recover) due at once.
+    next_attempt = FloatField(null=True, index=True)  # time.time()
+
+
 class SchemaInfo(_Base):
     """One row: which normaliser produced the *_folded columns (so a change forces a reindex)."""
 
     normaliser_version = IntegerField()
 
 
-ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo)
+ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest)

@@ -1,6 +1,6 @@
 r"""Coverage-guided fuzzing (atheris/libFuzzer) of the bytes a DICOM peer controls.
 
-Five targets, each a `Service` method that takes one input and raises only when the service's
+Six targets, each a `Service` method that takes one input and raises only when the service's
 contract is broken (atheris then reports a crash and saves the input):
 
 ``rq``
@@ -46,6 +46,11 @@ contract is broken (atheris then reports a crash and saves the input):
     `query.retrieve.parse` and listed by `query.retrieve.instances` against the same index.
     Contract: a list of instances, or DicomStatusError A900 (QM-05, QM-06); nothing else.
     Input: as for ``find``.
+``commitment``
+    A Storage Commitment N-ACTION-RQ's Action Information as `dicom.commitment_scp.parse` reads
+    it (decoded lazily by pydicom, as pynetdicom hands it over). Contract: (Transaction UID,
+    references), or DicomStatusError 0110, 0120 or 0121 (SC-03..SC-05); nothing else. Input:
+    byte 0 bit 0 set = Implicit VR, else Explicit VR (SC-25); the rest is the data set.
 
 In ``pdata`` and ``header`` the archive's storage area places nothing (`_Area`): a run fills
 no disk and no index.
@@ -82,7 +87,7 @@ import warnings
 from io import BytesIO
 from pathlib import Path
 
-if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"], ["find"], ["move"]):
+if __name__ == "__main__" and sys.argv[1:2] in (["rq"], ["pdata"], ["header"], ["find"], ["move"], ["commitment"]):
     import atheris
 
     # Coverage feedback from the code that sees the peer's bytes; imported only below.
@@ -102,7 +107,7 @@ with _instrumented:
     from pynetdicom.association import Association
     from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
     from pynetdicom.events import Event
-    from pynetdicom.dsutils import create_file_meta, encode
+    from pynetdicom.dsutils import create_file_meta, decode, encode
     from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
     from pynetdicom.presentation import PresentationContextTuple, build_context, negotiate_as_acceptor
     from pynetdicom.transport import AddressInformation
@@ -111,6 +116,7 @@ with _instrumented:
     from appliance.dicom import contexts, framing, receive, server, status, uids, verification
     from appliance.dicom.admission import Admission, Gate
     from appliance.dicom.associations import Tracker
+    from appliance.dicom.commitment_scp import parse as parse_action_information
     from appliance.dicom.move_scp import request_identifier
     from appliance.dicom.qr_scp import QueryRetrieveSCP
     from appliance.dicom.storage_scp import StorageSCP
@@ -183,6 +189,7 @@ class Service:
         self.query_retrieve = QueryRetrieveSCP(self.qr_tracker)
         self.pendings = 0  # Pending responses the handler wrote
         self.moved = 0  # instances C-MOVE identifiers listed
+        self.commitments = 0  # N-ACTIONs parsed to references
         return self
 
     def __exit__(self, *exc) -> None:
@@ -273,6 +280,22 @@ class Service:
             return
         self.moved += len(retrieve.instances(wanted))
 
+    def commitment(self, data: bytes) -> None:
+        implicit = bool(data[:1]) and bool(data[0] & 1)
+        try:
+            information = decode(BytesIO(data[1:]), implicit, True)
+        except Exception:  # the adapter answers 0110 to what cannot be decoded at all
+            return
+        try:
+            transaction_uid, references = parse_action_information(information)
+        except DicomStatusError as exc:
+            if exc.status not in (status.PROCESSING_FAILURE, status.MISSING_ATTRIBUTE,
+                                  status.MISSING_ATTRIBUTE_VALUE):
+                raise AssertionError(f"N-ACTION refused with 0x{exc.status:04X}") from exc
+            return
+        assert transaction_uid and references and all(c and i for c, i in references)
+        self.commitments += 1
+
     def _count_pending(self, pdus: bytes) -> None:
         self.pendings += 1
 
@@ -360,7 +383,7 @@ def _read_pdu(data: bytes, expect_request: bool):
 
 
 TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header, "find": Service.find,
-           "move": Service.move}
+           "move": Service.move, "commitment": Service.commitment}
 # The final C-FIND statuses of the conformance statement's table (QF-04, QF-15..QF-19).
 FIND_FINAL = (status.SUCCESS, status.OUT_OF_RESOURCES, status.IDENTIFIER_MISMATCH, status.UNABLE_TO_PROCESS,
               status.CANCEL)
@@ -514,6 +537,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
         },
         "find": {name: identifier(model, keys) for name, (model, keys) in FIND_SEEDS.items()},
         "move": {name: identifier(model, keys) for name, (model, keys) in MOVE_SEEDS.items()},
+        "commitment": {"seed-implicit": b"\1" + encode(action_information(3), True, True),
+                       "seed-explicit": b"\0" + encode(action_information(1), False, True)},
         "header": {
             "seed-explicit": b"\0" + explicit,
             "seed-implicit": b"\1" + file_bytes(dataset("implicit"), uids.IMPLICIT_LE),
@@ -550,6 +575,17 @@ MOVE_SEEDS = {
     "seed-image": (1, {"QueryRetrieveLevel": "IMAGE", "PatientID": "PID1", "StudyInstanceUID": "1.2.3.1",
                        "SeriesInstanceUID": "1.2.3.1.1", "SOPInstanceUID": "1.2.3.1.1.1\\1.2.3.9"}),
 }
+
+
+def action_information(references: int) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = "1.2.3.4.5"
+    ds.ReferencedSOPSequence = Sequence()
+    for n in range(1, references + 1):
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = uids.CT, f"1.2.3.{n}.1.1"
+        ds.ReferencedSOPSequence.append(item)
+    return ds
 
 
 def identifier(model: int, keys: dict) -> bytes:

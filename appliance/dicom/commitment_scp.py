@@ -1,0 +1,112 @@
+"""STORAGE-SCP's Storage Commitment Push Model SCP: N-ACTION in, decision kept, answer out.
+
+The N-ACTION-RQ is validated in the conformance statement's terms (0123, 0120, 0121, 0110;
+SC-01..SC-05), decided and stored by `appliance.commitment` before the N-ACTION-RSP 0000
+goes out (SC-02, SC-24); the N-EVENT-REPORT follows (`commitment_reports`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from peewee import DatabaseError
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+
+from appliance.commitment import Report
+from appliance.dicom import status
+from appliance.dicom.associations import Tracker
+from appliance.errors import DicomStatusError
+from appliance.log import alert
+
+log = logging.getLogger("appliance.commitment")
+
+REQUEST_STORAGE_COMMITMENT = 1  # Action Type ID (PS3.4 J.3.2)
+_TRANSACTION_UID = 0x00081195
+_REFERENCED_SOP_SEQUENCE = 0x00081199
+_REFERENCED_CLASS = 0x00081150
+_REFERENCED_INSTANCE = 0x00081155
+
+
+class CommitmentSCP:
+    def __init__(self, services, tracker: Tracker):
+        self.services = services  # server.Services: commitments and reports, set before the gate opens
+        self.tracker = tracker
+
+    def handlers(self) -> list:
+        return [(evt.EVT_N_ACTION, self.on_n_action)]
+
+    def on_n_action(self, event):
+        session = self.tracker.session(event.assoc)
+        request = event.request
+        prefix = f"{session.prefix()}: N-ACTION #{request.MessageID} (Storage Commitment)"
+        if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:  # SC-01
+            log.error("%s status 0x%04X: Action Type ID %s is not 1 (Request Storage Commitment)", prefix,
+                      status.NO_SUCH_ACTION, request.ActionTypeID)
+            return status.NO_SUCH_ACTION, None
+        try:
+            transaction_uid, references = parse(_action_information(event))
+        except DicomStatusError as exc:  # SC-03..SC-05
+            log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
+            return exc.status, None
+        reports = self.services.reports
+        started = time.monotonic()
+        try:
+            report = self.services.commitments.accept(transaction_uid, references, session.title,
+                                                      held=reports.on_same_association)
+        except (DatabaseError, OSError, MemoryError) as exc:  # SC-03
+            alert(log, "%s transaction %s status 0x%04X: the request cannot be kept: %s: %s", prefix, transaction_uid,
+                  status.PROCESSING_FAILURE, type(exc).__name__, exc)
+            return status.PROCESSING_FAILURE, None
+        log.info("%s transaction %s: %d instances, %d committed, %d not (%s), decided and kept in %.0f ms, "
+                 "status 0x0000", prefix, transaction_uid, len(references), len(report.committed), len(report.failed),
+                 _reasons(report), (time.monotonic() - started) * 1000)
+        reports.accepted(event.assoc, report)
+        return status.SUCCESS, None
+
+
+def _action_information(event) -> Dataset:
+    try:
+        return event.action_information
+    except Exception as exc:  # pydicom on bytes the peer sent
+        raise DicomStatusError(status.PROCESSING_FAILURE, f"Action Information cannot be decoded: {exc}") from exc
+
+
+def parse(information: Dataset) -> tuple[str, list[tuple[str, str]]]:
+    """Transaction UID and (SOP class, SOP instance) references; DicomStatusError 0120 for an
+    absent attribute, 0121 for an empty one (SC-04, SC-05), 0110 for one that cannot be read."""
+    try:
+        transaction_uid = _value(information, _TRANSACTION_UID, "Transaction UID")
+        if _REFERENCED_SOP_SEQUENCE not in information:
+            raise DicomStatusError(status.MISSING_ATTRIBUTE, "Referenced SOP Sequence is missing")
+        items = information[_REFERENCED_SOP_SEQUENCE].value
+        if not items:
+            raise DicomStatusError(status.MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence is empty")
+        references = []
+        for number, item in enumerate(items, start=1):
+            where = f" in item {number} of the Referenced SOP Sequence"
+            references.append((_value(item, _REFERENCED_CLASS, "Referenced SOP Class UID", where),
+                               _value(item, _REFERENCED_INSTANCE, "Referenced SOP Instance UID", where)))
+    except DicomStatusError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert, a sequence that is not one
+        raise DicomStatusError(status.PROCESSING_FAILURE, f"Action Information cannot be read: {exc}") from exc
+    return transaction_uid, references
+
+
+def _value(dataset: Dataset, tag: int, name: str, where: str = "") -> str:
+    if tag not in dataset:
+        raise DicomStatusError(status.MISSING_ATTRIBUTE, f"{name} is missing{where}")
+    value = dataset[tag].value
+    text = "" if value is None else str(value).strip(" \0")
+    if not text:
+        raise DicomStatusError(status.MISSING_ATTRIBUTE_VALUE, f"{name} is empty{where}")
+    return text
+
+
+def _reasons(report: Report) -> str:
+    counts: dict[int, int] = {}
+    for _, _, reason in report.failed:
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(f"{n} x 0x{reason:04X}" for reason, n in sorted(counts.items())) or "none failed"
