@@ -110,7 +110,11 @@ class Reports:
         def route(msg, context_id: int) -> None:
             serve_request(msg, context_id)  # the N-ACTION-RSP is queued when this returns
             for report in self._held.pop(assoc, []):
-                self._on_association(assoc, context_id, report, route)
+                try:
+                    self._on_association(assoc, context_id, report, route)
+                except Exception:  # the index failed too: the report stays kept, due at the next start
+                    log.exception("STORAGE-SCP to %s: N-EVENT-REPORT %s cannot be handed over; it goes at the "
+                                  "next start", report.requester, describe(report))
 
         assoc._serve_request = route
 
