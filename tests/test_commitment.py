@@ -42,6 +42,15 @@ def commit_archive(make_appliance, tmp_path, count: int = 3, **storage_scp) -> t
     return app, Modality(MODALITY, port), references
 
 
+def acknowledged(app, modality: Modality, transaction_uid: str, references: list) -> None:
+    """One N-ACTION on an association of its own, answered 0000; the association released."""
+    assoc = modality.associate(app.storage_port)
+    try:
+        assert n_action(assoc, request(transaction_uid, references)) == 0x0000
+    finally:
+        assoc.release()
+
+
 @pytest.fixture
 def modalities():
     made = []
@@ -185,11 +194,7 @@ def test_a_listener_that_is_down_gets_the_report_when_it_comes_up(make_appliance
     """SC-20: failed attempts are logged and retried report_retry_interval apart."""
     app, modality, references = commit_archive(make_appliance, tmp_path, always_new_association_for_reports=True,
                                                **FAST_RETRY)
-    assoc = modality.associate(app.storage_port)
-    try:
-        assert n_action(assoc, request("1.2.3.105", references)) == 0x0000
-    finally:
-        assoc.release()
+    acknowledged(app, modality, "1.2.3.105", references)
     app.wait_log(r"N-EVENT-REPORT transaction 1.2.3.105 .* failed \(attempt 1 of 3\): no association: cannot connect")
     modalities.append(modality.listen())
     (report,) = modality.wait_for(1)
@@ -199,11 +204,7 @@ def test_a_listener_that_is_down_gets_the_report_when_it_comes_up(make_appliance
 def test_a_report_is_abandoned_after_the_last_attempt(make_appliance, tmp_path):
     app, modality, references = commit_archive(make_appliance, tmp_path, always_new_association_for_reports=True,
                                                **FAST_RETRY)
-    assoc = modality.associate(app.storage_port)
-    try:
-        assert n_action(assoc, request("1.2.3.106", references)) == 0x0000
-    finally:
-        assoc.release()
+    acknowledged(app, modality, "1.2.3.106", references)
     app.wait_log(r"ERROR appliance.commitment: STORAGE-SCP to MODALITY1: N-EVENT-REPORT transaction 1.2.3.106 "
                  r"\(event type 1, 3 committed, 0 failed\) abandoned after 3 failed attempts")
     assert app.index_rows("SELECT COUNT(*) FROM commitment_request") == [(0,)]
