@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -116,13 +117,21 @@ class Tracker:
 
         One such exception is no fault: after framing aborted the association (Sta13, waiting
         for the close), a response the association thread was still sending arrives as a local
-        request (Evt9 P-DATA and the like), for which PS3.8's table has no action. It is dropped."""
+        request (Evt9 P-DATA and the like), for which PS3.8's table has no action. It is dropped,
+        and so is its primitive: the DUL only peeks at its outgoing queue and leaves the taking
+        to the action, so a primitive left there would raise the same event for ever, a DUL
+        thread spinning at full speed and an association thread that never ends."""
         assoc = event.assoc
-        machine = assoc.dul.state_machine
+        dul = assoc.dul
+        machine = dul.state_machine
         do_action = machine.do_action
 
         def guarded(fsm_event):
             if machine.current_state == "Sta13" and fsm_event in _LOCAL_REQUESTS:
+                try:
+                    dul.to_provider_queue.get_nowait()
+                except queue.Empty:
+                    pass
                 return None
             try:
                 return do_action(fsm_event)
