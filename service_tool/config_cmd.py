@@ -35,16 +35,17 @@ def register(groups) -> None:
     show_cmd.set_defaults(run=show)
 
 
-def _load(args: argparse.Namespace):
+def load(path):
+    """The configuration at `path`, or None after printing why it is refused."""
     try:
-        return load_file(args.config)
+        return load_file(path)
     except ConfigError as exc:
         print(f"configuration invalid: {exc}", file=sys.stderr)
         return None
 
 
 def validate(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args.config)
     if config is None:
         return EXIT_INVALID
     for key, why in inert_settings(config):
@@ -54,7 +55,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args.config)
     if config is None:
         return EXIT_INVALID
     values = to_dict(config)

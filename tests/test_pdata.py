@@ -6,8 +6,8 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ, N_EVENT_REPORT_RQ
-from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE, N_EVENT_REPORT
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ, N_EVENT_REPORT_RQ
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -96,3 +96,12 @@ def test_event_report_command_as_pynetdicom_encodes_it(message_id, event_type):
     message.primitive_to_message(request)
     assert pdata.event_report_command(message_id, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", event_type) \
         == encode(message.command_set, True, True)
+
+
+def test_echo_request_command_as_pynetdicom_encodes_it():
+    """TL-05: the service tool's diagnostic C-ECHO-RQ."""
+    request = C_ECHO()
+    request.MessageID, request.AffectedSOPClassUID = 1, datasets.VERIFICATION
+    message = C_ECHO_RQ()
+    message.primitive_to_message(request)
+    assert pdata.echo_request_command(1) == encode(message.command_set, True, True)

@@ -26,6 +26,8 @@ PDV_OVERHEAD = 12  # P-DATA-TF header (6) + PDV item length (4) + context ID + c
 _C_STORE_RQ = 0x0001
 _C_MOVE_RSP = 0x8021
 _N_EVENT_REPORT_RQ = 0x0100
+_C_ECHO_RQ = 0x0030
+_VERIFICATION = "1.2.840.10008.1.1"
 _NO_DATA_SET = 0x0101
 _MEDIUM_PRIORITY = 0x0000
 _DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1); pynetdicom writes 1
@@ -124,6 +126,17 @@ def event_report_command(message_id: int, sop_class: str, sop_instance: str, eve
         _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
         _element(0x1000, _ui(sop_instance)),
         _element(0x1002, struct.pack("<H", event_type)),
+    ))
+    return _element(0x0000, struct.pack("<L", len(elements))) + elements
+
+
+def echo_request_command(message_id: int) -> bytes:
+    """The command set of a C-ECHO-RQ (PS3.7 9.3.5.1)."""
+    elements = b"".join((
+        _element(0x0002, _ui(_VERIFICATION)),
+        _element(0x0100, struct.pack("<H", _C_ECHO_RQ)),
+        _element(0x0110, struct.pack("<H", message_id)),
+        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
     ))
     return _element(0x0000, struct.pack("<L", len(elements))) + elements
 

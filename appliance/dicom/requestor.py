@@ -80,11 +80,12 @@ class Association:
     @classmethod
     def request(cls, host: str, port: int, called: str, local: Local, proposals: list[Proposal],
                 timeouts: Timeouts) -> "Association":
-        try:
-            sock = socket.create_connection((host, port), timeout=timeouts.connect)
-        except OSError as exc:
-            raise Failed(f"cannot connect to {host} port {port}: {_reason(exc)}") from None
-        sockets.tune(sock, local.socket_buffer_size)  # no Nagle: a C-STORE-RQ's last PDU must not wait
+        return cls.over(connect(host, port, local, timeouts), called, local, proposals, timeouts)
+
+    @classmethod
+    def over(cls, sock: socket.socket, called: str, local: Local, proposals: list[Proposal],
+             timeouts: Timeouts) -> "Association":
+        """The association negotiated on a connected socket (closed when that fails)."""
         try:
             association = cls(sock, timeouts, local.max_pdu_send)
             association._send(_associate_request(called, local, proposals))
@@ -159,6 +160,10 @@ class Association:
             self._send(view[:used])
             if remaining == 0:
                 return
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """A message without a data set (Command Data Set Type 0x0101): its command set only."""
+        self._send(pdata.command_pdus(context_id, command, self.max_pdu))
 
     def send_bytes_message(self, context_id: int, command: bytes, dataset: bytes) -> None:
         """A message whose data set was built in memory (an export with changed values)."""
@@ -298,6 +303,16 @@ class Association:
         except OSError as exc:
             self._close()
             raise Failed(f"{lost}: {_reason(exc)}") from None
+
+
+def connect(host: str, port: int, local: Local, timeouts: Timeouts) -> socket.socket:
+    """A TCP connection within timeouts.connect (CF-03), tuned like every DICOM socket (CF-08)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeouts.connect)
+    except OSError as exc:
+        raise Failed(f"cannot connect to {host} port {port}: {_reason(exc)}") from None
+    sockets.tune(sock, local.socket_buffer_size)  # no Nagle: a C-STORE-RQ's last PDU must not wait
+    return sock
 
 
 def _associate_request(called: str, local: Local, proposals: list[Proposal]) -> bytes:

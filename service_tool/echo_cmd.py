@@ -1,0 +1,178 @@
+"""`service-tool echo`: the field engineer's diagnostic C-ECHO (TL-05, TL-06, VE-04).
+
+Each step is reported on its own, so that a failure says where it happened: name resolution,
+TCP connect, association (accepted, or the rejection in words), C-ECHO status, each with its
+time. The calling title is the one the appliance itself would use towards that peer:
+STORAGE-SCU's for a C-MOVE destination (default), STORAGE-SCP's for a commitment peer
+(`--as scp`), so a peer that filters calling titles is tested as the service will meet it.
+`--local` echoes the box's own two SCP AEs. The running service is not involved.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from appliance import __version__
+from appliance.config.model import Config
+from appliance.dicom import pdata, status, uids
+from appliance.dicom.requestor import Association, Failed, Local, Proposal, connect
+from appliance.errors import ConfigError
+from service_tool.config_cmd import load
+
+EXIT_FAILED = 1  # at least one echo failed
+EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
+_C_ECHO_RSP = 0x8030
+_PROPOSALS = [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))]  # VER/ILE (F.4.2.1.3.1.2)
+
+
+@dataclass
+class Echo:
+    """One peer's result; a step that was not reached stays None."""
+
+    title: str
+    host: str
+    port: int
+    calling: str
+    address: str | None = None
+    resolve_ms: float | None = None
+    connect_ms: float | None = None
+    association_ms: float | None = None
+    echo_status: int | None = None
+    echo_ms: float | None = None
+    failure: str = ""  # the step that failed and why
+
+    @property
+    def ok(self) -> bool:
+        return self.echo_status == status.SUCCESS
+
+
+def register(groups) -> None:
+    command = groups.add_parser(
+        "echo", help="C-ECHO a remote AE (or --all, or --local) and report each step",
+        description="Send a diagnostic C-ECHO and report name resolution, TCP connect, the association "
+                    "result and the C-ECHO status, each with its time. Exit 0 when every echo succeeded, "
+                    "1 when one failed, 2 when there is nothing to echo.")
+    command.add_argument("titles", nargs="*", metavar="AE_TITLE", help="remote AE titles from [[remote_aes]]")
+    command.add_argument("--all", action="store_true", help="every remote AE of the table")
+    command.add_argument("--local", action="store_true", help="the box's own STORAGE-SCP and QUERY-RETRIEVE-SCP")
+    command.add_argument("--as", dest="role", choices=("scu", "scp"), default="scu",
+                         help="calling title: STORAGE-SCU's (towards C-MOVE destinations, default) or "
+                              "STORAGE-SCP's (towards storage commitment peers)")
+    command.add_argument("--json", action="store_true", help="print JSON")
+    command.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config = load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        targets = _targets(config, args)
+    except ConfigError as exc:
+        print(f"nothing to echo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    results = [echo(config, *target) for target in targets]
+    if args.json:
+        print(json.dumps([{**asdict(r), "ok": r.ok} for r in results], indent=2))
+    else:
+        print("\n\n".join(_text(r) for r in results) if len(results) == 1 or not args.all else _table(results))
+    return 0 if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
+    """(called title, host, port, calling title) for each echo asked for."""
+    calling = (config.storage_scp if args.role == "scp" else config.storage_scu).ae_title.strip()
+    remotes = {ae.ae_title.strip(): ae for ae in config.remote_aes}
+    titles = list(remotes) if args.all else [t.strip() for t in args.titles]
+    unknown = [t for t in titles if t not in remotes]
+    if unknown:
+        raise ConfigError("remote_aes", f"no remote AE titled {', '.join(map(repr, unknown))} "
+                          f"(known: {', '.join(remotes) or 'none'})")
+    targets = [(t, remotes[t].host, remotes[t].port, calling) for t in titles]
+    if args.local:
+        host = "127.0.0.1" if config.network.bind_address in ("*", "0.0.0.0") else config.network.bind_address
+        targets += [(scp.ae_title.strip(), host, scp.port, "SERVICE_TOOL")
+                    for scp in (config.storage_scp, config.query_retrieve_scp)]
+    if not targets:
+        raise ConfigError("remote_aes", "give AE titles, --all or --local")
+    return targets
+
+
+def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo:
+    result = Echo(title, host, port, calling)
+    local = Local(calling, config.storage_scu.max_pdu_size, config.network.max_pdu_send,
+                  config.network.socket_buffer_size, uids.IMPLEMENTATION_UID_QR_SCU,
+                  uids.implementation_version_name(__version__))
+    started = time.monotonic()
+    try:
+        result.address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        result.failure = f"name resolution: {host}: {exc.strerror or exc}"
+        return result
+    result.resolve_ms = _since(started)
+    step = time.monotonic()
+    try:
+        sock = connect(result.address, port, local, config.timeouts)
+    except Failed as exc:
+        result.failure = f"TCP: {exc}"
+        return result
+    result.connect_ms = _since(step)
+    step = time.monotonic()
+    try:
+        association = Association.over(sock, title, local, _PROPOSALS, config.timeouts)
+    except Failed as exc:
+        result.failure = f"association: {exc}"
+        return result
+    result.association_ms = _since(step)
+    try:
+        if not association.accepted:
+            association.release_quietly()
+            result.failure = "association: accepted, but not the Verification SOP Class in Implicit VR Little Endian"
+            return result
+        step = time.monotonic()
+        association.send_command(next(iter(association.accepted)), pdata.echo_request_command(1))
+        answer = association.receive_command(config.storage_scu.dimse_timeout, "C-ECHO-RSP",
+                                             "storage_scu.dimse_timeout")
+        result.echo_ms = _since(step)
+        if pdata.command_uint16(answer, 0x0100) != _C_ECHO_RSP:
+            result.failure = "C-ECHO: the answer was not a C-ECHO-RSP"
+            association.abort()
+            return result
+        result.echo_status = pdata.command_uint16(answer, 0x0900)
+        if not result.ok:
+            result.failure = f"C-ECHO: status 0x{result.echo_status:04X}"
+        association.release_quietly()
+    except Failed as exc:
+        result.failure = f"C-ECHO: {exc}"
+    return result
+
+
+def _since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def _text(r: Echo) -> str:
+    lines = [f"{r.title} at {r.host} port {r.port}, calling as {r.calling}"]
+    if r.resolve_ms is not None:
+        lines.append(f"  resolved   {r.address} in {r.resolve_ms} ms")
+    if r.connect_ms is not None:
+        lines.append(f"  TCP        connected in {r.connect_ms} ms")
+    if r.association_ms is not None:
+        lines.append(f"  association accepted in {r.association_ms} ms")
+    if r.echo_status is not None:
+        lines.append(f"  C-ECHO     status 0x{r.echo_status:04X} in {r.echo_ms} ms")
+    lines.append("OK" if r.ok else f"FAILED at {r.failure}")
+    return "\n".join(lines)
+
+
+def _table(results: list[Echo]) -> str:
+    rows = [("AE title", "address", "result", "ms")]
+    for r in results:
+        total = sum(v for v in (r.resolve_ms, r.connect_ms, r.association_ms, r.echo_ms) if v is not None)
+        rows.append((r.title, f"{r.host}:{r.port}", "OK" if r.ok else f"FAILED at {r.failure}", f"{total:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows)
