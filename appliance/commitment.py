@@ -105,10 +105,6 @@ class Commitments:
     def next_due(self) -> float | None:
         return CommitmentRequest.select(fn.MIN(CommitmentRequest.next_attempt)).scalar()
 
-    def get(self, report_id: int) -> Report | None:
-        row = CommitmentRequest.get_or_none(CommitmentRequest.id == report_id)
-        return _report(row) if row is not None else None
-
     def done(self, report: Report) -> None:
         """Delivered, or abandoned: nothing more to do for it."""
         with self.index.write():
@@ -126,10 +122,6 @@ class Commitments:
             CommitmentRequest.update(next_attempt=until).where(
                 (CommitmentRequest.requester == requester) & CommitmentRequest.next_attempt.is_null(False)
                 & (CommitmentRequest.next_attempt < until)).execute()
-
-    def pending(self) -> int:
-        return CommitmentRequest.select().count()
-
 
 def _report(row: CommitmentRequest) -> Report:
     return Report(row.id, row.transaction_uid, row.requester, [tuple(r) for r in json.loads(row.committed)],

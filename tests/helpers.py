@@ -24,6 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on `port` (a server started as a subprocess is ready)."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for(condition, what: str, timeout: float = 10.0):
     """Poll `condition` until it returns something true (returned) or fail after `timeout` s."""
     deadline = time.monotonic() + timeout

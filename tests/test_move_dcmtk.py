@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pydicom.filereader import read_file_meta_info
 import datasets
 import query_archive
 from destinations import Response
-from helpers import dcmtk, wait_for
+from helpers import accepts, dcmtk, wait_for
 from query_archive import uid
 
 CALLED = "EX_QUERY_SCP"
@@ -76,13 +75,6 @@ class StoreSCP:
         return sorted(path for path in self.directory.rglob("*") if path.is_file())
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="module")
 def storescp(move_archive, tmp_path_factory):
@@ -97,7 +89,7 @@ def storescp(move_archive, tmp_path_factory):
     try:
         # Ready when its port accepts a connection (that probe shows in the log as an
         # association without contexts, before any test's part of it).
-        wait_for(lambda: proc.poll() is not None or _accepts(port), f"storescp on port {port}")
+        wait_for(lambda: proc.poll() is not None or accepts(port), f"storescp on port {port}")
         assert proc.poll() is None, f"storescp exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
         yield StoreSCP(port, directory, log_path, proc)
     finally:

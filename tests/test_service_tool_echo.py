@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import tomlkit
 
-from helpers import REPO, free_port, wait_for
+from helpers import REPO, accepts, free_port, wait_for
 
 SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"
 
@@ -29,21 +29,12 @@ def storescp(tmp_path):
         proc = subprocess.Popen(["storescp", "-d", "-aet", "VIEWER", "-od", str(tmp_path), str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
     try:
-        wait_for(lambda: "Listening" in log.read_text(errors="replace") or proc.poll() is not None
-                 or _accepts(port), "storescp to listen")
+        wait_for(lambda: proc.poll() is not None or accepts(port), "storescp to listen")
+        assert proc.poll() is None, log.read_text(errors="replace")
         yield port, log
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _accepts(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture

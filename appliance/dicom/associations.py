@@ -61,6 +61,12 @@ class Session:
         return line
 
 
+def in_data_transfer(assoc) -> bool:
+    """Established and still in PS3.8's Sta6: a message sent now reaches the peer. pynetdicom's
+    is_established stays True until its association thread notices the end."""
+    return assoc.is_established and assoc.dul.state_machine.current_state == "Sta6"
+
+
 def address_of(assoc) -> str:
     return peer_text(assoc.requestor.address, assoc.requestor.port)
 

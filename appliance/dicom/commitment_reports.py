@@ -33,6 +33,7 @@ from appliance import __version__
 from appliance.commitment import Commitments, Report
 from appliance.config.model import Config
 from appliance.dicom import pdata, status, uids
+from appliance.dicom.associations import in_data_transfer
 from appliance.dicom.requestor import Association, Failed, Local, Proposal
 
 log = logging.getLogger("appliance.commitment")
@@ -139,7 +140,7 @@ class Reports:
 
     def _send_on(self, assoc, context_id: int, report: Report, waiting: list) -> int | None:
         """The N-EVENT-REPORT-RSP's status, or None when the report must go over a new association."""
-        if not _in_data_transfer(assoc):
+        if not in_data_transfer(assoc):
             return None
         syntax = assoc._accepted_cx[context_id].transfer_syntax[0]
         request = N_EVENT_REPORT()
@@ -164,7 +165,7 @@ class Reports:
                 log.info("STORAGE-SCP to %s: the peer answered N-EVENT-REPORT %s with a release request; "
                          "it goes over a new association", report.requester, describe(report))
                 return None
-            if not _in_data_transfer(assoc) or isinstance(assoc.dul.peek_next_pdu(), (A_ABORT, A_P_ABORT)):
+            if not in_data_transfer(assoc) or isinstance(assoc.dul.peek_next_pdu(), (A_ABORT, A_P_ABORT)):
                 return None
             if time.monotonic() > deadline:  # SC-23
                 log.error("STORAGE-SCP to %s: no N-EVENT-REPORT-RSP within %g s (storage_scp.idle_timeout); "
@@ -306,10 +307,6 @@ class Reports:
         """The peer's other reports wait as long as the failed one (no failure counted for them),
         so that they travel together next time (SC-16)."""
         self.commitments.postpone_peer(requester, time.time() + self.interval)
-
-
-def _in_data_transfer(assoc) -> bool:
-    return assoc.is_established and assoc.dul.state_machine.current_state == "Sta6"
 
 
 def _release_requested(assoc) -> bool:

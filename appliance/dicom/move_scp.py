@@ -29,7 +29,7 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import decode, encode
 
 from appliance.dicom import pdata, status, uids
-from appliance.dicom.associations import Tracker
+from appliance.dicom.associations import Tracker, in_data_transfer
 from appliance.dicom.storage_scu import Job, Progress
 from appliance.errors import DicomStatusError
 from appliance.log import alert
@@ -165,7 +165,7 @@ class _Answer:
 
     def _requester_present(self) -> bool:
         """QM-15: still in data transfer (Sta6); otherwise the export goes on unanswered."""
-        return self.assoc.is_established and self.assoc.dul.state_machine.current_state == "Sta6"
+        return in_data_transfer(self.assoc)
 
 
 def request_identifier(request: C_MOVE) -> Dataset:
