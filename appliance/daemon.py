@@ -23,6 +23,7 @@ from appliance.config.keys import inert_settings
 from appliance.dicom import receive, wakeups
 from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
+from appliance.store import lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.commitment import Commitments
@@ -58,6 +59,11 @@ class Daemon:
         directory = data_dir(self.config)
         directory.mkdir(parents=True, exist_ok=True)
         service_log.setup(self.config.logging, directory)
+        try:
+            self._lock = lock.hold(directory, "the appliance service")
+        except lock.InUse as exc:
+            log.error("cannot start: %s", exc)
+            return 1
         area = StorageArea(directory)
         receive.install(area.spool)
         wakeups.install()

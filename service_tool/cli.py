@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from appliance import __version__
-from service_tool import config_cmd, echo_cmd
+from service_tool import conformance_cmd, config_cmd, echo_cmd, maintenance_cmd
 
 # Where the installed service reads its configuration (system/systemd/appliance.service).
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 
-GROUPS = (config_cmd, echo_cmd)
+GROUPS = (config_cmd, echo_cmd, conformance_cmd, maintenance_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -251,6 +251,16 @@ class RemoteAE:
     ae_title: str = field(default="", metadata=_check(ae_title, required=True))
     host: str = field(default="", metadata=_check(host, required=True))
     port: int = field(default=0, metadata=_check(port, required=True))
+    # What the remote AE may do (TL-02). The first two use its address; `store` and `query`
+    # add its title to that SCP's calling-AE allow-list (AS-05), which then applies.
+    move_destination: bool = True  # QM-04: may be named as a C-MOVE's Move Destination
+    commitment: bool = True  # SC-13: receives Storage Commitment reports on a new association
+    store: bool = False  # may associate with STORAGE-SCP (C-STORE, Storage Commitment N-ACTION)
+    query: bool = False  # may associate with QUERY-RETRIEVE-SCP (C-FIND, C-MOVE)
+
+
+# The remote AE flag that admits a calling AE to each listening AE's section.
+ADMITTING_FLAG = {"storage_scp": "store", "query_retrieve_scp": "query"}
 
 
 @dataclass(frozen=True)

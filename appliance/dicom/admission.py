@@ -97,17 +97,18 @@ def peer_address(assoc) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 class Admission:
     """One listening AE's admission policy and the associations it has let in."""
 
-    def __init__(self, name: str, policy: ListeningAE, gate: Gate):
+    def __init__(self, name: str, gate: Gate):
         self.name = name
         self.gate = gate
-        self.configure(policy)
         self._admitted: list[_Admitted] = []
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
-    def configure(self, policy: ListeningAE) -> None:
-        """Apply (re)loaded settings; associations already admitted keep counting (CC-01)."""
+    def configure(self, policy: ListeningAE, admitted_remotes: tuple[str, ...] = ()) -> None:
+        """Apply (re)loaded settings; associations already admitted keep counting (CC-01).
+        `admitted_remotes`: remote AE titles whose flag (`store`, `query`) admits them here."""
         networks = tuple(ipaddress.ip_network(n, strict=False) for n in policy.accepted_addresses)
-        self._rules = (policy, networks)  # one assignment: a request sees the old or the new rules
+        calling = frozenset(t.strip() for t in policy.accepted_calling_aes + admitted_remotes)
+        self._rules = (policy, networks, calling)  # one assignment: a request sees the old or the new rules
 
     def active(self) -> int:
         """Admitted associations whose thread still runs (their handlers may be running)."""
@@ -152,15 +153,16 @@ class Admission:
         self._admitted = [entry for entry in self._admitted if entry.assoc.is_alive()]
 
     def _decide(self, assoc, request) -> tuple[Rejection, str] | None:
-        policy, networks = self._rules
+        policy, networks, accepted_calling = self._rules
         if str(request.application_context_name) != uids.APPLICATION_CONTEXT:
             return APPLICATION_CONTEXT, f"application context {request.application_context_name} is not supported"
         called = request.called_ae_title.strip()
         if policy.check_called_ae and called != policy.ae_title.strip():
             return CALLED_AE, f"called AE title is not {policy.ae_title.strip()}"
         calling = request.calling_ae_title.strip()
-        if policy.accepted_calling_aes and calling not in {t.strip() for t in policy.accepted_calling_aes}:
-            return CALLING_AE, f"calling AE title {calling} is not in accepted_calling_aes"
+        if accepted_calling and calling not in accepted_calling:
+            return CALLING_AE, (f"calling AE title {calling} is neither in accepted_calling_aes nor a remote AE "
+                                f"allowed to {'store' if self.name == 'STORAGE-SCP' else 'query'}")
         address = peer_address(assoc)
         if networks and not any(address in network for network in networks):
             return ADDRESS, f"address {address} is not in accepted_addresses"

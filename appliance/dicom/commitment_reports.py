@@ -89,7 +89,7 @@ class Reports:
         self.interval = scp.report_retry_interval
         self.answer_timeout = scp.idle_timeout
         self.timeouts = config.timeouts
-        self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes}
+        self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes if ae.commitment}
         self.local = Local(scp.ae_title.strip(), scp.max_pdu_size, config.network.max_pdu_send,
                            config.network.socket_buffer_size, uids.IMPLEMENTATION_UID_SCP,
                            uids.implementation_version_name(__version__))
@@ -240,7 +240,7 @@ class Reports:
         remote = self.remote_aes.get(requester)
         if remote is None:  # SC-13
             for report in reports:
-                self._failed(report, f"{requester} is not in the remote AE table")
+                self._failed(report, f"{requester} is not a remote AE with commitment = true")
             return
         try:
             association = Association.request(remote.host, remote.port, requester, self.local, _PROPOSALS,

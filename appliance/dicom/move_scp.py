@@ -83,7 +83,7 @@ class MoveSCP:
         destination = self.services.remote_aes.get(destination_title)
         if destination is None:  # QM-04, QM-18: before anything else
             session.failures += 1
-            log.error("%s status 0x%04X: move destination unknown (not in remote_aes)", prefix,
+            log.error("%s status 0x%04X: move destination unknown (no remote AE of that title with move_destination = true)", prefix,
                       status.MOVE_DESTINATION_UNKNOWN)
             answer.final(status.MOVE_DESTINATION_UNKNOWN, Progress())
             return

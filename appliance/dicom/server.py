@@ -15,7 +15,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 
 from appliance import __version__
-from appliance.config.model import Config, ListeningAE, RemoteAE
+from appliance.config.model import ADMITTING_FLAG, Config, ListeningAE, RemoteAE
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
 from appliance.dicom.commitment_reports import Reports
 from appliance.dicom.commitment_scp import CommitmentSCP
@@ -60,8 +60,7 @@ class Services:
 
     def __init__(self, config: Config, store_root: Path):
         self.gate = Gate()
-        self.admissions = {name: Admission(name, getattr(config, section), self.gate)
-                           for name, section in self.SECTIONS.items()}
+        self.admissions = {name: Admission(name, self.gate) for name in self.SECTIONS}
         self.exports = StorageSCU(store_root)
         self.reports = Reports()
         self.remote_aes: dict[str, RemoteAE] = {}
@@ -71,10 +70,13 @@ class Services:
 
     def configure(self, config: Config) -> None:
         for name, section in self.SECTIONS.items():
-            self.admissions[name].configure(getattr(config, section))
+            flag = ADMITTING_FLAG[section]
+            self.admissions[name].configure(getattr(config, section),
+                                            tuple(ae.ae_title for ae in config.remote_aes if getattr(ae, flag)))
         self.exports.configure(config)
         self.reports.configure(config)
-        self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes}  # AE-08
+        # AE-08, QM-04: only entries that may be a Move Destination are looked up for C-MOVE.
+        self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes if ae.move_destination}
 
     def active(self) -> int:
         """Associations admitted and still running, on both AEs."""

@@ -176,7 +176,9 @@ class Service:
         services = types.SimpleNamespace(archive=types.SimpleNamespace(store=self._store))
         # The STORAGE-SCP's event handlers, in server._start's order (less its EVT_CONN_OPEN
         # `on_open`, which attaches framing and wakeups to the socket).
-        self.handlers = (tracker.handlers() + Admission("STORAGE-SCP", SCP, gate).handlers(tracker.session)
+        admission = Admission("STORAGE-SCP", gate)
+        admission.configure(SCP)
+        self.handlers = (tracker.handlers() + admission.handlers(tracker.session)
                          + StorageSCP(services, tracker).handlers() + verification.handlers(tracker))
         requested = [_context(cx_id, *pair) for cx_id, pair in REQUESTED.items()]
         negotiated, _ = negotiate_as_acceptor(requested, self.ae.supported_contexts, {})

@@ -1,0 +1,5 @@
+"""`service-tool conformance`: placeholder, being written."""
+
+
+def register(groups) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""`service-tool maintenance`: placeholder, being written."""
+
+
+def register(groups) -> None:
+    pass
