@@ -2,9 +2,10 @@
 
 The listeners are bound first and answer every request 2/3/1 (AS-02) until the index is
 migrated and interrupted placements are recovered; then READY is sent. SIGHUP reloads the
-configuration (an invalid file is refused and the running one kept); SIGTERM answers new
-requests 2/3/1 again, lets running associations finish for `timeouts.shutdown_drain`
-seconds, aborts the rest, checkpoints the index and exits 0.
+configuration (an invalid file is refused and the running one kept), and so does a
+`reload` on the control socket, which also gets the outcome; SIGTERM answers new requests
+2/3/1 again, lets running associations finish for `timeouts.shutdown_drain` seconds, aborts
+the rest, checkpoints the index and exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from appliance import __version__, systemd
 from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
 from appliance.config.keys import inert_settings
+from appliance.control import socket_path
+from appliance.control.server import ControlServer
+from appliance.control.status import service_status
 from appliance.dicom import receive, wakeups
 from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
@@ -46,7 +50,12 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
+        # Control-socket reloads waiting for the outcome: (event, [result]) pairs.
+        self._reload_waiters: list[tuple[threading.Event, list]] = []
+        self._waiters_lock = threading.Lock()
         self._exit_code = 0
+        self.control: ControlServer | None = None
+        self.started = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -85,11 +94,47 @@ class Daemon:
         self.services.reports.start(self.services.commitments)
         self.services.gate.open()
         warn_inert(self.config)
+        self._start_control()
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
         log.info("ready: %s", status)
         self._main_loop()
         return self._shutdown()
+
+    def _start_control(self) -> None:
+        """The service tool's reload and status; DICOM is served without it if it cannot start."""
+        try:
+            self.control = ControlServer(socket_path(self.config),
+                                         {"status": lambda _: service_status(self), "reload": self._reload_request})
+        except OSError as exc:
+            log.error("control socket unavailable, service-tool cannot reach the service: %s", exc)
+            return
+        self.control.start()
+
+    def _reload_request(self, request: dict) -> dict:
+        """A reload asked for on the control socket: done by the main loop, as for SIGHUP."""
+        if self._stop:
+            return {"ok": False, "error": "the service is stopping"}
+        done, result = threading.Event(), []
+        with self._waiters_lock:
+            self._reload_waiters.append((done, result))
+        self._reload = True
+        self._wake.set()
+        if not done.wait(float(request.get("timeout", 60))):
+            return {"ok": False, "error": "the service did not finish the reload in time"}
+        ok, message = result[0]
+        return {"ok": ok, "message" if ok else "error": message}
+
+    def _take_reload_waiters(self) -> list[tuple[threading.Event, list]]:
+        with self._waiters_lock:
+            waiters, self._reload_waiters = self._reload_waiters, []
+        return waiters
+
+    @staticmethod
+    def _answer(waiters: list[tuple[threading.Event, list]], outcome: tuple[bool, str]) -> None:
+        for done, result in waiters:
+            result.append(outcome)
+            done.set()
 
     def _status_line(self, directory: Path) -> str:
         ports = ", ".join(f"{l.name} {l.ae.ae_title} on port {l.port}" for l in self.listeners)
@@ -111,10 +156,14 @@ class Daemon:
                 systemd.notify("WATCHDOG=1")
             if self._reload and not self._stop:
                 self._reload = False
-                self.reload()
+                waiters = self._take_reload_waiters()
+                self._answer(waiters, self.reload())
 
     def _shutdown(self) -> int:
         systemd.notify("STOPPING=1")
+        if self.control is not None:
+            self.control.stop()
+        self._answer(self._take_reload_waiters(), (False, "the service is stopping"))
         self.services.gate.drain()
         log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
                  self.config.timeouts.shutdown_drain, self._active())
@@ -141,16 +190,24 @@ class Daemon:
 
     # --- reload ---------------------------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self) -> tuple[bool, str]:
+        """(applied, what happened): the outcome also goes to the log."""
         systemd.notify("RELOADING=1")
         try:
-            self._apply(load_file(self.config_path) if self.config_path else self.config)
+            if self.config_path is None:
+                return False, "the service runs on built-in defaults (no --config file): nothing to reload"
+            refusal = self._apply(load_file(self.config_path))
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            refusal = str(exc)
         finally:
             systemd.notify("READY=1")
+        if refusal:
+            log.error("reload refused, keeping the running configuration: %s", refusal)
+            return False, refusal
+        return True, f"configuration reloaded from {self.config_path}"
 
-    def _apply(self, new: Config) -> None:
+    def _apply(self, new: Config) -> str | None:
+        """Apply `new`; the reason it was refused, else None."""
         old = self.config
         if new.storage != old.storage:
             log.warning("reload: [storage] changes take effect at the next restart")
@@ -158,26 +215,29 @@ class Daemon:
         # Before the rebind: new listeners use them at once.
         self.archive.policy = new.storage_scp
         self.services.configure(new)
-        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS) and not self._rebind(old, new):
-            self.archive.policy = old.storage_scp
-            self.services.configure(old)
-            return
+        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS):
+            refusal = self._rebind(old, new)
+            if refusal:
+                self.archive.policy = old.storage_scp
+                self.services.configure(old)
+                return refusal
         self.config = new
         if new.logging != old.logging:
             service_log.setup(new.logging, data_dir(new))
         warn_inert(new)
         log.info("configuration reloaded from %s", self.config_path)
+        return None
 
-    def _rebind(self, old: Config, new: Config) -> bool:
+    def _rebind(self, old: Config, new: Config) -> str | None:
         """Close the listeners and bind them with the new settings; running associations go on.
-        False (logged, the old listeners bound again) when the new ones cannot listen."""
+        Why not (the old listeners bound again) when the new ones cannot listen, else None."""
         stop_accepting(self.listeners)
         self.retired = [l for l in self.retired + self.listeners if l.ae.active_associations]
         try:
             self.listeners = start_listeners(new, self.services)
-            return True
+            return None
         except OSError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc.strerror or exc)
+            refusal = exc.strerror or str(exc)
         try:
             self.listeners = start_listeners(old, self.services)
         except OSError as exc:  # the old ports were taken meanwhile: exit, systemd restarts us
@@ -185,7 +245,7 @@ class Daemon:
             self.listeners = []
             self._stop = True
             self._exit_code = 1
-        return False
+        return refusal
 
 
 def warn_inert(config: Config) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
 import os
 import sys
+import threading
 from pathlib import Path
 
 from appliance.config.model import Logging
@@ -25,6 +27,28 @@ def alert(logger: logging.Logger, message: str, *args) -> None:
     logger.log(ALERT, message, *args)
 
 
+class _RecentProblems(logging.Handler):
+    """The last ERROR, CRITICAL and ALERT records, for `service-tool status` (TL-07, LG-09)."""
+
+    def __init__(self, size: int = 20):
+        super().__init__(logging.ERROR)
+        self._records: collections.deque = collections.deque(maxlen=size)
+        self._count_lock = threading.Lock()
+        self.counts: collections.Counter = collections.Counter()  # since start, by level name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._count_lock:
+            self.counts[record.levelname] += 1
+        self._records.append({"time": record.created, "level": record.levelname, "logger": record.name,
+                              "message": record.getMessage()})
+
+    def recent(self) -> list[dict]:
+        return list(self._records)
+
+
+recent_problems = _RecentProblems()
+
+
 class _JournalFormatter(logging.Formatter):
     """journald reads a "<N>" line prefix on stderr as the record's priority (SyslogLevelPrefix)."""
 
@@ -37,7 +61,8 @@ def setup(settings: Logging, data_dir: Path) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-        handler.close()
+        if handler is not recent_problems:  # kept across reloads
+            handler.close()
     root.setLevel(settings.level.upper())
     # Under systemd the journal adds its own timestamps; JOURNAL_STREAM says we are there.
     console = logging.StreamHandler(sys.stderr)
@@ -46,6 +71,7 @@ def setup(settings: Logging, data_dir: Path) -> None:
     else:
         console.setFormatter(logging.Formatter(_FILE_FORMAT))
     root.addHandler(console)
+    root.addHandler(recent_problems)
     if settings.file:
         path = data_dir / settings.file
         path.parent.mkdir(parents=True, exist_ok=True)

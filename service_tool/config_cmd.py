@@ -1,4 +1,4 @@
-"""`service-tool config validate|show`: check the configuration file and print what is in effect.
+"""`service-tool config validate|show|diff`: check the configuration file and print what is in effect.
 
 Both load through the daemon's own loader (`appliance.config.load_file`), so a file this tool
 accepts is one the service accepts, and a refusal names the same dotted key (TL-04).
@@ -12,7 +12,7 @@ import sys
 
 import tomlkit
 
-from appliance.config import load_file
+from appliance.config import load_dict, load_file
 from appliance.config.keys import inert_settings, to_dict
 from appliance.errors import ConfigError
 
@@ -33,6 +33,15 @@ def register(groups) -> None:
         description="Print the effective configuration (every key, defaults included) as TOML.")
     show_cmd.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show_cmd.set_defaults(run=show)
+    diff_cmd = commands.add_parser(
+        "diff", help="what the file changes from the defaults, or from what the service runs",
+        description="List the keys whose value in the file differs from the built-in default (the "
+                    "installer's choices), or with --running from the configuration the running service "
+                    "uses (edits not applied yet). Exit 0 when there is no difference, 1 when there is "
+                    "(as diff(1)), 2 when the file is invalid or the service does not answer.")
+    diff_cmd.add_argument("--running", action="store_true", help="compare with the running service")
+    diff_cmd.add_argument("--json", action="store_true", help="print JSON")
+    diff_cmd.set_defaults(run=diff)
 
 
 def load(path):
@@ -65,3 +74,53 @@ def show(args: argparse.Namespace) -> int:
         print(f"# effective configuration of {args.config} (defaults included)")
         print(tomlkit.dumps(values), end="")
     return 0
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Dotted keys -> values; remote AEs are keyed by title (`remote_aes[PACS].port`), not position."""
+    out = {}
+    for key, value in values.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif key == "remote_aes" and not prefix:
+            for remote in value:
+                out.update(flatten(remote, f"remote_aes[{remote['ae_title'].strip()}]."))
+        else:
+            out[name] = value
+    return out
+
+
+def diff(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if config is None:
+        return 2
+    if args.running:
+        from appliance.control import socket_path
+        from appliance.control.client import NotRunning, ask
+
+        try:
+            base = ask(socket_path(config), "status", timeout=15)["config"]
+        except (NotRunning, OSError) as exc:
+            print(f"cannot compare with the running service: {exc}", file=sys.stderr)
+            return 2
+        what = "the running service"
+    else:
+        base = to_dict(load_dict({}))
+        what = "the defaults"
+    old, new = flatten(base), flatten(to_dict(config))
+    changes = [{"key": k, "from": old.get(k), "to": new.get(k)}
+               for k in sorted(old.keys() | new.keys(), key=list({**old, **new}).index) if old.get(k) != new.get(k)]
+    if args.json:
+        print(json.dumps(changes, indent=2))
+    elif not changes:
+        print(f"{args.config} is the same as {what}")
+    else:
+        print(f"{args.config} differs from {what} in {len(changes)} keys:")
+        for c in changes:
+            print(f"  {c['key']}: {_value(c['from'])} -> {_value(c['to'])}")
+    return 1 if changes else 0
+
+
+def _value(value) -> str:
+    return "(none)" if value is None else json.dumps(value)

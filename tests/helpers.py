@@ -15,6 +15,13 @@ from pathlib import Path
 import tomlkit
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"  # the installed console script
+
+
+def service_tool(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`service-tool --config CONFIG ARGS...` as an installer runs it."""
+    return subprocess.run([str(SERVICE_TOOL), "--config", str(config), *args], capture_output=True, text=True,
+                          timeout=timeout)
 READY_TIMEOUT = 30.0
 
 

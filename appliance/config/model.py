@@ -263,6 +263,14 @@ class RemoteAE:
 ADMITTING_FLAG = {"storage_scp": "store", "query_retrieve_scp": "query"}
 
 
+def calling_allow_list(config: "Config", section: str) -> tuple[str, ...]:
+    """AS-05, SE-02: the listening AE's calling-AE allow-list, its own titles then the remote AEs
+    flagged for it; empty means any calling AE."""
+    titles = [t.strip() for t in getattr(config, section).accepted_calling_aes]
+    titles += [ae.ae_title.strip() for ae in config.remote_aes if getattr(ae, ADMITTING_FLAG[section])]
+    return tuple(dict.fromkeys(titles))
+
+
 @dataclass(frozen=True)
 class Config:
     storage_scp: StorageSCP = StorageSCP()

@@ -103,11 +103,11 @@ class Admission:
         self._admitted: list[_Admitted] = []
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
-    def configure(self, policy: ListeningAE, admitted_remotes: tuple[str, ...] = ()) -> None:
+    def configure(self, policy: ListeningAE, calling_allow_list: tuple[str, ...]) -> None:
         """Apply (re)loaded settings; associations already admitted keep counting (CC-01).
-        `admitted_remotes`: remote AE titles whose flag (`store`, `query`) admits them here."""
+        `calling_allow_list`: model.calling_allow_list, the remote AEs' flags included."""
         networks = tuple(ipaddress.ip_network(n, strict=False) for n in policy.accepted_addresses)
-        calling = frozenset(t.strip() for t in policy.accepted_calling_aes + admitted_remotes)
+        calling = frozenset(calling_allow_list)
         self._rules = (policy, networks, calling)  # one assignment: a request sees the old or the new rules
 
     def active(self) -> int:

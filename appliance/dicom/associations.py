@@ -95,6 +95,11 @@ class Tracker:
                 found = self._sessions[assoc] = Session(next(_numbers), self.ae_name, address_of(assoc))
             return found
 
+    def current(self) -> list[Session]:
+        """The sessions not ended yet (connected, requested or established)."""
+        with self._lock:
+            return list(self._sessions.values())
+
     def _end(self, assoc) -> Session | None:
         with self._lock:
             found = self._sessions.pop(assoc, None)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 
 from appliance import __version__
-from appliance.config.model import ADMITTING_FLAG, Config, ListeningAE, RemoteAE
+from appliance.config.model import Config, ListeningAE, RemoteAE, calling_allow_list
 from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
 from appliance.dicom.commitment_reports import Reports
 from appliance.dicom.commitment_scp import CommitmentSCP
@@ -36,6 +36,7 @@ class Listener:
     name: str  # "STORAGE-SCP" or "QUERY-RETRIEVE-SCP"
     ae: AE
     server: object  # pynetdicom ThreadedAssociationServer
+    tracker: Tracker  # its associations, for the status
 
     @property
     def port(self) -> int:
@@ -70,9 +71,7 @@ class Services:
 
     def configure(self, config: Config) -> None:
         for name, section in self.SECTIONS.items():
-            flag = ADMITTING_FLAG[section]
-            self.admissions[name].configure(getattr(config, section),
-                                            tuple(ae.ae_title for ae in config.remote_aes if getattr(ae, flag)))
+            self.admissions[name].configure(getattr(config, section), calling_allow_list(config, section))
         self.exports.configure(config)
         self.reports.configure(config)
         # AE-08, QM-04: only entries that may be a Move Destination are looked up for C-MOVE.
@@ -170,7 +169,7 @@ def _start(name: str, config: Config, local: ListeningAE, implementation_uid: st
     # only enlarges the queue.
     server.socket.listen(socket.SOMAXCONN)
     _refuse_without_worker(server, name)
-    return Listener(name, ae, server)
+    return Listener(name, ae, server, tracker)
 
 
 def _refuse_without_worker(server, name: str) -> None:

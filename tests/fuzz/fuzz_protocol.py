@@ -177,7 +177,7 @@ class Service:
         # The STORAGE-SCP's event handlers, in server._start's order (less its EVT_CONN_OPEN
         # `on_open`, which attaches framing and wakeups to the socket).
         admission = Admission("STORAGE-SCP", gate)
-        admission.configure(SCP)
+        admission.configure(SCP, ())
         self.handlers = (tracker.handlers() + admission.handlers(tracker.session)
                          + StorageSCP(services, tracker).handlers() + verification.handlers(tracker))
         requested = [_context(cx_id, *pair) for cx_id, pair in REQUESTED.items()]

@@ -1,0 +1,58 @@
+"""The running service's status, as the control socket answers it (TL-07, LG-09)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sqlite3
+import time
+
+from appliance import __version__
+from appliance import log as service_log
+from appliance.config import data_dir
+from appliance.config.keys import to_dict
+from appliance.store.summary import archive_counts
+
+
+def _libraries() -> str:
+    import peewee
+    import pydicom
+    import pynetdicom
+
+    return (f"Python {platform.python_version()}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}, "
+            f"peewee {peewee.__version__}, SQLite {sqlite3.sqlite_version}")
+
+
+def service_status(daemon) -> dict:
+    config = daemon.config
+    directory = data_dir(config)
+    now = time.monotonic()
+    try:
+        archive = archive_counts(daemon.index.path)
+    except sqlite3.Error as exc:
+        archive = {"error": str(exc)}
+    disk = shutil.disk_usage(directory)
+    return {
+        "ok": True,
+        "version": __version__,
+        "libraries": _libraries(),
+        "pid": os.getpid(),
+        "uptime_s": round(now - daemon.started, 1),
+        "config_path": str(daemon.config_path) if daemon.config_path else None,
+        "data_dir": str(directory),
+        "state": daemon.services.gate.state,  # "open", or "draining" while stopping
+        "listeners": [{"ae": l.name, "ae_title": l.ae.ae_title, "port": l.port} for l in daemon.listeners],
+        "storage_scu": config.storage_scu.ae_title.strip(),
+        "associations": [
+            {"ae": s.ae_name, "number": s.number, "calling": s.title, "peer": s.address, "stage": s.stage,
+             "seconds": round(now - s.started, 1), "instances": s.instances, "queries": s.queries,
+             "moves": s.moves, "failures": s.failures}
+            for l in daemon.listeners + daemon.retired for s in l.tracker.current()],
+        "archive": archive,
+        "disk": {"total_bytes": disk.total, "free_bytes": disk.free,
+                 "reserve_bytes": config.storage.reserve_bytes},
+        "problems": {"counts": dict(service_log.recent_problems.counts),
+                     "recent": service_log.recent_problems.recent()},
+        "config": to_dict(config),
+    }

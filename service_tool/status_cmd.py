@@ -1,0 +1,129 @@
+"""`service-tool status`: is the service up, what it serves, what it holds, what went wrong (TL-07, LG-09).
+
+With the service up, it answers on the control socket; with it down, the tool reads the index
+and the log file itself, so the field engineer still sees the archive and the last problems.
+Exit codes follow the LSB status convention: 0 running, 3 not running (1: invalid config).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+import time
+
+from appliance.config import Config, data_dir
+from appliance.control import socket_path
+from appliance.control.client import NotRunning, ask
+from appliance.store.summary import archive_counts
+from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.logs_cmd import log_files, selected
+
+EXIT_NOT_RUNNING = 3
+_RECENT = 10
+
+
+def register(groups) -> None:
+    command = groups.add_parser(
+        "status", help="service health, listeners, associations, archive, disk, recent problems",
+        description="Show whether the service runs, its listeners and active associations, the archive's "
+                    "counts and disk use, pending commitment reports, and recent errors and alerts. "
+                    "Exit 0 when the service runs, 3 when it does not, 1 for an invalid configuration.")
+    command.add_argument("--json", action="store_true", help="print JSON")
+    command.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config = load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    try:
+        report = ask(socket_path(config), "status", timeout=15)
+        report["running"] = True
+    except NotRunning as exc:
+        report = _offline(config, str(exc))
+    except (PermissionError, OSError) as exc:
+        report = _offline(config, f"cannot reach the control socket: {exc}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(_text(report)))
+    return 0 if report["running"] else EXIT_NOT_RUNNING
+
+
+def _offline(config: Config, why: str) -> dict:
+    directory = data_dir(config)
+    try:
+        archive = archive_counts(directory / "index.sqlite")
+    except sqlite3.Error as exc:
+        archive = {"error": str(exc)}
+    try:
+        usage = shutil.disk_usage(directory)
+        disk = {"total_bytes": usage.total, "free_bytes": usage.free, "reserve_bytes": config.storage.reserve_bytes}
+    except OSError as exc:
+        disk = {"error": exc.strerror}
+    recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
+              for r in selected(log_files(config), "ERROR")[-_RECENT:]]
+    return {"running": False, "why": why, "data_dir": str(directory), "archive": archive, "disk": disk,
+            "problems": {"recent": recent}}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    days, h = divmod(hours, 24)
+    return f"{days} d {h} h" if days else f"{h} h {m} min" if hours else f"{m} min {s} s"
+
+
+def _text(report: dict) -> list[str]:
+    if report["running"]:
+        lines = [f"service: running, appliance {report['version']} (pid {report['pid']}, up "
+                 f"{_duration(report['uptime_s'])}){'' if report['state'] == 'open' else ', ' + report['state']}",
+                 f"  {report['libraries']}",
+                 f"configuration: {report['config_path'] or 'built-in defaults'}",
+                 "listening: " + "; ".join(f"{l['ae']} {l['ae_title']} on port {l['port']}"
+                                           for l in report["listeners"]),
+                 f"STORAGE-SCU: {report['storage_scu']} (calls out only)",
+                 f"associations: {len(report['associations'])} active"]
+        for a in report["associations"]:
+            work = f"{a['instances']} instances" if a["ae"] == "STORAGE-SCP" else \
+                f"{a['queries']} queries, {a['moves']} moves"
+            lines.append(f"  {a['ae']} #{a['number']} {a['calling'] or '?'}@{a['peer']} {a['stage']} "
+                         f"{a['seconds']:.0f} s, {work}")
+    else:
+        lines = [f"service: NOT RUNNING ({report['why']})"]
+    lines.append(f"data directory: {report['data_dir']}")
+    archive = report["archive"]
+    if "error" in archive:
+        lines.append(f"archive: index unreadable: {archive['error']}")
+    else:
+        lines.append(f"archive: {archive['patients']} patients, {archive['studies']} studies, {archive['series']} "
+                     f"series, {archive['instances']} instances ({_size(archive['instance_bytes'])})")
+        lines.append(f"pending storage commitment reports: {archive['pending_commitment_reports']}")
+    disk = report["disk"]
+    if "error" in disk:
+        lines.append(f"disk: {disk['error']}")
+    else:
+        low = " — LOW: below the reserve, C-STOREs are refused (A700)" if disk["free_bytes"] < disk["reserve_bytes"] else ""
+        lines.append(f"disk: {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} "
+                     f"(reserve {_size(disk['reserve_bytes'])}){low}")
+    problems = report["problems"]
+    if report["running"]:
+        counts = ", ".join(f"{n} {level}" for level, n in sorted(problems["counts"].items())) or "none"
+        lines.append(f"errors and alerts since start: {counts}")
+    else:
+        lines.append("recent errors and alerts (log file):" if problems["recent"] else "no errors in the log file")
+    for p in problems["recent"][-_RECENT:]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["time"])) if isinstance(p["time"], float) \
+            else p["time"]
+        lines.append(f"  {when} {p['level']} {p['message'].splitlines()[0]}")
+    return lines

@@ -1,0 +1,145 @@
+"""`service-tool status|logs|config diff` and the control socket they use (TL-07, LG-09)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import scu
+from destinations import move, move_contexts, move_identifier
+from helpers import free_port, service_tool, wait_for
+from query_archive import populate, uid
+
+
+def status(app) -> tuple[int, dict]:
+    result = service_tool(app.config_path, "status", "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_of_a_running_service(make_appliance, tmp_path):
+    """Up, ports, versions, the archive's counts, an open association by peer, and an alert
+    (C-MOVE A702 to a destination that is down, LG-09) among the recent problems."""
+    down = free_port()
+    app = make_appliance({"remote_aes": [{"ae_title": "DOWN", "host": "127.0.0.1", "port": down}]})
+    populate(app, tmp_path / "files")
+    studies, instances = app.index_rows("SELECT (SELECT COUNT(*) FROM study), (SELECT COUNT(*) FROM instance)")[0]
+    with scu.association(app.qr_port, "EX_QUERY_SCP", move_contexts(), calling="WORKSTATION_7") as assoc:
+        code, report = status(app)
+        assert code == 0
+        assert report["running"] and report["state"] == "open"
+        assert {(l["ae"], l["ae_title"], l["port"]) for l in report["listeners"]} == {
+            ("STORAGE-SCP", "EX_STORE_SCP", app.storage_port), ("QUERY-RETRIEVE-SCP", "EX_QUERY_SCP", app.qr_port)}
+        assert [(a["ae"], a["calling"], a["stage"]) for a in report["associations"]] == [
+            ("QUERY-RETRIEVE-SCP", "WORKSTATION_7", "established")]
+        assert report["archive"]["studies"] == studies and report["archive"]["instances"] == instances
+        assert report["archive"]["pending_commitment_reports"] == 0
+        assert report["problems"]["recent"] == []
+        assert move(assoc, move_identifier("STUDY", StudyInstanceUID=uid("S1")), "DOWN")[-1].status == 0xA702
+    code, report = status(app)
+    assert report["associations"] == []
+    assert report["problems"]["counts"]["ALERT"] == 1
+    assert any(p["level"] == "ALERT" and "DOWN" in p["message"] for p in report["problems"]["recent"])
+    text = service_tool(app.config_path, "status").stdout
+    assert text.startswith("service: running, appliance ")
+    assert f"STORAGE-SCP EX_STORE_SCP on port {app.storage_port}" in text
+    assert f"{studies} studies" in text and "ALERT" in text
+
+
+def test_status_of_a_stopped_service_reads_the_index_and_log_itself(make_appliance, tmp_path):
+    app = make_appliance()
+    populate(app, tmp_path / "files")
+    scu.echo(app.storage_port, "WRONG_TITLE")  # a WARNING, not shown as a problem
+    assert app.stop() == 0
+    result = service_tool(app.config_path, "status")
+    assert result.returncode == 3  # LSB: not running
+    assert result.stdout.startswith("service: NOT RUNNING (no service answers on ")
+    code, report = status(app)
+    assert code == 3 and not report["running"]
+    instances = app.index_rows("SELECT COUNT(*) FROM instance")[0][0]
+    assert instances > 0 and report["archive"]["instances"] == instances
+    assert report["problems"]["recent"] == []
+
+
+def test_control_socket_is_local_and_owner_and_group_only(make_appliance):
+    """Nothing listens on the network but the two DICOM ports; the control socket is a UNIX
+    socket in the data directory with mode 0660."""
+    app = make_appliance()
+    path = app.data_dir / "control.sock"
+    mode = path.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+    assert _listening_tcp_ports(app.proc.pid) == {app.storage_port, app.qr_port}
+    assert app.stop() == 0
+    assert not path.exists()
+
+
+def _listening_tcp_ports(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_logs_filter_by_peer_and_level(make_appliance):
+    app = make_appliance()
+    assert scu.echo(app.storage_port, "EX_STORE_SCP", calling="MODALITY_1") == 0x0000
+    assert scu.echo(app.storage_port, "NOT_ME", calling="MODALITY_2") == (1, 1, 7)
+    wait_for(lambda: "MODALITY_2" in (app.data_dir / "appliance.log").read_text(), "the rejection in the log")
+    lines = service_tool(app.config_path, "logs", "--peer", "MODALITY_1").stdout.splitlines()
+    assert lines and all("MODALITY_1@" in line for line in lines)
+    assert any("released" in line for line in lines)
+    warnings = json.loads(service_tool(app.config_path, "logs", "--level", "warning", "--json").stdout)
+    assert [w["level"] for w in warnings] == ["WARNING"]
+    assert "MODALITY_2@127.0.0.1:" in warnings[0]["message"] and "association rejected" in warnings[0]["message"]
+    assert service_tool(app.config_path, "logs", "--peer", "MODALITY_9").stdout == ""
+    last = service_tool(app.config_path, "logs", "-n", "1").stdout.splitlines()
+    assert len(last) == 1
+
+
+def test_logs_reads_the_rotated_files_oldest_first(make_appliance):
+    app = make_appliance({"logging": {"max_bytes": 2000, "backups": 3}})
+    for n in range(12):
+        scu.echo(app.storage_port, "EX_STORE_SCP", calling=f"PEER_{n}")
+    wait_for(lambda: "PEER_11" in (app.data_dir / "appliance.log").read_text(), "the last echo in the log")
+    assert (app.data_dir / "appliance.log.1").exists()
+    peers = [int(line.split("PEER_")[1].split("@")[0])
+             for line in service_tool(app.config_path, "logs", "-n", "1000").stdout.splitlines() if "released" in line]
+    assert peers == sorted(peers) and peers[-1] == 11
+
+
+def test_config_diff_against_defaults_and_the_running_service(make_appliance):
+    app = make_appliance({"storage_scp": {"ae_title": "ARCHIVE"}})
+    result = service_tool(app.config_path, "config", "diff", "--json")
+    assert result.returncode == 1
+    changes = {c["key"]: (c["from"], c["to"]) for c in json.loads(result.stdout)}
+    assert changes["storage_scp.ae_title"] == ("EX_STORE_SCP", "ARCHIVE")
+    assert changes["storage_scp.port"] == (4000, app.storage_port)
+    assert "query_retrieve_scp.ae_title" not in changes
+    same = service_tool(app.config_path, "config", "diff", "--running")
+    assert same.returncode == 0 and "is the same as the running service" in same.stdout
+    # An edit by hand that nobody has applied yet.
+    app.config_path.write_text(app.config_path.read_text().replace('"ARCHIVE"', '"ARCHIVE_2"'))
+    pending = service_tool(app.config_path, "config", "diff", "--running")
+    assert pending.returncode == 1
+    assert 'storage_scp.ae_title: "ARCHIVE" -> "ARCHIVE_2"' in pending.stdout
+    app.stop()
+    assert service_tool(app.config_path, "config", "diff", "--running").returncode == 2
+
+
+def test_a_second_daemon_on_the_same_data_directory_is_refused(make_appliance):
+    """The data-directory lock: two services on one archive would both write the index."""
+    app = make_appliance()
+    twin = make_appliance({"storage": {"data_dir": str(app.data_dir)}}, start=False, name="twin")
+    assert twin.run_to_exit() == 1
+    assert "cannot start: " in twin.log() and "in use by the appliance service (pid" in twin.log()
+    assert scu.echo(app.storage_port, "EX_STORE_SCP") == 0x0000
