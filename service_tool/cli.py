@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 from appliance import __version__
-from service_tool import conformance_cmd, config_cmd, echo_cmd, maintenance_cmd
+from service_tool import (access_cmd, ae_cmd, config_cmd, conformance_cmd, echo_cmd, logs_cmd, maintenance_cmd,
+                          remote_cmd, status_cmd)
 
 # Where the installed service reads its configuration (system/systemd/appliance.service).
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 
-GROUPS = (config_cmd, echo_cmd, conformance_cmd, maintenance_cmd)
+# In the order an installer meets them.
+GROUPS = (ae_cmd, remote_cmd, access_cmd, config_cmd, echo_cmd, status_cmd, logs_cmd, conformance_cmd,
+          maintenance_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

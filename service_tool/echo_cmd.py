@@ -104,8 +104,11 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
 
 def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo:
     result = Echo(title, host, port, calling)
+    # AE-11: STORAGE-SCP has its own Implementation Class UID; the others share one.
+    implementation_uid = uids.IMPLEMENTATION_UID_SCP if calling == config.storage_scp.ae_title.strip() \
+        else uids.IMPLEMENTATION_UID_QR_SCU
     local = Local(calling, config.storage_scu.max_pdu_size, config.network.max_pdu_send,
-                  config.network.socket_buffer_size, uids.IMPLEMENTATION_UID_QR_SCU,
+                  config.network.socket_buffer_size, implementation_uid,
                   uids.implementation_version_name(__version__))
     started = time.monotonic()
     try:

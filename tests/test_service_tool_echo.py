@@ -8,6 +8,8 @@ import re
 import subprocess
 
 import pytest
+
+from appliance.dicom import uids
 import tomlkit
 
 from helpers import REPO, accepts, free_port, wait_for
@@ -59,12 +61,16 @@ def test_echo_to_a_destination_that_answers(table, storescp):
     assert all(result[k] is not None for k in ("resolve_ms", "connect_ms", "association_ms", "echo_ms"))
     wait_for(lambda: re.search(r"Calling Application Name:\s+EX_STORE_SCU\n", storescp[1].read_text(errors="replace")),
              "storescp to log the caller")
+    assert uids.IMPLEMENTATION_UID_QR_SCU in storescp[1].read_text(errors="replace")
 
 
 def test_echo_as_storage_scp_towards_a_commitment_peer(table, storescp):
-    """TL-06: the calling title the N-EVENT-REPORT associations use."""
+    """TL-06: the calling title the N-EVENT-REPORT associations use, and (AE-11) STORAGE-SCP's
+    own Implementation Class UID."""
     code, (result,) = echo(table, "--as", "scp", "VIEWER")
     assert code == 0 and result["calling"] == "EX_STORE_SCP"
+    wait_for(lambda: re.search(rf"Their Implementation Class UID:\s+{re.escape(uids.IMPLEMENTATION_UID_SCP)}\n",
+                               storescp[1].read_text(errors="replace")), "storescp to log the implementation UID")
 
 
 def test_a_rejection_is_reported_in_words(table):

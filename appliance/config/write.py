@@ -23,7 +23,15 @@ from appliance.store.files import fsync_dir
 def write_document(path: Path, document) -> Config:
     """Validate `document` (a dict or tomlkit document) and replace `path` with it atomically."""
     text = tomlkit.dumps(document)
+    if text and not text.endswith("\n"):
+        text += "\n"  # tomlkit leaves the last appended table without one
     config = load_dict(tomllib.loads(text), base_dir=str(path.resolve().parent))
+    write_text(path, text)
+    return config
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, keeping its permissions (0644 for a new file)."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -40,4 +48,3 @@ def write_document(path: Path, document) -> Config:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return config

@@ -1,0 +1,92 @@
+"""How every editing command changes the configuration (TL-04).
+
+The file is parsed with tomlkit, so the installer's comments and order survive; the change is
+validated by the daemon's own loader and written atomically (`appliance.config.write`); an
+invalid result is refused naming the key, and the file is left as it was. Then the running
+service is asked to reload over its control socket. If it refuses (e.g. a new port is taken),
+the previous file is put back, so the file always says what the box runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import tomlkit
+
+from appliance.config import Config, load_file
+from appliance.config.model import calling_allow_list
+from appliance.config.write import write_document, write_text
+from appliance.control import socket_path
+from appliance.control.client import NotRunning, ask
+from appliance.errors import ConfigError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class Refused(Exception):
+    """The command's arguments cannot be applied (an unknown title, a duplicate): nothing written."""
+
+
+def table(document, name: str):
+    """The document's `[name]` table, created when the file does not have it yet."""
+    if name not in document:
+        separate(document)
+        document[name] = tomlkit.table()
+    return document[name]
+
+
+def separate(document) -> None:
+    text = document.as_string()
+    if text and not text.endswith("\n\n"):
+        document.add(tomlkit.nl())
+
+
+def change(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> int:
+    """Apply `mutate` (returns a one-line description of the change) to the file at `path`."""
+    try:
+        running = load_file(path)
+        old_text = path.read_text(encoding="utf-8")
+        document = tomlkit.parse(old_text)
+        described = mutate(document)
+        new = write_document(path, document)
+    except (ConfigError, Refused) as exc:
+        print(f"refused: {exc}; {path} is unchanged", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{described}; saved to {path}")
+    for line in allow_list_changes(running, new):
+        print(line)
+    return _reload(path, running, old_text)
+
+
+def allow_list_changes(old: Config, new: Config) -> list[str]:
+    """Say when an edit changes who may associate with an SCP AE: a remote AE's `store` flag, for
+    one, turns STORAGE-SCP's allow-list on for every other calling AE too."""
+    lines = []
+    for name, section in (("STORAGE-SCP", "storage_scp"), ("QUERY-RETRIEVE-SCP", "query_retrieve_scp")):
+        before, after = calling_allow_list(old, section), calling_allow_list(new, section)
+        if before != after:
+            lines.append(f"note: {name} now accepts calling AEs: {', '.join(after) or 'any'} "
+                         f"(was: {', '.join(before) or 'any'})")
+    return lines
+
+
+def _reload(path: Path, running: Config, old_text: str) -> int:
+    try:
+        answer = ask(socket_path(running), "reload")
+    except NotRunning:
+        print("the service is not running; it will use the new configuration when it starts")
+        return 0
+    except PermissionError as exc:
+        print(f"cannot reach the service ({exc.strerror}: {exc.filename}); run as root or a member of the "
+              f"service's group, or reload it with 'systemctl reload appliance'", file=sys.stderr)
+        return EXIT_REFUSED
+    if answer.get("ok"):
+        print("the service reloaded the configuration")
+        return 0
+    write_text(path, old_text)
+    print(f"the service refused the new configuration: {answer.get('error')}; {path} is restored",
+          file=sys.stderr)
+    return EXIT_REFUSED
