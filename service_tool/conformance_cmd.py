@@ -1,5 +1,49 @@
-"""`service-tool conformance`: placeholder, being written."""
+"""`service-tool conformance`: the DICOM Conformance Statement of this box as configured now.
+
+The statement is generated from the configuration file the service reads, loaded by the
+service's own loader, so a file the service would refuse gets no statement (exit 1, naming the
+key) and an accepted one is described with the values the service uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from appliance.config.write import write_text
+from service_tool import render, statement
+from service_tool.config_cmd import EXIT_INVALID, load
+
+EXIT_UNWRITABLE = 2  # --output FILE cannot be written
+FORMATS = {"markdown": render.to_markdown, "html": render.to_html}
 
 
 def register(groups) -> None:
-    pass
+    command = groups.add_parser(
+        "conformance", help="print the DICOM Conformance Statement of this box as configured",
+        description="Print the DICOM Conformance Statement generated from the configuration file: AE titles, "
+                    "ports, SOP classes and transfer syntaxes, limits, timeouts, the remote AE table and the "
+                    "access lists as they are set now. Exit 0 when written, 1 when the configuration is invalid "
+                    "(naming the key), 2 when FILE cannot be written.")
+    command.add_argument("--format", choices=tuple(FORMATS), default="markdown",
+                         help="markdown (default) or html (a complete page)")
+    command.add_argument("--output", type=Path, metavar="FILE",
+                         help="write the statement to FILE, replacing it atomically, instead of to stdout")
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    text = FORMATS[args.format](statement.build(config, str(Path(args.config).resolve())))
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_text(args.output, text)
+    except OSError as exc:
+        print(f"cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNWRITABLE
+    return 0
