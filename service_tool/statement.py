@@ -299,7 +299,7 @@ def _storage_scu(config: Config) -> list[Block]:
                        "storage_scu.open_retry_delay); then the C-MOVE ends with A702.")],
             uids.IMPLEMENTATION_UID_QR_SCU,
             [Paragraph(f"{SCU} and {QR} send the same Implementation Class UID. The service tool's diagnostic "
-                       "C-ECHO sends it too, whichever AE title it calls from.")]),
+                       f"C-ECHO sends it too, except when it calls from {SCP}'s title.")]),
         Heading(4, "Association Initiation Policy"),
         Heading(5, "Activity: Send Images Requested by an External Peer AE"),
         Heading(6, "Description and Sequencing of Activity"),

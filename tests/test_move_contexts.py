@@ -127,3 +127,21 @@ def test_classes_left_out_of_the_configured_set_are_not_proposed(make_appliance,
     responses = move_study(app)
     assert responses[-1].status == 0xA702 and dest.proposals == []
     app.wait_log(r"no association: STORAGE-SCU may send none of the SOP classes to be moved \(storage_scu.sop_classes\)")
+
+
+def test_a_class_accepted_in_jpeg_is_sent_back_in_jpeg(make_appliance, destination, tmp_path):
+    """PC-02 made configurable: CT added to storage_scp.jpeg_sop_classes is stored in JPEG
+    Baseline, so STORAGE-SCU must propose JPEG Baseline for CT too (PC-12), or the study could
+    never be retrieved."""
+    port = free_port()
+    app = make_appliance({"remote_aes": [{"ae_title": "DEST", "host": "127.0.0.1", "port": port}],
+                          "storage_scp": {"jpeg_sop_classes": [datasets.CT, datasets.US]}})
+    ds = datasets.image(sop_class=datasets.CT, transfer_syntax=datasets.JPEG_BASELINE, study_uid=US_STUDY,
+                        series_uid=uid("S50.1"), sop_instance_uid=JPEG_UID)
+    with scu.association(app.storage_port, app.storage_title, [build_context(datasets.CT, [datasets.JPEG_BASELINE])]) \
+            as assoc:
+        assert scu.send_file(assoc, datasets.write(ds, tmp_path / "ct.dcm")) == 0
+    dest = destination(port)
+    assert move_study(app)[-1].status == 0x0000
+    assert (datasets.CT, [datasets.JPEG_BASELINE]) in dest.proposals[0]
+    assert [(a.sop_class, a.transfer_syntax) for a in dest.arrivals] == [(datasets.CT, datasets.JPEG_BASELINE)]

@@ -71,6 +71,9 @@ class StorageSCU:
     def configure(self, config: Config) -> None:
         """Settings for the jobs that start from now on (a reload)."""
         self.settings = config.storage_scu
+        # What STORAGE-SCP accepts in JPEG Baseline (PC-02) must go back out in it: JPEG is
+        # never decompressed (SU-12 is not built).
+        self.jpeg_classes = config.storage_scp.jpeg_sop_classes
         self.timeouts = config.timeouts
         self.local = Local(self.settings.ae_title.strip(), self.settings.max_pdu_size, config.network.max_pdu_send,
                            config.network.socket_buffer_size, uids.IMPLEMENTATION_UID_QR_SCU,
@@ -171,7 +174,7 @@ class StorageSCU:
         groups = []
         for sop_class in classes:
             matrix = [uids.EXPLICIT_LE, uids.IMPLICIT_LE]
-            if sop_class in uids.JPEG_BASELINE_CLASSES:
+            if sop_class in self.jpeg_classes:
                 matrix.insert(0, uids.JPEG_BASELINE)
             # The syntaxes actually stored first: in "multiple" mode the destination picks the
             # first one it supports.
