@@ -1,5 +1,131 @@
-"""`service-tool maintenance`: placeholder, being written."""
+"""`service-tool reindex` and `service-tool backup`: rebuild the index from the files, copy it.
+
+`reindex` is offline: it takes the data directory lock the service holds while it runs, so it
+is refused while the service runs (the message names the holder). `backup` is online and
+takes no lock. The work is done in `appliance/store/reindex.py` and `backup.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from peewee import PeeweeException
+
+from appliance.config import data_dir
+from appliance.store import lock, reindex
+from appliance.store.backup import BackupFailed, backup
+from appliance.store.files import hand_over
+from service_tool.config_cmd import load
+
+EXIT_FAILED = 1  # failed or refused; nothing was changed
 
 
 def register(groups) -> None:
-    pass
+    command = groups.add_parser(
+        "reindex", help="rebuild the index from the stored files (service stopped)",
+        description="Rebuild the index from the stored files, with the configured storage policy, for an "
+                    "index that is lost or damaged. The service must be stopped. The old index is kept "
+                    "as index.sqlite.replaced-<UTC time>; unreadable files are reported and left in place. "
+                    "Exit 0 when the index was rebuilt, 1 when refused or failed (the old index unchanged).")
+    command.add_argument("--json", action="store_true", help="print the summary as JSON")
+    command.add_argument("--progress-every", type=int, default=1000, metavar="N",
+                         help="a progress line on stderr every N files (default: 1000)")
+    command.set_defaults(run=run_reindex)
+    command = groups.add_parser(
+        "backup", help="copy the index while the service runs",
+        description="Write a consistent copy of the index (SQLite's backup API), checked with "
+                    "integrity_check, to DEST, which must not exist; the service may keep running. Exit 0 "
+                    "when written, 1 when it failed (nothing is left at DEST).")
+    command.add_argument("dest", nargs="?", type=Path, metavar="DEST",
+                         help="the file to write, or a directory for index-<UTC time>.sqlite in it "
+                              "(default: <data_dir>/backups/)")
+    command.add_argument("--json", action="store_true", help="print the result as JSON")
+    command.set_defaults(run=run_backup)
+
+
+def run_reindex(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if config is None:
+        return EXIT_FAILED
+    directory = data_dir(config)
+    if not directory.is_dir():
+        print(f"reindex failed: there is no data directory {directory}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        held = lock.hold(directory, "service-tool reindex")
+    except lock.InUse as exc:
+        print(f"reindex refused: {exc}; stop the service first", file=sys.stderr)
+        return EXIT_FAILED
+    # What the ingest logs (a Patient ID coerced for another name, EL-06) is logged again here.
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    try:
+        hand_over(directory / lock.LOCK_NAME, directory)
+        summary = reindex.rebuild(directory, config.storage_scp, _progress, max(args.progress_every, 1))
+    except (reindex.Refused, OSError, sqlite3.Error, PeeweeException, RuntimeError) as exc:
+        print(f"reindex failed, the index is unchanged: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        held.close()
+    print(json.dumps(asdict(summary), indent=2) if args.json else _reindex_text(summary))
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"reindex: {done}/{total} files", file=sys.stderr, flush=True)
+
+
+def _reindex_text(s: reindex.Summary) -> str:
+    rate = f", {s.instances / s.seconds:.0f} instances/s" if s.seconds else ""
+    lines = [f"index rebuilt: {s.files} files, {s.instances} instances, {s.studies} studies, "
+             f"{s.unreadable} unreadable, {s.seconds} s{rate}"]
+    if s.unreadable:
+        lines.append(f"{s.unreadable} files cannot be read and are not indexed (left in place):")
+        lines += [f"  {line}" for line in s.unreadable_files]
+    if s.superseded:
+        lines.append(f"{s.superseded} files were replaced by a later file with the same SOP Instance UID "
+                     "(duplicate_policy replace) and are not indexed (left in place):")
+        lines += [f"  {line}" for line in s.superseded_files]
+    if s.unacknowledged:
+        lines.append(f"{s.unacknowledged} interrupted placements the old index did not hold are not indexed; "
+                     "the service removes them at start")
+    if s.ignored:
+        lines.append(f"{s.ignored} other names under store/ were ignored")
+    if s.old_index_unreadable:
+        lines.append(f"old index not used ({s.old_index_unreadable}): received times are file times, calling AE "
+                     "titles are empty, duplicates got new UIDs, pending commitment reports are lost")
+    else:
+        lines.append(f"from the old index: received time, calling AE and UID of {s.carried_instances} instances, "
+                     f"{s.carried_commitment_requests} pending commitment requests")
+    if s.old_index:
+        lines.append(f"old index kept as {s.old_index}")
+    return "\n".join(lines)
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if config is None:
+        return EXIT_FAILED
+    directory = data_dir(config)
+    destination = args.dest or directory / "backups"
+    try:
+        if args.dest is None:
+            destination.mkdir(mode=0o700, exist_ok=True)
+        if destination.is_dir():
+            destination = destination / f"index-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
+        result = backup(directory / reindex.INDEX_NAME, destination)
+    except (BackupFailed, OSError) as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(f"index backed up to {result.path}: {result.size} bytes, {result.instances} instances, "
+              f"{result.studies} studies, {result.seconds} s")
+    return 0

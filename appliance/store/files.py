@@ -55,6 +55,15 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def hand_over(path: Path, directory: Path) -> None:
+    """Give a file that the service tool, run as root, creates in the data directory to that
+    directory's owner: the service runs as an unprivileged (systemd dynamic) user and must be
+    able to open it."""
+    if os.geteuid() == 0:
+        owner = directory.stat()
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 class Placement:
     """One instance on its way into the store; `commit()` after the index row is committed."""
 

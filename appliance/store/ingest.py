@@ -115,7 +115,8 @@ class Archive:
         retired = None
         try:
             with self.index.write():
-                replaced = self._index(values, request, placement.relative, size)
+                replaced = self.index_instance(values, request, placement.relative, size,
+                                               datetime.datetime.now(datetime.timezone.utc))
                 if replaced:
                     retired = self.area.retire(replaced)  # journaled before the commit
         except Exception as exc:
@@ -136,12 +137,16 @@ class Archive:
                 result = status.COERCION_OF_DATA_ELEMENTS
         return StoreOutcome(result, values.sop_instance_uid, detail, size)
 
-    def _index(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int) -> str | None:
-        """Insert the instance under its series/study/patient, creating the parents the first time.
+    def index_instance(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int,
+                       received_at: datetime.datetime, duplicate_uid: str | None = None) -> str | None:
+        """Insert the instance under its series/study/patient, creating the parents the first time;
+        inside an `index.write()` transaction (the C-STORE pipeline, or `reindex` per batch).
 
-        Returns the replaced file's path (ST-18). Parents are looked up through small caches
-        (a series of 500 images hits the database for them once); the service never deletes
-        rows (ST-20), and any failure clears the caches (see `_store`).
+        Returns the replaced file's path (ST-18). An ST-17 duplicate gets `duplicate_uid`, else
+        a new UID (reindex passes the one the replaced index had given that file). Parents are
+        looked up through small caches (a series of 500 images hits the database for them
+        once); the service never deletes rows (ST-20), and any failure clears the caches (see
+        `_store`).
         """
         study_id, patient_id = self._study(v)
         if patient_id != v.patient_id:
@@ -159,7 +164,7 @@ class Archive:
         self._series_ids[v.series_instance_uid] = series_id
         row = dict(series=series_id, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,
                    transfer_syntax_uid=request.transfer_syntax, specific_character_set=v.specific_character_set,
-                   path=path, size=size, received_at=datetime.datetime.now(datetime.timezone.utc),
+                   path=path, size=size, received_at=received_at,
                    calling_ae=request.calling_ae, file_sop_instance_uid=v.sop_instance_uid)
         existing = Instance.select(Instance.id, Instance.path).where(
             Instance.sop_instance_uid == v.sop_instance_uid).tuples().first()
@@ -171,7 +176,7 @@ class Archive:
             # Replacing coerces no element, so no B000 for it (ST-14); the log line says it.
             return existing[1]
         # ST-17: keep both; the newcomer gets a new UID, recorded in the index and used on export.
-        v.sop_instance_uid = f"2.25.{uuid.uuid4().int}"
+        v.sop_instance_uid = duplicate_uid or f"2.25.{uuid.uuid4().int}"
         v.coerced.append("SOPInstanceUID")
         Instance.insert(sop_instance_uid=v.sop_instance_uid, **row).execute()
         return None

@@ -1,0 +1,288 @@
+"""`service-tool reindex`: a new index built from the stored files, then put in the old one's place.
+
+For an index that is lost, corrupted, or built with another normaliser (db.py). Offline: the
+caller holds the data directory lock (lock.py), so the service is not running.
+
+Each `store/aa/<uuid>.dcm` goes through the C-STORE pipeline's own steps, its File Meta
+standing for the C-STORE-RQ (pynetdicom wrote the request's UIDs and transfer syntax there):
+`read_header`, `check_required`, `coercion.index_values` with the configured policy, and
+`Archive.index_instance`. Files go in in arrival order (modification time), because what the
+ingest decided depended on what was indexed before: the Patient ID rule (EL-06/07), the study
+and series values of a study's first instance, and which of two files with one SOP Instance
+UID keeps it (ST-17) or wins (ST-18).
+
+What the files do not hold is taken from the old index when it can still be read: each file's
+received time, calling AE title and the UID ST-17 gave it as a duplicate, and the storage
+commitment requests not yet reported (SC-24). Without it the received time is the file's
+modification time, the calling AE title is empty, duplicates get new UIDs, and pending
+commitment reports are lost (the modality's request times out and it may ask again).
+
+A file still journaled in spool/ (a placement a crash interrupted) is indexed only if the old
+index has it, which is what start-up recovery decides; without an old index it is indexed,
+so that nothing acknowledged is lost. Files that cannot be read, and older files an ST-18
+replacement superseded, are reported and left in place.
+
+The new index is built beside the old one and renamed over it only when complete; the old
+database (with its -wal and -shm) is kept as `index.sqlite.replaced-<UTC time>`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+
+from appliance.config.model import StorageSCP
+from appliance.dicom import uids
+from appliance.errors import DicomStatusError
+from appliance.store import coercion
+from appliance.store.db import Index
+from appliance.store.files import StorageArea, fsync_dir, fsync_file, hand_over
+from appliance.store.header import Unparseable, read_header
+from appliance.store.ingest import Archive, StoreRequest, check_required
+from appliance.store.models import CommitmentRequest, Instance, Study
+
+INDEX_NAME = "index.sqlite"
+_SIDE_FILES = ("-wal", "-shm")
+_BATCH = 500  # instances per transaction: one fsync'd commit each
+_LISTED = 10  # unreadable and superseded files named in the summary
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+_STORED_NAME = re.compile(r"([0-9a-f]{32})\.dcm")
+_COMMITMENT_COLUMNS = ("transaction_uid", "requester", "received_at", "committed", "failed", "attempts",
+                       "next_attempt")
+
+
+class Refused(Exception):
+    """The data directory is not an archive that can be reindexed."""
+
+
+@dataclass
+class Summary:
+    files: int = 0  # stored files examined
+    instances: int = 0  # in the new index
+    studies: int = 0
+    unreadable: int = 0  # left in place, not indexed
+    unreadable_files: list[str] = field(default_factory=list)  # the first few, "path: why"
+    superseded: int = 0  # ST-18: an older file of a UID a later file replaced; left in place
+    superseded_files: list[str] = field(default_factory=list)
+    unacknowledged: int = 0  # journaled placements the old index did not hold (recovery removes them)
+    ignored: int = 0  # other names under store/
+    old_index: str | None = None  # where the replaced index was kept
+    old_index_unreadable: str = ""  # why nothing could be carried over from it
+    carried_instances: int = 0  # rows whose received time, calling AE and UID came from the old index
+    carried_commitment_requests: int = 0
+    seconds: float = 0.0
+
+
+def rebuild(data_dir: Path, policy: StorageSCP, progress=None, every: int = 1000) -> Summary:
+    """Rebuild `data_dir`'s index from its files; `progress(done, total)` every `every` files.
+    The caller holds the data directory lock. On any error the old index is left as it was."""
+    started = time.monotonic()
+    if not (data_dir / "store").is_dir():
+        raise Refused(f"{data_dir} has no store/ directory: no archive to reindex")
+    live = data_dir / INDEX_NAME
+    new = data_dir / f"{INDEX_NAME}.reindex"
+    summary = Summary()
+    old = _OldIndex.open(live, summary)
+    try:
+        _remove_database(new)  # left by a rebuild that was interrupted
+        try:
+            _Rebuild(data_dir, policy, old, summary).run(new, progress, every)
+            fsync_file(new)
+            hand_over(new, data_dir)
+        except BaseException:
+            _remove_database(new)
+            raise
+    finally:
+        if old is not None:
+            old.close()
+    kept = _replace(new, live)
+    summary.old_index = str(kept) if kept else None
+    summary.seconds = round(time.monotonic() - started, 2)
+    return summary
+
+
+class _OldIndex:
+    """The index being replaced, opened read-only, for what the files cannot tell."""
+
+    def __init__(self, path: Path):
+        # Without a -wal the file alone is complete and, the lock being held, nothing writes
+        # it: immutable, so that SQLite creates no -wal or -shm beside it.
+        immutable = "" if Path(f"{path}-wal").exists() else "&immutable=1"
+        self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True)
+        try:
+            problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            self.instance("")  # the columns it needs are there
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            self.has_commitments = "commitment_request" in tables
+        except BaseException:
+            self.db.close()
+            raise
+
+    @classmethod
+    def open(cls, path: Path, summary: Summary) -> "_OldIndex | None":
+        if not path.exists():
+            summary.old_index_unreadable = "there is none"
+            return None
+        try:
+            return cls(path)
+        except sqlite3.Error as exc:
+            summary.old_index_unreadable = str(exc)
+            return None
+
+    def instance(self, relative: str) -> tuple[str, str, str, str] | None:
+        """(indexed UID, the file's UID, received at, calling AE) of the row for that file."""
+        return self.db.execute("SELECT sop_instance_uid, file_sop_instance_uid, received_at, calling_ae "
+                               "FROM instance WHERE path = ?", (relative,)).fetchone()
+
+    def commitment_requests(self) -> list[tuple]:
+        if not self.has_commitments:
+            return []
+        return self.db.execute(f"SELECT {', '.join(_COMMITMENT_COLUMNS)} FROM commitment_request "
+                               "ORDER BY id").fetchall()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Rebuild:
+    def __init__(self, data_dir: Path, policy: StorageSCP, old: _OldIndex | None, summary: Summary):
+        self.area = StorageArea(data_dir)
+        self.policy = policy
+        self.old = old
+        self.summary = summary
+        self.journaled = {p.stem for p in self.area.spool.glob("*.dcm")}
+
+    def run(self, new: Path, progress, every: int) -> None:
+        keys, self.summary.ignored = _stored_files(self.area.store)
+        index = Index(new)
+        try:
+            self.archive = Archive(self.policy, index, self.area, reserve_bytes=0)
+            for start in range(0, len(keys), _BATCH):
+                with index.write():
+                    for key in keys[start:start + _BATCH]:
+                        self.add(key)
+                        if progress and self.summary.files % every == 0:
+                            progress(self.summary.files, len(keys))
+            if self.old is not None:
+                rows = self.old.commitment_requests()
+                if rows:
+                    with index.write():
+                        CommitmentRequest.insert_many(rows, fields=_COMMITMENT_COLUMNS).execute()
+                self.summary.carried_commitment_requests = len(rows)
+            self.summary.instances = Instance.select().count()
+            self.summary.studies = Study.select().count()
+        finally:
+            index.close()
+        if Path(f"{new}-wal").exists():
+            raise RuntimeError(f"{new}: its write-ahead log was not checkpointed into it")
+
+    def add(self, key: bytes) -> None:
+        mtime_ns, name = int.from_bytes(key[:8], "big"), key[8:].hex()
+        relative = f"{name[:2]}/{name}.dcm"
+        self.summary.files += 1
+        known = self.old.instance(relative) if self.old is not None else None
+        if name in self.journaled and self.old is not None and known is None:
+            self.summary.unacknowledged += 1
+            return
+        path = self.area.store / relative
+        try:
+            request = _stored_request(path, known[3] if known else "")
+            header = read_header(path, request.implicit_vr)
+            check_required(header, request)
+            size = path.stat().st_size
+        except (OSError, Unparseable) as exc:
+            self._unreadable(relative, str(exc))
+            return
+        except DicomStatusError as exc:
+            self._unreadable(relative, exc.why)
+            return
+        values = coercion.index_values(header, self.policy.default_values, self.policy.exam_types)
+        received_at = datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc)
+        duplicate_uid = None
+        if known is not None:
+            self.summary.carried_instances += 1
+            received_at = datetime.datetime.fromisoformat(known[2])
+            if known[0] != known[1]:
+                duplicate_uid = known[0]
+        replaced = self.archive.index_instance(values, request, relative, size, received_at, duplicate_uid)
+        if replaced:
+            self.summary.superseded += 1
+            if len(self.summary.superseded_files) < _LISTED:
+                self.summary.superseded_files.append(f"store/{replaced}")
+
+    def _unreadable(self, relative: str, why: str) -> None:
+        self.summary.unreadable += 1
+        if len(self.summary.unreadable_files) < _LISTED:
+            self.summary.unreadable_files.append(f"store/{relative}: {why}")
+
+
+def _stored_request(path: Path, calling_ae: str) -> StoreRequest:
+    """The C-STORE-RQ a stored file came with, from its File Meta Information."""
+    try:
+        meta = read_file_meta_info(path)
+        syntax = str(meta.TransferSyntaxUID)
+        return StoreRequest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), syntax,
+                            syntax == uids.IMPLICIT_LE, calling_ae)
+    except Exception as exc:  # pydicom raises anything on a file that is not Part 10
+        raise Unparseable(f"file meta information: {exc}") from exc
+
+
+def _stored_files(store: Path) -> tuple[list[bytes], int]:
+    """Keys of the stored files in arrival order, and the number of other names under store/.
+
+    A key is the modification time (8 bytes, big-endian) and the 16 bytes of the name, so a
+    million files sort in about 65 MB.
+    """
+    keys, ignored = [], 0
+    for directory in os.scandir(store):
+        if not (_FANOUT.fullmatch(directory.name) and directory.is_dir(follow_symlinks=False)):
+            ignored += 1
+            continue
+        for entry in os.scandir(directory.path):
+            match = _STORED_NAME.fullmatch(entry.name)
+            if match and entry.name.startswith(directory.name) and entry.is_file(follow_symlinks=False):
+                keys.append(entry.stat().st_mtime_ns.to_bytes(8, "big") + bytes.fromhex(match[1]))
+            else:
+                ignored += 1
+    keys.sort()
+    return keys, ignored
+
+
+def _replace(new: Path, live: Path) -> Path | None:
+    """Rename `new` over `live`. The old database and its -wal/-shm get hard links under a
+    `.replaced-<UTC time>` name first, so at no moment is there no copy of them."""
+    present = [suffix for suffix in ("", *_SIDE_FILES) if Path(f"{live}{suffix}").exists()]
+    kept = None
+    if present:
+        kept = _unused_name(live)
+        for suffix in present:
+            os.link(f"{live}{suffix}", f"{kept}{suffix}")
+        fsync_dir(live.parent)
+        # Before the new file takes the name: SQLite would replay an old -wal into it.
+        for suffix in _SIDE_FILES:
+            Path(f"{live}{suffix}").unlink(missing_ok=True)
+    os.replace(new, live)
+    fsync_dir(live.parent)
+    return kept
+
+
+def _unused_name(live: Path) -> Path:
+    base = f"{live}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    candidate, n = Path(base), 2
+    while any(Path(f"{candidate}{suffix}").exists() for suffix in ("", *_SIDE_FILES)):
+        candidate, n = Path(f"{base}-{n}"), n + 1
+    return candidate
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", *_SIDE_FILES, "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
