@@ -18,10 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"  # the installed console script
 
 
+def tool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`service-tool ARGS...` as an installer runs it."""
+    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=timeout)
+
+
 def service_tool(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`service-tool --config CONFIG ARGS...` as an installer runs it."""
-    return subprocess.run([str(SERVICE_TOOL), "--config", str(config), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    """`service-tool --config CONFIG ARGS...`"""
+    return tool("--config", str(config), *args, timeout=timeout)
 READY_TIMEOUT = 30.0
 
 

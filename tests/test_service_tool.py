@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -11,13 +11,9 @@ import pytest
 
 from appliance.config import load_dict, load_file
 from appliance.config.keys import to_dict
-from helpers import REPO
+from helpers import tool as run
+from service_tool.cli import build_parser
 
-SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -106,3 +102,21 @@ def test_missing_or_unknown_command_is_a_usage_error(args):
     result = run(*args)
     assert result.returncode == 2
     assert "usage: service-tool" in result.stderr
+
+
+def _commands(parser, path=()):
+    """Every command path of the tool's parser, e.g. ("remote", "add")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield path + (name,)
+                yield from _commands(sub, path + (name,))
+
+
+@pytest.mark.parametrize("command", list(_commands(build_parser())), ids=" ".join)
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: service-tool ")
+    description = result.stdout.split("\n\n")[1]
+    assert len(description) > 20  # a sentence, not just the usage line

@@ -5,26 +5,20 @@ SE-02/03), in Markdown and in HTML alike, and an invalid file gets no statement 
 from __future__ import annotations
 
 import re
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from appliance.dicom import uids
-from helpers import REPO
+from helpers import tool as run
 
-SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"
 STORAGE_SCP_CLASSES = "SOP Classes for STORAGE-SCP AE"
 STORAGE_SCU_CLASSES = "SOP Classes for STORAGE-SCU AE"
 SCP_CONTEXTS = "Accepted Presentation Contexts for STORAGE-SCP AE"
 SCU_CONTEXTS = "Proposed Presentation Contexts for STORAGE-SCU AE"
 PARAMETERS = "Configuration Parameters"
 REMOTE_AES = "Remote AE Table"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=60)
 
 
 def statement(tmp_path: Path, toml: str, fmt: str = "markdown") -> str:

@@ -8,18 +8,15 @@ import re
 import subprocess
 
 import pytest
-
-from appliance.dicom import uids
 import tomlkit
 
-from helpers import REPO, accepts, free_port, wait_for
+from appliance.dicom import uids
+from helpers import accepts, free_port, service_tool, wait_for
 
-SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"
 
 
 def echo(config, *args: str) -> tuple[int, object]:
-    result = subprocess.run([str(SERVICE_TOOL), "--config", str(config), "echo", "--json", *args],
-                            capture_output=True, text=True, timeout=60)
+    result = service_tool(config, "echo", "--json", *args)
     return result.returncode, json.loads(result.stdout) if result.stdout else result.stderr
 
 
@@ -80,9 +77,39 @@ def test_a_rejection_is_reported_in_words(table):
                                  "DUL service-user, Calling AE title not recognised (1/1/3)")
 
 
+@pytest.fixture
+def dcmqrscp(tmp_path):
+    """DCMTK dcmqrscp as ARCHIVE on a free port, accepting only MODALITY as calling title."""
+    port, area = free_port(), tmp_path / "area"
+    area.mkdir()
+    cfg = tmp_path / "dcmqrscp.cfg"
+    cfg.write_text(f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 4\n"
+                   "HostTable BEGIN\nmodality = (MODALITY, 127.0.0.1, 104)\nHostTable END\n"
+                   f"AETable BEGIN\nARCHIVE {area} RW (10, 10mb) modality\nAETable END\n")
+    proc = subprocess.Popen(["dcmqrscp", "-dhl", "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        wait_for(lambda: proc.poll() is not None or accepts(port), "dcmqrscp to listen")
+        assert proc.poll() is None
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_dcmtk_rejection_of_the_calling_title_is_reported_in_words(tmp_path, dcmqrscp):
+    config = tmp_path / "tool.toml"
+    config.write_text(tomlkit.dumps({"storage": {"data_dir": str(tmp_path / "data")}, "remote_aes": [
+        {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": dcmqrscp}]}))
+    code, (result,) = echo(config, "ARCHIVE")
+    assert code == 1 and result["connect_ms"] is not None and result["echo_status"] is None
+    # dcmqrscp answers a calling title its AETable does not list with reason 7, not 3.
+    assert result["failure"] == ("association: association rejected by ARCHIVE: Rejected (Permanent), "
+                                 "DUL service-user, Called AE title not recognised (1/1/7)")
+
+
 def test_all_prints_a_table_and_fails_if_one_fails(table):
-    result = subprocess.run([str(SERVICE_TOOL), "--config", str(table), "echo", "--all"],
-                            capture_output=True, text=True, timeout=60)
+    result = service_tool(table, "echo", "--all")
     lines = result.stdout.splitlines()
     assert result.returncode == 1 and lines[0].split()[:3] == ["AE", "title", "address"]
     rows = {line.split()[0]: line for line in lines[1:]}

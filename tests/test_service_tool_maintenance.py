@@ -22,9 +22,8 @@ import pytest
 
 import datasets
 import scu
-from helpers import Appliance, wait_for
+from helpers import Appliance, service_tool, tool, wait_for
 from query_archive import uid
-from test_service_tool import SERVICE_TOOL
 
 POLICY = {"storage_scp": {"default_values": {"accession_number": "NOACC"}}}
 STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs", "StudyDate",
@@ -36,8 +35,7 @@ DUPLICATE = uid("S304.1.1")
 
 
 def run(app: Appliance, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SERVICE_TOOL), "--config", str(app.config_path), *args],
-                          capture_output=True, text=True, timeout=60)
+    return service_tool(app.config_path, *args)
 
 
 def sent_instances():
@@ -311,6 +309,6 @@ def test_backup_to_the_default_place_never_replaces_a_file(archive, stored):
 
 @pytest.mark.parametrize("command", ["reindex", "backup"])
 def test_help(command):
-    result = subprocess.run([str(SERVICE_TOOL), command, "--help"], capture_output=True, text=True, timeout=60)
+    result = tool(command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(f"usage: service-tool {command} ")
