@@ -1,4 +1,4 @@
-"""The daemon's local control surface: reload, status (D-21 in docs/architecture.md).
+"""The daemon's local control surface for the service tool: reload, status (docs/architecture.md).
 
 A UNIX stream socket in the data directory, guarded by file permissions (owner and group
 only); nothing listens on the network for it. One JSON request line, one JSON answer line.
