@@ -1,6 +1,6 @@
 """The conformance statement's document blocks, and their rendering as Markdown or as an HTML page.
 
-`statement.py` builds the statement once as a list of blocks; both renderers walk that one
+`statement/` builds the statement once as a list of blocks; both renderers walk that one
 list, so the two formats always hold the same headings, paragraphs and tables.
 """
 
