@@ -161,8 +161,6 @@ class Daemon:
 
     def _shutdown(self) -> int:
         systemd.notify("STOPPING=1")
-        if self.control is not None:
-            self.control.stop()
         self._answer(self._take_reload_waiters(), (False, "the service is stopping"))
         self.services.gate.drain()
         log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
@@ -170,7 +168,9 @@ class Daemon:
         deadline = time.monotonic() + self.config.timeouts.shutdown_drain
         while self._active() and time.monotonic() < deadline:
             time.sleep(0.05)
-        stop_accepting(self.listeners)
+        # The control socket answers `status` during the drain; its shutdown waits for its
+        # accept loop's poll, so it goes together with the listeners'.
+        stop_accepting(self.listeners + ([self.control] if self.control else []))
         if self._active():
             log.error("aborting %d associations still running at shutdown", self._active())
             for listener in self.listeners + self.retired:

@@ -39,6 +39,7 @@ def table(document, name: str):
 
 
 def separate(document) -> None:
+    """A blank line before a table about to be appended, as an installer would write it."""
     text = document.as_string()
     if text and not text.endswith("\n\n"):
         document.add(tomlkit.nl())

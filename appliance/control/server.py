@@ -38,7 +38,8 @@ class ControlServer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """As a DICOM Listener's: `server.stop_accepting` closes both kinds together."""
         self._server.shutdown()
         self._server.server_close()
         self.path.unlink(missing_ok=True)

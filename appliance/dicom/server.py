@@ -82,8 +82,9 @@ class Services:
         return sum(admission.active() for admission in self.admissions.values())
 
 
-def stop_accepting(listeners: list[Listener]) -> None:
-    """Close all listeners at once: each shutdown() waits up to socketserver's 0.5 s poll."""
+def stop_accepting(listeners: list) -> None:
+    """Close all listeners (Listener, or the ControlServer) at once: each shutdown() waits up to
+    socketserver's 0.5 s poll."""
     threads = [threading.Thread(target=listener.stop_accepting) for listener in listeners]
     for thread in threads:
         thread.start()
