@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import time
+
 import pytest
 from pydicom import config as pydicom_config
+from pynetdicom.association import Association
 
 from helpers import Appliance
 
@@ -11,6 +15,37 @@ from helpers import Appliance
 # an IS): pydicom need not warn about each one.
 pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+
+def _pause_reactor_first(send):
+    """pynetdicom 3.0's send_* methods pause the requester's reactor thread racily: the reactor
+    can pass its checkpoint just before it is cleared and take the first response off the queue
+    itself ("Received unexpected C-FIND service message", pynetdicom issue 875), so the test
+    client loses a response the appliance did send. Clear the checkpoint first and wait until
+    the reactor is seen paused twice, 10 ms apart; the method's own pause then finds it so."""
+
+    @functools.wraps(send)
+    def call(assoc, *args, **kwargs):
+        if assoc.is_established:
+            assoc._reactor_checkpoint.clear()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and assoc.is_alive():
+                if assoc._is_paused:
+                    time.sleep(0.01)
+                    if assoc._is_paused:
+                        break
+                time.sleep(0.001)
+        try:
+            return send(assoc, *args, **kwargs)
+        except BaseException:
+            assoc._reactor_checkpoint.set()  # as the method itself does when it gets that far
+            raise
+
+    return call
+
+
+for _name in ("send_c_echo", "send_c_store", "send_c_find", "send_c_move", "send_n_action"):
+    setattr(Association, _name, _pause_reactor_first(getattr(Association, _name)))
 
 
 @pytest.fixture
