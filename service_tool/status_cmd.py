@@ -8,15 +8,13 @@ Exit codes follow the LSB status convention: 0 running, 3 not running (1: invali
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 import sys
 import time
 
 from appliance.config import Config, data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
-from appliance.store.summary import archive_counts
+from appliance.store.summary import archive_and_disk
 from service_tool.config_cmd import EXIT_INVALID, load
 from service_tool.logs_cmd import log_files, selected
 
@@ -54,19 +52,10 @@ def run(args) -> int:
 
 def _offline(config: Config, why: str) -> dict:
     directory = data_dir(config)
-    try:
-        archive = archive_counts(directory / "index.sqlite")
-    except sqlite3.Error as exc:
-        archive = {"error": str(exc)}
-    try:
-        usage = shutil.disk_usage(directory)
-        disk = {"total_bytes": usage.total, "free_bytes": usage.free, "reserve_bytes": config.storage.reserve_bytes}
-    except OSError as exc:
-        disk = {"error": exc.strerror}
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
               for r in selected(log_files(config), "ERROR")[-_RECENT:]]
-    return {"running": False, "why": why, "data_dir": str(directory), "archive": archive, "disk": disk,
-            "problems": {"recent": recent}}
+    return {"running": False, "why": why, "data_dir": str(directory),
+            **archive_and_disk(directory, config.storage.reserve_bytes), "problems": {"recent": recent}}
 
 
 def _size(n: int) -> str:

@@ -50,7 +50,7 @@ def wait_for(condition, what: str, timeout: float = 10.0):
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(0.02)  # the suite's only sleep: a poll interval, never a wait for an event
+        time.sleep(0.02)  # a poll interval, never a wait for an event
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

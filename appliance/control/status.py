@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import sqlite3
 import time
 
@@ -12,7 +11,7 @@ from appliance import __version__
 from appliance import log as service_log
 from appliance.config import data_dir
 from appliance.config.keys import to_dict
-from appliance.store.summary import archive_counts
+from appliance.store.summary import archive_and_disk
 
 
 def _libraries() -> str:
@@ -28,11 +27,6 @@ def service_status(daemon) -> dict:
     config = daemon.config
     directory = data_dir(config)
     now = time.monotonic()
-    try:
-        archive = archive_counts(daemon.index.path)
-    except sqlite3.Error as exc:
-        archive = {"error": str(exc)}
-    disk = shutil.disk_usage(directory)
     return {
         "ok": True,
         "version": __version__,
@@ -49,9 +43,7 @@ def service_status(daemon) -> dict:
              "seconds": round(now - s.started, 1), "instances": s.instances, "queries": s.queries,
              "moves": s.moves, "failures": s.failures}
             for l in daemon.listeners + daemon.retired for s in l.tracker.current()],
-        "archive": archive,
-        "disk": {"total_bytes": disk.total, "free_bytes": disk.free,
-                 "reserve_bytes": config.storage.reserve_bytes},
+        **archive_and_disk(directory, config.storage.reserve_bytes),
         "problems": {"counts": dict(service_log.recent_problems.counts),
                      "recent": service_log.recent_problems.recent()},
         "config": to_dict(config),

@@ -6,6 +6,7 @@ write the index) count the same way.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -28,3 +29,17 @@ def archive_counts(index_path: Path) -> dict:
         return {name: connection.execute(sql).fetchone()[0] for name, sql in _COUNTS.items()}
     finally:
         connection.close()
+
+
+def archive_and_disk(directory: Path, reserve_bytes: int) -> dict:
+    """`archive` (counts, or the error that kept the index from answering) and `disk` of a data directory."""
+    try:
+        archive = archive_counts(directory / "index.sqlite")
+    except sqlite3.Error as exc:
+        archive = {"error": str(exc)}
+    try:
+        usage = shutil.disk_usage(directory)
+        disk = {"total_bytes": usage.total, "free_bytes": usage.free, "reserve_bytes": reserve_bytes}
+    except OSError as exc:
+        disk = {"error": exc.strerror}
+    return {"archive": archive, "disk": disk}
