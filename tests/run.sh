@@ -8,9 +8,13 @@ missing=""
 for tool in echoscu storescu storescp findscu movescu; do command -v "$tool" >/dev/null || missing="dcmtk"; done
 command -v iperf3 >/dev/null || missing="$missing iperf3"
 command -v systemd-analyze >/dev/null || missing="$missing systemd"
+# The network tests: namespaces and veth (iproute2), a DHCP server (dnsmasq-base: the binary,
+# no system service), netplan's generator, systemd-nspawn and debootstrap for the system tier.
+for tool in ip dnsmasq netplan systemd-nspawn debootstrap; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
 if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 systemd >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 systemd \
+        dnsmasq-base netplan.io systemd-container debootstrap >/dev/null
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null

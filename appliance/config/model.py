@@ -131,6 +131,13 @@ def host(v):
     return f"{v!r} is neither an IP address nor a host name"
 
 
+def interface_name(v):
+    """Linux interface names: at most 15 bytes, no slash, colon or white space ("" = automatic)."""
+    if v == "" or (len(v.encode()) <= 15 and v not in (".", "..") and not any(c in v for c in "/: \t\n")):
+        return None
+    return f"{v!r} is not a network interface name (at most 15 characters, no '/', ':' or spaces)"
+
+
 def da_or_empty(v):
     import re
 
@@ -223,6 +230,7 @@ class Storage:
 
 @dataclass(frozen=True)
 class Network:
+    interface: str = field(default="", metadata=_check(interface_name))  # NW-01: "" = the one Ethernet NIC
     bind_address: str = field(default="*", metadata=_check(bind_address))  # NW-11
     socket_buffer_size: int = field(default=1342177, metadata=_check(socket_buffer))  # CF-08, D-3
     max_pdu_send: int = field(default=131072, metadata=_check(pdu_size))  # CF-02 (STORAGE-SCU's C-STOREs)
