@@ -7,6 +7,7 @@ value the service would refuse is refused everywhere with the same message namin
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 import typing
@@ -107,6 +108,35 @@ def _check_whole(config: model.Config) -> None:
         if title in seen:
             raise ConfigError(f"remote_aes[{i}].ae_title", f"{title!r} is listed twice")
         seen.add(title)
+    _check_network(config.network)
+
+
+def _check_network(net: model.Network) -> None:
+    """The box's IP configuration: DHCP or static addresses, never both (NW-03), and gateways
+    that a static address can reach."""
+    if net.dhcp and net.addresses:
+        raise ConfigError("network.addresses", "must be empty while network.dhcp = true (DHCP assigns the "
+                          "address); set dhcp = false to use static addresses")
+    if not net.dhcp and not net.addresses:
+        raise ConfigError("network.addresses", "must list at least one address when network.dhcp = false")
+    if not net.dhcp:
+        interfaces = [ipaddress.ip_interface(a) for a in net.addresses]
+        for key, gateway in (("network.gateway4", net.gateway4), ("network.gateway6", net.gateway6)):
+            if not gateway:
+                continue
+            ip = ipaddress.ip_address(gateway)
+            # An IPv6 router is commonly addressed by its link-local address, which is always on-link.
+            if not (ip.version == 6 and ip.is_link_local) and not any(ip in i.network for i in interfaces):
+                raise ConfigError(key, f"{gateway} is in none of the networks of network.addresses, "
+                                       "so the box could not reach it")
+    seen = set()
+    for i, mapping in enumerate(net.hosts):
+        # One name may have an IPv4 and an IPv6 address; two of a family would be ambiguous.
+        entry = (mapping.name.lower().removesuffix("."), ipaddress.ip_address(mapping.address).version)
+        if entry in seen:
+            raise ConfigError(f"network.hosts[{i}].name",
+                              f"{mapping.name!r} already has an IPv{entry[1]} address in network.hosts")
+        seen.add(entry)
 
 
 def data_dir(config: model.Config) -> Path:

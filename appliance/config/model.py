@@ -115,20 +115,129 @@ def transfer_syntax_subset(values):
     return None
 
 
+def _is_dns_name(v: str) -> bool:
+    """RFC 1123 labels of letters, digits and inner hyphens, 253 characters at most. The last
+    label is not all digits (RFC 3696), so a mistyped IPv4 address is not taken for a name."""
+    import re
+
+    labels = v.removesuffix(".").split(".")
+    return (len(v) <= 253 and not labels[-1].isdigit()
+            and all(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", l) for l in labels))
+
+
 def host(v):
     """NW-11: an IPv4/IPv6 literal or a DNS name (RFC 1123 labels)."""
     import ipaddress
-    import re
 
     try:
         ipaddress.ip_address(v)
         return None
     except ValueError:
         pass
-    labels = v.rstrip(".").split(".")
-    if len(v) <= 253 and all(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", l) for l in labels):
+    return None if _is_dns_name(v) else f"{v!r} is neither an IP address nor a host name"
+
+
+def dns_name(v):
+    return None if _is_dns_name(v) else f"{v!r} is not a DNS name (RFC 1123: letters, digits, '-' and '.')"
+
+
+def dns_names(values):
+    return next(filter(None, map(dns_name, values)), None)
+
+
+def machine_name(v):
+    """NW-12: one RFC 1123 label ("" = keep the box's). A dotted name would make networkd send
+    DHCP's FQDN option instead of the host name option NW-05 asks for."""
+    if v == "" or (len(v) <= 63 and "." not in v and _is_dns_name(v)):
         return None
-    return f"{v!r} is neither an IP address nor a host name"
+    return f"{v!r} is not a machine name (1-63 letters, digits and inner '-', no dots)"
+
+
+def usable_ip(v: str, version: int | None = None):
+    """An IP literal we can configure or talk to; None, or why not. The box never has an IPv4
+    link-local address (NW-07), so a 169.254/16 peer or gateway would be unreachable too."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(v)
+    except ValueError:
+        return f"{v!r} is not an {'IPv' + str(version) if version else 'IP'} address"
+    if version and ip.version != version:
+        return f"{v!r} is not an IPv{version} address"
+    if getattr(ip, "scope_id", None):
+        return f"{v!r} has a zone index ('%'), which netplan refuses; the box has one interface anyway"
+    if ip.version == 4 and ip.is_link_local:
+        return f"{v!r} is IPv4 link-local (169.254.0.0/16, Auto-IP), which the appliance never uses (NW-07)"
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        return f"{v!r} is an unspecified, loopback or multicast address"
+    return None
+
+
+def ip_literals(values):
+    return next(filter(None, map(usable_ip, values)), None)
+
+
+def host_list(values):
+    """Names or IP literals (NTP servers, NW-08); an IP literal must be one we can reach."""
+    import ipaddress
+
+    for v in values:
+        try:
+            ipaddress.ip_address(v)
+            err = usable_ip(v)
+        except ValueError:
+            err = host(v)
+        if err is not None:
+            return err
+    return None
+
+
+def gateway(version: int):
+    def check(v):
+        return None if v == "" else usable_ip(v, version)
+    return check
+
+
+def interface_addresses(values):
+    """Static addresses as "ip/prefix", IPv4 or IPv6, each IP once."""
+    import ipaddress
+
+    seen = set()
+    for v in values:
+        if "/" not in v:
+            return f"{v!r} needs a prefix length, e.g. \"10.0.4.20/24\" or \"2001:db8::20/64\""
+        try:
+            iface = ipaddress.ip_interface(v)
+        except ValueError:
+            return f"{v!r} is not an IPv4/IPv6 address with a prefix length"
+        if (err := usable_ip(str(iface.ip))) is not None:
+            return err
+        net = iface.network
+        if iface.version == 4 and net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
+            return f"{v!r} is the network's own or broadcast address, not a host address"
+        if iface.ip in seen:
+            return f"lists {iface.ip} twice"
+        seen.add(iface.ip)
+    return None
+
+
+def mtu_size(v):
+    # IPv6 needs at least 1280 (RFC 8200) and the box speaks IPv6 (NW-11).
+    return None if v == 0 or 1280 <= v <= 65535 else "must be 0 (the interface's default) or 1280 to 65535 bytes"
+
+
+def zone_name(v):
+    """A zone or link name of the box's tz database. tzdata.zi lists exactly those, unlike a
+    walk of /usr/share/zoneinfo, which also holds tables and `localtime` (-> /etc/localtime)."""
+    from pathlib import Path
+
+    # Debian's tzdata is Priority: required, so the file is there on the box and in tests.
+    try:
+        lines = Path("/usr/share/zoneinfo/tzdata.zi").read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        return f"cannot be checked: {exc.strerror} reading /usr/share/zoneinfo/tzdata.zi (install tzdata)"
+    names = {f.split()[1] for f in lines if f.startswith("Z ")} | {f.split()[2] for f in lines if f.startswith("L ")}
+    return None if v in names else f"{v!r} is not a time zone of the tz database (e.g. \"Europe/Berlin\", \"UTC\")"
 
 
 def interface_name(v):
@@ -229,11 +338,32 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class HostMapping:
+    """NW-10: a name that resolves without DNS (a line in /etc/hosts)."""
+
+    name: str = field(default="", metadata=_check(dns_name, required=True))
+    address: str = field(default="", metadata=_check(usable_ip, required=True))
+
+
+@dataclass(frozen=True)
 class Network:
     interface: str = field(default="", metadata=_check(interface_name))  # NW-01: "" = the one Ethernet NIC
     bind_address: str = field(default="*", metadata=_check(bind_address))  # NW-11
     socket_buffer_size: int = field(default=1342177, metadata=_check(socket_buffer))  # CF-08, D-3
     max_pdu_send: int = field(default=131072, metadata=_check(pdu_size))  # CF-02 (STORAGE-SCU's C-STOREs)
+    # The box's own IP configuration (TL-03). Every value set here overrides the one DHCP
+    # supplies, parameter by parameter (NW-06); "", [] and 0 leave it to DHCP.
+    dhcp: bool = True  # NW-03: DHCPv4, DHCPv6 and router advertisements
+    addresses: tuple[str, ...] = field(default=(), metadata=_check(interface_addresses))  # only with dhcp = false
+    gateway4: str = field(default="", metadata=_check(gateway(4)))
+    gateway6: str = field(default="", metadata=_check(gateway(6)))
+    dns_servers: tuple[str, ...] = field(default=(), metadata=_check(ip_literals))  # NW-09
+    search_domains: tuple[str, ...] = field(default=(), metadata=_check(dns_names))
+    ntp_servers: tuple[str, ...] = field(default=(), metadata=_check(host_list))  # NW-08
+    hostname: str = field(default="", metadata=_check(machine_name))  # NW-05, NW-12
+    mtu: int = field(default=0, metadata=_check(mtu_size))  # NW-04
+    time_zone: str = field(default="UTC", metadata=_check(zone_name))  # TL-03
+    hosts: tuple[HostMapping, ...] = ()  # NW-10
 
 
 @dataclass(frozen=True)
