@@ -5,7 +5,8 @@ migrated and interrupted placements are recovered; then READY is sent. SIGHUP re
 configuration (an invalid file is refused and the running one kept), and so does a
 `reload` on the control socket, which also gets the outcome; SIGTERM answers new requests
 2/3/1 again, lets running associations finish for `timeouts.shutdown_drain` seconds, aborts
-the rest, checkpoints the index and exits 0.
+the rest, checkpoints the index and exits 0. While it serves, a thread watches the managed
+network interface: a DHCP lease lost aborts every association (FL-09).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from appliance.control.status import service_status
 from appliance.dicom import receive, wakeups
 from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
+from appliance.network.lease_watch import LeaseWatch
 from appliance.store import lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
@@ -35,8 +37,10 @@ from appliance.store.ingest import Archive
 
 log = logging.getLogger("appliance.daemon")
 
-# Sections whose change needs the listeners rebuilt on reload.
-_LISTENER_SECTIONS = ("storage_scp", "query_retrieve_scp", "network", "timeouts")
+# What needs the listeners rebuilt when a reload changes it: the box's own addressing in
+# [network] (DHCP, DNS, ...) is the network tool's business, not the listeners'.
+_LISTENER_SECTIONS = ("storage_scp", "query_retrieve_scp", "timeouts")
+_LISTENER_NETWORK_KEYS = ("bind_address", "socket_buffer_size")
 
 
 class Daemon:
@@ -98,6 +102,7 @@ class Daemon:
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
         log.info("ready: %s", status)
+        self.lease_watch = LeaseWatch(self.config.network.interface, self._abort_all).start()  # FL-09
         self._main_loop()
         return self._shutdown()
 
@@ -161,6 +166,8 @@ class Daemon:
 
     def _shutdown(self) -> int:
         systemd.notify("STOPPING=1")
+        # From here an address going away is the box shutting down, not a lease refused.
+        self.lease_watch.stop()
         self._answer(self._take_reload_waiters(), (False, "the service is stopping"))
         self.services.gate.drain()
         log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
@@ -172,9 +179,7 @@ class Daemon:
         # accept loop's poll, so it goes together with the listeners'.
         stop_accepting(self.listeners + ([self.control] if self.control else []))
         if self._active():
-            log.error("aborting %d associations still running at shutdown", self._active())
-            for listener in self.listeners + self.retired:
-                listener.abort_all()
+            log.error("aborting %d associations still running at shutdown", self._abort_all())
             # A C-STORE handler already running finishes its index transaction; wait for it
             # (bounded) so that none writes after the index is checkpointed and closed.
             deadline = time.monotonic() + 5
@@ -187,6 +192,14 @@ class Daemon:
 
     def _active(self) -> int:
         return self.services.active()
+
+    def _abort_all(self) -> int:
+        """A-ABORT every association of both listening AEs, also those on listeners a reload
+        closed; how many were running. Called from the lease watch's thread too (FL-09)."""
+        running = self._active()
+        for listener in self.listeners + self.retired:
+            listener.abort_all()
+        return running
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -215,13 +228,17 @@ class Daemon:
         # Before the rebind: new listeners use them at once.
         self.archive.policy = new.storage_scp
         self.services.configure(new)
-        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS):
+        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS) or any(
+                getattr(new.network, k) != getattr(old.network, k) for k in _LISTENER_NETWORK_KEYS):
             refusal = self._rebind(old, new)
             if refusal:
                 self.archive.policy = old.storage_scp
                 self.services.configure(old)
                 return refusal
         self.config = new
+        if new.network.interface != old.network.interface:
+            self.lease_watch.stop()
+            self.lease_watch = LeaseWatch(new.network.interface, self._abort_all).start()
         if new.logging != old.logging:
             service_log.setup(new.logging, data_dir(new))
         warn_inert(new)

@@ -83,6 +83,8 @@ class Appliance:
     root: Path
     overrides: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    # What the daemon is run under, e.g. ("ip", "netns", "exec", NS): it execs, so proc is the daemon.
+    prefix: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
@@ -130,7 +132,7 @@ class Appliance:
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **self.env}
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
             cwd=REPO, env=env, stdout=self._stderr, stderr=self._stderr)
         return self
 
@@ -138,7 +140,7 @@ class Appliance:
         """Start the daemon expecting it to give up (bad config, port in use); its exit code."""
         with open(self.stderr_path, "ab") as out:
             return subprocess.run(
-                [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+                [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
                 cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
                 stdout=out, stderr=out, timeout=timeout).returncode
 

@@ -78,7 +78,7 @@ def test_unit_runs_the_installed_daemon_as_notify_service():
     assert unit["ExecStart"] == [f"/opt/appliance/venv/bin/appliance serve --config {DEFAULT_CONFIG}"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["StateDirectory"] == ["appliance"]
-    assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX AF_NETLINK"]
     # Default ports are unprivileged: the service needs no capability.
     assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
     # systemd must not kill the service while it drains associations.

@@ -1,0 +1,141 @@
+"""FL-09 with real parts: the daemon runs in the lab's box namespace on `box0`, a DHCP client
+holds a lease from dnsmasq, and a modality (pynetdicom) in the server namespace associates over
+the veth to the leased address. A renewal refused (DHCPNAK) or a lease run out aborts every
+association; a static address removed, or a lease released while the service stops, does not."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+import scu
+from helpers import Appliance, merge, wait_for
+from netlab import BOX, lab  # noqa: F401  (lab: the fixture)
+from appliance.network import links
+
+LOST = r"ERROR appliance\.network: DHCP lease lost on box0: (\S+) removed [^\n]*; (\d+) DICOM associations aborted"
+ABORTED = r"{ae} #\d+ TEST_SCU@10\.251\.1\.1:\d+: association aborted by the appliance \(A-ABORT\)"
+ABORT_BOUND = 5.0  # seconds from the DHCPNAK (or the end of the lifetime) to the associations aborted
+
+
+@pytest.fixture
+def box(lab, tmp_path):
+    """Factory: the appliance inside the box namespace, managing box0 and listening on every
+    address; stopped before the lab goes."""
+    made = []
+
+    def make(overrides: dict | None = None, watched: bool = True) -> Appliance:
+        config = merge({"network": {"interface": BOX, "bind_address": "*"}, "timeouts": {"shutdown_drain": 3}},
+                       overrides or {})
+        app = Appliance(tmp_path / "appliance", config, prefix=("ip", "netns", "exec", lab.client))
+        made.append(app)
+        app.start()
+        if watched:
+            app.wait_log(r"watching box0 for DHCP leases lost")
+        return app
+
+    yield make
+    for app in made:
+        app.stop(timeout=10)  # longer: killed, and the test errors
+
+
+@pytest.fixture
+def modality(lab):
+    """Factory: an association from the server namespace to `address`; aborted at teardown."""
+    opened = []
+
+    def associate(address: str, port: int, title: str = "EX_STORE_SCP"):
+        assoc = lab.call(lab.server, scu.associate, port, title, host=address)
+        opened.append(assoc)
+        assert assoc.is_established, assoc.acse_result
+        return assoc
+
+    yield associate
+    for assoc in opened:
+        if assoc.is_alive():
+            assoc.abort()
+        assoc.ae.shutdown()
+
+
+def test_refused_renewal_aborts_every_association(lab, box, modality):
+    client = lab.dhcp_client()
+    leased = client.wait_bound()
+    app = box()
+    modality(leased, app.storage_port)
+    modality(leased, app.qr_port, "EX_QUERY_SCP")
+    wait_for(lambda: len(re.findall(r"association accepted", app.log())) == 2, "both associations accepted")
+
+    lab.move_pool()
+    refused = time.monotonic()
+    client.renew()
+    lost = app.wait_log(LOST, timeout=ABORT_BOUND)
+    latency = time.monotonic() - refused
+
+    assert (lost[1], lost[2]) == (f"{leased}/24", "2"), lost[0]
+    assert f"DHCPNAK(srv0) {leased}" in lab.dnsmasq_log()  # it was a refusal, not a release
+    for ae in ("STORAGE-SCP", "QUERY-RETRIEVE-SCP"):
+        app.wait_log(ABORTED.format(ae=ae), timeout=ABORT_BOUND - latency)
+    # The service goes on: a new lease, a new association (FL-08).
+    again = client.wait_bound()
+    assert again != leased
+    assoc = modality(again, app.storage_port)
+    assert scu.echo_status(assoc) == 0
+    assoc.release()
+    assert app.stop() == 0, app.log()
+    assert len(re.findall(LOST, app.log())) == 1, app.log()
+
+
+def test_lease_that_runs_out_aborts_after_a_reload_named_the_interface(lab, box, modality):
+    """The kernel removes an address whose lifetime ends, as it does a lease the DHCP client
+    could not renew. The interface comes from a reload: the watch follows network.interface."""
+    links.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client)
+    app = box({"network": {"interface": "eth7"}}, watched=False)
+    app.wait_log(r"INFO appliance\.network: DHCP lease watch off: network\.interface: no interface 'eth7'")
+    app.config["network"]["interface"] = BOX
+    app.write_config(app.config)
+    app.signal(signal.SIGHUP)
+    app.wait_log(r"watching box0 for DHCP leases lost")
+    modality("10.251.1.10", app.storage_port)
+    wait_for(lambda: "association accepted" in app.log(), "the association accepted")
+
+    lab.run(lab.client, "ip", "addr", "add", "10.251.1.20/24", "dev", BOX, "valid_lft", "1", "preferred_lft", "1")
+    lost = app.wait_log(LOST, timeout=1 + ABORT_BOUND)
+
+    assert (lost[1], lost[2]) == ("10.251.1.20/24", "1"), lost[0]
+    app.wait_log(ABORTED.format(ae="STORAGE-SCP"))
+    assert app.stop() == 0, app.log()
+
+
+def test_static_address_removed_aborts_nothing(lab, box, modality):
+    links.apply_static(BOX, ["10.251.1.10/24", "10.251.1.11/24"], netns=lab.client)
+    app = box()
+    assoc = modality("10.251.1.10", app.storage_port)
+
+    assert links.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client) == ["removed 10.251.1.11/24"]
+    app.wait_log(r"INFO appliance\.network: static address 10\.251\.1\.11/24 removed from box0: not a DHCP lease")
+
+    assert scu.echo_status(assoc) == 0
+    assoc.release()
+    assert app.stop() == 0, app.log()
+    assert "DHCP lease lost" not in app.log() and "aborted" not in app.log(), app.log()
+
+
+def test_lease_released_while_the_service_stops_is_no_refusal(lab, box, modality):
+    client = lab.dhcp_client()
+    leased = client.wait_bound()
+    app = box()
+    modality(leased, app.storage_port)  # keeps the shutdown draining while the lease goes
+    wait_for(lambda: "association accepted" in app.log(), "the association accepted")
+
+    app.signal(signal.SIGTERM)
+    app.wait_log(r"stopping: new associations refused")
+    client.release()
+    assert all(msg.get("IFA_LOCAL") != leased for msg in lab.addresses()), "the lease's address is still there"
+    assert app.proc.poll() is None, "the service stopped before the lease was released"
+
+    assert app.stop() == 0, app.log()
+    assert f"DHCPRELEASE(srv0) {leased}" in lab.dnsmasq_log()
+    assert "DHCP lease lost" not in app.log() and "removed from box0" not in app.log(), app.log()
