@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
@@ -45,21 +46,40 @@ def separate(document) -> None:
         document.add(tomlkit.nl())
 
 
+@dataclass(frozen=True)
+class Written:
+    """An edit on disk: the configuration before (what the service runs) and after."""
+
+    running: Config
+    old_text: str
+    new: Config
+
+
+def write(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> tuple[Written, str]:
+    """Apply `mutate` (returns a one-line description of the change) to the file at `path` and
+    write it; raises ConfigError or Refused with the file untouched."""
+    running = load_file(path)
+    old_text = path.read_text(encoding="utf-8")
+    document = tomlkit.parse(old_text)
+    described = mutate(document)
+    return Written(running, old_text, write_document(path, document)), described
+
+
+def put_back(path: Path, written: Written) -> None:
+    write_text(path, written.old_text)
+
+
 def change(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> int:
-    """Apply `mutate` (returns a one-line description of the change) to the file at `path`."""
+    """The whole edit: write, say what changed, have the running service reload."""
     try:
-        running = load_file(path)
-        old_text = path.read_text(encoding="utf-8")
-        document = tomlkit.parse(old_text)
-        described = mutate(document)
-        new = write_document(path, document)
+        written, described = write(path, mutate)
     except (ConfigError, Refused) as exc:
         print(f"refused: {exc}; {path} is unchanged", file=sys.stderr)
         return EXIT_REFUSED
     print(f"{described}; saved to {path}")
-    for line in allow_list_changes(running, new):
+    for line in allow_list_changes(written.running, written.new):
         print(line)
-    return _reload(path, running, old_text)
+    return reload_service(path, written)
 
 
 def allow_list_changes(old: Config, new: Config) -> list[str]:
@@ -74,9 +94,10 @@ def allow_list_changes(old: Config, new: Config) -> list[str]:
     return lines
 
 
-def _reload(path: Path, running: Config, old_text: str) -> int:
+def reload_service(path: Path, written: Written) -> int:
+    """Ask the running service to reload; put the old file back if it refuses."""
     try:
-        answer = ask(socket_path(running), "reload")
+        answer = ask(socket_path(written.running), "reload")
     except NotRunning:
         print("the service is not running; it will use the new configuration when it starts")
         return 0
@@ -87,7 +108,7 @@ def _reload(path: Path, running: Config, old_text: str) -> int:
     if answer.get("ok"):
         print("the service reloaded the configuration")
         return 0
-    write_text(path, old_text)
+    put_back(path, written)
     print(f"the service refused the new configuration: {answer.get('error')}; {path} is restored",
           file=sys.stderr)
     return EXIT_REFUSED

@@ -43,7 +43,7 @@ def write_system_files(config: Config, interface: str, root: Path) -> None:
     current = hosts.read_text(encoding="utf-8") if hosts.exists() else ""
     _write(hosts, render.hosts_file(current, config))
     _write(root / TIMEZONE, render.timezone_file(config))
-    _symlink(root / LOCALTIME, render.localtime_target(config))
+    replace_symlink(root / LOCALTIME, render.localtime_target(config))
 
 
 def _write(path: Path, text: str) -> None:
@@ -51,7 +51,7 @@ def _write(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def _symlink(path: Path, target: str) -> None:
+def replace_symlink(path: Path, target: str) -> None:
     """Point `path` at `target` atomically: a new link renamed over the old one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
