@@ -29,7 +29,7 @@ from appliance.dicom import receive, wakeups
 from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
-from appliance.store import lock
+from appliance.store import INDEX_NAME, lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.commitment import Commitments
@@ -87,7 +87,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot start: %s", exc.strerror or exc)
             return 1
-        self.index = Index(directory / "index.sqlite")
+        self.index = Index(directory / INDEX_NAME)
         self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes)
         kept, removed = self.archive.recover()
         if kept or removed:

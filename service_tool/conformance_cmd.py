@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from appliance.config.write import write_text
-from service_tool import render, statement
+from service_tool import render
 from service_tool.config_cmd import EXIT_INVALID, load
 
 EXIT_UNWRITABLE = 2  # --output FILE cannot be written
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     config = load(args.config)
     if config is None:
         return EXIT_INVALID
+    from service_tool import statement  # imported here: it loads pydicom's dictionaries (0.3 s)
+
     text = FORMATS[args.format](statement.build(config, str(Path(args.config).resolve())))
     if args.output is None:
         sys.stdout.write(text)

@@ -18,15 +18,13 @@ from dataclasses import asdict, dataclass
 
 from appliance import __version__
 from appliance.config.model import Config
-from appliance.dicom import pdata, status, uids
-from appliance.dicom.requestor import Association, Failed, Local, Proposal, connect
+from appliance.dicom import status, uids
 from appliance.errors import ConfigError
 from service_tool.config_cmd import load
 
 EXIT_FAILED = 1  # at least one echo failed
 EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
 _C_ECHO_RSP = 0x8030
-_PROPOSALS = [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))]  # VER/ILE (F.4.2.1.3.1.2)
 
 
 @dataclass
@@ -103,6 +101,10 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
 
 
 def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo:
+    # Imported here: pynetdicom takes 0.3 s to import, which no other command should pay.
+    from appliance.dicom import pdata
+    from appliance.dicom.requestor import Association, Failed, Local, Proposal, connect
+
     result = Echo(title, host, port, calling)
     # AE-11: STORAGE-SCP has its own Implementation Class UID; the others share one.
     implementation_uid = uids.IMPLEMENTATION_UID_SCP if calling == config.storage_scp.ae_title.strip() \
@@ -126,7 +128,8 @@ def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo
     result.connect_ms = _since(step)
     step = time.monotonic()
     try:
-        association = Association.over(sock, title, local, _PROPOSALS, config.timeouts)
+        association = Association.over(sock, title, local, [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))],
+                                         config.timeouts)  # VER/ILE (F.4.2.1.3.1.2)
     except Failed as exc:
         result.failure = f"association: {exc}"
         return result

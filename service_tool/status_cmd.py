@@ -8,7 +8,6 @@ Exit codes follow the LSB status convention: 0 running, 3 not running (1: invali
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 from appliance.config import Config, data_dir

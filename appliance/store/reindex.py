@@ -41,14 +41,13 @@ from pydicom.filereader import read_file_meta_info
 from appliance.config.model import StorageSCP
 from appliance.dicom import uids
 from appliance.errors import DicomStatusError
-from appliance.store import coercion
+from appliance.store import INDEX_NAME, coercion
 from appliance.store.db import Index
 from appliance.store.files import StorageArea, fsync_dir, fsync_file, hand_over
 from appliance.store.header import Unparseable, read_header
 from appliance.store.ingest import Archive, StoreRequest, check_required
 from appliance.store.models import CommitmentRequest, Instance, Study
 
-INDEX_NAME = "index.sqlite"
 _SIDE_FILES = ("-wal", "-shm")
 _BATCH = 500  # instances per transaction: one fsync'd commit each
 _LISTED = 10  # unreadable and superseded files named in the summary

@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from appliance.store import INDEX_NAME
+
 _COUNTS = {
     "patients": "SELECT COUNT(*) FROM patient",
     "studies": "SELECT COUNT(*) FROM study",
@@ -34,7 +36,7 @@ def archive_counts(index_path: Path) -> dict:
 def archive_and_disk(directory: Path, reserve_bytes: int) -> dict:
     """`archive` (counts, or the error that kept the index from answering) and `disk` of a data directory."""
     try:
-        archive = archive_counts(directory / "index.sqlite")
+        archive = archive_counts(directory / INDEX_NAME)
     except sqlite3.Error as exc:
         archive = {"error": str(exc)}
     try:
