@@ -254,16 +254,17 @@ def _actual(config: Config, args) -> dict:
         dns, domains = await bus.link_dns(described.index)
         ntp = await bus.ntp_state()
         _kernel, hostname = await bus.hostnames()
-        return described, dns, domains, ntp, hostname, await bus.timezone()
+        return described, dns, domains, ntp, hostname, await bus.timezone(), await bus.ntp_synchronized()
 
     try:
-        described, dns, domains, ntp, hostname, zone = run(ask, args.bus)
+        described, dns, domains, ntp, hostname, zone, synchronized = run(ask, args.bus)
     except BusError as exc:
         actual["problems"].append(f"systemd: {exc}")
         return actual
     actual.update(dhcp=any(a.source.startswith("DHCP") for a in described.addresses), dns_servers=dns,
                   search_domains=domains, ntp_servers=list(ntp.link_servers or ntp.system_servers),
-                  ntp_server=ntp.server_name or "", hostname=hostname, time_zone=zone,
+                  ntp_server=f"{ntp.server_name or 'none yet'}, clock {'' if synchronized else 'not '}synchronized",
+                  hostname=hostname, time_zone=zone,
                   operational_state=f"{described.operational_state} ({described.administrative_state})")
     return actual
 

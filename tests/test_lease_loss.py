@@ -139,3 +139,15 @@ def test_lease_released_while_the_service_stops_is_no_refusal(lab, box, modality
     assert app.stop() == 0, app.log()
     assert f"DHCPRELEASE(srv0) {leased}" in lab.dnsmasq_log()
     assert "DHCP lease lost" not in app.log() and "removed from box0" not in app.log(), app.log()
+
+
+def test_both_scp_aes_answer_over_ipv4_and_ipv6_on_the_configured_addresses(lab, box):
+    """NW-11: with static IPv4 and IPv6 addresses on the box's interface, a modality in another
+    namespace reaches both SCP AEs over either family (one dual-stack socket per AE)."""
+    links.apply_static(BOX, ["10.251.1.20/24", "fd51::20/64"], netns=lab.client)
+    app = box(watched=False)
+    for address in ("10.251.1.20", "fd51::20"):
+        for port, title in ((app.storage_port, "EX_STORE_SCP"), (app.qr_port, "EX_QUERY_SCP")):
+            # Polled: the IPv6 address is usable once duplicate address detection is done.
+            wait_for(lambda: lab.call(lab.server, scu.echo, port, title, host=address) == 0x0000,
+                     f"C-ECHO to {title} at [{address}]:{port}", 10)

@@ -125,10 +125,16 @@ def test_try_confirmed_keeps_the_new_settings(box, config, target):
     index = link(box).index
     dns = system_bus.run(lambda bus: bus.link_dns(index), box.bus_address)[0]
     assert dns == ["10.251.1.2"]
+    # NW-08: the installer's NTP server, from the timesyncd drop-in; DHCP's is not used any more.
+    ntp = system_bus.run(lambda bus: bus.ntp_state(), box.bus_address)
+    assert (ntp.system_servers, ntp.link_servers) == (("10.251.1.3",), ())
     shown = json.loads(tool(config, target, "show", "--json").stdout)
     assert shown["configured"]["addresses"] == [f"{STATIC}/24", "fd51::50/64"]
     assert f"{STATIC}/24" in shown["actual"]["addresses"] and shown["actual"]["dhcp"] is False
     assert shown["actual"]["hostname"] == "ct-archive-2" and shown["actual"]["dns_servers"] == ["10.251.1.2"]
+    assert "synchronized" in shown["actual"]["ntp_server"]
+    text = tool(config, target, "show").stdout
+    assert "addresses" in text and f"{STATIC}/24" in text and "ct-archive-2" in text
 
 
 def test_invalid_settings_are_refused_before_anything_changes(box, config, target):
