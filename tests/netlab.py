@@ -29,6 +29,7 @@ BOX = "box0"  # the box's interface, in the client namespace
 SERVER_IF = "srv0"
 SERVER_V4 = "10.251.1.1"
 SERVER_V6 = "fd51::1"
+DHCP_NTP = ("10.251.1.123", "fd51::123")  # what dnsmasq hands out as NTP servers; nothing answers there
 POOLS = (("10.251.1.100", "10.251.1.149"), ("10.251.1.150", "10.251.1.199"))
 LEASE = "2m"  # dnsmasq's minimum
 DHCP_CLIENT = REPO / ".venv" / "bin" / "pyroute2-dhcp-client"
@@ -128,8 +129,8 @@ class Lab:
             "--no-ping",
             f"--dhcp-range={first},{last},255.255.255.0,{LEASE}", f"--dhcp-range=fd51::100,fd51::1ff,64,{LEASE}",
             "--enable-ra", f"--dhcp-option=option:router,{SERVER_V4}", f"--dhcp-option=option:dns-server,{SERVER_V4}",
-            "--dhcp-option=option:ntp-server,10.251.1.123", "--dhcp-option=option:domain-name,lab.example",
-            f"--dhcp-option=option6:dns-server,[{SERVER_V6}]", "--dhcp-option=option6:sntp-server,[fd51::123]",
+            f"--dhcp-option=option:ntp-server,{DHCP_NTP[0]}", "--dhcp-option=option:domain-name,lab.example",
+            f"--dhcp-option=option6:dns-server,[{SERVER_V6}]", f"--dhcp-option=option6:sntp-server,[{DHCP_NTP[1]}]",
             stdout=subprocess.DEVNULL, stderr=self.log_file("dnsmasq.stderr"))
         # Its last line at start-up, logged once its DHCP sockets are bound.
         wait_for(lambda: "sockets bound exclusively" in self.dnsmasq_log()[seen:] or self._dnsmasq.poll() is not None,
@@ -148,6 +149,11 @@ class Lab:
     def dnsmasq_log(self) -> str:
         path = self.root / "dnsmasq.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def leases(self) -> str:
+        """dnsmasq's lease file: expiry, MAC, address and the host name each client sent."""
+        path = self.root / "dnsmasq.leases"
+        return path.read_text() if path.exists() else ""
 
     def dhcp_client(self) -> "DhcpClient":
         return DhcpClient(self)

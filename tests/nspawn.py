@@ -1,6 +1,6 @@
 """The box as a container: the cached rootfs booted with systemd-nspawn --boot (systemd as
-its PID 1, with the real networkd, resolved, timesyncd, hostnamed and D-Bus) inside a network
-namespace the test made, wired by a veth pair to a server namespace where dnsmasq serves
+its PID 1, with the real networkd, resolved, timesyncd, hostnamed and D-Bus) in the box
+namespace of a tests/netlab.py lab, where dnsmasq on the other side of the veth pair serves
 DHCPv4, DHCPv6 and router advertisements with DNS and NTP options.
 
 The host reaches the container's system bus through /proc/<its PID 1>/root. Nothing leaves
@@ -10,31 +10,22 @@ the two namespaces; both, the overlay and the container are gone after the `with
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import netlab
 import rootfs
 from helpers import wait_for
 
-INTERFACE = "eth0"  # the box's NIC, as the container sees it
-SERVER4, SERVER6 = "10.251.1.1", "fd51::1"
-DHCP_DNS = ("10.251.1.53", "fd51::53")  # what dnsmasq hands out; nothing listens there
-DHCP_NTP = ("10.251.1.123", "fd51::123")
+INTERFACE = netlab.BOX  # the box's NIC, as the container sees it
+SERVER4 = netlab.SERVER_V4
+DHCP_DNS = (netlab.SERVER_V4, netlab.SERVER_V6)  # what dnsmasq hands out; nothing answers DNS there
+DHCP_NTP = netlab.DHCP_NTP
 BOOT_TIMEOUT = 60.0  # s; a boot takes about 1 s
 STOP_TIMEOUT = 30.0  # s; a clean halt takes about 2 s
-_serial = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Lab:
-    box_netns: str  # where the container boots
-    server_netns: str
-    leases: Path  # dnsmasq's lease file: address, MAC and the host name each client sent
-    log: Path
 
 
 @dataclass(frozen=True)
@@ -53,54 +44,13 @@ class Container:
 
 
 @contextlib.contextmanager
-def lab(work: Path):
-    """Two namespaces joined by a veth pair (INTERFACE on the box's side) and dnsmasq on the
-    server's side; yields a Lab."""
-    name = f"appl{os.getpid()}n{next(_serial)}"
-    lab = Lab(f"{name}-box", f"{name}-srv", work / "dnsmasq.leases", work / "dnsmasq.log")
-    made: list[str] = []
-    dnsmasq = None
-    try:
-        for netns in (lab.box_netns, lab.server_netns):
-            rootfs.run(["ip", "netns", "add", netns], 10)
-            made.append(netns)
-        rootfs.run(["ip", "link", "add", INTERFACE, "netns", lab.box_netns, "type", "veth",
-                    "peer", "name", "srv0", "netns", lab.server_netns], 10)
-        for command in (["addr", "add", f"{SERVER4}/24", "dev", "srv0"],
-                        ["addr", "add", f"{SERVER6}/64", "dev", "srv0", "nodad"],
-                        ["link", "set", "srv0", "up"]):
-            rootfs.run(["ip", "-n", lab.server_netns, *command], 10)
-        dnsmasq = subprocess.Popen(
-            ["ip", "netns", "exec", lab.server_netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
-             "--port=0", "--no-ping", "--dhcp-authoritative", "--interface=srv0", "--bind-interfaces",
-             f"--dhcp-leasefile={lab.leases}", f"--pid-file={work / 'dnsmasq.pid'}", "--log-dhcp",
-             f"--log-facility={lab.log}", "--enable-ra",
-             "--dhcp-range=10.251.1.100,10.251.1.199,255.255.255.0,2m",  # 2 min: dnsmasq's shortest
-             "--dhcp-range=fd51::100,fd51::1ff,64,2m",
-             f"--dhcp-option=option:router,{SERVER4}",
-             f"--dhcp-option=option:dns-server,{DHCP_DNS[0]}",
-             f"--dhcp-option=option:ntp-server,{DHCP_NTP[0]}",
-             f"--dhcp-option=option6:dns-server,[{DHCP_DNS[1]}]",
-             f"--dhcp-option=option6:sntp-server,[{DHCP_NTP[1]}]"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: dnsmasq.poll() is not None or "bound exclusively" in _text(lab.log), "dnsmasq to start")
-        assert dnsmasq.poll() is None, f"dnsmasq exited {dnsmasq.returncode}: {_tail(lab.log)}"
-        yield lab
-    finally:
-        if dnsmasq:
-            _stop(dnsmasq)
-        for netns in made:  # deleting the box's side takes the veth pair with it
-            rootfs.run(["ip", "netns", "del", netns], 10)
-
-
-@contextlib.contextmanager
-def booted(lower: Path, lab: Lab, work: Path, files: dict[str, str]):
-    """`lower` booted in lab.box_netns from a private overlay with `files` (path relative to
+def booted(lower: Path, lab: netlab.Lab, work: Path, files: dict[str, str]):
+    """`lower` booted in lab.client from a private overlay with `files` (path relative to
     the root -> content) added first; yields a running Container and halts it afterwards.
     What it printed (systemd and its journal) is in work/console.log."""
     with rootfs.writable_copy(lower, work) as root:
         rootfs.write_files(root, files)
-        name = lab.box_netns.removesuffix("-box")
+        name = lab.client.removeprefix("nlab-")
         console = work / "console.log"
         with open(console, "wb") as output:
             nspawn = subprocess.Popen(
@@ -109,7 +59,7 @@ def booted(lower: Path, lab: Lab, work: Path, files: dict[str, str]):
                 # stay the box's own.
                 ["systemd-nspawn", "--directory", str(root), "--machine", name, "--boot", "--register=no",
                  "--keep-unit", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-                 f"--network-namespace-path=/run/netns/{lab.box_netns}", "--console=pipe",
+                 f"--network-namespace-path=/run/netns/{lab.client}", "--console=pipe",
                  "--timezone=off", "--resolv-conf=off", "--link-journal=no"],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         pid = None
@@ -164,10 +114,6 @@ def _stop(process: subprocess.Popen, init: int | None = None) -> None:
             process.wait(STOP_TIMEOUT)
 
 
-def _text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
 def _tail(path: Path) -> str:
     """The end of a log, for a failure message."""
-    return _text(path)[-3000:]
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""

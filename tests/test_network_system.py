@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 import nspawn
+from netlab import lab  # noqa: F401  (the fixture)
 import rootfs
 from appliance.network import system_bus
 from appliance.network.system_bus import BusError
@@ -53,12 +54,6 @@ NTP=10.251.1.3
 """
 SETTLE = 20.0  # s for networkd/resolved/timesyncd to act on a change (they take well under 1 s)
 LEASE = 30.0  # s for both leases; DHCPv6 waits for IPv6 DAD, about 3 s
-
-
-@pytest.fixture
-def lab(tmp_path):
-    with nspawn.lab(tmp_path) as made:
-        yield made
 
 
 @pytest.fixture
@@ -130,9 +125,9 @@ def test_dhcp_lease_dns_and_ntp_reach_networkd_resolved_and_timesyncd(box, lab):
     eventually(lambda: call(box, lambda bus: bus.ntp_state()).link_servers, (nspawn.DHCP_NTP[0],),
                "timesyncd's link NTP servers")
     assert call(box, lambda bus: bus.ntp_state()).server_name == nspawn.DHCP_NTP[0]
-    acks = lab.log.read_text().count("DHCPACK(srv0)")
+    acks = lab.dnsmasq_log().count("DHCPACK(srv0)")
     call(box, lambda bus: bus.renew_link(state.index))
-    eventually(lambda: lab.log.read_text().count("DHCPACK(srv0)"), acks + 1, "dnsmasq's DHCPACKs")
+    eventually(lambda: lab.dnsmasq_log().count("DHCPACK(srv0)"), acks + 1, "dnsmasq's DHCPACKs")
     renewed = call(box, lambda bus: bus.describe_link(state.index))
     assert renewed.addresses_from("DHCPv4") == state.addresses_from("DHCPv4")
 
@@ -198,7 +193,7 @@ def test_machine_name_is_set_read_back_and_sent_to_dhcp(box, lab):
     assert not (box.root / "etc/hostname").exists()
     call(box, lambda bus: bus.set_static_hostname("ct-archive-2"))
     call(box, lambda bus: bus.reconfigure_link(index))
-    eventually(lambda: [line.split()[3] for line in lab.leases.read_text().splitlines() if "10.251.1." in line],
+    eventually(lambda: [line.split()[3] for line in lab.leases().splitlines() if "10.251.1." in line],
                ["ct-archive-2"], "the host name in dnsmasq's DHCPv4 lease")
 
 

@@ -1,5 +1,5 @@
 """`service-tool network` against real systemd daemons (TL-03, NW-03, NW-06, NW-12, NW-13): the
-box's rootfs boots as a container in a lab with dnsmasq (tests/nspawn.py); the tool writes the
+box's rootfs boots as a container in a lab with dnsmasq (tests/nspawn.py, tests/netlab.py); the tool writes the
 files into the container's root, runs netplan's generator there and tells networkd, timesyncd,
 hostnamed and timedated over the container's bus. `network try` without a confirmation puts
 everything back; with one, the new settings stay.
@@ -15,18 +15,13 @@ import pytest
 import tomlkit
 
 import nspawn
+from netlab import lab  # noqa: F401  (the fixture)
 import rootfs
 from appliance.network import system_bus
 from helpers import SERVICE_TOOL, service_tool, wait_for
 
 STATIC = "10.251.1.50"
 SETTLE = 30.0  # s; networkd acts on a change in well under 1 s, a DHCP lease takes 1-7 s
-
-
-@pytest.fixture
-def lab(tmp_path):
-    with nspawn.lab(tmp_path) as made:
-        yield made
 
 
 @pytest.fixture
@@ -39,7 +34,7 @@ def box(lab, tmp_path):
 def target(box, lab) -> list[str]:
     """The options that point the tool at the container instead of this host. Its root as its
     PID 1 sees it: /run there is the container's own tmpfs, where netplan's output must go."""
-    return ["--root", f"/proc/{box.pid}/root", "--bus", box.bus_address, "--netns", lab.box_netns]
+    return ["--root", f"/proc/{box.pid}/root", "--bus", box.bus_address, "--netns", lab.client]
 
 
 @pytest.fixture
