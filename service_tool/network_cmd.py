@@ -134,9 +134,14 @@ def _change(args, confirm_within: float | None) -> int:
 
     try:
         written, described = edit.write(args.config, _mutate(args))
-        interface = _interface(written.new, args)
     except (ConfigError, edit.Refused) as exc:
         print(f"refused: {exc}; {args.config} is unchanged", file=sys.stderr)
+        return edit.EXIT_REFUSED
+    try:
+        interface = _interface(written.new, args)  # after the edit: it may name another one
+    except ConfigError as exc:
+        edit.put_back(args.config, written)
+        print(f"refused: {exc}; {args.config} is restored", file=sys.stderr)
         return edit.EXIT_REFUSED
     print(f"{described}; saved to {args.config}")
     saved = apply.snapshot(args.root)

@@ -138,5 +138,7 @@ def test_invalid_settings_are_refused_before_anything_changes(box, config, targe
     assert result.returncode == 1 and "network.addresses" in result.stderr
     result = tool(config, target, "set", "--dhcp", "off", "--address", "169.254.7.7/16")
     assert result.returncode == 1 and "NW-07" in result.stderr
+    result = tool(config, target, "set", "--interface", "nosuch0", "--dns", "10.251.1.2")  # valid, but not there
+    assert result.returncode == 1 and "network.interface" in result.stderr and "is restored" in result.stderr
     assert config.read_bytes() == before
     assert not (box.root / "etc/netplan/90-appliance.yaml").exists()

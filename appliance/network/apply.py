@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.config.write import write_text
 from appliance.network import system_files
+from appliance.network.netplan import NETPLAN, NetplanError
 from appliance.network.system_bus import BusError, SystemBus, run
 
 _FILES = (system_files.NETPLAN_YAML, system_files.NETWORKD_DROPIN, system_files.TIMESYNCD_DROPIN,
@@ -58,13 +59,16 @@ def restore(saved: Snapshot, root: Path) -> None:
 
 def apply(config: Config, interface: str, root: Path, bus_address: str | None = None) -> list[str]:
     """Write the files for `config` and put them in force; the steps that only warned."""
-    system_files.write_system_files(config, interface, root)
+    try:
+        system_files.write_system_files(config, interface, root)
+    except NetplanError as exc:  # nothing was written
+        raise ApplyError(f"netplan refused the settings: {exc}") from exc
     return activate(config, interface, root, bus_address)
 
 
 def activate(config: Config, interface: str, root: Path, bus_address: str | None = None) -> list[str]:
     """Put the files below `root` in force for `interface`; the steps that only warned."""
-    generated = subprocess.run(["netplan", "generate", "--root-dir", str(root)], capture_output=True, text=True,
+    generated = subprocess.run([NETPLAN, "generate", "--root-dir", str(root)], capture_output=True, text=True,
                                timeout=60)
     if generated.returncode != 0:
         raise ApplyError(f"netplan generate: {generated.stderr.strip() or generated.returncode}")
