@@ -110,7 +110,7 @@ def diff(args: argparse.Namespace) -> int:
         what = "the defaults"
     old, new = flatten(base), flatten(to_dict(config))
     changes = [{"key": k, "from": old.get(k), "to": new.get(k)}
-               for k in sorted(old.keys() | new.keys(), key=list({**old, **new}).index) if old.get(k) != new.get(k)]
+               for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]  # in file order
     if args.json:
         print(json.dumps(changes, indent=2))
     elif not changes:

@@ -19,10 +19,12 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 from pyroute2 import IPRoute
 
+from appliance.network import links
 from helpers import REPO, wait_for
 
 BOX = "box0"  # the box's interface, in the client namespace
@@ -249,3 +251,61 @@ def lab(tmp_path):
     finally:
         created.down()
 
+
+# --- static programming, for the tests' own addresses ------------------------------------------
+RT_SCOPE_UNIVERSE = 0
+RTPROT_STATIC = 4  # routes apply_static owns; the DHCP client's and the kernel's are left alone
+# A static gateway wins over the one of a DHCP lease or a router advertisement, which the
+# DHCP client and the kernel add with metric 1024 (NW-06).
+STATIC_METRIC = 512
+
+
+def apply_static(ifname: str, addresses: Iterable[str] = (), gateways: Iterable[str] = (), mtu: int | None = None,
+                 netns: str | None = None) -> list[str]:
+    """Give the box's interface this static configuration, as networkd would on the box (the
+    product leaves it to networkd; the tests need addresses of their own): `addresses` (CIDR,
+    IPv4 or IPv6) added, static addresses not listed removed; one default route per family
+    through each of `gateways`; the MTU, unless None. Dynamic addresses and the routes of the
+    DHCP client or of router advertisements are not touched. What was changed ([] if nothing)."""
+    wanted = {ipaddress.ip_interface(a) for a in addresses}
+    routes = {ipaddress.ip_address(g).version: g for g in gateways}
+    changes = []
+    with IPRoute(netns=netns) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        (link,) = ipr.get_links(index)
+        if mtu is not None and link.get("IFLA_MTU") != mtu:
+            ipr.link("set", index=index, mtu=mtu)
+            changes.append(f"MTU {link.get('IFLA_MTU')} -> {mtu}")
+        static = _static_addresses(ipr, index)
+        for gone in sorted(static - wanted, key=str):
+            ipr.addr("del", index=index, address=str(gone.ip), prefixlen=gone.network.prefixlen)
+            changes.append(f"removed {gone}")
+        for new in sorted(wanted - static, key=str):
+            ipr.addr("add", index=index, address=str(new.ip), prefixlen=new.network.prefixlen)
+            changes.append(f"added {new}")
+        for version, family, default in ((4, socket.AF_INET, "0.0.0.0/0"), (6, socket.AF_INET6, "::/0")):
+            changes += _set_gateway(ipr, index, family, default, routes.get(version))
+    return changes
+
+
+def _static_addresses(ipr, index: int) -> set:
+    """The interface's static global addresses: the kernel's link-local ones are not ours."""
+    found = set()
+    for msg in ipr.get_addr(index=index):
+        address = links.address_of(msg)
+        if msg["scope"] == RT_SCOPE_UNIVERSE and not address.dynamic:
+            found.add(ipaddress.ip_interface(address.cidr))
+    return found
+
+
+def _set_gateway(ipr, index: int, family: int, default: str, gateway: str | None) -> list[str]:
+    ours = [r.get("RTA_GATEWAY") for r in ipr.get_routes(family=family, oif=index, dst_len=0, table=254)
+            if r["proto"] == RTPROT_STATIC]
+    if ours == ([gateway] if gateway else []):
+        return []
+    for old in ours:
+        ipr.route("del", dst=default, gateway=old, oif=index, proto=RTPROT_STATIC, priority=STATIC_METRIC)
+    if gateway is None:
+        return [f"removed default gateway {', '.join(ours)}"]
+    ipr.route("add", dst=default, gateway=gateway, oif=index, proto=RTPROT_STATIC, priority=STATIC_METRIC)
+    return [f"default gateway {gateway}"]

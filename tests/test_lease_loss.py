@@ -13,8 +13,8 @@ import pytest
 
 import scu
 from helpers import Appliance, merge, wait_for
+import netlab
 from netlab import BOX, lab  # noqa: F401  (lab: the fixture)
-from appliance.network import links
 
 LOST = r"ERROR appliance\.network: DHCP lease lost on box0: (\S+) removed [^\n]*; (\d+) DICOM associations aborted"
 ABORTED = r"{ae} #\d+ TEST_SCU@10\.251\.1\.1:\d+: association aborted by the appliance \(A-ABORT\)"
@@ -91,7 +91,7 @@ def test_refused_renewal_aborts_every_association(lab, box, modality):
 def test_lease_that_runs_out_aborts_after_a_reload_named_the_interface(lab, box, modality):
     """The kernel removes an address whose lifetime ends, as it does a lease the DHCP client
     could not renew. The interface comes from a reload: the watch follows network.interface."""
-    links.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client)
+    netlab.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client)
     app = box({"network": {"interface": "eth7"}}, watched=False)
     app.wait_log(r"INFO appliance\.network: DHCP lease watch off: network\.interface: no interface 'eth7'")
     app.config["network"]["interface"] = BOX
@@ -110,11 +110,11 @@ def test_lease_that_runs_out_aborts_after_a_reload_named_the_interface(lab, box,
 
 
 def test_static_address_removed_aborts_nothing(lab, box, modality):
-    links.apply_static(BOX, ["10.251.1.10/24", "10.251.1.11/24"], netns=lab.client)
+    netlab.apply_static(BOX, ["10.251.1.10/24", "10.251.1.11/24"], netns=lab.client)
     app = box()
     assoc = modality("10.251.1.10", app.storage_port)
 
-    assert links.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client) == ["removed 10.251.1.11/24"]
+    assert netlab.apply_static(BOX, ["10.251.1.10/24"], netns=lab.client) == ["removed 10.251.1.11/24"]
     app.wait_log(r"INFO appliance\.network: static address 10\.251\.1\.11/24 removed from box0: not a DHCP lease")
 
     assert scu.echo_status(assoc) == 0
@@ -144,7 +144,7 @@ def test_lease_released_while_the_service_stops_is_no_refusal(lab, box, modality
 def test_both_scp_aes_answer_over_ipv4_and_ipv6_on_the_configured_addresses(lab, box):
     """NW-11: with static IPv4 and IPv6 addresses on the box's interface, a modality in another
     namespace reaches both SCP AEs over either family (one dual-stack socket per AE)."""
-    links.apply_static(BOX, ["10.251.1.20/24", "fd51::20/64"], netns=lab.client)
+    netlab.apply_static(BOX, ["10.251.1.20/24", "fd51::20/64"], netns=lab.client)
     app = box(watched=False)
     for address in ("10.251.1.20", "fd51::20"):
         for port, title in ((app.storage_port, "EX_STORE_SCP"), (app.qr_port, "EX_QUERY_SCP")):

@@ -13,6 +13,7 @@ import pytest
 from appliance.errors import ConfigError
 from appliance.network import links
 from helpers import wait_for
+import netlab
 from netlab import BOX, SERVER_V4, lab  # noqa: F401  (lab: the fixture)
 
 
@@ -63,11 +64,11 @@ def test_link_state_and_what_nw01_reports(lab):
 
 
 def test_static_addresses_gateways_and_mtu_applied_and_read_back(lab):
-    changes = links.apply_static(BOX, ["10.251.2.10/24", "fd52::10/64"], ["10.251.2.1", "fd52::1"], mtu=1400,
+    changes = netlab.apply_static(BOX, ["10.251.2.10/24", "fd52::10/64"], ["10.251.2.1", "fd52::1"], mtu=1400,
                                  netns=lab.client)
     assert changes == ["MTU 1500 -> 1400", "added 10.251.2.10/24", "added fd52::10/64", "default gateway 10.251.2.1",
                        "default gateway fd52::1"]
-    assert links.apply_static(BOX, ["10.251.2.10/24", "fd52::10/64"], ["10.251.2.1", "fd52::1"], mtu=1400,
+    assert netlab.apply_static(BOX, ["10.251.2.10/24", "fd52::10/64"], ["10.251.2.1", "fd52::1"], mtu=1400,
                               netns=lab.client) == []  # already so
 
     state = links.read_state(BOX, netns=lab.client)
@@ -84,7 +85,7 @@ def test_static_addresses_gateways_and_mtu_applied_and_read_back(lab):
     (chosen,) = ip_json(lab, "-6", "route", "get", "2001:db8::1")
     assert chosen["gateway"] == "fd52::1"
 
-    changes = links.apply_static(BOX, ["10.251.2.11/24"], ["10.251.2.254"], mtu=1500, netns=lab.client)
+    changes = netlab.apply_static(BOX, ["10.251.2.11/24"], ["10.251.2.254"], mtu=1500, netns=lab.client)
     assert changes == ["MTU 1400 -> 1500", "removed 10.251.2.10/24", "removed fd52::10/64", "added 10.251.2.11/24",
                        "default gateway 10.251.2.254", "removed default gateway fd52::1"]
     (link,) = ip_json(lab, "addr", "show", "dev", BOX)
@@ -96,7 +97,7 @@ def test_static_addresses_gateways_and_mtu_applied_and_read_back(lab):
 
 def test_a_dhcp_lease_is_dynamic_and_static_programming_leaves_it_alone(lab):
     leased = lab.dhcp_client().wait_bound()
-    assert links.apply_static(BOX, ["10.251.1.10/24"], ["10.251.1.254"], netns=lab.client) == \
+    assert netlab.apply_static(BOX, ["10.251.1.10/24"], ["10.251.1.254"], netns=lab.client) == \
         ["added 10.251.1.10/24", "default gateway 10.251.1.254"]
 
     state = wait_for(lambda: with_ra_route(links.read_state(BOX, netns=lab.client)), "dnsmasq's router advertisement")
@@ -110,7 +111,7 @@ def test_a_dhcp_lease_is_dynamic_and_static_programming_leaves_it_alone(lab):
     (chosen,) = ip_json(lab, "route", "get", "203.0.113.1")
     assert chosen["gateway"] == "10.251.1.254"  # NW-06: the installer's wins
 
-    assert links.apply_static(BOX, [], netns=lab.client) == ["removed 10.251.1.10/24",
+    assert netlab.apply_static(BOX, [], netns=lab.client) == ["removed 10.251.1.10/24",
                                                             "removed default gateway 10.251.1.254"]
     assert [a.address for a in links.read_state(BOX, netns=lab.client).addresses if "." in a.address] == [leased]
     (chosen,) = ip_json(lab, "route", "get", "203.0.113.1")

@@ -7,10 +7,8 @@ tests run the same code against the interface of a namespace they created.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -27,11 +25,6 @@ _NIC_KINDS = (None, "veth")
 _FOREVER = 0xFFFFFFFF  # IFA_CACHEINFO lifetime "forever"
 _UNKNOWN_SPEED = (0, 0xFFFFFFFF)  # ethtool: no link, or the driver cannot tell
 _DUPLEX = {0: "half", 1: "full"}
-RT_SCOPE_UNIVERSE = 0
-RTPROT_STATIC = 4  # routes apply_static owns; the DHCP client's and the kernel's are left alone
-# NW-06: a gateway set by the installer wins over the one of a DHCP lease or a router
-# advertisement, which systemd-networkd and the kernel add with metric 1024.
-STATIC_METRIC = 512
 
 
 @dataclass(frozen=True)
@@ -127,57 +120,6 @@ def _link_mode(ifname: str, netns: str | None) -> tuple[int | None, str | None]:
         ethtool.close()
     speed = mode.get("ETHTOOL_A_LINKMODES_SPEED")
     return (None if speed in _UNKNOWN_SPEED else speed), _DUPLEX.get(mode.get("ETHTOOL_A_LINKMODES_DUPLEX"))
-
-
-def apply_static(ifname: str, addresses: Iterable[str] = (), gateways: Iterable[str] = (), mtu: int | None = None,
-                 netns: str | None = None) -> list[str]:
-    """Make the interface's static configuration exactly this: `addresses` (CIDR, IPv4 or IPv6)
-    added, static addresses not listed removed; one default route per family through each of
-    `gateways` (replacing the one set before); the MTU, unless None. Dynamic addresses and the
-    routes of the DHCP client or of router advertisements are not touched. What was changed,
-    for the log ([] when it was so already)."""
-    wanted = {ipaddress.ip_interface(a) for a in addresses}
-    routes = {ipaddress.ip_address(g).version: g for g in gateways}
-    changes = []
-    with IPRoute(netns=netns) as ipr:
-        index = _index(ipr, ifname)
-        (link,) = ipr.get_links(index)
-        if mtu is not None and link.get("IFLA_MTU") != mtu:
-            ipr.link("set", index=index, mtu=mtu)
-            changes.append(f"MTU {link.get('IFLA_MTU')} -> {mtu}")
-        static = _static_addresses(ipr, index)
-        for gone in sorted(static - wanted, key=str):
-            ipr.addr("del", index=index, address=str(gone.ip), prefixlen=gone.network.prefixlen)
-            changes.append(f"removed {gone}")
-        for new in sorted(wanted - static, key=str):
-            ipr.addr("add", index=index, address=str(new.ip), prefixlen=new.network.prefixlen)
-            changes.append(f"added {new}")
-        for version, family, default in ((4, socket.AF_INET, "0.0.0.0/0"), (6, socket.AF_INET6, "::/0")):
-            changes += _set_gateway(ipr, index, family, default, routes.get(version))
-    return changes
-
-
-def _static_addresses(ipr, index: int) -> set:
-    """The interface's static global addresses: the kernel's link-local ones are not ours."""
-    found = set()
-    for msg in ipr.get_addr(index=index):
-        address = address_of(msg)
-        if msg["scope"] == RT_SCOPE_UNIVERSE and not address.dynamic:
-            found.add(ipaddress.ip_interface(address.cidr))
-    return found
-
-
-def _set_gateway(ipr, index: int, family: int, default: str, gateway: str | None) -> list[str]:
-    ours = [r.get("RTA_GATEWAY") for r in ipr.get_routes(family=family, oif=index, dst_len=0, table=254)
-            if r["proto"] == RTPROT_STATIC]
-    if ours == ([gateway] if gateway else []):
-        return []
-    for old in ours:
-        ipr.route("del", dst=default, gateway=old, oif=index, proto=RTPROT_STATIC, priority=STATIC_METRIC)
-    if gateway is None:
-        return [f"removed default gateway {', '.join(ours)}"]
-    ipr.route("add", dst=default, gateway=gateway, oif=index, proto=RTPROT_STATIC, priority=STATIC_METRIC)
-    return [f"default gateway {gateway}"]
 
 
 def _index(ipr, ifname: str) -> int:
