@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -75,9 +76,20 @@ def run_reindex(args: argparse.Namespace) -> int:
         print(f"reindex failed, the index is unchanged: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        _give_back(directory)
         held.close()
     print(json.dumps(asdict(summary), indent=2) if args.json else _reindex_text(summary))
     return 0
+
+
+def _give_back(directory: Path) -> None:
+    """The files the rebuild made (new index, lock) to the data directory's owner, which on the
+    box is the service's user and the installer running this is root: an index root owned
+    would keep the service from starting. The rebuild makes files at the top level only."""
+    owner = directory.stat()
+    for path in directory.iterdir():
+        if path.lstat().st_uid != owner.st_uid:
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _progress(done: int, total: int) -> None:

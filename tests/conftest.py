@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import functools
+import sys
 import time
 
 import pytest
 from pydicom import config as pydicom_config
 from pynetdicom.association import Association
 
-from helpers import Appliance
+from helpers import REPO, Appliance
+
+# `image` (the image build, which the system and e2e tests use) is a directory of the checkout,
+# not part of the installed package.
+sys.path.insert(0, str(REPO))
 
 # The tests are a client that sends wrong values on purpose (a word as a date, a wildcard in
 # an IS): pydicom need not warn about each one.

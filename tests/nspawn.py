@@ -18,6 +18,7 @@ from pathlib import Path
 
 import netlab
 import rootfs
+from image import debian
 from helpers import wait_for
 
 INTERFACE = netlab.BOX  # the box's NIC, as the container sees it
@@ -45,11 +46,11 @@ class Container:
 
 @contextlib.contextmanager
 def booted(lower: Path, lab: netlab.Lab, work: Path, files: dict[str, str]):
-    """`lower` booted in lab.client from a private overlay with `files` (path relative to
+    """`lower` booted in lab.client from a private overlay, made the test box with `files` (path relative to
     the root -> content) added first; yields a running Container and halts it afterwards.
     What it printed (systemd and its journal) is in work/console.log."""
-    with rootfs.writable_copy(lower, work) as root:
-        rootfs.write_files(root, files)
+    with debian.writable_copy(lower, work) as root:
+        rootfs.prepare(root, files)
         name = lab.client.removeprefix("nlab-")
         console = work / "console.log"
         with open(console, "wb") as output:

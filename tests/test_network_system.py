@@ -1,7 +1,7 @@
 """The box's network settings reach the real systemd daemons (NW-03, NW-05, NW-06, NW-08,
 NW-09, NW-12, NW-13, TL-03): the rootfs boots as a container in a lab with dnsmasq, and
 everything is set and read back through appliance.network.system_bus over the container's
-system bus. Needs root. The first run builds the rootfs (about 1-3 min, see tests/rootfs.py);
+system bus. Needs root. The first run builds the Debian tree (about 2-3 min, see tests/rootfs.py);
 after that each test boots its own container in about 1 s.
 """
 
@@ -15,6 +15,7 @@ import rootfs
 from appliance.network import system_bus
 from appliance.network.system_bus import BusError
 from helpers import wait_for
+from image import debian
 
 NETWORK_FILE = "etc/systemd/network/50-appliance.network"
 TIMESYNCD_DROP_IN = "etc/systemd/timesyncd.conf.d/50-appliance.conf"
@@ -96,7 +97,7 @@ def leased(box) -> system_bus.LinkState:
 
 def apply(box, index: int, files: dict[str, str]) -> None:
     """Persist `files` in the box and make networkd act on them, as the service tool will."""
-    rootfs.write_files(box.root, files)
+    debian.write_files(box.root, files)
 
     async def reconfigure(bus):
         await bus.reload()

@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -25,6 +26,7 @@ import scu
 from helpers import Appliance, service_tool, tool, wait_for
 from query_archive import uid
 
+NOBODY = 65534  # uid and gid of Debian's nobody and nogroup
 POLICY = {"storage_scp": {"default_values": {"accession_number": "NOACC"}}}
 STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs", "StudyDate",
               "StudyTime", "AccessionNumber", "StudyID", "StudyInstanceUID", "ReferringPhysicianName",
@@ -113,7 +115,11 @@ def index_files(app: Appliance) -> list[Path]:
 
 
 def aside(app: Appliance) -> list[Path]:
-    return sorted(app.data_dir.glob("index.sqlite.replaced-*"))
+    return aside_of(app.data_dir)
+
+
+def aside_of(directory: Path) -> list[Path]:
+    return sorted(directory.glob("index.sqlite.replaced-*"))
 
 
 def test_reindex_rebuilds_a_lost_index_that_answers_as_before(archive, stored):
@@ -139,6 +145,29 @@ def test_reindex_rebuilds_a_lost_index_that_answers_as_before(archive, stored):
         assert rebuilt[path][4:] == ("", syntax, size) and calling == "MODALITY1"
     archive.start()
     assert answers(archive) == stored.answers
+
+
+def test_reindex_run_by_root_leaves_the_archive_to_the_services_user(archive, tmp_path):
+    # On the box the data directory belongs to the service's user and the installer is root: an
+    # index root made would stop the service from starting.
+    outside = Path(tempfile.mkdtemp(prefix="reindex-owner-"))  # a path the user can reach
+    try:
+        outside.chmod(0o755)
+        directory = outside / "data"
+        shutil.copytree(archive.data_dir, directory)
+        for path in [directory, *directory.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        config = tmp_path / "owned.toml"
+        config.write_text(f'[storage]\ndata_dir = "{directory}"\n')
+
+        result = service_tool(config, "reindex")
+
+        assert result.returncode == 0, result.stderr
+        assert aside_of(directory)  # a new index was made
+        assert {(path.name, path.stat().st_uid, path.stat().st_gid) for path in directory.rglob("*")
+                if (path.stat().st_uid, path.stat().st_gid) != (NOBODY, NOBODY)} == set()
+    finally:
+        shutil.rmtree(outside)
 
 
 def test_reindex_over_a_corrupted_index_keeps_it_aside(archive, stored):

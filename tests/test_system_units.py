@@ -1,4 +1,5 @@
-"""The files installed on the box: systemd unit (SE-06), sysctl drop-in (CF-08), config file."""
+"""The files installed on the box: systemd unit (SE-06), service user, first-boot config,
+sysctl drop-in (CF-08), config file. The booted image is tested in tests/e2e/."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 from appliance.config import data_dir, load_dict, load_file
 from appliance.config.model import Network, Timeouts
 from helpers import REPO
+from image.build import SYSTEM_FILES
 from service_tool.cli import DEFAULT_CONFIG
 
 SYSTEM = REPO / "system"
 UNIT = SYSTEM / "systemd" / "appliance.service"
 SYSCTL = SYSTEM / "sysctl.d" / "60-appliance-net.conf"
-# Exposure as `systemd-analyze security` scores it, x10 (0-100); the unit scores 14 ("1.4 OK").
+# Exposure as `systemd-analyze security` scores it, x10 (0-100): the unit scores 13 ("1.3 OK"); the
+# ceiling the box was specified with is 2.0, this one keeps what was won.
 EXPOSURE_THRESHOLD = 15
 # Units every service depends on implicitly (DefaultDependencies=yes).
 DEFAULT_DEPENDENCIES = ("sysinit.target", "basic.target", "shutdown.target")
@@ -78,6 +81,7 @@ def test_unit_runs_the_installed_daemon_as_notify_service():
     assert unit["ExecStart"] == [f"/opt/appliance/venv/bin/appliance serve --config {DEFAULT_CONFIG}"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["StateDirectory"] == ["appliance"]
+    assert unit["User"] == unit["Group"] == ["appliance"]
     assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX AF_NETLINK"]
     # Default ports are unprivileged: the service needs no capability.
     assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
@@ -114,3 +118,46 @@ def test_installed_config_file_is_the_defaults_with_the_state_directory():
     assert data_dir(config) == Path("/var/lib/appliance")
     defaults = load_dict({"storage": {"data_dir": "/var/lib/appliance"}}, base_dir=config.base_dir)
     assert config == defaults
+
+
+def test_the_image_installs_every_file_under_system():
+    shipped = {str(path.relative_to(REPO)) for path in SYSTEM.rglob("*") if path.is_file()}
+    assert shipped == set(SYSTEM_FILES)
+
+
+def install(root: Path, source: str) -> Path:
+    """`source` (a project file) at its place in the image below `root`."""
+    target = root / SYSTEM_FILES[source][0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / source, target)
+    return target
+
+
+def test_sysusers_makes_the_services_system_user(tmp_path):  # SE-06
+    (tmp_path / "etc").mkdir()
+    install(tmp_path, "system/sysusers.d/appliance.conf")
+    made = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    [entry] = [line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()
+               if line.startswith("appliance:")]
+    assert int(entry[2]) < 1000  # a system user
+    assert entry[5:] == ["/var/lib/appliance", "/usr/sbin/nologin"]
+    assert re.search(r"^appliance:x:\d+:", (tmp_path / "etc/group").read_text(), re.M)
+
+
+def first_boot_tmpfiles(root: Path) -> None:
+    done = subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_first_boot_makes_the_default_config_and_never_overwrites_one(tmp_path):
+    install(tmp_path, "system/tmpfiles.d/appliance.conf")
+    pristine = install(tmp_path, "system/appliance.toml")
+    first_boot_tmpfiles(tmp_path)
+    config = tmp_path / DEFAULT_CONFIG.relative_to("/")
+    assert config.read_bytes() == pristine.read_bytes()
+    assert config.stat().st_mode & 0o777 == 0o644
+    config.write_text('[storage_scp]\nae_title = "SITE_SCP"\n')  # the installer's edit
+    first_boot_tmpfiles(tmp_path)
+    assert config.read_text() == '[storage_scp]\nae_title = "SITE_SCP"\n'
