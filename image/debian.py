@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -39,23 +40,38 @@ def debootstrap(root: Path, packages: tuple[str, ...] = PACKAGES) -> None:
                 entry.unlink()
 
 
-def cached_tree(cache: Path) -> Path:
-    """The debootstrapped tree in `cache`, built on first use. Its name hashes what goes into
-    it, so a changed package list builds a new one; concurrent callers wait for one build."""
+def tree_path(cache: Path) -> Path:
+    """Where `cached_tree` keeps the tree: its name hashes what goes into it, so a changed
+    package list builds a new one."""
     recipe = json.dumps([SUITE, MIRROR, PACKAGES]).encode()
-    root = cache / f"debian-{hashlib.sha256(recipe).hexdigest()[:16]}"
+    return cache / f"debian-{hashlib.sha256(recipe).hexdigest()[:16]}"
+
+
+def cached_tree(cache: Path) -> Path:
+    """The debootstrapped tree in `cache`, built on first use; concurrent callers (processes
+    too) wait for one build."""
+    root = tree_path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not root.is_dir():
             partial = cache / f"{root.name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
+            _remove(partial)  # left by a build that was killed
             try:
                 debootstrap(partial)
                 partial.rename(root)  # only a finished tree gets the name
             finally:
-                shutil.rmtree(partial, ignore_errors=True)
+                _remove(partial)
     return root
+
+
+def _remove(tree: Path) -> None:
+    """`tree` deleted, after unmounting what a killed debootstrap left mounted in it (its
+    /proc and /sys), so the deletion never reaches into those."""
+    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounted if m.startswith(f"{tree}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", target], capture_output=True, timeout=30)
+    shutil.rmtree(tree, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -94,3 +110,7 @@ def run(command: list[str], timeout: float, **kwargs) -> str:
         output = done.stdout[-3000:] + done.stderr[-3000:]
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{output}")
     return done.stdout
+
+
+if __name__ == "__main__":  # python3 -m image.debian CACHE: build the cached tree ahead of use
+    print(cached_tree(Path(sys.argv[1])))

@@ -9,8 +9,11 @@ later runs reuse the tree. Each test gets a private overlay on top (`writable_co
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+from helpers import REPO
 from image import debian
 
 ENABLED_UNITS = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service")
@@ -31,6 +34,19 @@ def cache_dir() -> Path:
     /var/cache/appliance-tests (the tests run as root)."""
     base = os.environ.get("XDG_CACHE_HOME")
     return Path(base) / "appliance-tests" if base else Path("/var/cache/appliance-tests")
+
+
+def build_in_background() -> None:
+    """Start building the tree when it is not cached yet (about 2.5 min, mostly downloading
+    and dpkg), so that it is ready by the time the tests that need it run. `cached_rootfs`
+    waits for the build (the cache's lock) and, if it failed, tries again and reports why.
+    The build is left to finish even if the test run ends first: the next run has the tree."""
+    if debian.tree_path(cache_dir()).is_dir():
+        return
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "background-build.log", "w") as log:
+        subprocess.Popen([sys.executable, "-m", "image.debian", str(cache_dir())], cwd=REPO,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def cached_rootfs() -> Path:

@@ -17,6 +17,8 @@ from appliance.network.system_bus import BusError
 from helpers import wait_for
 from image import debian
 
+pytestmark = pytest.mark.debian_tree
+
 NETWORK_FILE = "etc/systemd/network/50-appliance.network"
 TIMESYNCD_DROP_IN = "etc/systemd/timesyncd.conf.d/50-appliance.conf"
 MATCH = f"[Match]\nName={nspawn.INTERFACE}\n\n"
@@ -125,7 +127,9 @@ def test_dhcp_lease_dns_and_ntp_reach_networkd_resolved_and_timesyncd(box, lab):
     # servers only; DHCPv6's (in DescribeLink above) never reach it.
     eventually(lambda: call(box, lambda bus: bus.ntp_state()).link_servers, (nspawn.DHCP_NTP[0],),
                "timesyncd's link NTP servers")
-    assert call(box, lambda bus: bus.ntp_state()).server_name == nspawn.DHCP_NTP[0]
+    # It names the server it uses a moment after it has the list.
+    eventually(lambda: call(box, lambda bus: bus.ntp_state()).server_name, nspawn.DHCP_NTP[0],
+               "the NTP server timesyncd uses")
     acks = lab.dnsmasq_log().count("DHCPACK(srv0)")
     call(box, lambda bus: bus.renew_link(state.index))
     eventually(lambda: lab.dnsmasq_log().count("DHCPACK(srv0)"), acks + 1, "dnsmasq's DHCPACKs")

@@ -20,6 +20,8 @@ import rootfs
 from appliance.network import system_bus
 from helpers import SERVICE_TOOL, service_tool, wait_for
 
+pytestmark = pytest.mark.debian_tree
+
 STATIC = "10.251.1.50"
 SETTLE = 30.0  # s; networkd acts on a change in well under 1 s, a DHCP lease takes 1-7 s
 

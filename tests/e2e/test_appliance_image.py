@@ -30,6 +30,8 @@ from guest import PEER_ADDRESS, Guest
 from helpers import REPO, dcmtk, free_port
 from image.build import DEFAULT_PASSWORD
 
+pytestmark = pytest.mark.debian_tree
+
 STORE_TITLE, QUERY_TITLE = "EX_STORE_SCP", "EX_QUERY_SCP"  # the image's first-boot defaults
 STORE_PORT, QUERY_PORT = 4000, 5000
 PEER_TITLE = "HOST_SCP"  # DCMTK storescp on the host, the C-MOVE destination
@@ -155,6 +157,9 @@ def test_the_service_runs_as_its_own_user_with_only_dicom_ports_open(box):  # SE
         assert status == 0 and "STORAGE-SCP" in journal, journal
         status, limits = box.guest.run("systemd-analyze cat-config systemd/journald.conf")
         assert "SystemMaxUse=256M" in limits and "Storage=persistent" in limits, limits
+        assert box.guest.run("test -d /var/log/journal")[0] == 0
+        # The socket buffer caps the service's requests need were applied at boot (CF-08).
+        assert box.guest.run("sysctl -n net.core.rmem_max net.core.wmem_max") == (0, "4194304\n4194304\n")
 
 
 def test_a_study_is_stored_found_and_moved_to_a_host_peer(box, tmp_path):
@@ -211,6 +216,20 @@ def test_a_static_address_and_name_set_on_the_console(box):  # NW-03, NW-05
         assert box.guest.run("hostname") == (0, f"{HOSTNAME}\n")
         answered = echo(box.query_port, QUERY_TITLE)  # QEMU forwards to the same address
         assert answered.returncode == 0, answered.stdout + answered.stderr
+
+
+def test_a_killed_service_is_restarted_and_serves_again(box):
+    with box.diagnosed():
+        status, pid = box.guest.run("systemctl show -P MainPID appliance")
+        assert status == 0 and int(pid) > 0, pid
+        killed = time.monotonic()
+        assert box.guest.run(f"kill -KILL {int(pid)}")[0] == 0
+        elapsed = first_echo(box.store_port, STORE_TITLE, killed)
+        print(f"SIGKILL to the next C-ECHO: {elapsed:.1f} s (RestartSec=5)")
+        status, shown = box.guest.run("systemctl show -p MainPID -p NRestarts appliance")
+        now = dict(line.split("=", 1) for line in shown.split())
+        assert status == 0 and now["MainPID"] != pid.strip() and now["NRestarts"] == "1", shown
+        assert len(find_studies(box)) == 1
 
 
 def test_the_study_is_still_there_after_a_reboot(box):
