@@ -40,8 +40,10 @@ SYSTEM_FILES = {
     "system/netplan/90-appliance.yaml": ("etc/netplan/90-appliance.yaml", 0o600),
     "system/issue": ("etc/issue", 0o644),
 }
-ENABLED_UNITS = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service",
-                 "appliance.service")
+NETWORK_UNITS = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service")
+ENABLED_UNITS = NETWORK_UNITS + ("appliance.service",)
+# The box installs nothing after its build (a new image replaces it): apt need not wake daily.
+DISABLED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 FILES = {
     "etc/hostname": "appliance\n",
     "etc/hosts": "127.0.0.1 localhost\n127.0.1.1 appliance\n::1 localhost ip6-localhost ip6-loopback\n",
@@ -52,6 +54,7 @@ FILES = {
     # as the first one).
     "etc/machine-id": "",
 }
+IMAGE_PYTHON = (3, 11)
 DEFAULT_PASSWORD = "appliance"
 DEFAULT_SIZE = "4G"
 
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                if shutil.which(tool) is None]
     if missing:
         parser.error(f"missing {', '.join(missing)}: apt-get install debootstrap e2fsprogs qemu-utils")
+    if sys.version_info[:2] != IMAGE_PYTHON:
+        # Compiled dependencies (netifaces) are built here as wheels for this Python.
+        parser.error(f"run with Python {'.'.join(map(str, IMAGE_PYTHON))}, the image's (Debian {debian.SUITE})")
     started = time.monotonic()
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="appliance-image-", dir=args.output) as scratch:
@@ -133,6 +139,7 @@ def install_system(root: Path, password: str) -> None:
     debian.write_files(root, FILES)
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)  # else D-Bus keeps the build's
     debian.enable(root, ENABLED_UNITS)
+    debian.run(["systemctl", f"--root={root}", "disable", *DISABLED_UNITS], 60)
     chroot(root, "systemd-sysusers")
     chroot(root, "chpasswd", stdin=f"root:{password}\n")
     chroot(root, "chage", "--lastday", "0", "root")

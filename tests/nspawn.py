@@ -18,8 +18,8 @@ from pathlib import Path
 
 import netlab
 import rootfs
-from image import debian
 from helpers import wait_for
+from image import debian
 
 INTERFACE = netlab.BOX  # the box's NIC, as the container sees it
 SERVER4 = netlab.SERVER_V4
@@ -46,8 +46,8 @@ class Container:
 
 @contextlib.contextmanager
 def booted(lower: Path, lab: netlab.Lab, work: Path, files: dict[str, str]):
-    """`lower` booted in lab.client from a private overlay, made the test box with `files` (path relative to
-    the root -> content) added first; yields a running Container and halts it afterwards.
+    """`lower` booted in lab.client from a private overlay, made the test box with `files` (path
+    relative to the root -> content) added; yields a running Container and halts it afterwards.
     What it printed (systemd and its journal) is in work/console.log."""
     with debian.writable_copy(lower, work) as root:
         rootfs.prepare(root, files)

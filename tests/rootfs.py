@@ -1,5 +1,5 @@
 """The system tests' container tree: the appliance image's Debian tree (image/debian.py, one
-debootstrap cached for both) with the network daemons enabled, booted with systemd-nspawn.
+debootstrap cached for both) with the box's network daemons enabled, booted with systemd-nspawn.
 
 A cold debootstrap takes about 2 min on a 2-core machine (it downloads from deb.debian.org);
 later runs reuse the tree. Each test gets a private overlay on top (`writable_copy`, about
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from helpers import REPO
 from image import debian
+from image.build import NETWORK_UNITS
 
-ENABLED_UNITS = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service")
 FILES = {
     # debootstrap copies the build machine's /etc/hostname and writes no /etc/hosts.
     "etc/hostname": "appliance\n",
@@ -56,5 +56,5 @@ def cached_rootfs() -> Path:
 
 def prepare(root: Path, files: dict[str, str]) -> None:
     """A writable copy of the tree made the system tests' box, with `files` added."""
-    debian.enable(root, ENABLED_UNITS)
+    debian.enable(root, NETWORK_UNITS)
     debian.write_files(root, {**FILES, **files})
