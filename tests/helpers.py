@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -29,10 +30,26 @@ def service_tool(config: Path, *args: str, timeout: float = 60) -> subprocess.Co
 READY_TIMEOUT = 30.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below the kernel's ephemeral range and not handed out before in
+    this run. Outside that range no outgoing connection can take it as its local port, which
+    once kept a destination the C-MOVE tests start on the same port again from binding."""
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, ephemeral_start)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between 10000 and {ephemeral_start}")
 
 
 def accepts(port: int, host: str = "127.0.0.1") -> bool:

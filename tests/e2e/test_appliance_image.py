@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -42,6 +43,7 @@ GUEST_ADDRESS, GUEST_GATEWAY = "10.0.2.15", "10.0.2.2"
 HOSTNAME = "rad-archive-e2e"
 PATIENT_ID = "E2E-1"
 INSTANCES = 3
+IMAGE_SIZE, DISK_SIZE = 4 << 30, 5 << 30  # the built file system (image.build's default), the disk
 BUILD_TIMEOUT = 1800  # s; a cold build (debootstrap) takes about 3 min
 BOOT_TIMEOUT = 600  # s; a boot to the first echo takes about a minute, TCG varies with host load
 
@@ -92,6 +94,7 @@ def image_dir(tmp_path_factory) -> Path:
 def box(image_dir, tmp_path_factory):
     store_port, query_port, peer_port = free_port(), free_port(), free_port()
     consoles = tmp_path_factory.mktemp("console")
+    os.truncate(image_dir / "appliance.raw", DISK_SIZE)  # a disk larger than the image, as on site
     box = Box(functools.partial(Guest, image_dir, image_dir / "appliance.raw",
                                 {store_port: STORE_PORT, query_port: QUERY_PORT}, peer_port),
               consoles, store_port, query_port, peer_port)
@@ -150,6 +153,9 @@ def test_the_service_runs_as_its_own_user_with_only_dicom_ports_open(box):  # SE
         ports = {re.search(r"\S+:(\d+)\s", line).group(1) for line in listening.splitlines()
                  if not re.search(r"\s(127\.\d+\.\d+\.\d+(%lo)?|\[::1\]):\d+\s", line)}
         assert (status, ports) == (0, {str(STORE_PORT), str(QUERY_PORT)}), listening
+        # The first boot grew the file system to the disk.
+        status, size = box.guest.run("df -B1 --output=size / | tail -1")
+        assert status == 0 and int(size) > IMAGE_SIZE, size
         # The first boot made the configuration file from the image's defaults.
         assert box.guest.run("cmp /etc/appliance/appliance.toml /usr/share/appliance/appliance.toml")[0] == 0
         # The service log reaches the journal, which is kept on disk within its bound (LG-10).
