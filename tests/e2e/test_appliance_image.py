@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,6 @@ class Box:
     peer_port: int
     guest: Guest | None = None
     logged_in: bool = False
-    measured: dict = field(default_factory=dict)
 
     def power_on(self) -> None:
         console = self.consoles / f"console-{len(list(self.consoles.iterdir())) + 1}.log"
@@ -131,10 +130,9 @@ def find_studies(box: Box) -> list[str]:
 
 def test_both_scp_aes_answer_c_echo_after_power_on(box):  # VE-01, VE-02
     with box.diagnosed():
-        box.measured["store"] = first_echo(box.store_port, STORE_TITLE, box.guest.started)
-        box.measured["query"] = first_echo(box.query_port, QUERY_TITLE, box.guest.started)
-        print(f"power-on to first C-ECHO: STORAGE-SCP {box.measured['store']:.1f} s, "
-              f"QUERY-RETRIEVE-SCP {box.measured['query']:.1f} s")
+        store = first_echo(box.store_port, STORE_TITLE, box.guest.started)
+        query = first_echo(box.query_port, QUERY_TITLE, box.guest.started)
+        print(f"power-on to first C-ECHO: STORAGE-SCP {store:.1f} s, QUERY-RETRIEVE-SCP {query:.1f} s")
         for port, title in ((box.store_port, STORE_TITLE), (box.query_port, QUERY_TITLE)):
             answered = echo(port, title)
             assert answered.returncode == 0, answered.stdout + answered.stderr
