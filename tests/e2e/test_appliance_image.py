@@ -115,7 +115,7 @@ def first_echo(port: int, title: str, since: float) -> float:
     while time.monotonic() < deadline:
         if echo(port, title).returncode == 0:
             return time.monotonic() - since
-        time.sleep(0.5)
+        time.sleep(0.5)  # a poll interval: each try is an echoscu process, CPU the emulated guest needs
     raise AssertionError(f"no C-ECHO answered by {title} within {BOOT_TIMEOUT} s of power-on")
 
 
