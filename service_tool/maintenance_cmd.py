@@ -83,9 +83,9 @@ def run_reindex(args: argparse.Namespace) -> int:
 
 
 def _give_back(directory: Path) -> None:
-    """The files the rebuild made (new index, lock) to the data directory's owner, which on the
-    box is the service's user and the installer running this is root: an index root owned
-    would keep the service from starting. The rebuild makes files at the top level only."""
+    """The files the rebuild made (new index, lock) given to the data directory's owner: on the
+    box that is the service's user while the installer runs this as root, and an index owned by
+    root would keep the service from starting. The rebuild makes files at the top level only."""
     owner = directory.stat()
     for path in directory.iterdir():
         if path.lstat().st_uid != owner.st_uid:

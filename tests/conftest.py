@@ -18,12 +18,14 @@ sys.path.insert(0, str(REPO))
 
 import rootfs  # noqa: E402 (needs `image` on the path)
 
+
 def pytest_collection_modifyitems(session, config, items):
     """Tests marked `debian_tree` (the system tier and the booted image) run last, and the tree
     they share starts building now if it is not cached, while the others run."""
     needing = [item for item in items if item.get_closest_marker("debian_tree")]
     if needing:
-        items[:] = [item for item in items if item not in needing] + needing
+        last = set(needing)
+        items[:] = [item for item in items if item not in last] + needing
         rootfs.build_in_background()
 
 
