@@ -131,11 +131,8 @@ def install_service(root: Path, wheels: Path) -> None:
 def install_system(root: Path, password: str) -> None:
     """The project's system files, the box's own files, units enabled, the service user made
     now (sysusers also runs at boot), and root's password set and expired."""
-    for source, (target, mode) in SYSTEM_FILES.items():
-        path = root / target
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / source, path)
-        path.chmod(mode)
+    for source in SYSTEM_FILES:
+        install_file(root, source)
     debian.write_files(root, FILES)
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)  # else D-Bus keeps the build's
     debian.enable(root, ENABLED_UNITS)
@@ -143,6 +140,16 @@ def install_system(root: Path, password: str) -> None:
     chroot(root, "systemd-sysusers")
     chroot(root, "chpasswd", stdin=f"root:{password}\n")
     chroot(root, "chage", "--lastday", "0", "root")
+
+
+def install_file(root: Path, source: str) -> Path:
+    """`source` (a project file of SYSTEM_FILES) at its place and mode below `root`."""
+    target, mode = SYSTEM_FILES[source]
+    path = root / target
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / source, path)
+    path.chmod(mode)
+    return path
 
 
 def export_boot_files(root: Path, output: Path) -> str:

@@ -61,13 +61,14 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def wait_for(condition, what: str, timeout: float = 10.0):
-    """Poll `condition` until it returns something true (returned) or fail after `timeout` s."""
+def wait_for(condition, what: str, timeout: float = 10.0, interval: float = 0.02):
+    """Poll `condition` every `interval` s until it returns something true (returned) or fail
+    after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(0.02)  # a poll interval, never a wait for an event
+        time.sleep(interval)  # a poll interval, never a wait for an event
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -13,7 +13,7 @@ import pytest
 from appliance.config import data_dir, load_dict, load_file
 from appliance.config.model import Network, Timeouts
 from helpers import REPO
-from image.build import SYSTEM_FILES
+from image.build import SYSTEM_FILES, install_file
 from service_tool.cli import DEFAULT_CONFIG
 
 SYSTEM = REPO / "system"
@@ -125,17 +125,9 @@ def test_the_image_installs_every_file_under_system():
     assert shipped == set(SYSTEM_FILES)
 
 
-def install(root: Path, source: str) -> Path:
-    """`source` (a project file) at its place in the image below `root`."""
-    target = root / SYSTEM_FILES[source][0]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / source, target)
-    return target
-
-
 def test_sysusers_makes_the_services_system_user(tmp_path):  # SE-06
     (tmp_path / "etc").mkdir()
-    install(tmp_path, "system/sysusers.d/appliance.conf")
+    install_file(tmp_path, "system/sysusers.d/appliance.conf")
     made = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     [entry] = [line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()
@@ -152,8 +144,8 @@ def first_boot_tmpfiles(root: Path) -> None:
 
 
 def test_first_boot_makes_the_default_config_and_never_overwrites_one(tmp_path):
-    install(tmp_path, "system/tmpfiles.d/appliance.conf")
-    pristine = install(tmp_path, "system/appliance.toml")
+    install_file(tmp_path, "system/tmpfiles.d/appliance.conf")
+    pristine = install_file(tmp_path, "system/appliance.toml")
     first_boot_tmpfiles(tmp_path)
     config = tmp_path / DEFAULT_CONFIG.relative_to("/")
     assert config.read_bytes() == pristine.read_bytes()

@@ -34,7 +34,7 @@ class Guest:
             + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forwards.items()]
             # QEMU runs the command for each connection the guest opens, on its stdin/stdout.
             + [f"guestfwd=tcp:{PEER_ADDRESS}:{peer_port}-cmd:{sys.executable} {RELAY} {peer_port}"])
-        self.command = [
+        command = [
             "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
             "-smp", "2", "-m", "1024", "-kernel", str(image_dir / "vmlinuz"),
             "-initrd", str(image_dir / "initrd.img"), "-append", command_line,
@@ -44,7 +44,7 @@ class Guest:
             # TCG took 50 s longer in the kernel than a cold start, for no finding about the box.
             "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
         self.started = time.monotonic()
-        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
         self._text = ""
         self._seen = 0  # how far expect() has consumed

@@ -28,7 +28,7 @@ from pydicom.uid import generate_uid
 import datasets
 import rootfs
 from guest import PEER_ADDRESS, Guest
-from helpers import REPO, dcmtk, free_port
+from helpers import REPO, dcmtk, free_port, wait_for
 from image.build import DEFAULT_PASSWORD
 
 pytestmark = pytest.mark.debian_tree
@@ -110,13 +110,11 @@ def echo(port: int, title: str) -> subprocess.CompletedProcess:
 
 
 def first_echo(port: int, title: str, since: float) -> float:
-    """Seconds from `since` to the first successful C-ECHO, trying every half second."""
-    deadline = since + BOOT_TIMEOUT
-    while time.monotonic() < deadline:
-        if echo(port, title).returncode == 0:
-            return time.monotonic() - since
-        time.sleep(0.5)  # a poll interval: each try is an echoscu process, CPU the emulated guest needs
-    raise AssertionError(f"no C-ECHO answered by {title} within {BOOT_TIMEOUT} s of power-on")
+    """Seconds from `since` to the first successful C-ECHO, trying every half second (each try
+    is an echoscu process: polling faster takes CPU the emulated guest needs)."""
+    wait_for(lambda: echo(port, title).returncode == 0, f"a C-ECHO answered by {title} after power-on",
+             timeout=since + BOOT_TIMEOUT - time.monotonic(), interval=0.5)
+    return time.monotonic() - since
 
 
 def find_studies(box: Box) -> list[str]:
