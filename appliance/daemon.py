@@ -34,6 +34,7 @@ from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.commitment import Commitments
 from appliance.store.ingest import Archive
+from appliance.wake import Wake
 
 log = logging.getLogger("appliance.daemon")
 
@@ -51,7 +52,7 @@ class Daemon:
         # Listeners closed by a reload whose associations may still run: the drain at shutdown
         # must wait for (and if need be abort) those too.
         self.retired: list[Listener] = []
-        self._wake = threading.Event()
+        self._wake = Wake()  # not a threading.Event: signal handlers ring it (see appliance.wake)
         self._stop = False
         self._reload = False
         # Control-socket reloads waiting for the outcome: (event, [result]) pairs.
@@ -69,6 +70,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
+        self._wake.wake_on_signals()
         directory = data_dir(self.config)
         directory.mkdir(parents=True, exist_ok=True)
         service_log.setup(self.config.logging, directory)
@@ -124,7 +126,7 @@ class Daemon:
         with self._waiters_lock:
             self._reload_waiters.append((done, result))
         self._reload = True
-        self._wake.set()
+        self._wake.ring()
         if not done.wait(float(request.get("timeout", 60))):
             return {"ok": False, "error": "the service did not finish the reload in time"}
         ok, message = result[0]
@@ -150,13 +152,12 @@ class Daemon:
             self._reload = True
         else:
             self._stop = True
-        self._wake.set()
+        self._wake.ring()
 
     def _main_loop(self) -> None:
         watchdog = systemd.watchdog_interval()
         while not self._stop:
-            self._wake.wait(timeout=watchdog)
-            self._wake.clear()
+            self._wake.wait(watchdog)
             if watchdog:
                 systemd.notify("WATCHDOG=1")
             if self._reload and not self._stop:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,21 @@ def test_sighup_to_a_port_in_use_keeps_the_running_listeners(appliance):
                        rf"cannot listen on port {port}: Address already in use")
     assert echo(appliance.storage_port, appliance.storage_title) == SUCCESS
     assert "configuration reloaded" not in appliance.log()
+
+
+def test_signals_at_any_point_of_the_main_loop_are_taken(appliance):
+    """A SIGHUP sent the moment the previous reload's READY=1 arrives lands where the main loop
+    goes back to waiting; then SIGTERM: it still serves and stops cleanly. (A handler that set a
+    threading.Event deadlocked when the signal came while the main thread held that Event's lock;
+    CI once saw a single SIGHUP after start hang so.)"""
+    deadline = time.monotonic() + 10
+    for _ in range(300):  # bounded in count and time
+        appliance.signal(signal.SIGHUP)
+        appliance.wait_notify("READY=1", 5)  # also keeps the notify queue (10 datagrams) from filling
+        if time.monotonic() > deadline:
+            break
+    assert echo(appliance.storage_port, appliance.storage_title) == SUCCESS
+    assert appliance.stop(timeout=15) == 0, appliance.log()
 
 
 def test_watchdog_is_fed_when_systemd_arms_it(make_appliance):

@@ -23,6 +23,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from appliance.errors import ConfigError
 from appliance.network import links
+from appliance.wake import Wake
 
 log = logging.getLogger("appliance.network")
 
@@ -44,7 +45,7 @@ class LeaseWatch:
         # pair, never both at once.
         self._lock = threading.Lock()
         self._stopped = False
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake = Wake()
         self._thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
 
     def start(self) -> "LeaseWatch":
@@ -55,8 +56,8 @@ class LeaseWatch:
         """Once this returns, no address removal aborts anything."""
         with self._lock:
             self._stopped = True
-            if self._wake_w.fileno() != -1:  # else the thread has ended
-                self._wake_w.send(b".")
+            if not self._wake.closed:  # else the thread has ended
+                self._wake.ring()
 
     def _run(self) -> None:
         try:
@@ -69,8 +70,7 @@ class LeaseWatch:
                       "DICOM associations (FL-09); DICOM service goes on", type(exc).__name__, exc)
         finally:
             with self._lock:
-                self._wake_r.close()
-                self._wake_w.close()
+                self._wake.close()
 
     def _watch(self, sock: socket.socket) -> None:
         try:
@@ -87,7 +87,7 @@ class LeaseWatch:
     def _receive(self, sock: socket.socket) -> bytes | None:
         """The next datagram of netlink messages; None once stop() was called."""
         while True:
-            select.select([sock, self._wake_r], [], [])
+            select.select([sock, self._wake], [], [])
             if self._stopped:
                 return None
             try:
