@@ -23,7 +23,7 @@ class Wake:
         self._write.setblocking(False)
 
     def fileno(self) -> int:
-        """For select() beside other sockets; `clear()` after it reported this one readable."""
+        """For select() beside other sockets, by a waiter that ends once rung."""
         return self._read.fileno()
 
     @property
@@ -41,11 +41,11 @@ class Wake:
             pass  # the pair is full of wake-ups not yet taken: the waiter wakes anyway
 
     def wait(self, timeout: float | None) -> None:
-        """Until rung (also before this call and not yet cleared) or `timeout` seconds pass."""
+        """Until rung (a ring since the last wait counts) or `timeout` seconds pass."""
         select.select([self._read], [], [], timeout)
-        self.clear()
+        self._clear()
 
-    def clear(self) -> None:
+    def _clear(self) -> None:
         try:
             while self._read.recv(4096):
                 pass
