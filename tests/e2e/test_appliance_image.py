@@ -17,12 +17,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 import datasets
@@ -118,12 +120,15 @@ def first_echo(port: int, title: str, since: float) -> float:
 
 
 def find_studies(box: Box) -> list[str]:
-    """Study Instance UIDs of PATIENT_ID's studies, by DCMTK findscu (Study Root)."""
-    found = dcmtk("findscu", "-v", "-S", "-aet", "E2E_SCU", "-aec", QUERY_TITLE, "-k", "QueryRetrieveLevel=STUDY",
-                  "-k", f"PatientID={PATIENT_ID}", "-k", "StudyInstanceUID", "-k", "NumberOfStudyRelatedInstances",
-                  "127.0.0.1", str(box.query_port))
-    assert found.returncode == 0, found.stdout + found.stderr
-    return re.findall(r"\(0020,000d\) UI \[([\d.]+)\]", found.stdout + found.stderr)
+    """Study Instance UIDs of PATIENT_ID's studies, by DCMTK findscu (Study Root). The UIDs are
+    read from the identifiers findscu writes, not from its log, which shows an odd-length UID's
+    NUL padding as a space."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        found = dcmtk("findscu", "-v", "-S", "-aet", "E2E_SCU", "-aec", QUERY_TITLE, "-X", "-od", out_dir,
+                      "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={PATIENT_ID}", "-k", "StudyInstanceUID",
+                      "127.0.0.1", str(box.query_port))
+        assert found.returncode == 0, found.stdout + found.stderr
+        return [dcmread(path).StudyInstanceUID for path in sorted(Path(out_dir).glob("rsp*.dcm"))]
 
 
 def test_both_scp_aes_answer_c_echo_after_power_on(box):  # VE-01, VE-02
