@@ -18,7 +18,7 @@ from pathlib import Path
 
 from peewee import fn
 
-from appliance.dicom import status, uids
+from appliance.codes import status, uids
 from appliance.store.db import Index
 from appliance.store.header import Unparseable, read_header
 from appliance.store.models import CommitmentRequest, Instance

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.config.write import write_text
+from appliance.durable import write_text
 from service_tool import render
 from service_tool.config_cmd import EXIT_INVALID, load
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from appliance import __version__
 from appliance.config.model import Config
-from appliance.dicom import status, uids
+from appliance.codes import status, uids
 from appliance.errors import ConfigError
 from service_tool.config_cmd import load
 

@@ -18,7 +18,8 @@ import tomlkit
 
 from appliance.config import Config, load_file
 from appliance.config.model import calling_allow_list
-from appliance.config.write import write_document, write_text
+from appliance.config.write import write_document
+from appliance.durable import write_text
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.errors import ConfigError

@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.config import data_dir
 from appliance.store import INDEX_NAME, lock
 from appliance.store.backup import BackupFailed, backup
-from appliance.store.files import hand_over
+from appliance.durable import hand_over
 from service_tool.config_cmd import load
 
 EXIT_FAILED = 1  # failed or refused; nothing was changed

@@ -16,7 +16,7 @@ from pathlib import Path
 import tomlkit
 
 from appliance.config.model import RemoteAE
-from appliance.config.write import write_text
+from appliance.durable import write_text
 from service_tool import dcmqrscp_cfg, edit
 from service_tool.config_cmd import EXIT_INVALID, load
 

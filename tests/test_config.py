@@ -15,7 +15,7 @@ import tomlkit
 from appliance.config import load_dict, load_file
 from appliance.config.model import Config
 from appliance.config.write import write_document
-from appliance.dicom import uids
+from appliance.codes import uids
 from appliance.errors import ConfigError
 
 REMOTE = {"ae_title": "PACS", "host": "pacs.example.org", "port": 104}

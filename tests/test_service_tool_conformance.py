@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.dicom import uids
+from appliance.codes import uids
 from helpers import tool as run
 
 STORAGE_SCP_CLASSES = "SOP Classes for STORAGE-SCP AE"

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import tomlkit
 
-from appliance.dicom import uids
+from appliance.codes import uids
 from helpers import accepts, free_port, service_tool, wait_for
 
 

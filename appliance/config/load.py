@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from appliance.config import model
-from appliance.dicom import uids
+from appliance.codes import uids
 from appliance.errors import ConfigError
 
 

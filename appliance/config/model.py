@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from appliance.dicom import uids
+from appliance.codes import uids
 
 
 def public_fields(cls) -> list[dataclasses.Field]:

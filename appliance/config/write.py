@@ -7,9 +7,6 @@ one's permissions (mkstemp creates 0600, which the unprivileged daemon could not
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import tomlkit
 
 from appliance.config.load import load_dict
 from appliance.config.model import Config
-from appliance.store.files import fsync_dir
+from appliance.durable import write_text
 
 
 def write_document(path: Path, document) -> Config:
@@ -28,23 +25,3 @@ def write_document(path: Path, document) -> Config:
     config = load_dict(tomllib.loads(text), base_dir=str(path.resolve().parent))
     write_text(path, text)
     return config
-
-
-def write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, keeping its permissions (0644 for a new file)."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)

@@ -23,7 +23,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import negotiate_as_acceptor
 
 from appliance.config.model import ListeningAE
-from appliance.dicom import uids
+from appliance.codes import uids
 
 log = logging.getLogger("appliance.association")
 

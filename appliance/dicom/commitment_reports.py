@@ -32,7 +32,8 @@ from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 from appliance import __version__
 from appliance.commitment import Commitments, Report
 from appliance.config.model import Config
-from appliance.dicom import pdata, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import pdata
 from appliance.dicom.associations import in_data_transfer
 from appliance.dicom.requestor import Association, Failed, Local, Proposal
 

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from appliance.commitment import Report
-from appliance.dicom import status
+from appliance.codes import status
 from appliance.dicom.associations import Tracker
 from appliance.errors import DicomStatusError
 from appliance.log import alert

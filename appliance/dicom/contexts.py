@@ -7,7 +7,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
 
 from appliance.config.model import QueryRetrieveSCP, StorageSCP
-from appliance.dicom import uids
+from appliance.codes import uids
 
 
 def storage_scp_contexts(scp: StorageSCP) -> list[PresentationContext]:

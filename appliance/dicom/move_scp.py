@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import decode, encode
 
-from appliance.dicom import pdata, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import pdata
 from appliance.dicom.associations import Tracker, in_data_transfer
 from appliance.dicom.storage_scu import Job, Progress
 from appliance.errors import DicomStatusError

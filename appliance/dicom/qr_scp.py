@@ -18,7 +18,8 @@ import time
 from peewee import DatabaseError
 from pynetdicom import evt
 
-from appliance.dicom import pdata, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import pdata
 from appliance.dicom.associations import Tracker
 from appliance.errors import DicomStatusError
 from appliance.log import alert

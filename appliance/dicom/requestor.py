@@ -29,7 +29,8 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
 from pynetdicom.presentation import PresentationContext
 
 from appliance.config.model import Timeouts
-from appliance.dicom import pdata, sockets, uids
+from appliance.codes import uids
+from appliance.dicom import pdata, sockets
 
 _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA_TF, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 _RELEASE_RQ_PDU = struct.pack(">BxLL", _RELEASE_RQ, 4, 0)

@@ -16,7 +16,8 @@ from pynetdicom import AE, evt
 
 from appliance import __version__
 from appliance.config.model import Config, ListeningAE, RemoteAE, calling_allow_list
-from appliance.dicom import contexts, framing, sockets, uids, verification, wakeups
+from appliance.codes import uids
+from appliance.dicom import contexts, framing, sockets, verification, wakeups
 from appliance.dicom.commitment_reports import Reports
 from appliance.dicom.commitment_scp import CommitmentSCP
 from appliance.dicom.move_scp import MoveSCP

@@ -11,7 +11,8 @@ import logging
 
 from pynetdicom import evt
 
-from appliance.dicom import receive, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import receive
 from appliance.dicom.associations import Tracker
 from appliance.store.ingest import StoreRequest
 

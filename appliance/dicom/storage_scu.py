@@ -19,7 +19,8 @@ from typing import Callable
 
 from appliance import __version__
 from appliance.config.model import Config, RemoteAE
-from appliance.dicom import pdata, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import pdata
 from appliance.dicom.requestor import Association, Failed, Local, Proposal
 from appliance.log import alert
 from appliance.query.retrieve import Item

@@ -6,7 +6,7 @@ import logging
 
 from pynetdicom import evt
 
-from appliance.dicom import status
+from appliance.codes import status
 from appliance.dicom.associations import Tracker
 
 log = logging.getLogger("appliance.verification")

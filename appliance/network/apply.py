@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.config.write import write_text
+from appliance.durable import write_text
 from appliance.network import system_files
 from appliance.network.netplan import NETPLAN, NetplanError
 from appliance.network.system_bus import BusError, SystemBus, run

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 from appliance.config.model import Config, interface_name
-from appliance.config.write import write_text
 from appliance.network import render
 from appliance.network.netplan import generate_network
-from appliance.store.files import fsync_dir
+from appliance.durable import fsync_dir, write_text
 
 # Same name as the default installed from system/netplan/, which this file replaces.
 NETPLAN_YAML = Path("etc/netplan/90-appliance.yaml")

@@ -18,8 +18,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from appliance.dicom import status
-from appliance.dicom.uids import is_valid_uid
+from appliance.codes import status
+from appliance.codes.uids import is_valid_uid
 from appliance.errors import DicomStatusError
 from appliance.query.keys import (BY_TAG, QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE, Key, Level,
                                   Model)

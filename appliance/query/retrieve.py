@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from peewee import fn
 from pydicom.dataset import Dataset
 
-from appliance.dicom import status
-from appliance.dicom.uids import is_valid_uid
+from appliance.codes import status
+from appliance.codes.uids import is_valid_uid
 from appliance.errors import DicomStatusError
 from appliance.query.identifier import elements_of, level_of, text_of
 from appliance.query.keys import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE, Level, Model

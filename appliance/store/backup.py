@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.store.files import fsync_dir, fsync_file, hand_over
+from appliance.durable import fsync_dir, fsync_file, hand_over
 
 
 class BackupFailed(Exception):

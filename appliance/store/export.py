@@ -21,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from appliance.config.model import DefaultValues
-from appliance.dicom import uids
+from appliance.codes import uids
 from appliance.store import coercion
 from appliance.store.header import Header, Unparseable, read_header
 

@@ -31,37 +31,14 @@ import shutil
 import uuid
 from pathlib import Path
 
+from appliance.durable import fsync_dir, fsync_file
+
 log = logging.getLogger(__name__)
 
 
 def write_error_reason(exc: OSError) -> str:
     """Words for the service log: a full disk (ST-07) or some other write failure."""
     return "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write file"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def hand_over(path: Path, directory: Path) -> None:
-    """Give a file that the service tool, run as root, creates in the data directory to that
-    directory's owner: the service runs as an unprivileged (systemd dynamic) user and must be
-    able to open it."""
-    if os.geteuid() == 0:
-        owner = directory.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 class Placement:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config.model import StorageSCP
-from appliance.dicom import status
+from appliance.codes import status
 from appliance.errors import DicomStatusError
 from appliance.store import coercion
 from appliance.store.db import Index

@@ -39,11 +39,12 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from appliance.config.model import StorageSCP
-from appliance.dicom import uids
+from appliance.codes import uids
 from appliance.errors import DicomStatusError
 from appliance.store import INDEX_NAME, coercion
 from appliance.store.db import Index
-from appliance.store.files import StorageArea, fsync_dir, fsync_file, hand_over
+from appliance.durable import fsync_dir, fsync_file, hand_over
+from appliance.store.files import StorageArea
 from appliance.store.header import Unparseable, read_header
 from appliance.store.ingest import Archive, StoreRequest, check_required
 from appliance.store.models import CommitmentRequest, Instance, Study

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from appliance import __version__
 from appliance.config.model import Config, calling_allow_list
-from appliance.dicom import admission, uids
+from appliance.codes import uids
+from appliance.dicom import admission
 from service_tool.render import Block, Heading, Paragraph, Table
 from service_tool.statement.common import CONTEXT_HEADER, SECTION, context_rows, uid_name
 

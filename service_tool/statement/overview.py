@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from appliance import __version__
 from appliance.config.model import Config
-from appliance.dicom import contexts, uids
+from appliance.codes import uids
+from appliance.dicom import contexts
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table
 from service_tool.statement.common import PRODUCT, QR, SCP, SCU, uid_name, yes
 

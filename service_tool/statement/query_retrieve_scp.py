@@ -6,7 +6,8 @@ from __future__ import annotations
 from pydicom.datadict import dictionary_description
 
 from appliance.config.model import Config
-from appliance.dicom import contexts, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import contexts
 from appliance.query.keys import KEYS, PATIENT_ROOT, STUDY_ROOT
 from service_tool.render import Block, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from appliance.commitment import COMMITTABLE_CLASSES
 from appliance.config.model import Config
-from appliance.dicom import contexts, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import contexts
 from appliance.store import ingest
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.config.model import Config
-from appliance.dicom import contexts, status, uids
+from appliance.codes import status, uids
+from appliance.dicom import contexts
 from appliance.dicom.storage_scu import US_COUNTERPARTS, WARNINGS, StorageSCU
 from appliance.query.retrieve import Item
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table

@@ -113,7 +113,8 @@ with _instrumented:
     from pynetdicom.transport import AddressInformation
 
     from appliance.config.model import Config, DefaultValues
-    from appliance.dicom import contexts, framing, receive, server, status, uids, verification
+    from appliance.codes import status, uids
+    from appliance.dicom import contexts, framing, receive, server, verification
     from appliance.dicom.admission import Admission, Gate
     from appliance.dicom.associations import Tracker
     from appliance.dicom.commitment_scp import parse as parse_action_information
