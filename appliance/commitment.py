@@ -2,19 +2,27 @@
 
 A request is decided the moment it arrives (SC-06, SC-07): an instance is committed when the
 index holds it under the referenced SOP class, its class is one commitment covers (SC-10),
-and its stored file still names it (read again here, so a file lost since it was stored is
-not promised). The decision is committed to the index before the N-ACTION-RSP is sent, so
-an acknowledged request is reported even after a crash or restart (SC-24); the row goes when
-the report has been delivered or abandoned.
+it is no longer in flight (its file flushed, store/files.py), and its stored file still
+names it (read again here, so a file lost since it was stored is not promised). The decision
+is committed to the index before the N-ACTION-RSP is sent, so an acknowledged request is
+reported even after a crash or restart (SC-24); the row goes when the report has been
+delivered or abandoned.
+
+When each report goes is `Reporter`'s: on the N-ACTION's association first (SC-11), else
+over new associations, retried and at last abandoned (SC-12..SC-20). How a report goes over
+the network is the sender's (dicom/commitment_reports.py), which the daemon hands in.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Protocol
 
 from peewee import fn
 
@@ -23,7 +31,10 @@ from appliance.store.db import Index
 from appliance.store.header import Unparseable, read_header
 from appliance.store.models import CommitmentRequest, Instance
 
+log = logging.getLogger("appliance.commitment")
+
 COMMITTABLE_CLASSES = frozenset(uids.DEFAULT_STORAGE_CLASSES)  # SC-10: the 8 storage classes
+DELIVERED = {status.SUCCESS: logging.INFO, status.ATTRIBUTE_LIST_ERROR: logging.WARNING}  # SC-18
 
 
 @dataclass
@@ -45,9 +56,10 @@ class Report:
 class Commitments:
     """Decides and keeps commitment requests. One per daemon; safe from association threads."""
 
-    def __init__(self, index: Index, store_root: Path):
+    def __init__(self, index: Index, store_root: Path, spool: Path):
         self.index = index
         self.store_root = store_root
+        self.spool = spool
 
     def accept(self, transaction_uid: str, references: list[tuple[str, str]], requester: str,
                held: bool) -> Report:
@@ -80,6 +92,8 @@ class Commitments:
         indexed_class, file_instance, path, syntax = found
         if indexed_class != sop_class:
             return status.CLASS_INSTANCE_CONFLICT
+        if (self.spool / Path(path).name).exists():  # its C-STORE is not answered yet: not durable yet
+            return status.NO_SUCH_OBJECT_INSTANCE
         try:
             header = read_header(self.store_root / path, syntax == uids.IMPLICIT_LE)
         except (OSError, Unparseable):
@@ -126,3 +140,177 @@ class Commitments:
 def _report(row: CommitmentRequest) -> Report:
     return Report(row.id, row.transaction_uid, row.requester, [tuple(r) for r in json.loads(row.committed)],
                   [tuple(r) for r in json.loads(row.failed)], row.attempts)
+
+
+def describe(report: Report) -> str:
+    return (f"transaction {report.transaction_uid} (event type {report.event_type}, {len(report.committed)} "
+            f"committed, {len(report.failed)} failed)")
+
+
+class SendFailed(Exception):
+    """A report did not go: no association, or the report on it failed; the message says why."""
+
+
+class Channel(Protocol):
+    """An association to one requester, as the sender opened it."""
+
+    where: str  # host:port, for the log
+
+    def send(self, report: Report) -> int:
+        """The N-EVENT-REPORT-RSP's status; SendFailed when there is none."""
+
+    def close(self) -> None: ...
+
+
+class Sender(Protocol):
+    def open(self, requester: str) -> Channel:
+        """An association from STORAGE-SCP to `requester` (SC-13, SC-26); SendFailed if none."""
+
+
+class Reporter:
+    """When each kept report goes. One thread delivers the reports that fall due over new
+    associations (SC-12), one association at a time (SC-17), all of one requester's reports on
+    it (SC-16); the first error halts it (SC-19); a failed report is tried again
+    `report_retry_interval` later, at most `report_attempts` more times, then abandoned with an
+    error (SC-20). Every outcome is logged (LG-04). `configure` before use, `start` once the
+    index is open."""
+
+    def __init__(self, sender: Sender):
+        self.sender = sender
+        self.commitments: Commitments | None = None
+        self._wake = threading.Condition()
+        self._due_at: float | None = None  # when the next report falls due; None: none waits
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def configure(self, attempts: int, interval: float, on_same_association: bool) -> None:
+        self.attempts = attempts
+        self.interval = interval
+        self.on_same_association = on_same_association  # SC-11, SC-15
+        self.wake()  # a new interval or remote AE table may make a report due
+
+    def start(self, commitments: Commitments) -> None:
+        """At start, before READY: what was held is due now; the thread reads the index only
+        when a report falls due or is handed over."""
+        self.commitments = commitments
+        recovered = commitments.recover()
+        if recovered:
+            log.warning("%d commitment reports held by associations before the stop are due now", recovered)
+        self._due_at = commitments.next_due()
+        self._thread = threading.Thread(target=self._run, name="commitment-reports", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """A report may be due now (handed over, or a reload changed the settings)."""
+        with self._wake:
+            self._due_at = time.time()
+            self._wake.notify_all()
+
+    # --- on the N-ACTION's association ----------------------------------------------------
+
+    def on_association(self, report: Report, deliver: Callable[[], int | None]) -> None:
+        """SC-11: `deliver()` sends `report` on the N-ACTION's association and gives the
+        N-EVENT-REPORT-RSP's status, or None when it must go over a new association (SC-12)."""
+        try:
+            code = deliver()
+        except Exception:  # never leave a kept report held by an association that is gone
+            log.exception("STORAGE-SCP to %s: N-EVENT-REPORT %s on the N-ACTION's association failed",
+                          report.requester, describe(report))
+            code = None
+        try:
+            if code is None:
+                self.commitments.postpone(report, report.attempts, time.time())
+                self.wake()
+            elif code in DELIVERED:
+                log.log(DELIVERED[code], "STORAGE-SCP to %s: N-EVENT-REPORT %s on the N-ACTION's association: "
+                        "status 0x%04X, delivered", report.requester, describe(report), code)
+                self.commitments.done(report)
+            else:
+                self._failed(report, f"on the N-ACTION's association the answer was status 0x{code:04X}")
+        except Exception:  # the index failed too: the report stays kept, due at the next start
+            log.exception("STORAGE-SCP to %s: N-EVENT-REPORT %s cannot be handed over; it goes at the next start",
+                          report.requester, describe(report))
+
+    # --- over new associations ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and (self._due_at is None or self._due_at > time.time()):
+                    self._wake.wait(None if self._due_at is None else self._due_at - time.time())
+                if self._stopping:
+                    return
+                self._due_at = None
+            try:
+                self._deliver_due()
+                due = self.commitments.next_due()
+            except Exception:  # the thread must outlive any failure (an index that cannot answer)
+                log.exception("commitment reports: delivery round failed; next round in %g s", self.interval)
+                due = time.time() + self.interval
+            with self._wake:
+                if due is not None and (self._due_at is None or due < self._due_at):
+                    self._due_at = due
+
+    def _deliver_due(self) -> None:
+        by_peer: dict[str, list[Report]] = {}
+        for report in self.commitments.due(time.time()):
+            by_peer.setdefault(report.requester, []).append(report)
+        for requester, reports in by_peer.items():  # SC-17: one association after the other
+            if self._stopping:
+                return
+            self._deliver_to(requester, reports)
+
+    def _deliver_to(self, requester: str, reports: list[Report]) -> None:
+        """SC-16: every report due for `requester`, also those that fall due meanwhile, over one
+        association; SC-19: the first error ends it, and the peer's other reports wait with it."""
+        try:
+            channel = self.sender.open(requester)
+        except SendFailed as exc:
+            for report in reports:
+                self._failed(report, f"no association: {exc}")
+            self._put_off(requester)
+            return
+        try:
+            while reports:
+                for report in reports:
+                    try:
+                        code = channel.send(report)
+                    except SendFailed as exc:
+                        self._failed(report, f"over a new association to {channel.where}: {exc}")
+                        self._put_off(requester)
+                        return
+                    if code not in DELIVERED:
+                        self._failed(report, f"over a new association to {channel.where} the answer was status "
+                                             f"0x{code:04X}")
+                        self._put_off(requester)
+                        return
+                    log.log(DELIVERED[code], "STORAGE-SCP to %s@%s: N-EVENT-REPORT %s over a new association: "
+                            "status 0x%04X, delivered", report.requester, channel.where, describe(report), code)
+                    self.commitments.done(report)
+                reports = [r for r in self.commitments.due(time.time()) if r.requester == requester]
+        finally:
+            channel.close()
+
+    def _failed(self, report: Report, why: str) -> None:
+        """SC-20: try again `interval` later, at most `attempts` more times, then abandon."""
+        failures = report.attempts + 1
+        if failures > self.attempts:
+            self.commitments.done(report)
+            log.error("STORAGE-SCP to %s: N-EVENT-REPORT %s abandoned after %d failed attempts: %s",
+                      report.requester, describe(report), failures, why)
+            return
+        log.error("STORAGE-SCP to %s: N-EVENT-REPORT %s failed (attempt %d of %d): %s; next in %g s",
+                  report.requester, describe(report), failures, self.attempts + 1, why, self.interval)
+        self.commitments.postpone(report, failures, time.time() + self.interval)
+
+    def _put_off(self, requester: str) -> None:
+        """The peer's other reports wait as long as the failed one (no failure counted for them),
+        so that they travel together next time (SC-16)."""
+        self.commitments.postpone_peer(requester, time.time() + self.interval)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 import signal
 import threading
 import time
@@ -25,14 +26,15 @@ from appliance.config.keys import inert_settings
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
 from appliance.control.status import service_status
-from appliance.dicom import receive, wakeups
-from appliance.dicom.server import Listener, Services, quiet_libraries, start_listeners, stop_accepting
+from appliance.dicom.acceptor import Listener
+from appliance.dicom.commitment_reports import ReportSender
+from appliance.dicom.server import Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
 from appliance.store import INDEX_NAME, lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
-from appliance.commitment import Commitments
+from appliance.commitment import Commitments, Reporter
 from appliance.store.ingest import Archive
 from appliance.wake import Wake
 
@@ -49,9 +51,6 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.listeners: list[Listener] = []
-        # Listeners closed by a reload whose associations may still run: the drain at shutdown
-        # must wait for (and if need be abort) those too.
-        self.retired: list[Listener] = []
         self._wake = Wake()  # not a threading.Event: signal handlers ring it (see appliance.wake)
         self._stop = False
         self._reload = False
@@ -79,11 +78,11 @@ class Daemon:
         except lock.InUse as exc:
             log.error("cannot start: %s", exc)
             return 1
+        raise_file_limit()
         area = StorageArea(directory)
-        receive.install(area.spool)
-        wakeups.install()
         quiet_libraries()
-        self.services = Services(self.config, area.store)
+        sender = ReportSender()
+        self.services = Services(self.config, area.store, Reporter(sender), sender)
         try:
             self.listeners = start_listeners(self.config, self.services)
         except OSError as exc:
@@ -95,16 +94,17 @@ class Daemon:
         if kept or removed:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
+        self.archive.start()
         self.services.archive = self.archive
-        self.services.commitments = Commitments(self.index, area.store)
-        self.services.reports.start(self.services.commitments)
+        self.services.commitments = Commitments(self.index, area.store, area.spool)
+        self.services.reporter.start(self.services.commitments)
         self.services.gate.open()
         warn_inert(self.config)
         self._start_control()
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
         log.info("ready: %s", status)
-        self.lease_watch = LeaseWatch(self.config.network.interface, self._abort_all).start()  # FL-09
+        self.lease_watch = LeaseWatch(self.config.network.interface, self.services.abort_all).start()  # FL-09
         self._main_loop()
         return self._shutdown()
 
@@ -144,7 +144,7 @@ class Daemon:
             done.set()
 
     def _status_line(self, directory: Path) -> str:
-        ports = ", ".join(f"{l.name} {l.ae.ae_title} on port {l.port}" for l in self.listeners)
+        ports = ", ".join(f"{l.name} {l.title} on port {l.port}" for l in self.listeners)
         return f"appliance {__version__}: {ports}; data in {directory}"
 
     def _on_signal(self, signum, _frame) -> None:
@@ -180,27 +180,20 @@ class Daemon:
         # accept loop's poll, so it goes together with the listeners'.
         stop_accepting(self.listeners + ([self.control] if self.control else []))
         if self._active():
-            log.error("aborting %d associations still running at shutdown", self._abort_all())
+            log.error("aborting %d associations still running at shutdown", self.services.abort_all())
             # A C-STORE handler already running finishes its index transaction; wait for it
             # (bounded) so that none writes after the index is checkpointed and closed.
             deadline = time.monotonic() + 5
             while self._active() and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self.services.reports.stop()
+        self.services.reporter.stop()
+        self.archive.stop()
         self.index.close()
         log.info("stopped")
         return self._exit_code
 
     def _active(self) -> int:
         return self.services.active()
-
-    def _abort_all(self) -> int:
-        """A-ABORT every association of both listening AEs, also those on listeners a reload
-        closed; how many were running. Called from the lease watch's thread too (FL-09)."""
-        running = self._active()
-        for listener in self.listeners + self.retired:
-            listener.abort_all()
-        return running
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -239,7 +232,7 @@ class Daemon:
         self.config = new
         if new.network.interface != old.network.interface:
             self.lease_watch.stop()
-            self.lease_watch = LeaseWatch(new.network.interface, self._abort_all).start()
+            self.lease_watch = LeaseWatch(new.network.interface, self.services.abort_all).start()
         if new.logging != old.logging:
             service_log.setup(new.logging, data_dir(new))
         warn_inert(new)
@@ -250,7 +243,6 @@ class Daemon:
         """Close the listeners and bind them with the new settings; running associations go on.
         Why not (the old listeners bound again) when the new ones cannot listen, else None."""
         stop_accepting(self.listeners)
-        self.retired = [l for l in self.retired + self.listeners if l.ae.active_associations]
         try:
             self.listeners = start_listeners(new, self.services)
             return None
@@ -264,6 +256,14 @@ class Daemon:
             self._stop = True
             self._exit_code = 1
         return refusal
+
+
+def raise_file_limit() -> None:
+    """UL-02: every connection is a file descriptor, and so is every file being received; the
+    soft limit (often 1024) goes up to the hard one (LimitNOFILE in the unit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def warn_inert(config: Config) -> None:

@@ -24,7 +24,6 @@ from service_tool.config_cmd import load
 
 EXIT_FAILED = 1  # at least one echo failed
 EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
-_C_ECHO_RSP = 0x8030
 
 
 @dataclass
@@ -102,8 +101,9 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
 
 def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo:
     # Imported here: pynetdicom takes 0.3 s to import, which no other command should pay.
-    from appliance.dicom import pdata
-    from appliance.dicom.requestor import Association, Failed, Local, Proposal, connect
+    from appliance.dicom import dimse
+    from appliance.dicom.pdu import Proposal
+    from appliance.dicom.requestor import Association, Failed, Local, connect
 
     result = Echo(title, host, port, calling)
     # AE-11: STORAGE-SCP has its own Implementation Class UID; the others share one.
@@ -140,15 +140,15 @@ def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo
             result.failure = "association: accepted, but not the Verification SOP Class in Implicit VR Little Endian"
             return result
         step = time.monotonic()
-        association.send_command(next(iter(association.accepted)), pdata.echo_request_command(1))
+        association.send_command(next(iter(association.accepted)), dimse.echo_request(1, uids.VERIFICATION))
         answer = association.receive_command(config.storage_scu.dimse_timeout, "C-ECHO-RSP",
                                              "storage_scu.dimse_timeout")
         result.echo_ms = _since(step)
-        if pdata.command_uint16(answer, 0x0100) != _C_ECHO_RSP:
+        if answer.field != dimse.C_ECHO_RQ | dimse.RESPONSE:
             result.failure = "C-ECHO: the answer was not a C-ECHO-RSP"
             association.abort()
             return result
-        result.echo_status = pdata.command_uint16(answer, 0x0900)
+        result.echo_status = answer.us(dimse.STATUS)
         if not result.ok:
             result.failure = f"C-ECHO: status 0x{result.echo_status:04X}"
         association.release_quietly()

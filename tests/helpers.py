@@ -220,7 +220,19 @@ class Appliance:
             return db.execute(sql, params).fetchall()
 
     def stored_files(self) -> list[Path]:
-        return sorted(p for p in (self.data_dir / "store").rglob("*") if p.is_file())
+        """Files in store/ that hold a stored instance: not those that still have a spool name
+        (made ahead and unused, or in flight)."""
+        # The store first: the service gives a file its spool name before its store name.
+        files = [p for p in (self.data_dir / "store").rglob("*") if p.is_file()]
+        spool = self.data_dir / "spool"
+        journaled = {p.name for p in spool.iterdir()} if spool.exists() else set()
+        return sorted(p for p in files if p.name not in journaled)
+
+    def in_flight(self) -> list[Path]:
+        """Spool names of files with data in them: instances being received or placed. The files
+        the service makes ahead (empty, store/files.py) are not."""
+        spool = self.data_dir / "spool"
+        return sorted(p for p in spool.iterdir() if p.stat().st_size) if spool.exists() else []
 
 
 def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

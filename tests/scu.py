@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 import datasets
@@ -35,12 +35,15 @@ def associate(port: int, title: str, *sop_classes: str, host: str = "127.0.0.1",
     reason) when rejected."""
     seen = {}
 
-    def on_acse(event):
-        primitive = event.primitive
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0):
-            seen["rj"] = (primitive.result, primitive.result_source, primitive.diagnostic)
+    def on_pdu(event):
+        # Read off the PDU as it arrives, in pynetdicom's reader thread: when the A-ASSOCIATE-RJ
+        # comes at once, pynetdicom 3.0's association thread can find the connection closed by
+        # it before it looks for the answer, and then never takes the rejection in.
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            seen["rj"] = (pdu.result, pdu.source, pdu.reason_diagnostic)
 
-    handlers = [(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_CONN_OPEN, _no_delay)]
+    handlers = [(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_CONN_OPEN, _no_delay)]
     assoc = scu_ae(*sop_classes, title=calling).associate(host, port, ae_title=title, evt_handlers=handlers,
                                                           **kwargs)
     assoc.acse_result = seen.get("rj")

@@ -259,13 +259,15 @@ def thread_budget(pid: int):
 
 def test_no_worker_thread_means_temporary_congestion(appliance):
     """AS-02: when no thread can be started for a new association (here: the process's pids
-    cgroup is full), the request gets 2/3/1 and a log line; once threads can be made again,
-    the service answers normally."""
+    cgroup is full), the request gets 2/3/1 and a log line that names the requester (the
+    request was read without a thread, UL-02); once threads can be made again, the service
+    answers normally."""
     with thread_budget(appliance.proc.pid) as cap:
         cap(0)
         assert pdus.rejection(pdus.exchange(appliance.storage_port, pdus.request())) == CONGESTION
-        appliance.wait_log(r"STORAGE-SCP \?@127\.0\.0\.1:\d+: association rejected \(called \?\): no worker thread "
-                           r"can be started \([^)]*\); A-ASSOCIATE-RJ result 2, source 3, reason 1 \(AS-02\)")
+        appliance.wait_log(r"STORAGE-SCP #\d+ TEST_SCU@127\.0\.0\.1:\d+: association rejected \(called EX_STORE_SCP\): "
+                           r"no worker thread can be started \([^)]*\); A-ASSOCIATE-RJ result 2, source 3, reason 1 "
+                           r"\(AS-02\)")
         cap(None)
         assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
 

@@ -11,13 +11,12 @@ from io import BytesIO
 import pytest
 from pynetdicom.dimse_messages import N_EVENT_REPORT_RSP
 from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
 import datasets
 import pdus
 import scu
-from appliance.dicom import pdata
 from commitment_peer import SCPM, SCPM_INSTANCE, Modality, n_action, request
 from helpers import dcmtk, free_port
 from query_archive import uid
@@ -319,24 +318,24 @@ def test_requests_sent_while_a_report_is_out_are_answered_after_it(make_applianc
         pdu.from_primitive(primitive)
         return pdu.encode()
 
-    def command(pdu: bytes) -> dict:
+    def command(pdu: bytes):
         (control, data), = [(c, d) for c, d in pdus.pdvs(pdu)]
         assert control & 1, "a command set"
-        return pdata.command_elements(data)
+        return decode(BytesIO(data), True, True)
 
     app, modality, references = commit_archive(make_appliance, tmp_path, count=1)
     with pdus.associated(app.storage_port, (SCPM, (datasets.ILE,)), calling=MODALITY) as sock:
         reader = pdus.Reader(sock)
         sock.sendall(n_action_pdus("1.2.3.112", 1))
-        assert pdata.command_uint16(command(reader.pdu()), 0x0100) == 0x8130  # N-ACTION-RSP
+        assert command(reader.pdu()).CommandField == 0x8130  # N-ACTION-RSP
         report = command(reader.pdu())
-        assert pdata.command_uint16(report, 0x0100) == 0x0100  # N-EVENT-REPORT-RQ
+        assert report.CommandField == 0x0100  # N-EVENT-REPORT-RQ
         reader.pdu()  # its Event Information
         sock.sendall(n_action_pdus("1.2.3.113", 2))  # before answering the report
-        sock.sendall(report_rsp_pdu(pdata.command_uint16(report, 0x0110)))
+        sock.sendall(report_rsp_pdu(report.MessageID))
         second = command(reader.pdu())
-        assert (pdata.command_uint16(second, 0x0100), pdata.command_uint16(second, 0x0120)) == (0x8130, 2)
-        assert pdata.command_uint16(command(reader.pdu()), 0x0100) == 0x0100  # the second report
+        assert (second.CommandField, second.MessageIDBeingRespondedTo) == (0x8130, 2)
+        assert command(reader.pdu()).CommandField == 0x0100  # the second report
         sock.sendall(pdus.RELEASE_RQ)
     app.wait_log(r"N-EVENT-REPORT transaction 1.2.3.112 .* on the N-ACTION's association: status 0x0000, delivered")
     app.wait_log(r"N-ACTION #2 \(Storage Commitment\) transaction 1.2.3.113: 1 instances, 1 committed")

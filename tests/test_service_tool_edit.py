@@ -191,7 +191,7 @@ def test_access_lists_per_scp(make_appliance):
     assert scu.echo(app.qr_port, "EX_QUERY_SCP", calling="WS_2") == 0x0000
 
     assert edit(app, "access", "allow", "storage-scp", "--address", "192.0.2.0/24").returncode == 0
-    assert scu.echo(app.storage_port, "EX_STORE_SCP") == (1, 1, 1)  # AS-08: 127.0.0.1 is not listed
+    assert scu.echo(app.storage_port, "EX_STORE_SCP") == (1, 1, 1), app.log()  # AS-08: 127.0.0.1 is not listed
     assert edit(app, "access", "allow", "storage-scp", "--address", "127.0.0.1").returncode == 0
     assert scu.echo(app.storage_port, "EX_STORE_SCP") == 0x0000
     shown = service_tool(app.config_path, "access", "show", "storage-scp").stdout

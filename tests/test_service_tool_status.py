@@ -78,7 +78,10 @@ def test_control_socket_is_local_and_owner_and_group_only(make_appliance):
 def _listening_tcp_ports(pid: int) -> set[int]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed meanwhile (a file being received, made ahead)
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = set()

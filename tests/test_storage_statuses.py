@@ -78,7 +78,7 @@ def assert_refused(app, tmp_path, path, uid, expected):
     assert datasets.stored_paths(app, uid) == []
     assert app.index_rows("SELECT count(*) FROM instance WHERE file_sop_instance_uid = ? OR sop_instance_uid = ?",
                           uid, uid) == [(0,)]
-    assert list((app.data_dir / "spool").iterdir()) == []
+    assert app.in_flight() == []
     with scu.association(app.storage_port) as assoc:
         assert scu.echo_status(assoc) == SUCCESS
 
@@ -176,4 +176,4 @@ def test_quarantine_keeps_refused_datasets_bounded(make_appliance, tmp_path):
     assert [datasets.dataset_bytes(p) for p in kept] == [datasets.dataset_bytes(p) for p, _ in refused[1:]]
     reasons = [p.with_suffix(".txt").read_text() for p in kept]
     assert "cannot be parsed" in reasons[0] and "Photometric Interpretation" in reasons[1]
-    assert app.stored_files() == [] and list((app.data_dir / "spool").iterdir()) == []
+    assert app.stored_files() == [] and app.in_flight() == []

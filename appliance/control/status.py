@@ -36,13 +36,14 @@ def service_status(daemon) -> dict:
         "config_path": str(daemon.config_path) if daemon.config_path else None,
         "data_dir": str(directory),
         "state": daemon.services.gate.state,  # "open", or "draining" while stopping
-        "listeners": [{"ae": l.name, "ae_title": l.ae.ae_title, "port": l.port} for l in daemon.listeners],
+        "listeners": [{"ae": l.name, "ae_title": l.title, "port": l.port, "waiting": l.waiting()}
+                      for l in daemon.listeners],
         "storage_scu": config.storage_scu.ae_title.strip(),
         "associations": [
-            {"ae": s.ae_name, "number": s.number, "calling": s.title, "peer": s.address, "stage": s.stage,
+            {"ae": s.ae_name, "number": s.number, "calling": s.title, "peer": s.address, "stage": "established",
              "seconds": round(now - s.started, 1), "instances": s.instances, "queries": s.queries,
              "moves": s.moves, "failures": s.failures}
-            for l in daemon.listeners + daemon.retired for s in l.tracker.current()],
+            for s in (a.session for a in daemon.services.associations())],
         **archive_and_disk(directory, config.storage.reserve_bytes),
         "problems": {"counts": dict(service_log.recent_problems.counts),
                      "recent": service_log.recent_problems.recent()},

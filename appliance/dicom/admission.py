@@ -1,14 +1,15 @@
 """Who may open an association with a listening AE, and how it is told no (AS-01..AS-10, CC-01..CC-03).
 
-pynetdicom checks the calling and called titles and a total association count, but in its own
-order, and not the application context, an IP allow-list, per-calling-AE limits or a request
-with no acceptable presentation context. So `server._make_ae` switches its checks off and
-everything is decided here, on EVT_REQUESTED (the A-ASSOCIATE-RQ has been read, nothing has
-been answered yet), in the precedence of AS-09: permanent configuration errors first, then
-transient limits, then the contexts.
+The acceptor reads the A-ASSOCIATE-RQ and asks `Admission.decide`, before any thread is
+started for the connection. Everything is decided here, in the precedence of AS-09:
+permanent configuration errors first, then transient limits, then the contexts. An
+A-ASSOCIATE-RQ that cannot be parsed (AS-06, first in precedence) never gets this far: the
+acceptor answers it with the same log line, `log_rejection`.
 
-An A-ASSOCIATE-RQ that cannot be parsed (AS-06, first in precedence) never gets this far:
-`framing` answers it with the same log line, `log_rejection`.
+An admitted association holds a slot (counted against max_associations, listed by `status`,
+aborted by `abort_all`) from its admission until it is released or aborted; `active` counts
+those whose thread still runs (a C-MOVE export outlives its association, QM-15), which the
+shutdown drain waits for.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import ipaddress
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
-from pynetdicom import evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ
-from pynetdicom.presentation import negotiate_as_acceptor
-
-from appliance.config.model import ListeningAE
 from appliance.codes import uids
+from appliance.config.model import ListeningAE
+from appliance.dicom.pdu import Request
 
 log = logging.getLogger("appliance.association")
 
@@ -51,25 +50,9 @@ CONGESTION = Rejection(2, 3, 1, "AS-02")
 NO_CONTEXT = Rejection(1, 1, 1, "AS-07")
 
 
-def reject_pdu(rejection: Rejection) -> bytes:
-    """The encoded A-ASSOCIATE-RJ, for the refusals sent without pynetdicom's state machine."""
-    pdu = A_ASSOCIATE_RJ()
-    pdu.result, pdu.source, pdu.reason_diagnostic = rejection.result, rejection.source, rejection.reason
-    return pdu.encode()
-
-
 def log_rejection(prefix: str, called: str, rejection: Rejection, why: str) -> None:
     """AS-10: calling AE, peer address (in `prefix`), called AE, result/source/reason."""
     log.warning("%s: association rejected (called %s): %s; %s", prefix, called or "?", why, rejection)
-
-
-@dataclass
-class _Admitted:
-    assoc: object  # pynetdicom's Association thread
-    calling: str
-    # An association counts against the limit until it is released or aborted, not until
-    # pynetdicom's thread has wound down, so a peer that reconnects at once gets its slot back.
-    associated: bool = True
 
 
 class Gate:
@@ -86,99 +69,94 @@ class Gate:
         self.state = "draining"
 
 
-def peer_address(assoc) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The peer's IP; a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d."""
-    address = ipaddress.ip_address(assoc.requestor.address)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    found = ipaddress.ip_address(address)
+    if found.version == 6 and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
+
+
+@dataclass(eq=False)
+class Slot:
+    """An admitted association's place, held until it is released or aborted."""
+
+    calling: str
+    association: object = None  # association.Association, once it exists
 
 
 class Admission:
-    """One listening AE's admission policy and the associations it has let in."""
+    """One listening AE's admission policy and the associations it has let in. Kept across
+    reloads: associations admitted before keep counting against the new limits (CC-01)."""
 
     def __init__(self, name: str, gate: Gate):
         self.name = name
         self.gate = gate
-        self._admitted: list[_Admitted] = []
+        self._slots: list[Slot] = []
+        self._running: list = []  # associations whose thread has not ended yet
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
     def configure(self, policy: ListeningAE, calling_allow_list: tuple[str, ...]) -> None:
-        """Apply (re)loaded settings; associations already admitted keep counting (CC-01).
-        `calling_allow_list`: model.calling_allow_list, the remote AEs' flags included."""
+        """Apply (re)loaded settings. `calling_allow_list`: model.calling_allow_list, the remote
+        AEs' flags included."""
         networks = tuple(ipaddress.ip_network(n, strict=False) for n in policy.accepted_addresses)
         calling = frozenset(calling_allow_list)
         self._rules = (policy, networks, calling)  # one assignment: a request sees the old or the new rules
 
-    def active(self) -> int:
-        """Admitted associations whose thread still runs (their handlers may be running)."""
+    def decide(self, request: Request, address: str, acceptable: Callable[[], int]) -> Slot | tuple[Rejection, str]:
+        """A slot for the association `request` asks for, or the rejection and why.
+        `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07)."""
         with self._lock:
-            self._prune()
-            return len(self._admitted)
+            refusal = self._refusal(request, unmapped(address), acceptable)
+            if refusal is not None:
+                return refusal
+            slot = Slot(request.calling)
+            self._slots.append(slot)
+            return slot
 
-    def _associated(self) -> list[_Admitted]:
-        return [entry for entry in self._admitted if entry.associated]
+    def enter(self, slot: Slot, association) -> None:
+        with self._lock:
+            slot.association = association
+            self._running = [a for a in self._running if a.running()] + [association]
 
-    def handlers(self, session_of) -> list:
-        """`session_of(assoc)` gives the tracker's session, for the log line's prefix."""
+    def leave(self, slot: Slot) -> None:
+        """The association was released or aborted (or never started): its slot is free."""
+        with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
 
-        def on_requested(event) -> None:
-            assoc = event.assoc
-            request = assoc.requestor.primitive
-            with self._lock:
-                self._prune()
-                refusal = self._decide(assoc, request)
-                if refusal is None:
-                    self._admitted.append(_Admitted(assoc, request.calling_ae_title.strip()))
-                    return
-            session = session_of(assoc)
-            session.stage = "rejected"
-            rejection, why = refusal
-            log_rejection(session.prefix(), request.called_ae_title.strip(), rejection, why)
-            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
-            # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is sent
-            # and the peer has closed (or ARTIM expired), so the socket is not closed under it.
-            assoc.kill()
+    def current(self) -> list:
+        """The admitted associations not ended yet, for `status` and `abort_all`."""
+        with self._lock:
+            return [slot.association for slot in self._slots if slot.association is not None]
 
-        def on_end(event) -> None:
-            with self._lock:
-                for entry in self._admitted:
-                    if entry.assoc is event.assoc:
-                        entry.associated = False
+    def active(self) -> int:
+        """Associations whose thread still runs (their handlers may be running)."""
+        with self._lock:
+            self._running = [a for a in self._running if a.running()]
+            return len(self._running)
 
-        return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_RELEASED, on_end), (evt.EVT_ABORTED, on_end),
-                (evt.EVT_CONN_CLOSE, on_end)]
-
-    def _prune(self) -> None:
-        self._admitted = [entry for entry in self._admitted if entry.assoc.is_alive()]
-
-    def _decide(self, assoc, request) -> tuple[Rejection, str] | None:
+    def _refusal(self, request: Request, address, acceptable: Callable[[], int]) -> tuple[Rejection, str] | None:
         policy, networks, accepted_calling = self._rules
-        if str(request.application_context_name) != uids.APPLICATION_CONTEXT:
-            return APPLICATION_CONTEXT, f"application context {request.application_context_name} is not supported"
-        called = request.called_ae_title.strip()
-        if policy.check_called_ae and called != policy.ae_title.strip():
+        if request.application_context != uids.APPLICATION_CONTEXT:
+            return APPLICATION_CONTEXT, f"application context {request.application_context} is not supported"
+        if policy.check_called_ae and request.called != policy.ae_title.strip():
             return CALLED_AE, f"called AE title is not {policy.ae_title.strip()}"
-        calling = request.calling_ae_title.strip()
+        calling = request.calling
         if accepted_calling and calling not in accepted_calling:
             return CALLING_AE, (f"calling AE title {calling} is neither in accepted_calling_aes nor a remote AE "
                                 f"allowed to {'store' if self.name == 'STORAGE-SCP' else 'query'}")
-        address = peer_address(assoc)
         if networks and not any(address in network for network in networks):
             return ADDRESS, f"address {address} is not in accepted_addresses"
-        associated = self._associated()
         if policy.association_limit == "per_calling_ae":
-            running = sum(1 for entry in associated if entry.calling == calling)
+            running = sum(1 for slot in self._slots if slot.calling == calling)
             if running >= policy.max_associations:
                 return LIMIT, f"{running} associations from {calling} already open (max_associations per calling AE)"
-        elif len(associated) >= policy.max_associations:
-            return LIMIT, f"{len(associated)} associations already open (max_associations)"
+        elif len(self._slots) >= policy.max_associations:
+            return LIMIT, f"{len(self._slots)} associations already open (max_associations)"
         if self.gate.state != "open":
             return CONGESTION, "the service is starting" if self.gate.state == "starting" \
                 else "the service is shutting down"
-        roles = {uid: (item.scu_role, item.scp_role) for uid, item in assoc.requestor.role_selection.items()}
-        contexts, _ = negotiate_as_acceptor(request.presentation_context_definition_list,
-                                            assoc.acceptor.supported_contexts, roles)
-        if not any(context.result == 0x00 for context in contexts):
-            return NO_CONTEXT, f"none of the {len(contexts)} proposed presentation contexts is acceptable"
+        if not acceptable():
+            return NO_CONTEXT, f"none of the {len(request.contexts)} proposed presentation contexts is acceptable"
         return None

@@ -2,7 +2,8 @@
 
 The N-ACTION-RQ is validated in the conformance statement's terms (0123, 0120, 0121, 0110;
 SC-01..SC-05), decided and stored by `appliance.commitment` before the N-ACTION-RSP 0000
-goes out (SC-02, SC-24); the N-EVENT-REPORT follows (`commitment_reports`).
+goes out (SC-02, SC-24); the N-EVENT-REPORT follows, on this association (SC-11, through
+`commitment_reports`) or over a new one (`commitment.Reporter`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import time
 
+from io import BytesIO
+
 from peewee import DatabaseError
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom.dsutils import decode
 
+from appliance.codes import status, uids
 from appliance.commitment import Report
-from appliance.codes import status
-from appliance.dicom.associations import Tracker
+from appliance.dicom import dimse
+from appliance.dicom.dimse import Message
 from appliance.errors import DicomStatusError
 from appliance.log import alert
 
@@ -30,45 +34,59 @@ _REFERENCED_INSTANCE = 0x00081155
 
 
 class CommitmentSCP:
-    def __init__(self, services, tracker: Tracker):
-        self.services = services  # server.Services: commitments and reports, set before the gate opens
-        self.tracker = tracker
+    def __init__(self, services):
+        self.services = services  # server.Services: commitments, the reporter and its sender
 
-    def handlers(self) -> list:
-        return [(evt.EVT_N_ACTION, self.on_n_action)]
+    def on_action(self, association, message: Message) -> None:
+        report = self._decide(association, message)
+        if report is None:
+            return
+        reporter = self.services.reporter
+        if reporter.on_same_association:  # SC-11: the report follows on this association
+            reporter.on_association(report, lambda: self.services.report_sender.on_association(
+                association, message.context_id, report))
+        else:
+            reporter.wake()
 
-    def on_n_action(self, event):
-        session = self.tracker.session(event.assoc)
-        request = event.request
-        prefix = f"{session.prefix()}: N-ACTION #{request.MessageID} (Storage Commitment)"
-        if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:  # SC-01
+    def _decide(self, association, message: Message) -> Report | None:
+        """Validate, decide, keep and answer the N-ACTION; the report to send after its
+        N-ACTION-RSP 0000, None when it was refused."""
+        session = association.session
+        request = message.command
+        prefix = f"{session.prefix()}: N-ACTION #{request.message_id} (Storage Commitment)"
+        action_type = request.us(dimse.ACTION_TYPE)
+        if action_type != REQUEST_STORAGE_COMMITMENT:  # SC-01
             log.error("%s status 0x%04X: Action Type ID %s is not 1 (Request Storage Commitment)", prefix,
-                      status.NO_SUCH_ACTION, request.ActionTypeID)
-            return status.NO_SUCH_ACTION, None
+                      status.NO_SUCH_ACTION, action_type)
+            association.respond(message, status.NO_SUCH_ACTION)
+            return None
         try:
-            transaction_uid, references = parse(_action_information(event))
+            transaction_uid, references = parse(_action_information(message, association.accepted[message.context_id][1]))
         except DicomStatusError as exc:  # SC-03..SC-05
             log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
-            return exc.status, None
-        reports = self.services.reports
+            association.respond(message, exc.status)
+            return None
         started = time.monotonic()
         try:
             report = self.services.commitments.accept(transaction_uid, references, session.title,
-                                                      held=reports.on_same_association)
+                                                      held=self.services.reporter.on_same_association)
         except (DatabaseError, OSError, MemoryError) as exc:  # SC-03
             alert(log, "%s transaction %s status 0x%04X: the request cannot be kept: %s: %s", prefix, transaction_uid,
                   status.PROCESSING_FAILURE, type(exc).__name__, exc)
-            return status.PROCESSING_FAILURE, None
+            association.respond(message, status.PROCESSING_FAILURE)
+            return None
         log.info("%s transaction %s: %d instances, %d committed, %d not (%s), decided and kept in %.0f ms, "
                  "status 0x0000", prefix, transaction_uid, len(references), len(report.committed), len(report.failed),
                  _reasons(report), (time.monotonic() - started) * 1000)
-        reports.accepted(event.assoc, report)
-        return status.SUCCESS, None
+        association.respond(message, status.SUCCESS, extra={dimse.ACTION_TYPE: dimse.us(action_type)})
+        return report
 
 
-def _action_information(event) -> Dataset:
+def _action_information(message: Message, syntax: str) -> Dataset:
+    if message.data is None:
+        raise DicomStatusError(status.MISSING_ATTRIBUTE, "the N-ACTION-RQ carries no Action Information")
     try:
-        return event.action_information
+        return decode(BytesIO(message.data), syntax == uids.IMPLICIT_LE, True)
     except Exception as exc:  # pydicom on bytes the peer sent
         raise DicomStatusError(status.PROCESSING_FAILURE, f"Action Information cannot be decoded: {exc}") from exc
 

@@ -1,21 +1,17 @@
 """QUERY-RETRIEVE-SCP's C-MOVE: validate, list the instances, let STORAGE-SCU send them, report.
 
-pynetdicom's C-MOVE loop cannot be used (D-5): it goes on after a failed sub-operation, ends
+The loop is the service's own (D-5): pynetdicom's goes on after a failed sub-operation, ends
 with B000, answers A801 when the destination cannot be reached, and opens the sub-operation
-association under the listening AE's title. Its handler API has no way around that (the
-loop, not the handler, opens the association and counts), and the Q/R SOP classes are bound
-to its own service class. So `attach` takes each C-MOVE-RQ off the association before
-pynetdicom's service class sees it (as `framing` and `wakeups` do, by replacing an instance
-attribute) and runs it here, in the association's own thread:
+association under the listening AE's title. Here, in the association's own thread:
 
   A801 unknown destination (QM-04), before the identifier is looked at (QM-18);
   A900 identifier (QM-05, QM-06); A701 the index cannot list the matches (QM-13);
   Pending with the count (QM-07), a Pending after every instance sent (QM-08);
   0000 (QM-09; never B000, QM-10), A702 at the first failure (QM-11, QM-12), FE00 (QM-14).
 
-Responses are encoded here (`pdata`) and written through framing's sender, one per instance
-sent. When the requester's association is gone, the export goes on and only the responses are
-dropped (QM-15).
+Between two sub-operations the export takes in what the requester sent and stops at its
+C-CANCEL-RQ (UL-04). When the requester's association is gone, the export goes on and only
+the responses are dropped (QM-15).
 """
 
 from __future__ import annotations
@@ -25,12 +21,12 @@ import time
 
 from peewee import DatabaseError
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 
 from appliance.codes import status, uids
-from appliance.dicom import pdata
-from appliance.dicom.associations import Tracker, in_data_transfer
+from appliance.dicom import dimse
+from appliance.dicom.dimse import Message
+from appliance.dicom.qr_scp import request_identifier
 from appliance.dicom.storage_scu import Job, Progress
 from appliance.errors import DicomStatusError
 from appliance.log import alert
@@ -43,44 +39,29 @@ MODELS = {uids.PATIENT_ROOT_MOVE: PATIENT_ROOT, uids.STUDY_ROOT_MOVE: STUDY_ROOT
 
 
 class MoveSCP:
-    def __init__(self, tracker: Tracker, services):
-        self.tracker = tracker
+    def __init__(self, services):
         self.services = services  # server.Services: the remote AE table and STORAGE-SCU, as reloaded
 
-    def attach(self, assoc) -> None:
-        """EVT_CONN_OPEN: C-MOVE-RQs on a MOVE context come here instead of pynetdicom's loop."""
-        serve_request = assoc._serve_request
-
-        def route(msg, context_id: int) -> None:
-            context = assoc._accepted_cx.get(context_id)
-            if (isinstance(msg, C_MOVE) and msg.is_valid_request and context is not None
-                    and context.abstract_syntax in MODELS and not assoc._sent_release):
-                assoc.dimse.cancel_req = {}  # as pynetdicom does: only a cancel sent from now on counts
-                self.serve(assoc, msg, context_id, MODELS[context.abstract_syntax])
-            else:
-                serve_request(msg, context_id)
-
-        assoc._serve_request = route
-
-    def serve(self, assoc, request: C_MOVE, context_id: int, model) -> None:
-        """on_c_move, with a last resort: an unexpected exception (a bug) must neither end the
+    def on_move(self, association, message: Message) -> None:
+        """`move`, with a last resort: an unexpected exception (a bug) must neither end the
         association thread silently nor leave the requester without a final response."""
-        answer = _Answer(assoc, request, context_id)
+        answer = _Answer(association, message)
         try:
-            self.on_c_move(assoc, request, answer, model)
+            self.move(association, message, answer)
         except Exception:
-            session = self.tracker.session(assoc)
+            session = association.session
             session.failures += 1
-            log.exception("%s: C-MOVE #%d: unexpected failure, status 0x%04X", session.prefix(), request.MessageID,
-                          status.SUBOPERATIONS_FAILED)
+            log.exception("%s: C-MOVE #%d: unexpected failure, status 0x%04X", session.prefix(),
+                          message.command.message_id, status.SUBOPERATIONS_FAILED)
             answer.final(status.SUBOPERATIONS_FAILED, Progress())
 
-    def on_c_move(self, assoc, request: C_MOVE, answer: "_Answer", model) -> None:
-        session = self.tracker.session(assoc)
+    def move(self, association, message: Message, answer: "_Answer") -> None:
+        session = association.session
         session.moves += 1
         started = time.monotonic()
-        destination_title = str(request.MoveDestination or "").strip()
-        prefix = f"{session.prefix()}: C-MOVE #{request.MessageID} to {destination_title or '(none)'}"
+        request = message.command
+        destination_title = request.text(dimse.MOVE_DESTINATION)
+        prefix = f"{session.prefix()}: C-MOVE #{request.message_id} to {destination_title or '(none)'}"
         destination = self.services.remote_aes.get(destination_title)
         if destination is None:  # QM-04, QM-18: before anything else
             session.failures += 1
@@ -88,8 +69,9 @@ class MoveSCP:
                       status.MOVE_DESTINATION_UNKNOWN)
             answer.final(status.MOVE_DESTINATION_UNKNOWN, Progress())
             return
+        abstract_syntax, syntax = association.accepted[message.context_id]
         try:
-            wanted = retrieve.parse(request_identifier(request), model)
+            wanted = retrieve.parse(request_identifier(message, syntax), MODELS[abstract_syntax])
         except DicomStatusError as exc:  # QM-05, QM-06
             session.failures += 1
             log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
@@ -106,7 +88,7 @@ class MoveSCP:
         ignored = f"; keys not used: {', '.join(wanted.ignored)}" if wanted.ignored else ""
         log.info("%s %s: %d instances to send%s", prefix, wanted.describe(), len(items), ignored)
         answer.pending(Progress(remaining=len(items)))  # QM-07
-        progress = self.services.exports.export(Job(destination, items, session.title, request.MessageID,
+        progress = self.services.exports.export(Job(destination, items, session.title, request.message_id,
                                                     answer.cancelled, answer.pending))
         if progress.cancelled:
             code = status.CANCEL
@@ -125,15 +107,13 @@ class MoveSCP:
 class _Answer:
     """The C-MOVE-RSPs of one request."""
 
-    def __init__(self, assoc, request: C_MOVE, context_id: int):
-        self.assoc = assoc
-        self.request = request
-        self.context_id = context_id
-        self.max_pdu = assoc.dimse.maximum_pdu_size  # the requester's maximum (as for C-FIND)
+    def __init__(self, association, message: Message):
+        self.association = association
+        self.message = message
         self.delivered = True
 
     def cancelled(self) -> bool:
-        return self.request.MessageID in self.assoc.dimse.cancel_req
+        return self.association.cancelled(self.message.command.message_id)
 
     def pending(self, progress: Progress) -> None:
         self._send(status.PENDING, progress, remaining=True)
@@ -145,33 +125,14 @@ class _Answer:
         self._send(code, progress, remaining=code == status.CANCEL, failed_list=failed_list)
 
     def _send(self, code: int, progress: Progress, remaining: bool, failed_list: bool = False) -> None:
-        if not self._requester_present():
-            self.delivered = False
-            return
         counted = code in (status.PENDING, status.CANCEL, status.SUCCESS, status.SUBOPERATIONS_FAILED)
-        counts = (progress.remaining if remaining else None, progress.completed, len(progress.failed_uids),
-                  progress.warnings) if counted else (None, None, None, None)
-        command = pdata.move_response_command(self.request.AffectedSOPClassUID, self.request.MessageID, code, *counts,
-                                              identifier=failed_list)
-        identifier = b""
+        counts = dimse.move_counts(progress.remaining if remaining else None, progress.completed,
+                                   len(progress.failed_uids), progress.warnings) if counted else {}
+        identifier = None
         if failed_list:
             dataset = Dataset()
             dataset.FailedSOPInstanceUIDList = progress.failed_uids
             identifier = encode(dataset, True, True)
-        # Through framing's sender, which serialises writes and restarts the idle timer
-        # (CF-24), like the C-FIND Pendings: pynetdicom's send_msg took a third of the
-        # association thread's time per instance.
-        self.assoc.dul.socket.send(pdata.message_pdus(self.context_id, command, identifier, self.max_pdu)
-                                   if failed_list else pdata.command_pdus(self.context_id, command, self.max_pdu))
-
-    def _requester_present(self) -> bool:
-        """QM-15: still in data transfer (Sta6); otherwise the export goes on unanswered."""
-        return in_data_transfer(self.assoc)
-
-
-def request_identifier(request: C_MOVE) -> Dataset:
-    """The decoded identifier of a C-MOVE-RQ; A900 when its bytes cannot be decoded (QM-06)."""
-    try:
-        return decode(request.Identifier, True, True)
-    except Exception as exc:  # pynetdicom/pydicom on bytes the peer sent
-        raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"identifier cannot be decoded: {exc}") from exc
+        # QM-15: when the requester's association is gone, nothing is sent; the export goes on.
+        if not self.association.respond(self.message, code, identifier, extra=counts):
+            self.delivered = False

@@ -1,53 +1,51 @@
-"""STORAGE-SCP protocol adapter: C-STORE events -> the archive, status -> the wire.
+"""STORAGE-SCP protocol adapter: C-STORE-RQ -> the archive, status -> the wire.
 
-No storage logic here: `Archive.store` decides; this module only translates and logs one
-line per instance (LG-05, LG-07). PY-01/PY-02: the handler always returns an int status;
-only a bug reaches the last-resort 0xC211, and that is logged with its traceback.
+No storage logic here: `Archive.receive` gives the file a data set goes into as it arrives,
+`Archive.store` decides; this module only translates and logs one line per instance (LG-05,
+LG-07). PY-01/PY-02: every C-STORE-RQ gets a status; only a bug reaches the last-resort
+0xC211, and that is logged with its traceback.
 """
 
 from __future__ import annotations
 
 import logging
 
-from pynetdicom import evt
-
 from appliance.codes import status, uids
-from appliance.dicom import receive
-from appliance.dicom.associations import Tracker
+from appliance.dicom import dimse
+from appliance.dicom.dimse import Command, Message
+from appliance.store.files import Incoming
 from appliance.store.ingest import StoreRequest
 
 log = logging.getLogger("appliance.storage_scp")
 
 
+def _request(association, context_id: int, command: Command) -> StoreRequest:
+    transfer_syntax = association.accepted[context_id][1]
+    return StoreRequest(sop_class_uid=command.uid(dimse.AFFECTED_SOP_CLASS),
+                        sop_instance_uid=command.uid(dimse.AFFECTED_SOP_INSTANCE),
+                        transfer_syntax=transfer_syntax, implicit_vr=transfer_syntax == uids.IMPLICIT_LE,
+                        calling_ae=association.calling)
+
+
 class StorageSCP:
-    def __init__(self, services, tracker: Tracker):
+    def __init__(self, services):
         self.services = services  # server.Services: its archive is set before the gate opens
-        self.tracker = tracker
 
-    def handlers(self) -> list:
-        return [
-            (evt.EVT_C_STORE, self.on_c_store),
-            (evt.EVT_CONN_CLOSE, lambda event: receive.discard_in_flight(event.assoc)),  # FL-02
-        ]
+    def receiver(self, association, context_id: int, command: Command) -> Incoming:
+        """Where the C-STORE-RQ's data set goes as it arrives (dimse.Assembler's sink)."""
+        return self.services.archive.receive(_request(association, context_id, command))
 
-    def on_c_store(self, event) -> int:
-        session = self.tracker.session(event.assoc)
-        rq = event.request
+    def on_store(self, association, message: Message) -> None:
+        session = association.session
+        request = _request(association, message.context_id, message.command)
         try:
-            transfer_syntax = event.context.transfer_syntax
-            request = StoreRequest(
-                sop_class_uid=str(rq.AffectedSOPClassUID),
-                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
-                transfer_syntax=transfer_syntax,
-                implicit_vr=transfer_syntax == uids.IMPLICIT_LE,
-                calling_ae=event.assoc.requestor.ae_title.strip(),
-            )
-            outcome = self.services.archive.store(event.dataset_path, request, receive.receive_error(rq))
+            outcome = self.services.archive.store(message.sink, request)
         except Exception:
             log.exception("%s: C-STORE %s: unexpected failure, status 0x%04X", session.prefix(),
-                          rq.AffectedSOPInstanceUID, status.UNEXPECTED_FAILURE)
+                          request.sop_instance_uid, status.UNEXPECTED_FAILURE)
             session.failures += 1
-            return status.UNEXPECTED_FAILURE
+            association.respond(message, status.UNEXPECTED_FAILURE)
+            return
         level = logging.INFO if outcome.status in (status.SUCCESS, status.COERCION_OF_DATA_ELEMENTS) \
             else logging.ERROR
         if level == logging.INFO:
@@ -58,6 +56,7 @@ class StorageSCP:
         uid = request.sop_instance_uid
         if outcome.sop_instance_uid != uid:
             uid = f"{uid} (indexed as {outcome.sop_instance_uid})"
+        # FL-04: a response that cannot be sent leaves the instance stored; the end is logged.
+        association.respond(message, outcome.status)
         log.log(level, "%s: C-STORE %s class %s status 0x%04X: %s", session.prefix(), uid,
                 request.sop_class_uid, outcome.status, outcome.detail)
-        return outcome.status

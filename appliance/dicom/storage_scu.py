@@ -20,8 +20,9 @@ from typing import Callable
 from appliance import __version__
 from appliance.config.model import Config, RemoteAE
 from appliance.codes import status, uids
-from appliance.dicom import pdata
-from appliance.dicom.requestor import Association, Failed, Local, Proposal
+from appliance.dicom import dimse
+from appliance.dicom.pdu import Proposal
+from appliance.dicom.requestor import Association, Failed, Local
 from appliance.log import alert
 from appliance.query.retrieve import Item
 from appliance.store import export
@@ -34,7 +35,6 @@ WARNINGS = {0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
 US_COUNTERPARTS = {uids.US_RETIRED: uids.US, uids.US: uids.US_RETIRED,
                    uids.US_MULTIFRAME_RETIRED: uids.US_MULTIFRAME, uids.US_MULTIFRAME: uids.US_MULTIFRAME_RETIRED}
 _LOSSLESS_ALTERNATIVE = {uids.IMPLICIT_LE: uids.EXPLICIT_LE, uids.EXPLICIT_LE: uids.IMPLICIT_LE}  # PC-12
-_C_STORE_RSP = 0x8001
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
 _SLOT_CHECK = 0.5  # seconds between cancel checks while a job waits for a slot or a retry
 
@@ -229,7 +229,7 @@ class StorageSCU:
     @staticmethod
     def _send(association: Association, message_id: int, item: Item, prepared: "_Prepared", job: Job) -> int:
         """The C-STORE-RQ with the Move Originator fields (QM-03) and its data set; its size."""
-        command = pdata.store_request_command(message_id, prepared.send_class, item.sop_instance_uid,
+        command = dimse.store_request(message_id, prepared.send_class, item.sop_instance_uid,
                                               job.originator_title, job.originator_message_id)
         outgoing = prepared.outgoing
         if not outgoing.as_stored:
@@ -249,8 +249,8 @@ class StorageSCU:
     def _answer(self, association: Association, message_id: int, item: Item) -> int:
         """The status of the C-STORE-RSP to `message_id` (SU-06..SU-08)."""
         answer = association.receive_command(self.settings.dimse_timeout, "C-STORE-RSP", "storage_scu.dimse_timeout")
-        code = pdata.command_uint16(answer, 0x0900)
-        if (pdata.command_uint16(answer, 0x0100), pdata.command_uint16(answer, 0x0120)) != (_C_STORE_RSP, message_id) \
+        code = answer.us(dimse.STATUS)
+        if (answer.field, answer.message_id) != (dimse.C_STORE_RQ | dimse.RESPONSE, message_id) \
                 or code is None:
             raise Failed(f"{item.sop_instance_uid}: the destination answered with something other than a C-STORE-RSP "
                          f"with a status for message {message_id}")

@@ -1,21 +1,16 @@
-"""Verification SCP (VE-01, VE-02), shared by both listening AEs."""
+"""Verification SCP (VE-01, VE-02), shared by both listening AEs. Each request read restarts the
+wait for the next one, so an echo also keeps the association open (VE-03)."""
 
 from __future__ import annotations
 
 import logging
 
-from pynetdicom import evt
-
 from appliance.codes import status
-from appliance.dicom.associations import Tracker
+from appliance.dicom.dimse import Message
 
 log = logging.getLogger("appliance.verification")
 
 
-def handlers(tracker: Tracker) -> list:
-    def on_c_echo(event) -> int:
-        # Any PDU restarts pynetdicom's idle timer, so an echo also keeps the association open (VE-03).
-        log.info("%s: C-ECHO status 0x%04X", tracker.session(event.assoc).prefix(), status.SUCCESS)
-        return status.SUCCESS
-
-    return [(evt.EVT_C_ECHO, on_c_echo)]
+def on_echo(association, message: Message) -> None:
+    association.respond(message, status.SUCCESS)
+    log.info("%s: C-ECHO status 0x%04X", association.session.prefix(), status.SUCCESS)

@@ -1,25 +1,32 @@
-"""The storage area: spool, fan-out store, durable placement and crash recovery.
+"""The storage area: spool, fan-out store, files made ahead, durable receiving, crash recovery.
 
 Layout under the data directory::
 
-    spool/               pynetdicom writes each incoming dataset here (same filesystem as store/)
-    spool/<uuid>.dcm     an instance being placed: its name says where it goes in store/
-    store/aa/<uuid>.dcm  stored instances; names are random, never derived from UIDs; the 256
-                         directories `aa` exist from the start (no mkdir on the hot path)
+    store/aa/<name>.dcm  stored instances; names are random hex, never derived from UIDs; the
+                         256 directories `aa` exist from the start
+    spool/<name>.dcm     a second name (hard link) of every store file not yet stored: made
+                         ahead and unused (empty), being received, or being replaced (ST-18)
     quarantine/          refused datasets kept for diagnosis (ST-13, off by default)
 
-Placement protocol (the spool name is the journal, so recovery is O(instances in flight),
-not a scan of the archive):
+The spool is the journal: while a store file has its spool name, the instance in it is not
+stored, so recovery looks at the spool only, never at the whole archive.
 
-1. rename the received file to ``spool/<uuid>.dcm`` and hard-link it to
-   ``store/aa/<uuid>.dcm``;
-2. fsync the file, ``spool/`` and the store directory (see `StorageArea.place`);
-3. the caller commits the index row;
-4. unlink the spool name.
+A C-STORE data set is written straight into its final file (`Incoming`), whose two names
+were made durable before it arrived: the pool (`_Pool`) makes them in batches of one store
+directory, two directory fsyncs per batch, so storing an instance flushes its data and the
+index, not two directories. The protocol, per instance:
 
-Replacing a stored instance (ST-18) journals the old file the same way (`retire`).
+1. the data set goes into the file as it arrives (`Incoming.add`/`flush`);
+2. the file's data is flushed (`Incoming.sync`) and, at the same time, the index row is
+   committed (`ingest.Archive`); both before the status is sent;
+3. the spool name goes (`Incoming.done`): from now on the instance is stored.
 
-After a crash, `recover()` keeps a store file only if the index has its row.
+Replacing a stored instance (ST-18) gives the old file a spool name (`retire`) before the
+commit that points its row at the new file; after the commit the old file goes.
+
+After a crash `ingest.Archive.recover` decides each spool name: an empty file was never used;
+a file the index names is kept if it is complete (the commit may have reached the disk before
+the file's data did); anything else is removed, with its row.
 """
 
 from __future__ import annotations
@@ -27,13 +34,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
 
-from appliance.durable import fsync_dir, fsync_file
+from appliance.durable import fsync_dir
 
 log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[0-9a-f]{32}\.dcm")
+POOL_LOW = 16  # the filler makes a batch when fewer files than this are ready
+POOL_BATCH = 32  # files per batch, all in one store directory
+_IOV_MAX = 1024  # Linux: buffers per writev
 
 
 def write_error_reason(exc: OSError) -> str:
@@ -41,23 +55,113 @@ def write_error_reason(exc: OSError) -> str:
     return "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write file"
 
 
-class Placement:
-    """One instance on its way into the store; `commit()` after the index row is committed."""
+class InFlight:
+    """A store file with its spool name: not stored (yet, or any more)."""
 
     def __init__(self, area: "StorageArea", name: str):
-        self.area = area
         self.name = name
         self.relative = f"{name[:2]}/{name}.dcm"
         self.spool_path = area.spool / f"{name}.dcm"
         self.store_path = area.store / self.relative
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """The instance is stored (or, for a retired file, kept): the spool name goes."""
         self.spool_path.unlink(missing_ok=True)
 
-    def rollback(self) -> None:
-        """Remove every trace; used when the index transaction failed."""
+    def remove(self) -> None:
+        """Every trace goes: the file was never stored, or it was replaced."""
         self.store_path.unlink(missing_ok=True)
         self.spool_path.unlink(missing_ok=True)
+
+
+class Incoming(InFlight):
+    """One data set arriving into its store file, straight from the receive buffer.
+
+    Writing never raises: the first error (ENOSPC, EIO) is kept in `error`, what was written is
+    truncated away (giving the space back) and the rest of the data set is dropped as it is still
+    read off the wire, so the C-STORE completes and is answered A700 (ST-07)."""
+
+    def __init__(self, area: "StorageArea", name: str, fd: int):
+        super().__init__(area, name)
+        self.fd = fd
+        self.size = 0
+        self.error: OSError | None = None
+        self._pending: list[memoryview] = []
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(memoryview(data))
+        self.flush()
+
+    def add(self, fragment: memoryview) -> None:
+        """A fragment to write at the next `flush` (it points into the receive buffer)."""
+        if self.error is None:
+            self._pending.append(fragment)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        while pending and self.error is None:
+            batch, pending = pending[:_IOV_MAX], pending[_IOV_MAX:]
+            try:
+                written = os.writev(self.fd, batch)
+            except OSError as exc:
+                self._failed(exc)
+                return
+            self.size += written
+            expected = sum(len(b) for b in batch)
+            if written < expected:  # a short write: the rest of this batch goes round again
+                pending = _after(batch, written) + pending
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def done(self) -> None:
+        """Stored: its data is durable and the index names it."""
+        self.finish()
+        self._close()
+
+    def discard(self) -> None:
+        self._close()
+        self.remove()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Unwritable:
+    """The sink of a data set for which no file could be made: what arrives is dropped, and
+    the C-STORE is answered A700 with `error`."""
+
+    size = 0
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+    def add(self, fragment: memoryview) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+def _after(buffers: list[memoryview], count: int) -> list[memoryview]:
+    """What remains of `buffers` once their first `count` bytes are written."""
+    for index, buffer in enumerate(buffers):
+        if count < len(buffer):
+            return [buffer[count:]] + buffers[index + 1:]
+        count -= len(buffer)
+    return []
 
 
 class StorageArea:
@@ -74,65 +178,84 @@ class StorageArea:
             fsync_dir(self.store)
         except OSError as exc:  # a full disk must not keep the service from starting
             log.warning("cannot create the store directories (%s); they will be created on use", exc)
+        self._pool = _Pool(self)
 
-    def place(self, received: Path) -> Placement:
-        """Steps 1-2 of the protocol; on any error nothing of the instance remains.
+    def start_pool(self) -> None:
+        """Make files ahead from now on (after recovery, which removes those of the last run)."""
+        self._pool.start()
 
-        The renames come first and the fsyncs after, so that on ext4 the file's fsync commits
-        the one journal transaction holding all of them and the directory fsyncs that follow
-        find nothing left to write; on any POSIX filesystem every name is durable on return.
-        """
-        placement = Placement(self, uuid.uuid4().hex)
-        try:
-            os.rename(received, placement.spool_path)
+    def stop_pool(self) -> None:
+        """The files made ahead and not used go."""
+        self._pool.stop()
+
+    def incoming(self) -> Incoming:
+        """A file to receive one data set into; OSError when none can be made."""
+        name, fd = self._pool.take()
+        return Incoming(self, name, fd)
+
+    def make(self, names: list[str]) -> list[tuple[str, int]]:
+        """Files with these names (all in one store directory), each with its spool name, both
+        durable on return: (name, descriptor open for reading and writing) of each made. When
+        the file system refuses one (no inode, no space), those made before it are kept; OSError
+        only when none could be made."""
+        made = []
+        for name in names:
+            spool_path = self.spool / f"{name}.dcm"
+            store_path = self.store / name[:2] / f"{name}.dcm"
             try:
-                os.link(placement.spool_path, placement.store_path)
-            except FileNotFoundError:  # its directory could not be created at start
-                placement.store_path.parent.mkdir(exist_ok=True)
-                fsync_dir(self.store)
-                os.link(placement.spool_path, placement.store_path)
-            fsync_file(placement.store_path)
+                # The spool name first: a crash before the link leaves a name recovery sees.
+                fd = os.open(spool_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError:
+                if made:
+                    break
+                raise
+            try:
+                try:
+                    os.link(spool_path, store_path)
+                except FileNotFoundError:  # its directory could not be created at start
+                    store_path.parent.mkdir(exist_ok=True)
+                    fsync_dir(self.store)
+                    os.link(spool_path, store_path)
+            except OSError:
+                os.close(fd)
+                InFlight(self, name).remove()
+                if made:
+                    break
+                raise
+            made.append((name, fd))
+        try:
             fsync_dir(self.spool)
-            fsync_dir(placement.store_path.parent)
+            fsync_dir(self.store / names[0][:2])
         except BaseException:
-            placement.rollback()
-            Path(received).unlink(missing_ok=True)
+            for name, fd in made:
+                os.close(fd)
+                InFlight(self, name).remove()
             raise
-        return placement
+        return made
 
-    def retire(self, relative: str) -> Placement:
-        """Journal the removal of a stored file whose index row is being replaced (ST-18).
-
-        The spool link makes the pending removal visible to `recover`, which applies the same
-        rule as for placements: a store file whose path the index no longer holds goes.
-        After the commit, `rollback()` removes it; if the transaction failed, `commit()`.
-        """
-        placement = Placement(self, Path(relative).stem)
-        os.link(placement.store_path, placement.spool_path)
+    def retire(self, relative: str) -> InFlight:
+        """Journal the removal of a stored file whose index row is being replaced (ST-18):
+        after the commit `remove()`; if the transaction failed, `finish()`."""
+        retired = InFlight(self, Path(relative).stem)
+        os.link(retired.store_path, retired.spool_path)
         fsync_dir(self.spool)
-        return placement
+        return retired
+
+    def in_flight(self) -> list[tuple[InFlight, int]]:
+        """Every spool name with its file's size, for recovery; anything else in the spool (a
+        partial file of an older release) is removed."""
+        found = []
+        for entry in os.scandir(self.spool):
+            if _NAME.fullmatch(entry.name):
+                found.append((InFlight(self, entry.name[:-4]), entry.stat().st_size))
+            else:
+                os.unlink(entry.path)
+                log.warning("recovery: removed %s from the spool (not an instance's name)", entry.name)
+        return found
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.store)
         return st.f_bavail * st.f_frsize
-
-    def recover(self, is_indexed) -> tuple[int, int]:
-        """Finish or undo placements interrupted by a crash. Returns (kept, removed)."""
-        kept = removed = 0
-        for entry in self.spool.iterdir():
-            name = entry.name
-            if entry.suffix == ".dcm" and len(entry.stem) == 32:
-                placement = Placement(self, entry.stem)
-                if is_indexed(placement.relative):
-                    placement.commit()
-                    kept += 1
-                    continue
-                placement.rollback()
-            else:
-                entry.unlink(missing_ok=True)  # a partial receive (pynetdicom temp file)
-            removed += 1
-            log.warning("recovery: removed unacknowledged partial instance %s", name)
-        return kept, removed
 
     def quarantine(self, received: Path, reason: str, max_files: int) -> None:
         """ST-13: keep a refused dataset for diagnosis, bounded to the newest `max_files`."""
@@ -144,3 +267,72 @@ class StorageArea:
         for old in kept[:-max_files]:
             old.unlink(missing_ok=True)
             old.with_suffix(".txt").unlink(missing_ok=True)
+
+
+class _Pool:
+    """Store files made ahead by a thread of their own, in batches of one store directory."""
+
+    def __init__(self, area: StorageArea):
+        self.area = area
+        self._ready: list[tuple[str, int]] = []
+        self._changed = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._failing = False  # the filler's last batch failed (logged once until one succeeds)
+
+    def start(self) -> None:
+        with self._changed:
+            self._running = True
+        self._thread = threading.Thread(target=self._fill, name="store-pool", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._running = False
+            self._changed.notify_all()
+            ready, self._ready = self._ready, []
+        if self._thread is not None:
+            self._thread.join(10)
+        for name, fd in ready:
+            os.close(fd)
+            InFlight(self.area, name).remove()
+
+    def take(self) -> tuple[str, int]:
+        with self._changed:
+            if len(self._ready) <= POOL_LOW:
+                self._changed.notify()
+            if self._ready:
+                return self._ready.pop()
+        # None ready (a burst, or the pool is not running): one made now, its directories flushed.
+        return self.area.make(_names(1))[0]
+
+    def _fill(self) -> None:
+        while True:
+            with self._changed:
+                while self._running and len(self._ready) > POOL_LOW:
+                    self._changed.wait()
+                if not self._running:
+                    return
+            try:
+                made = self.area.make(_names(POOL_BATCH))
+            except OSError as exc:
+                if not self._failing:
+                    log.warning("cannot make store files ahead (%s); each C-STORE makes its own", exc)
+                self._failing = True
+                with self._changed:
+                    self._changed.wait(5.0)  # a full disk: try again later, not in a loop
+                continue
+            self._failing = False
+            with self._changed:
+                if self._running:
+                    self._ready.extend(made)
+                    continue
+            for name, fd in made:  # stopped meanwhile
+                os.close(fd)
+                InFlight(self.area, name).remove()
+
+
+def _names(count: int) -> list[str]:
+    """Random names (uuid4 hex) that share their first two digits: one store directory."""
+    first = uuid.uuid4().hex
+    return [first] + [first[:2] + uuid.uuid4().hex[2:] for _ in range(count - 1)]

@@ -1,26 +1,29 @@
-"""The C-STORE pipeline: received file -> checks -> durable placement -> index row -> status.
+"""The C-STORE pipeline: received file -> checks -> file flushed and index row committed -> status.
 
-Order matters for ST-06: the status is decided only after the file is fsync'd in place and
-the index transaction is committed; every failure path removes what was placed (ST-07,
-ST-12, FL-02) and returns the conformance statement's status with a reason for the log.
+Order matters for ST-06: the status is decided only after the file's data is flushed and the
+index transaction is committed (both at once, see `_store`); every failure path removes what
+was received (ST-07, ST-12, FL-02) and returns the conformance statement's status with a
+reason for the log.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import struct
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
+from appliance import __version__
+from appliance.codes import status, uids
 from appliance.config.model import StorageSCP
-from appliance.codes import status
 from appliance.errors import DicomStatusError
 from appliance.store import coercion
 from appliance.store.db import Index
-from appliance.store.files import StorageArea, write_error_reason
+from appliance.store.files import InFlight, Incoming, StorageArea, Unwritable, write_error_reason
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.models import Instance, Patient, Series, Study
+from appliance.store.writer import IndexWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,46 +63,107 @@ class Archive:
         self.index = index
         self.area = area
         self.reserve_bytes = reserve_bytes
-        # Row ids of recently seen studies and series; touched only under the index write lock.
+        self.writer: IndexWriter | None = None  # from start(); reindex indexes in its own thread
+        # Row ids of recently seen studies and series; touched only in the index writer's thread.
         self._studies: dict[str, tuple[int, str]] = {}
         self._series_ids: dict[str, int] = {}
 
-    def recover(self) -> tuple[int, int]:
-        """Finish or undo placements a killed process left in the spool (see files.py)."""
-        return self.area.recover(lambda relative: Instance.select().where(Instance.path == relative).exists())
+    def start(self) -> None:
+        """Serve C-STOREs from now on (after `recover`): the index writer and the files made ahead."""
+        self.writer = IndexWriter(self.index, self.forget_cached_rows)
+        self.area.start_pool()
 
-    def store(self, received: Path | None, request: StoreRequest, receive_error: OSError | None = None) -> StoreOutcome:
-        """Store the dataset pynetdicom received at `received` (`receive_error`: writing it failed;
-        None: the C-STORE-RQ announced no data set at all)."""
+    def stop(self) -> None:
+        self.area.stop_pool()
+        if self.writer is not None:
+            self.writer.stop()
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> tuple[int, int]:
+        """Decide every spool name a stopped or killed process left (see files.py): (instances
+        kept, partial or unacknowledged instances removed). Files made ahead and never used go
+        without a word."""
+        kept = removed = 0
+        for entry, size in self.area.in_flight():
+            if size == 0:
+                entry.remove()
+                continue
+            row = Instance.select(Instance.id, Instance.size, Instance.transfer_syntax_uid).where(
+                Instance.path == entry.relative).tuples().first()
+            if row is not None and self._complete(entry, size, *row[1:]):
+                entry.finish()
+                kept += 1
+                continue
+            if row is not None:
+                with self.index.write():
+                    _forget_instance(row[0])
+            entry.remove()
+            removed += 1
+            log.warning("recovery: removed unacknowledged partial instance %s%s", entry.name,
+                        " and its index row (its data had not reached the disk)" if row is not None else "")
+        return kept, removed
+
+    @staticmethod
+    def _complete(entry, size: int, indexed_size: int, syntax: str) -> bool:
+        """Whether an indexed file in flight holds all its data: the index row may be committed
+        while the file's flush did not finish. On ext4 and XFS a file's size on disk never
+        covers data that did not reach it; the walk also catches a file cut short elsewhere."""
+        if size != indexed_size:
+            return False
+        try:
+            read_header(entry.store_path, syntax == uids.IMPLICIT_LE)
+        except (OSError, Unparseable):
+            return False
+        return True
+
+    # --- C-STORE ----------------------------------------------------------------------------
+
+    def receive(self, request: StoreRequest) -> Incoming | Unwritable:
+        """The file a C-STORE data set goes into as it arrives, its File Meta Information written
+        from the request (or, when none can be made, a sink that drops it: A700 at the end)."""
+        try:
+            incoming = self.area.incoming()
+        except OSError as exc:
+            return Unwritable(exc)
+        incoming.write(file_meta(request))
+        return incoming
+
+    def store(self, received: Incoming | Unwritable | None, request: StoreRequest) -> StoreOutcome:
+        """Store the data set received into `received` (None: the C-STORE-RQ announced no data
+        set at all). Whatever happens, it is stored or gone when this returns."""
         if received is None:
             return StoreOutcome(status.CANNOT_UNDERSTAND, request.sop_instance_uid,
                                 "the C-STORE-RQ carries no data set (Command Data Set Type 0x0101)")
         try:
-            if receive_error is not None:
+            if received.error is not None:
                 raise DicomStatusError(status.OUT_OF_RESOURCES,
-                                       f"{write_error_reason(receive_error)} while receiving: {receive_error}")
-            return self._store(received, request)
+                                       f"{write_error_reason(received.error)} while receiving: {received.error}")
+            outcome = self._store(received, request)
         except DicomStatusError as exc:
-            self._discard(received, exc)
+            self._quarantine(received, exc)
+            received.discard()
             return StoreOutcome(exc.status, request.sop_instance_uid, exc.why)
-        finally:
-            # Whatever happened, nothing is left at the receive path: it was placed or discarded.
-            received.unlink(missing_ok=True)
+        except BaseException:
+            received.discard()
+            raise
+        received.done()
+        return outcome
 
-    def _discard(self, received: Path, exc: DicomStatusError) -> None:
+    def _quarantine(self, received: Incoming, exc: DicomStatusError) -> None:
         if self.policy.quarantine and exc.status in (status.CANNOT_UNDERSTAND, status.DATASET_MISMATCH):
             try:
-                self.area.quarantine(received, exc.why, self.policy.quarantine_max_files)
+                self.area.quarantine(received.store_path, exc.why, self.policy.quarantine_max_files)
             except OSError as qexc:
                 log.warning("could not quarantine refused dataset: %s", qexc)
 
-    def _store(self, received: Path, request: StoreRequest) -> StoreOutcome:
+    def _store(self, received: Incoming, request: StoreRequest) -> StoreOutcome:
         free = self.area.free_bytes()
         if free < self.reserve_bytes:
             raise DicomStatusError(status.OUT_OF_RESOURCES,
                                    f"disk full: {free} bytes free, below the reserve of {self.reserve_bytes}")
         try:
-            header = read_header(received, request.implicit_vr)
+            header = read_header(received.store_path, request.implicit_vr)
         except Unparseable as exc:
             raise DicomStatusError(status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
         check_required(header, request)
@@ -107,35 +171,60 @@ class Archive:
         if values.modality and len(values.modality) != 2:
             # EL-11 / D-15(a): modern modalities (SEG, DOC ...) are longer; keep, do not refuse.
             log.warning("Modality %r is not two characters; indexed as received", values.modality)
-        size = received.stat().st_size
+        received_at = datetime.datetime.now(datetime.timezone.utc)
+
+        def index() -> InFlight | None:
+            replaced = self.index_instance(values, request, received.relative, received.size, received_at)
+            return self.area.retire(replaced) if replaced else None  # journaled before the commit
+
+        if self.policy.duplicate_policy == "replace":
+            # A row that replaces another (ST-18) is committed only once its file is durable: the
+            # old file goes with the commit, so nothing may be lost if the new one is not there.
+            self._sync(received)
+            job = self.writer.submit(index)
+        else:
+            # The index commit and the file's flush overlap; recovery removes a row whose file
+            # did not reach the disk (recover/_complete). Neither is acknowledged before both.
+            job = self.writer.submit(index)
+            try:
+                self._sync(received)
+            except DicomStatusError:
+                self._undo(job, received.relative)
+                raise
         try:
-            placement = self.area.place(received)
-        except OSError as exc:
-            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
-        retired = None
-        try:
-            with self.index.write():
-                replaced = self.index_instance(values, request, placement.relative, size,
-                                               datetime.datetime.now(datetime.timezone.utc))
-                if replaced:
-                    retired = self.area.retire(replaced)  # journaled before the commit
+            retired = job.result()
         except Exception as exc:
-            placement.rollback()
-            if retired is not None:
-                retired.commit()  # the old file stays: its row was not replaced
-            self.forget_cached_rows()  # they may name rows this transaction did not keep
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
-        placement.commit()
         if retired is not None:
-            retired.rollback()  # ST-18: the replaced file goes; recovery finishes this after a crash
+            retired.remove()  # ST-18: the replaced file goes; recovery finishes this after a crash
         result = status.SUCCESS
-        detail = "stored; replaced the earlier instance with this UID" if replaced else "stored"
+        detail = "stored; replaced the earlier instance with this UID" if retired else "stored"
         if values.coerced:
             detail += "; coerced " + ", ".join(values.coerced)
             if self.policy.coercion_warning:
                 result = status.COERCION_OF_DATA_ELEMENTS
-        return StoreOutcome(result, values.sop_instance_uid, detail, size)
+        return StoreOutcome(result, values.sop_instance_uid, detail, received.size)
+
+    @staticmethod
+    def _sync(received: Incoming) -> None:
+        try:
+            received.sync()
+        except OSError as exc:
+            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
+
+    def _undo(self, job, relative: str) -> None:
+        """The file could not be flushed: its row, if the index took it, goes again."""
+        try:
+            job.result()
+        except Exception:
+            return
+
+        def forget() -> None:
+            _forget_instance(Instance.get(Instance.path == relative).id)
+            self.forget_cached_rows()  # they may name the parents that went with it
+
+        self.writer.run(forget)
 
     def index_instance(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int,
                        received_at: datetime.datetime, duplicate_uid: str | None = None) -> str | None:
@@ -145,8 +234,8 @@ class Archive:
         Returns the replaced file's path (ST-18). An ST-17 duplicate gets `duplicate_uid`, else
         a new UID (reindex passes the one the replaced index had given that file). Parents are
         looked up through small caches (a series of 500 images hits the database for them
-        once); the service never deletes rows (ST-20), and any failure clears the caches (see
-        `_store`).
+        once); rows are deleted only by recovery (`_forget_instance`), and any rollback clears the
+        caches (IndexWriter's on_rollback).
         """
         study_id, patient_id = self._study(v)
         if patient_id != v.patient_id:
@@ -259,4 +348,44 @@ def check_required(header: Header, request: StoreRequest) -> None:
                                f"{request.sop_instance_uid}")
 
 
-__all__ = ["Archive", "StoreOutcome", "StoreRequest"]
+def _forget_instance(row_id: int) -> None:
+    """Delete an instance that was never acknowledged, and the series, study and patient rows
+    it alone held (inside a write transaction)."""
+    series_id = Instance.get_by_id(row_id).series_id
+    Instance.delete_by_id(row_id)
+    if Instance.select().where(Instance.series == series_id).exists():
+        return
+    study_id = Series.get_by_id(series_id).study_id
+    Series.delete_by_id(series_id)
+    if Series.select().where(Series.study == study_id).exists():
+        return
+    patient_id = Study.get_by_id(study_id).patient_id
+    Study.delete_by_id(study_id)
+    if not Study.select().where(Study.patient == patient_id).exists():
+        Patient.delete_by_id(patient_id)
+
+
+def file_meta(request: StoreRequest) -> bytes:
+    """The preamble and File Meta Information a received data set is stored after (PS3.10
+    7.1), Explicit VR Little Endian: what the C-STORE-RQ and its context said, the calling AE
+    as Source Application Entity Title, and STORAGE-SCP's implementation (AE-10, AE-11)."""
+    elements = b"".join((
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\0\1",
+        _meta_element(0x0002, "UI", request.sop_class_uid, b"\0"),
+        _meta_element(0x0003, "UI", request.sop_instance_uid, b"\0"),
+        _meta_element(0x0010, "UI", request.transfer_syntax, b"\0"),
+        _meta_element(0x0012, "UI", uids.IMPLEMENTATION_UID_SCP, b"\0"),
+        _meta_element(0x0013, "SH", uids.implementation_version_name(__version__), b" "),
+        _meta_element(0x0016, "AE", request.calling_ae, b" "),
+    ))
+    return bytes(128) + b"DICM" + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements
+
+
+def _meta_element(element: int, vr: str, value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += pad
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
+
+
+__all__ = ["Archive", "StoreOutcome", "StoreRequest", "file_meta"]

@@ -1,0 +1,293 @@
+"""One listening AE's acceptor (PS3.8 Sta2 and the A-ASSOCIATE-RQ, UL-01, UL-02).
+
+One thread per listening AE waits in epoll (`selectors`) on the listening socket and on every
+connection that has not been admitted yet: it accepts, reads each A-ASSOCIATE-RQ as its bytes
+come, and asks admission. A connection costs no thread and no CPU before that, whether it is
+silent, trickling or being rejected; only an admitted association gets a thread
+(`association.Association`), so a thousand idle connections do not slow the next C-ECHO.
+
+Timers per connection, in the same thread: the whole A-ASSOCIATE-RQ within ARTIM of the
+connection (CF-04), no pause longer than pdu_gap inside it (CF-07). A rejection (AS-01..AS-10,
+A-ASSOCIATE-RJ) or a request that cannot be parsed (AS-06, 1/2/1) is answered here; then the
+peer closes (PS3.8 Sta13), or ARTIM closes the connection. Bytes that are not an
+A-ASSOCIATE-RQ close the connection with a line that says what they looked like.
+
+The answer to a request (negotiated contexts and the encoded A-ASSOCIATE-AC) depends only on
+its bytes and this listener's contexts; a modality sends the same request every time, so
+answers are kept by request.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from appliance.config.model import Timeouts
+from appliance.dicom import pdu, sockets
+from appliance.dicom.admission import CONGESTION, UNPARSEABLE, Admission, Rejection, Slot, log_rejection
+from appliance.dicom.association import Association, Served
+from appliance.dicom.pdu import HEADER, Identity, ProtocolError, Request
+from appliance.dicom.session import Session, peer_text
+from appliance.dicom.transport import Transport, progress
+from appliance.wake import Wake
+
+log = logging.getLogger("appliance.association")
+
+_ACCEPTS_PER_ROUND = 64  # a burst of connections does not starve the ones being read
+_ANSWERS_KEPT = 256
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A connection before its association: reading the request, or closing after a rejection."""
+
+    sock: socket.socket
+    address: str  # the peer's IP
+    session: Session
+    deadline: float  # ARTIM: the whole request, or the peer's close after our A-ASSOCIATE-RJ
+    data: bytearray = field(default_factory=bytearray)
+    gap_deadline: float = 0.0  # pdu_gap, once part of the request has come
+    state: str = "reading"  # -> "rejected" (waiting for the peer's close) -> "gone" (closed or admitted)
+
+
+class Listener:
+    def __init__(self, served: Served, title: str, host: str, port: int, admission: Admission,
+                 supported: list, identity: Identity, socket_buffer_size: int):
+        self.name = served.name
+        self.title = title
+        self.served = served
+        self.admission = admission
+        self.supported = supported  # pynetdicom PresentationContexts (the negotiation's input)
+        self.identity = identity
+        self.timeouts: Timeouts = served.timeouts
+        self.socket_buffer_size = socket_buffer_size
+        self._answers: dict[bytes, tuple[dict[int, tuple[str, str]], bytes]] = {}
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._sock.family == socket.AF_INET6:
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sockets.tune(self._sock, socket_buffer_size)  # inherited by accepted connections (CF-08)
+            self._sock.bind((host, port))
+            self._sock.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            self._sock.close()
+            where = f"port {port}" if host in ("::", "0.0.0.0") else f"{host} port {port}"
+            raise OSError(exc.errno, f"{self.name} ({title}) cannot listen on {where}: {exc.strerror}") from exc
+        self._sock.setblocking(False)
+        self.port = self._sock.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._wake = Wake()
+        self._stopping = False
+        self._timers: list[tuple[float, int, _Waiting]] = []
+        self._sequence = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=f"{self.name} acceptor", daemon=True)
+
+    def start(self) -> "Listener":
+        self._thread.start()
+        return self
+
+    def stop_accepting(self) -> None:
+        """The port closes and the connections not admitted yet go; associations go on."""
+        self._stopping = True
+        if self._thread.ident is None:  # never started
+            self._sock.close()
+            self._wake.close()
+            return
+        self._wake.ring()
+        self._thread.join(10)
+
+    def waiting(self) -> int:
+        """Connections not admitted yet (for `status`)."""
+        return max(len(self._selector.get_map() or ()) - 2, 0)
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        selector = self._selector
+        selector.register(self._sock, selectors.EVENT_READ, None)
+        selector.register(self._wake, selectors.EVENT_READ, self._wake)
+        try:
+            while not self._stopping:
+                timeout = max(self._timers[0][0] - time.monotonic(), 0) if self._timers else None
+                for key, _ in selector.select(timeout):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data is self._wake:
+                        self._wake.wait(0)
+                    else:
+                        self._readable(key.data)
+                self._expire()
+        except Exception:
+            log.exception("%s: the acceptor failed; no new associations until a restart", self.name)
+        finally:
+            for key in list(selector.get_map().values()):
+                if isinstance(key.data, _Waiting):
+                    key.data.sock.close()
+            selector.close()
+            self._sock.close()
+            self._wake.close()
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_ROUND):
+            try:
+                sock, address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: the connection stays in the backlog
+                log.error("%s: cannot accept a connection: %s", self.name, exc)
+                return
+            sock.setblocking(False)
+            sockets.tune(sock, self.socket_buffer_size)
+            session = Session(self.name, peer_text(address[0], address[1]))
+            waiting = _Waiting(sock, address[0], session, time.monotonic() + self.timeouts.artim)
+            self._selector.register(sock, selectors.EVENT_READ, waiting)
+            self._timer(waiting, waiting.deadline)
+
+    def _timer(self, waiting: _Waiting, when: float) -> None:
+        heapq.heappush(self._timers, (when, next(self._sequence), waiting))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, waiting = heapq.heappop(self._timers)
+            if waiting.state == "gone":
+                continue
+            if waiting.state == "rejected":
+                if now >= waiting.deadline:
+                    self._close(waiting)
+            elif now >= waiting.deadline:
+                if waiting.data:
+                    self._drop(waiting, f"connection closed: the A-ASSOCIATE-RQ was not complete within "
+                                        f"{self.timeouts.artim:g} s ({progress(waiting.data)}; timeouts.artim)")
+                else:
+                    self._drop(waiting, f"connection closed: no A-ASSOCIATE-RQ within {self.timeouts.artim:g} s "
+                                        "(timeouts.artim)")
+            elif waiting.gap_deadline and now >= waiting.gap_deadline:
+                self._drop(waiting, f"connection closed: no data for {self.timeouts.pdu_gap:g} s inside a PDU "
+                                    f"({progress(waiting.data)}; timeouts.pdu_gap)")
+
+    def _readable(self, waiting: _Waiting) -> None:
+        if waiting.state == "gone":  # closed or admitted earlier in this round
+            return
+        try:
+            chunk = waiting.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            chunk, error = b"", exc
+        else:
+            error = None
+        if waiting.state == "rejected":
+            if not chunk:
+                self._close(waiting)
+            return  # what a rejected peer still sends is dropped
+        if not chunk:
+            self._drop(waiting, "connection closed by the peer before an association request"
+                       + (f" ({error.strerror})" if error else ""), logging.INFO)
+            return
+        waiting.data += chunk
+        data = waiting.data
+        if len(data) < HEADER.size:
+            self._gap(waiting)
+            return
+        pdu_type, length = HEADER.unpack_from(data)
+        try:
+            if pdu_type not in pdu.NAMES:
+                raise ProtocolError(f"not a DICOM PDU ({pdu.describe(bytes(data[:8]))})")
+            pdu.check_header(pdu_type, length, 0, (pdu.ASSOCIATE_RQ,))
+        except ProtocolError as exc:
+            if pdu_type == pdu.ASSOCIATE_RQ:  # too long: refused as unparseable (AS-06), like any bad request
+                self._reject(waiting, UNPARSEABLE, "?", str(exc))
+            else:
+                self._drop(waiting, f"connection closed: {exc}")
+            return
+        if len(data) < HEADER.size + length:
+            self._gap(waiting)
+            return
+        self._requested(waiting, bytes(data[:HEADER.size + length]), bytes(data[HEADER.size + length:]))
+
+    def _gap(self, waiting: _Waiting) -> None:
+        waiting.gap_deadline = time.monotonic() + self.timeouts.pdu_gap
+        if waiting.gap_deadline < waiting.deadline:
+            self._timer(waiting, waiting.gap_deadline)
+
+    # --- the request ----------------------------------------------------------------------------
+
+    def _requested(self, waiting: _Waiting, data: bytes, after: bytes) -> None:
+        session = waiting.session
+        try:
+            request = pdu.decode_request(data)
+        except ProtocolError as exc:
+            session.title, called = pdu.requested_titles(data)
+            self._reject(waiting, UNPARSEABLE, called, str(exc))
+            return
+        session.title = request.calling
+        decision = self.admission.decide(request, waiting.address, lambda: len(self._answer(request)[0]))
+        if not isinstance(decision, Slot):
+            self._reject(waiting, decision[0], request.called, decision[1])
+            return
+        accepted, accept_pdu = self._answer(request)
+        transport = Transport(waiting.sock, self.served.max_pdu, self.timeouts.pdu_gap, self.timeouts.send,
+                              _buffer_size(self.served.max_pdu), after)
+        association = Association(self.served, session, transport, request.called, accepted, request.max_length,
+                                  accept_pdu, lambda: self.admission.leave(decision))
+        self.admission.enter(decision, association)
+        waiting.state = "gone"  # the association's thread has the socket from here
+        self._selector.unregister(waiting.sock)
+        try:
+            association.start()
+        except RuntimeError as exc:  # "can't start new thread" (AS-02)
+            self.admission.leave(decision)
+            waiting.state = "reading"
+            self._selector.register(waiting.sock, selectors.EVENT_READ, waiting)
+            self._reject(waiting, CONGESTION, request.called, f"no worker thread can be started ({exc})")
+
+    def _answer(self, request: Request) -> tuple[dict[int, tuple[str, str]], bytes]:
+        """(accepted contexts, A-ASSOCIATE-AC) for `request`, kept by its bytes."""
+        found = self._answers.get(request.pdu)
+        if found is None:
+            results, roles = pdu.negotiate(request, self.supported)
+            accepted = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                        for cx in results if cx.result == 0x00}
+            found = (accepted, pdu.accept_pdu(request, results, roles, self.identity))
+            if len(self._answers) >= _ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[request.pdu] = found
+        return found
+
+    def _reject(self, waiting: _Waiting, rejection: Rejection, called: str, why: str) -> None:
+        log_rejection(waiting.session.prefix(), called, rejection, why)
+        try:
+            waiting.sock.send(pdu.reject_pdu(rejection.result, rejection.source, rejection.reason))
+            if rejection is UNPARSEABLE:  # a peer that sends such a request may not close itself
+                waiting.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(waiting)
+            return
+        # PS3.8 Sta13: the peer closes the connection; ARTIM bounds the wait.
+        waiting.state = "rejected"
+        waiting.data = bytearray()
+        waiting.deadline = time.monotonic() + self.timeouts.artim
+        self._timer(waiting, waiting.deadline)
+
+    def _drop(self, waiting: _Waiting, why: str, level: int = logging.WARNING) -> None:
+        log.log(level, "%s: %s", waiting.session.prefix(), why)
+        self._close(waiting)
+
+    def _close(self, waiting: _Waiting) -> None:
+        if waiting.state != "gone":
+            waiting.state = "gone"
+            self._selector.unregister(waiting.sock)
+            waiting.sock.close()
+
+
+def _buffer_size(max_pdu: int) -> int:
+    """The receive buffer of an association: several PDUs per recv, at least 256 KiB."""
+    return max(256 << 10, 2 * (max_pdu + HEADER.size)) if max_pdu <= 4 << 20 else max_pdu + HEADER.size

@@ -1,0 +1,49 @@
+"""What the service log and `status` say of one connection (LG-07, LG-08, AS-10).
+
+Every line names the local AE, a connection number, and the peer as ``CALLING_AE@ip:port``,
+so a field engineer can grep one peer or one association.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+_numbers = itertools.count(1)
+
+
+def peer_text(address: str, port: int) -> str:
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log the address they know.
+    return f"{address.removeprefix('::ffff:')}:{port}"
+
+
+@dataclass
+class Session:
+    """One accepted connection and, once requested, its association: who, since when, what it carried."""
+
+    ae_name: str
+    address: str  # ip:port
+    number: int = field(default_factory=lambda: next(_numbers))
+    title: str = ""  # the calling AE title, once the A-ASSOCIATE-RQ is read
+    started: float = field(default_factory=time.monotonic)
+    instances: int = 0
+    failures: int = 0
+    queries: int = 0  # C-FINDs answered (QUERY-RETRIEVE-SCP)
+    moves: int = 0  # C-MOVEs answered
+    bytes: int = 0
+
+    def prefix(self) -> str:
+        return f"{self.ae_name} #{self.number} {self.title or '?'}@{self.address}"
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        if self.ae_name == "QUERY-RETRIEVE-SCP":
+            line = f"{self.queries} queries answered" + (f", {self.moves} moves" if self.moves else "")
+        else:
+            line = f"{self.instances} instances stored"
+        if self.failures:
+            line += f", {self.failures} refused"
+        if self.bytes:
+            line += f", {self.bytes} bytes in {elapsed:.2f} s ({self.bytes / elapsed / 1e6:.1f} MB/s)"
+        return line
