@@ -230,3 +230,12 @@ def test_an_identifier_beyond_the_message_limit_is_refused():
     with pytest.raises(ProtocolError, match="beyond 16777216 bytes"):
         for _ in range(17):
             assembler.feed(memoryview(chunk), [])
+
+
+def test_a_response_echoes_the_request_s_uid_bytes_whatever_they_are():
+    """Found by fuzzing: a byte that is not ASCII in the Affected SOP Class UID is sent back as
+    it came (the request is answered), not decoded and encoded again (which raised)."""
+    elements = {dimse.COMMAND_FIELD: dimse.us(dimse.C_ECHO_RQ), dimse.MESSAGE_ID: dimse.us(1),
+                dimse.AFFECTED_SOP_CLASS: b"1.2.840.10008.1.\xff", dimse.DATA_SET_TYPE: dimse.us(dimse.NO_DATA_SET)}
+    answer = Command.decode(dimse.response(Command.decode(dimse.encode_command(elements)), 0x0000))
+    assert answer.elements[dimse.AFFECTED_SOP_CLASS] == b"1.2.840.10008.1.\xff\0"

@@ -159,8 +159,10 @@ class Association:
     def _take(self, pdu_type: int, body: memoryview) -> None:
         if pdu_type == P_DATA_TF:
             completed: list[Message] = []
-            self._assembler.feed(body, completed)
-            self._incoming.extend(completed)
+            try:
+                self._assembler.feed(body, completed)
+            finally:  # a message completed before a bad PDV is queued, so that its file is discarded
+                self._incoming.extend(completed)
         elif pdu_type == RELEASE_RQ:
             if self._assembler.in_progress:
                 raise ProtocolError("A-RELEASE-RQ in the middle of a message")

@@ -109,7 +109,7 @@ def parse(information: Dataset) -> tuple[str, list[tuple[str, str]]]:
     except DicomStatusError:
         raise
     except Exception as exc:  # a value pydicom cannot convert, a sequence that is not one
-        raise DicomStatusError(status.PROCESSING_FAILURE, f"Action Information cannot be read: {exc}") from exc
+        raise DicomStatusError(status.PROCESSING_FAILURE, f"Action Information cannot be read: {exc!s:.200}") from exc
     return transaction_uid, references
 
 
@@ -117,7 +117,11 @@ def _value(dataset: Dataset, tag: int, name: str, where: str = "") -> str:
     if tag not in dataset:
         raise DicomStatusError(status.MISSING_ATTRIBUTE, f"{name} is missing{where}")
     value = dataset[tag].value
-    text = "" if value is None else str(value).strip(" \0")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    elif value is not None and not isinstance(value, str):  # a sequence, several values: never str() them
+        raise DicomStatusError(status.PROCESSING_FAILURE, f"{name} is not a single text value{where}")
+    text = (value or "").strip(" \0")
     if not text:
         raise DicomStatusError(status.MISSING_ATTRIBUTE_VALUE, f"{name} is empty{where}")
     return text

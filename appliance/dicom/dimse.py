@@ -55,7 +55,11 @@ def us(value: int) -> bytes:
 
 
 def ui(uid: str) -> bytes:
-    value = uid.encode("ascii")
+    return _even(uid.encode("ascii"))
+
+
+def _even(value: bytes) -> bytes:
+    """A UI value padded to an even length (PS3.5 9.1)."""
     return value + b"\0" if len(value) % 2 else value
 
 
@@ -79,12 +83,13 @@ def response(request: "Command", status: int, *, data_set: bool = False, comment
     field = request.field | RESPONSE
     elements = {COMMAND_FIELD: us(field), RESPONDED_TO: us(request.message_id),
                 DATA_SET_TYPE: us(_DATA_SET_PRESENT if data_set else NO_DATA_SET), STATUS: us(status)}
-    sop_class = request.uid(AFFECTED_SOP_CLASS) or request.uid(REQUESTED_SOP_CLASS)
+    # The UIDs as the request carried them: bytes a peer sent are echoed, never decoded and encoded.
+    sop_class = request.elements.get(AFFECTED_SOP_CLASS) or request.elements.get(REQUESTED_SOP_CLASS)
     if sop_class:
-        elements[AFFECTED_SOP_CLASS] = ui(sop_class)
-    instance = request.uid(AFFECTED_SOP_INSTANCE) or request.uid(REQUESTED_SOP_INSTANCE)
+        elements[AFFECTED_SOP_CLASS] = _even(sop_class)
+    instance = request.elements.get(AFFECTED_SOP_INSTANCE) or request.elements.get(REQUESTED_SOP_INSTANCE)
     if instance and field in (C_STORE_RQ | RESPONSE, N_ACTION_RQ | RESPONSE, N_EVENT_REPORT_RQ | RESPONSE):
-        elements[AFFECTED_SOP_INSTANCE] = ui(instance)
+        elements[AFFECTED_SOP_INSTANCE] = _even(instance)
     if comment:
         elements[ERROR_COMMENT] = text(comment[:64])
     elements.update(extra or {})

@@ -4,56 +4,63 @@ Six targets, each a `Service` method that takes one input and raises only when t
 contract is broken (atheris then reports a crash and saves the input):
 
 ``rq``
-    The first PDU of an accepted connection, read as `framing.Framing.read_pdu` reads it:
-    6 header bytes through `framing.check_header(..., expect_request=True)`, then the announced
-    length through `framing.decode_pdu`. Contract: they return or raise `framing.ProtocolError`.
-    And a request that decode_pdu lets through is one the service can answer (AS-06: anything
-    else gets 1/2/1 from framing): the STORAGE-SCP's EVT_REQUESTED handlers (admission) and
-    pynetdicom's acceptor negotiation run without an exception, and the A-ASSOCIATE-AC or -RJ
-    they produce encodes. Input: the bytes the peer sends (an input shorter than the PDU it
+    The first PDU of an accepted connection, as `acceptor.Listener._readable` and `_requested`
+    read it: the 6 header bytes through `pdu.check_header` (an A-ASSOCIATE-RQ within
+    CONTROL_PDU_LIMIT; anything else closes the connection or is answered 1/2/1), then the
+    announced length through `pdu.decode_request` (ProtocolError: answered 1/2/1, AS-06).
+    Contract: a request that decodes is one the service can answer: STORAGE-SCP's
+    `Admission.decide` and the listener's negotiation and A-ASSOCIATE-AC (`Listener._answer`,
+    on a real Listener whose thread is not started), or the A-ASSOCIATE-RJ, run without an
+    exception and encode. Input: the bytes the peer sends (an input shorter than the PDU it
     announces is a peer that closed the connection mid-PDU).
 ``pdata``
-    The PDUs of an established STORAGE-SCP association: each PDU through `check_header`
-    (expect_request=False) and `decode_pdu` (same contract as ``rq``), each P-DATA-TF through
-    pynetdicom's own state machine (Sta6 + Evt10 -> DT-2 -> DIMSE provider -> `decode_msg`,
-    C-STORE datasets written chunked to `receive.SpoolFile`), wrapped by the appliance's
-    `Tracker._guard_reader`, and each complete message through pynetdicom's dispatch
-    (`Association._serve_request`) to the service's handlers: C-ECHO, and C-STORE to
-    `StorageSCP.on_c_store` and the daemon's `Archive.store`. An exception in the reader aborts
-    the association in the service, which is accepted; one that `on_c_store` turns into its
-    last-resort 0xC211 ("only a bug gets there") is not, nor is a hang (libFuzzer ``-timeout``),
-    unbounded memory (``-rss_limit_mb``) or a crash of the interpreter. Input: the byte stream
-    after the association was accepted; the stream ends at its end, at a protocol violation,
-    or at any PDU other than P-DATA-TF.
+    The byte stream of a STORAGE-SCP association after its A-ASSOCIATE-AC, through a real
+    `association.Association` run in the calling thread (`_run`): its `Transport` (built as
+    `Listener._requested` builds it) reads the stream from a socket pair, whose other end
+    (`_Requester`) writes the input, closes its side and reads all that comes back; the
+    association's `dimse.Assembler` puts the messages together, a
+    C-STORE data set written into its file as it arrives (`StorageSCP.receiver`, a real
+    `files.Incoming`), and the association dispatches them through STORAGE-SCP's routes:
+    C-ECHO, and C-STORE to `StorageSCP.on_store` and `Archive.store`. The presentation
+    contexts are those `Listener._answer` accepts for the seeds' request (``REQUESTED``).
+    Contract: the run ends (a hang is libFuzzer's ``-timeout``: the peer always closes, so no
+    timer of the service has to fire), no last resort is reached (`on_store`'s 0xC211 or the
+    association's catch-all, both logged as "unexpected failure": only a bug gets there), and
+    every file the receiver made is closed and gone; an abort of the association is fine.
+    Input: the stream; it ends at its end (the peer's close), at an A-RELEASE-RQ or A-ABORT,
+    or at a protocol violation (A-ABORT).
 ``header``
-    `Archive.store` on a received dataset file: `store.header.read_header` (contract: a Header
-    or `header.Unparseable`), then the checks and index values of the header
-    (`ingest.check_required`, `coercion.index_values`). Contract: a StoreOutcome, whatever the
-    file holds. Input: byte 0 bit 0 set = Implicit VR (the presentation context's encoding),
-    the rest is the file from its "DICM" prefix on (the 128-byte preamble, which the walker
-    does not read, is added).
+    `Archive.store` on a received file (a real `files.Incoming`): `store.header.read_header`
+    (contract: a Header or `header.Unparseable`), then the checks and index values of the
+    header (`ingest.check_required`, `coercion.index_values`). Contract: a StoreOutcome,
+    whatever the file holds, and the file is closed and gone. Input: byte 0 bit 0 set =
+    Implicit VR (the presentation context's encoding), the rest is the file from its "DICM"
+    prefix on (the 128-byte preamble, which the walker does not read, is added); the seeds
+    carry the File Meta Information the appliance writes (`ingest.file_meta`).
 
 ``find``
-    A C-FIND-RQ's identifier through `QueryRetrieveSCP.on_c_find` as pynetdicom's event hands
-    it over (decoded lazily by pynetdicom), against a small index of real rows: validation
-    (`query.identifier`), the SQL (`query.matching`), the encoded responses
-    (`query.responses`, `dicom.pdata`). Contract: the handler ends with one final status from
-    the conformance statement's C-FIND table, never its last-resort 0xC311 and never an
-    exception. Input: byte 0 bit 0 set = Patient Root, else Study Root; the rest is the
-    identifier in Implicit VR LE (the only transfer syntax QUERY-RETRIEVE-SCP accepts).
+    A C-FIND-RQ's identifier through `qr_scp.on_find`, against a small index of real rows:
+    decoding (`qr_scp.request_identifier`), validation (`query.identifier`), the SQL
+    (`query.matching`), the encoded responses (`query.responses`, `dimse`). The association
+    is a stand-in (`_QueryAssociation`) that encodes what the handler sends. Contract: the
+    handler ends with one final status from the conformance statement's C-FIND table, never
+    its last-resort 0xC311 and never an exception. Input: byte 0 bit 0 set = Patient Root,
+    else Study Root; the rest is the identifier in Implicit VR LE (the only transfer syntax
+    QUERY-RETRIEVE-SCP accepts).
 ``move``
-    A C-MOVE-RQ's identifier as `dicom.move_scp` reads it (`request_identifier`), validated by
-    `query.retrieve.parse` and listed by `query.retrieve.instances` against the same index.
-    Contract: a list of instances, or DicomStatusError A900 (QM-05, QM-06); nothing else.
-    Input: as for ``find``.
+    A C-MOVE-RQ's identifier as `dicom.move_scp` reads it (`qr_scp.request_identifier`),
+    validated by `query.retrieve.parse` and listed by `query.retrieve.instances` against the
+    same index. Contract: a list of instances, or DicomStatusError A900 (QM-05, QM-06);
+    nothing else. Input: as for ``find``.
 ``commitment``
-    A Storage Commitment N-ACTION-RQ's Action Information as `dicom.commitment_scp.parse` reads
-    it (decoded lazily by pydicom, as pynetdicom hands it over). Contract: (Transaction UID,
-    references), or DicomStatusError 0110, 0120 or 0121 (SC-03..SC-05); nothing else. Input:
-    byte 0 bit 0 set = Implicit VR, else Explicit VR (SC-25); the rest is the data set.
+    A Storage Commitment N-ACTION-RQ's Action Information as `dicom.commitment_scp` decodes
+    it (lazily, by pydicom) and `parse` reads it. Contract: (Transaction UID, references), or
+    DicomStatusError 0110, 0120 or 0121 (SC-03..SC-05); nothing else. Input: byte 0 bit 0 set
+    = Implicit VR, else Explicit VR (SC-25); the rest is the data set.
 
-In ``pdata`` and ``header`` the archive's storage area places nothing (`_Area`): a run fills
-no disk and no index.
+In ``pdata`` and ``header`` the archive is real down to its index, which a stand-in (`_Index`)
+replaces: it writes nothing, so `Archive.store` answers A700 and removes the file; a run fills
+no disk and no index. Files are not fsynced (the work directory is scratch).
 
 The corpus, tests/fuzz/corpus/<target>/: ``seed-*`` written by ``seeds`` below from
 pynetdicom's and pydicom's encoders, ``regression-*`` small inputs of the bugs found, the rest
@@ -66,9 +73,9 @@ new inputs to the first corpus directory, so fuzz into a scratch directory and m
     .venv/bin/python tests/fuzz/fuzz_protocol.py pdata -max_len=16384 ...  # longer PDU streams
     .venv/bin/python tests/fuzz/fuzz_protocol.py seeds      # rewrite the seed-* files
 
-A run works in a fuzz-protocol-* directory under $TMPDIR (the spool), removed at exit; one
-that ends in a crash leaves it behind. tests/test_fuzz.py replays the corpus through the same
-methods and runs each target briefly.
+A run works in a fuzz-protocol-* directory under $TMPDIR (storage area and index), removed at
+exit; one that ends in a crash leaves it behind. tests/test_fuzz.py replays the corpus through
+the same methods and runs each target briefly.
 """
 
 from __future__ import annotations
@@ -80,8 +87,10 @@ import errno
 import logging
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import types
 import warnings
 from io import BytesIO
@@ -99,184 +108,186 @@ with _instrumented:
     from pydicom import config as pydicom_config
     from pydicom.dataset import Dataset
     from pydicom.encaps import encapsulate
-    from pydicom.filewriter import write_file_meta_info
     from pydicom.sequence import Sequence
-    from pydicom.uid import UID
-    from pynetdicom import _config as pynetdicom_config
-    from pynetdicom import dimse_messages, evt, pdu_primitives
-    from pynetdicom.association import Association
-    from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
-    from pynetdicom.events import Event
-    from pynetdicom.dsutils import create_file_meta, decode, encode
-    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
-    from pynetdicom.presentation import PresentationContextTuple, build_context, negotiate_as_acceptor
-    from pynetdicom.transport import AddressInformation
+    from pynetdicom import dimse_messages, pdu_primitives
+    from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+    from pynetdicom.dsutils import encode
+    from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
+    from pynetdicom.presentation import build_context
 
-    from appliance.config.model import Config, DefaultValues
     from appliance.codes import status, uids
-    from appliance.dicom import contexts, framing, receive, server, verification
-    from appliance.dicom.admission import Admission, Gate
-    from appliance.dicom.associations import Tracker
-    from appliance.dicom.commitment_scp import parse as parse_action_information
-    from appliance.dicom.move_scp import request_identifier
-    from appliance.dicom.qr_scp import QueryRetrieveSCP
+    from appliance.config.model import Config, DefaultValues
+    from appliance.dicom import commitment_scp, contexts, dimse, pdu, qr_scp, server, verification
+    from appliance.dicom.admission import UNPARSEABLE, Admission, Gate, Slot
+    from appliance.dicom.association import Association
+    from appliance.dicom.pdu import HEADER, ProtocolError
+    from appliance.dicom.session import Session
     from appliance.dicom.storage_scp import StorageSCP
+    from appliance.dicom.transport import Transport
     from appliance.errors import DicomStatusError
     from appliance.query import retrieve
     from appliance.query.keys import PATIENT_ROOT, STUDY_ROOT
-    from appliance.store import coercion, ingest, models
+    from appliance.store import coercion, files, ingest, models
     from appliance.store.db import Index
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CONFIG = Config()
 SCP = CONFIG.storage_scp
-MAX_PDU = SCP.max_pdu_size  # what the STORAGE-SCP advertises, and framing enforces
+MAX_PDU = SCP.max_pdu_size  # what the STORAGE-SCP advertises, and its transport enforces
 
 # The presentation contexts the seeds (and so most of the corpus) propose, by context ID.
 REQUESTED = {1: (uids.VERIFICATION, uids.IMPLICIT_LE), 3: (uids.CT, uids.EXPLICIT_LE),
              5: (uids.CT, uids.IMPLICIT_LE), 7: (uids.SC, uids.JPEG_BASELINE), 9: (uids.US, uids.EXPLICIT_LE)}
 SOP_INSTANCE = "1.2.826.0.1.3680043.9.3811.2.1"  # of the seed datasets, so the header seeds pass check_required
+CALLING = "MODALITY1"  # the seeds' calling AE title
+PEER = ("192.0.2.1", 11112)  # where the requests come from
 DEFAULTS = DefaultValues(patient_name="UNKNOWN", patient_id="NOID", study_date="19700101", modality="OT")  # EL-02
-QUIET_LOGGERS = ("appliance", "pynetdicom", "pydicom")
+QUIET_LOGGERS = ("pynetdicom", "pydicom")
 EXAM_TYPES = ("CHEST", "HEAD", "AXIAL")  # so that coercion's EL-12 lookup has work to do
+QUERY_MAX_PDU = 1024  # the C-FIND requester's maximum PDU length: responses are fragmented too
 
 
 class Service:
-    """The process-wide settings of the running service, its STORAGE-SCP AE and event handlers,
-    a spool directory, and the targets.
+    """The process-wide settings of the running service, STORAGE-SCP's listener and routes on an
+    archive that keeps nothing, a small index for the query targets, a work directory, and the
+    targets.
 
-    A context manager: it applies what `daemon.run` applies (receive.install,
-    server.quiet_libraries) and puts the previous values back on exit, so tests can use it
-    in-process.
+    A context manager: it applies what `daemon.run` applies (server.quiet_libraries) and what the
+    harness changes (log levels, the fsyncs of `store.files`), and puts the previous values back
+    on exit, so tests can use it in-process.
     """
 
     def __enter__(self) -> Service:
-        self._saved = (tempfile.tempdir, dimse_messages.NamedTemporaryFile,
-                       pynetdicom_config.STORE_RECV_CHUNKED_DATASET, pynetdicom_config.LOG_HANDLER_LEVEL,
-                       pydicom_config.settings.reading_validation_mode,
+        self._saved = (pydicom_config.settings.reading_validation_mode,
                        pydicom_config.settings.writing_validation_mode,
-                       [logging.getLogger(name).level for name in QUIET_LOGGERS], warnings.showwarning)
+                       [logging.getLogger(name).level for name in ("appliance", *QUIET_LOGGERS)],
+                       warnings.showwarning, files.Incoming.sync, files.fsync_dir)
         self.work = Path(tempfile.mkdtemp(prefix="fuzz-protocol-"))
-        self.spool = self.work / "spool"
-        self.spool.mkdir()
-        self.received = self.work / "received.dcm"
-        receive.install(self.spool)
         server.quiet_libraries()
-        for name in QUIET_LOGGERS:  # lines for most inputs: an abort, a VR guessed, ...
+        # Lines for most inputs (an abort, a VR guessed, ...) would drown libFuzzer's; the
+        # service's errors are kept, for the last resorts among them (`_LastResorts`).
+        for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        appliance_log = logging.getLogger("appliance")
+        appliance_log.setLevel(logging.ERROR)
+        self.last_resorts = _LastResorts()
+        appliance_log.addHandler(self.last_resorts)
         # pydicom warns about each odd character set; the service keeps Python's default filters
         # (so does this, with their registry), but their lines would drown libFuzzer's.
         warnings.showwarning = lambda *args, **kwargs: None
-        self.ae = server._make_ae(CONFIG, SCP, uids.IMPLEMENTATION_UID_SCP, contexts.storage_scp_contexts(SCP))
-        tracker, gate = Tracker("STORAGE-SCP"), Gate()
-        gate.open()
-        # The daemon's Archive, on a storage area that places nothing (so no index is needed).
-        self.area = _Area()
-        policy = dataclasses.replace(SCP, exam_types=EXAM_TYPES, default_values=DEFAULTS)
-        self.archive = ingest.Archive(policy, index=None, area=self.area, reserve_bytes=0)
-        services = types.SimpleNamespace(archive=types.SimpleNamespace(store=self._store))
-        # The STORAGE-SCP's event handlers, in server._start's order (less its EVT_CONN_OPEN
-        # `on_open`, which attaches framing and wakeups to the socket).
-        admission = Admission("STORAGE-SCP", gate)
-        admission.configure(SCP, ())
-        self.handlers = (tracker.handlers() + admission.handlers(tracker.session)
-                         + StorageSCP(services, tracker).handlers() + verification.handlers(tracker))
-        requested = [_context(cx_id, *pair) for cx_id, pair in REQUESTED.items()]
-        negotiated, _ = negotiate_as_acceptor(requested, self.ae.supported_contexts, {})
-        self.accepted = {cx.context_id: cx for cx in negotiated if cx.result == 0x00}
-        self.violation: BaseException | None = None
-        # QUERY-RETRIEVE-SCP's C-FIND handler on an index of a few real rows.
+        # Durability is not under test, and the fsyncs of each file made would slow runs threefold.
+        files.Incoming.sync = lambda incoming: None
+        files.fsync_dir = lambda path: None
+        self._storage_scp()
+        # QUERY-RETRIEVE-SCP's handlers on an index of a few real rows.
         self.index = Index(self.work / "index.sqlite")
         _fill(self.index)
-        self.qr_tracker = Tracker("QUERY-RETRIEVE-SCP")
-        self.query_retrieve = QueryRetrieveSCP(self.qr_tracker)
-        self.pendings = 0  # Pending responses the handler wrote
+        self.answered = 0  # A-ASSOCIATE-ACs encoded
+        self.pendings = 0  # Pending responses the C-FIND handler sent
         self.moved = 0  # instances C-MOVE identifiers listed
         self.commitments = 0  # N-ACTIONs parsed to references
         return self
 
+    def _storage_scp(self) -> None:
+        """STORAGE-SCP as server.start_listeners builds it (less the N-ACTION route: the
+        ``commitment`` target has its parser), its listener bound to an ephemeral loopback port
+        and never started, and the association the seeds' request is answered with."""
+        self.area = _Area(self.work / "data")
+        policy = dataclasses.replace(SCP, exam_types=EXAM_TYPES, default_values=DEFAULTS)
+        self.archive = ingest.Archive(policy, index=_Index(), area=self.area, reserve_bytes=0)
+        gate = Gate()
+        gate.open()
+        self.admission = Admission("STORAGE-SCP", gate)
+        self.admission.configure(SCP, ())
+        services = types.SimpleNamespace(archive=self.archive, admissions={"STORAGE-SCP": self.admission})
+        storage = StorageSCP(services)
+        routes = {(dimse.C_ECHO_RQ, uids.VERIFICATION): verification.on_echo}
+        routes.update({(dimse.C_STORE_RQ, sop_class): storage.on_store for sop_class in SCP.sop_classes})
+        loopback = dataclasses.replace(CONFIG, network=dataclasses.replace(CONFIG.network, bind_address="127.0.0.1"))
+        self.listener = server._listen("STORAGE-SCP", loopback, dataclasses.replace(SCP, port=0),
+                                       uids.IMPLEMENTATION_UID_SCP, contexts.storage_scp_contexts(SCP), routes,
+                                       storage.receiver, services)
+        self.request = pdu.decode_request(association_rq([_context(i, *pair) for i, pair in REQUESTED.items()]))
+        self.accepted, self.accept_pdu = self.listener._answer(self.request)
+
     def __exit__(self, *exc) -> None:
-        (tempfile.tempdir, dimse_messages.NamedTemporaryFile, pynetdicom_config.STORE_RECV_CHUNKED_DATASET,
-         pynetdicom_config.LOG_HANDLER_LEVEL, pydicom_config.settings.reading_validation_mode,
-         pydicom_config.settings.writing_validation_mode, levels, warnings.showwarning) = self._saved
-        for name, level in zip(QUIET_LOGGERS, levels):
+        (pydicom_config.settings.reading_validation_mode, pydicom_config.settings.writing_validation_mode, levels,
+         warnings.showwarning, files.Incoming.sync, files.fsync_dir) = self._saved
+        for name, level in zip(("appliance", *QUIET_LOGGERS), levels):
             logging.getLogger(name).setLevel(level)
+        logging.getLogger("appliance").removeHandler(self.last_resorts)
+        self.listener.stop_accepting()
         self.index.db.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
     # --- targets -------------------------------------------------------------------------
 
     def rq(self, data: bytes) -> None:
-        if (read := _read_pdu(data, expect_request=True)) is None:
+        if len(data) < HEADER.size:
+            return  # the peer closed before a whole header
+        pdu_type, length = HEADER.unpack_from(data)
+        if pdu_type not in pdu.NAMES:
+            pdu.describe(data[:8])  # for the log line of the connection closed
             return
-        assoc = self._association("Sta3")  # AE-6: the A-ASSOCIATE indication went to the user
         try:
-            # Association.run_reactor (acceptor) from here, then the DUL's AE-7 or AE-8.
-            # pynetdicom logs an exception in an EVT_REQUESTED handler and carries on, with
-            # the request neither admitted nor refused: here it is a contract violation.
-            assoc.requestor.primitive = read[0].to_primitive()
-            self._trigger(evt.EVT_REQUESTED, assoc)  # admission
-            if not assoc.is_aborted and not assoc.is_rejected:
-                assoc.acse.negotiate_association()
-            answer = assoc.dul.to_provider_queue.get(False)
-            (A_ASSOCIATE_AC if answer.result == 0x00 else A_ASSOCIATE_RJ)(answer).encode()
-        finally:
-            self._trigger(evt.EVT_CONN_CLOSE, assoc)
+            pdu.check_header(pdu_type, length, 0, (pdu.ASSOCIATE_RQ,))
+        except ProtocolError:
+            if pdu_type == pdu.ASSOCIATE_RQ:  # too long
+                _reject(UNPARSEABLE)
+            return
+        if len(data) < HEADER.size + length:
+            return
+        data = data[:HEADER.size + length]
+        try:
+            request = pdu.decode_request(data)
+        except ProtocolError:
+            pdu.requested_titles(data)  # for the rejection's log line
+            _reject(UNPARSEABLE)
+            return
+        decision = self.admission.decide(request, PEER[0], lambda: len(self.listener._answer(request)[0]))
+        if not isinstance(decision, Slot):
+            _reject(decision[0])
+            return
+        self.admission.leave(decision)  # the association ends at once: its slot is free for the next input
+        self.listener._answer(request)
+        self.answered += 1
 
     def pdata(self, data: bytes) -> None:
-        assoc = self._association("Sta6")
-        machine = assoc.dul.state_machine
-        try:
-            while not assoc._sent_abort and (read := _read_pdu(data, expect_request=False)) is not None:
-                pdu, event, data = read
-                if event != "Evt10":
-                    break  # release, abort, ...: the association ends, or goes on outside this target
-                assoc.dul._recv_pdu.put(pdu)  # as Framing.read_pdu, then the DUL thread's loop
-                try:
-                    machine.do_action(event)
-                except Exception:  # noqa: BLE001 - _guard_reader logged it; the service aborts
-                    break
-                self._serve(assoc)
-        finally:
-            self._trigger(evt.EVT_CONN_CLOSE, assoc)  # the storage SCP's discard_in_flight, ...
-            # pynetdicom opens a new spool file for every last command fragment of a C-STORE-RQ
-            # and forgets the previous one: not this target's contract, but the disk's.
-            for orphan in self.spool.iterdir():
-                orphan.unlink()
+        served = self.listener.served
+        ours, requester = _Requester.connect(data)
+        transport = Transport(ours, served.max_pdu, served.timeouts.pdu_gap, served.timeouts.send,
+                              self.listener._buffers)
+        session = Session(served.name, f"{PEER[0]}:{PEER[1]}", title=self.request.calling)
+        association = Association(served, session, transport, self.request.called, self.accepted,
+                                  self.request.max_length, self.accept_pdu, on_end=lambda: None)
+        association._run()  # its thread's body: ends at the requester's close at the latest
+        requester.join()
+        self.last_resorts.check()
+        self.area.check()
 
     def header(self, data: bytes) -> None:
         implicit_vr = bool(data[:1]) and bool(data[0] & 1)
-        self.received.write_bytes(b"\0" * 128 + data[1:])
-        self.archive.store(self.received, ingest.StoreRequest(uids.CT, SOP_INSTANCE, "", implicit_vr, "FUZZ"))
+        request = ingest.StoreRequest(uids.CT, SOP_INSTANCE, uids.IMPLICIT_LE if implicit_vr else uids.EXPLICIT_LE,
+                                      implicit_vr, CALLING)
+        received = self.area.incoming()
+        received.write(bytes(128) + data[1:])
+        outcome = self.archive.store(received, request)
+        assert isinstance(outcome, ingest.StoreOutcome), outcome
+        self.area.check()
 
     def find(self, data: bytes) -> None:
-        model = uids.PATIENT_ROOT_FIND if data[:1] and data[0] & 1 else uids.STUDY_ROOT_FIND
-        request = C_FIND()
-        request.MessageID, request.AffectedSOPClassUID, request.Priority = 1, model, 0
-        request.Identifier = BytesIO(data[1:])
-        assoc = self._association("Sta6")
-        assoc.requestor.maximum_length = 1024  # responses fragmented too
-        assoc.dul.socket = types.SimpleNamespace(send=self._count_pending)  # framing's sender, in the service
-        try:
-            context = PresentationContextTuple(1, model, UID(uids.IMPLICIT_LE))
-            event = Event(assoc, evt.EVT_C_FIND, {"request": request, "context": context,
-                                                  "_is_cancelled": lambda message_id: False})
-            answers = list(self.query_retrieve.on_c_find(event))
-        finally:
-            self._trigger(evt.EVT_CONN_CLOSE, assoc)
-            for bound, handler in self.qr_tracker.handlers():  # its session ends, as in the service
-                if bound is evt.EVT_CONN_CLOSE:
-                    handler(types.SimpleNamespace(assoc=assoc))
-        final = [code for code, _ in answers]
-        if final not in ([code] for code in FIND_FINAL):
-            raise AssertionError(f"C-FIND handler ended with {', '.join(f'0x{c:04X}' for c in final)}")
+        context_id = 1 if data[:1] and data[0] & 1 else 3  # Patient Root, Study Root (_QueryAssociation)
+        association = _QueryAssociation()
+        qr_scp.on_find(association, dimse.Message(context_id, FIND_RQ[context_id], data=data[1:]))
+        self.last_resorts.check()
+        self.pendings += association.pendings
+        if association.finals not in ([code] for code in FIND_FINAL):
+            raise AssertionError(f"C-FIND handler ended with {', '.join(f'0x{c:04X}' for c in association.finals)}")
 
     def move(self, data: bytes) -> None:
-        request = C_MOVE()
-        request.Identifier = BytesIO(data[1:])
         try:
-            wanted = retrieve.parse(request_identifier(request), PATIENT_ROOT if data[:1] and data[0] & 1
-                                    else STUDY_ROOT)
+            identifier = qr_scp.request_identifier(dimse.Message(1, MOVE_RQ, data=data[1:]), uids.IMPLICIT_LE)
+            wanted = retrieve.parse(identifier, PATIENT_ROOT if data[:1] and data[0] & 1 else STUDY_ROOT)
         except DicomStatusError as exc:
             if exc.status != status.IDENTIFIER_MISMATCH:
                 raise AssertionError(f"C-MOVE identifier refused with 0x{exc.status:04X}") from exc
@@ -284,13 +295,10 @@ class Service:
         self.moved += len(retrieve.instances(wanted))
 
     def commitment(self, data: bytes) -> None:
-        implicit = bool(data[:1]) and bool(data[0] & 1)
+        syntax = uids.IMPLICIT_LE if data[:1] and data[0] & 1 else uids.EXPLICIT_LE
         try:
-            information = decode(BytesIO(data[1:]), implicit, True)
-        except Exception:  # the adapter answers 0110 to what cannot be decoded at all
-            return
-        try:
-            transaction_uid, references = parse_action_information(information)
+            information = commitment_scp._action_information(dimse.Message(1, ACTION_RQ, data=data[1:]), syntax)
+            transaction_uid, references = commitment_scp.parse(information)
         except DicomStatusError as exc:
             if exc.status not in (status.PROCESSING_FAILURE, status.MISSING_ATTRIBUTE,
                                   status.MISSING_ATTRIBUTE_VALUE):
@@ -299,92 +307,138 @@ class Service:
         assert transaction_uid and references and all(c and i for c, i in references)
         self.commitments += 1
 
-    def _count_pending(self, pdus: bytes) -> None:
-        self.pendings += 1
 
-    # --- the service around them ------------------------------------------------------------
-
-    def _association(self, state: str) -> Association:
-        """An association as pynetdicom's AssociationServer builds it for an accepted connection,
-        with the service's handlers bound, in DUL state `state`: Sta3 (request received) or
-        Sta6 (established, with the seeds' presentation contexts accepted)."""
-        assoc = Association(self.ae, "acceptor")
-        assoc.acceptor.maximum_length = MAX_PDU
-        assoc.acceptor.ae_title = SCP.ae_title
-        assoc.acceptor.supported_contexts = self.ae.supported_contexts
-        assoc.requestor.address_info = AddressInformation("192.0.2.1", 11112)
-        for event_type, handler in self.handlers:
-            assoc.bind(event_type, handler)
-        assoc.dul.state_machine.current_state = state
-        if state == "Sta6":
-            assoc._accepted_cx = self.accepted  # what negotiation would have agreed (not mutated)
-            assoc.is_established = True
-        # No threads run here. pynetdicom serves N-EVENT-REPORT-RQs on a thread of its own: not
-        # started. Its blocking abort waits for the threads and sleeps 0.1 s: not waited.
-        assoc._serve_request = lambda request, context_id: None
-        assoc.abort = lambda block=True: assoc._abort_blocking(block=False)
-        self._trigger(evt.EVT_CONN_OPEN, assoc)  # Tracker._guard_reader wraps the state machine
-        return assoc
-
-    def _trigger(self, event_type, assoc: Association) -> None:
-        """What evt.trigger does with the service's handlers, exceptions escaping."""
-        for bound, handler in self.handlers:
-            if bound is event_type:
-                handler(types.SimpleNamespace(assoc=assoc))
-
-    def _serve(self, assoc: Association) -> None:
-        """The association thread (Association._run_reactor) for the messages complete so far:
-        pynetdicom's dispatch to the service's handlers; what it sends is discarded."""
-        while not assoc._sent_abort:
-            context_id, request = assoc.dimse.get_msg(block=False)
-            if request is None:
-                break
-            Association._serve_request(assoc, request, context_id)
-            if self.violation is not None:  # on_c_store answered 0xC211 (only a bug gets there)
-                violation, self.violation = self.violation, None
-                raise violation
-        while not assoc.dul.to_provider_queue.empty():
-            assoc.dul.to_provider_queue.get()
-
-    def _store(self, received: Path, request: ingest.StoreRequest, receive_error=None) -> ingest.StoreOutcome:
-        """Archive.store as StorageSCP.on_c_store calls it, keeping what its catch-all hides."""
-        try:
-            return self.archive.store(received, request, receive_error)
-        except BaseException as exc:
-            self.violation = exc
-            raise
+def _reject(rejection) -> None:
+    """The A-ASSOCIATE-RJ the listener sends (`Listener._reject`): it has to encode."""
+    pdu.reject_pdu(rejection.result, rejection.source, rejection.reason)
 
 
-class _Area:
-    """Stands in for files.StorageArea: room for everything, and no instance placed (a run
-    must not fill a disk and an index); `placed` counts the instances that got that far."""
+class _Requester(threading.Thread):
+    """The peer of an association: writes its stream, closes its side of the connection, and
+    reads all that comes back until the association closes its side."""
+
+    def __init__(self, sock: socket.socket, rest: bytes):
+        super().__init__(name="fuzz requester", daemon=True)
+        self.sock = sock
+        self.rest = rest
+
+    @classmethod
+    def connect(cls, data: bytes) -> tuple[socket.socket, _Requester]:
+        """(the association's end of the connection, the started requester). What fits the socket
+        buffer is there before the association reads, so a run does not depend on the threads'
+        timing; the rest is written as the association reads."""
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        sent = theirs.send(data)
+        theirs.setblocking(True)
+        requester = cls(theirs, data[sent:])
+        requester.start()
+        return ours, requester
+
+    def run(self) -> None:
+        with self.sock:
+            try:
+                self.sock.sendall(self.rest)
+                self.sock.shutdown(socket.SHUT_WR)
+                while self.sock.recv(1 << 16):
+                    pass
+            except OSError:  # the association aborted: it reads and sends no more
+                pass
+
+
+class _QueryAssociation:
+    """What `qr_scp.on_find` uses of its association: the messages it sends are encoded
+    (`dimse`, as `Association.send` and `respond` do) and counted; the peer never cancels."""
+
+    # The two C-FIND contexts QUERY-RETRIEVE-SCP accepts, both Implicit VR LE (PC-05).
+    accepted = {1: (uids.PATIENT_ROOT_FIND, uids.IMPLICIT_LE), 3: (uids.STUDY_ROOT_FIND, uids.IMPLICIT_LE)}
+    open = True
+
+    def __init__(self):
+        self.session = Session("QUERY-RETRIEVE-SCP", f"{PEER[0]}:{PEER[1]}", title=CALLING)
+        self.pendings = 0
+        self.finals: list[int] = []
+
+    def cancelled(self, message_id: int) -> bool:
+        return False
+
+    def send(self, context_id: int, command: bytes, data: bytes | None = None) -> bool:
+        dimse.message_pdus(context_id, command, data, QUERY_MAX_PDU)
+        self.pendings += 1  # the handler sends its Pendings, and `respond`s the final status
+        return True
+
+    def respond(self, message: dimse.Message, status: int, data: bytes | None = None, comment: str = "",
+                extra: dict[int, bytes] | None = None) -> bool:
+        self.finals.append(status)
+        command = dimse.response(message.command, status, data_set=data is not None, comment=comment, extra=extra)
+        dimse.message_pdus(message.context_id, command, data, QUERY_MAX_PDU)
+        return True
+
+
+class _Area(files.StorageArea):
+    """A real storage area that keeps the files it gives out, so that a run can check that each
+    was closed and removed."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.given: list[files.Incoming] = []
+
+    def incoming(self) -> files.Incoming:
+        incoming = super().incoming()
+        self.given.append(incoming)
+        return incoming
+
+    def check(self) -> None:
+        given, self.given = self.given, []
+        left = [f"{incoming.store_path} ({'open' if incoming.fd >= 0 else 'closed'})" for incoming in given
+                if incoming.fd >= 0 or incoming.store_path.exists() or incoming.spool_path.exists()]
+        if left:
+            raise AssertionError(f"received files left behind: {', '.join(left)}")
+
+
+class _Index:
+    """Stands in for the archive's index (store.db.Index): `placed` counts the instances that got
+    past every check, sealed, to their index row; none is written, so `Archive.store` answers
+    A700 and removes the file (a run must not fill a disk and an index)."""
 
     def __init__(self):
         self.placed = 0
 
-    def free_bytes(self) -> int:
-        return 1 << 50
-
-    def place(self, received: Path):
+    def write(self, durable: bool = True):
         self.placed += 1
-        raise OSError(errno.EROFS, "not placed: a fuzzing run")
+        raise OSError(errno.EROFS, "not indexed: a fuzzing run")
 
 
-def _read_pdu(data: bytes, expect_request: bool):
-    """(pdu, event, rest of data) as Framing.read_pdu reads them, or None where it would stop
-    reading (connection closed mid-PDU, or a ProtocolError). Any other exception escapes."""
-    if len(data) < 6:
-        return None
-    try:
-        _, length = framing.check_header(data[:6], MAX_PDU, expect_request)
-        if len(data) < 6 + length:
-            return None
-        pdu, event = framing.decode_pdu(data[:6 + length])
-    except framing.ProtocolError:
-        return None
-    return pdu, event, data[6 + length:]
+class _LastResorts(logging.Handler):
+    """The service's last resorts log "unexpected failure" with the traceback (StorageSCP's
+    0xC211, qr_scp's 0xC311, the association's catch-all): only a bug gets there."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "unexpected failure" in record.getMessage():
+            self.records.append(record)
+
+    def check(self) -> None:
+        records, self.records = self.records, []
+        if records:
+            formatter = logging.Formatter("%(name)s: %(message)s")
+            raise AssertionError("a last resort was reached:\n" + "\n".join(formatter.format(r) for r in records))
 
 
+def _request(field: int, sop_class: str) -> dimse.Command:
+    """The command set of a request with a data set, as a peer sends it."""
+    return dimse.Command.decode(dimse.encode_command({
+        dimse.AFFECTED_SOP_CLASS: dimse.ui(sop_class), dimse.COMMAND_FIELD: dimse.us(field),
+        dimse.MESSAGE_ID: dimse.us(1), dimse.PRIORITY: dimse.us(0), dimse.DATA_SET_TYPE: dimse.us(1)}))
+
+
+FIND_RQ = {context_id: _request(dimse.C_FIND_RQ, abstract_syntax)
+           for context_id, (abstract_syntax, _) in _QueryAssociation.accepted.items()}
+MOVE_RQ = _request(dimse.C_MOVE_RQ, uids.STUDY_ROOT_MOVE)
+ACTION_RQ = _request(dimse.N_ACTION_RQ, uids.STORAGE_COMMITMENT_PUSH)
 TARGETS = {"rq": Service.rq, "pdata": Service.pdata, "header": Service.header, "find": Service.find,
            "move": Service.move, "commitment": Service.commitment}
 # The final C-FIND statuses of the conformance statement's table (QF-04, QF-15..QF-19).
@@ -427,7 +481,7 @@ def association_rq(contexts: list, user_identity: bool = True) -> bytes:
     p = pdu_primitives
     request = p.A_ASSOCIATE()
     request.application_context_name = uids.APPLICATION_CONTEXT
-    request.calling_ae_title = "MODALITY1"
+    request.calling_ae_title = CALLING
     request.called_ae_title = SCP.ae_title
     request.presentation_context_definition_list = contexts
     items = [p.MaximumLengthNotification(), p.ImplementationClassUIDNotification(),
@@ -494,14 +548,10 @@ def dataset(kind: str, sop_class: str = uids.CT) -> Dataset:
 
 
 def file_bytes(ds: Dataset, transfer_syntax: str) -> bytes:
-    """A received file as pynetdicom writes it (dimse_messages.decode_msg), from "DICM" on."""
+    """A received file as the appliance writes it (`Archive.receive`), from "DICM" on."""
     implicit = transfer_syntax == uids.IMPLICIT_LE
-    out = BytesIO()
-    out.write(b"DICM")
-    meta = create_file_meta(sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID,
-                            transfer_syntax=transfer_syntax)
-    write_file_meta_info(out, meta)
-    return out.getvalue() + encode(ds, implicit, True)
+    request = ingest.StoreRequest(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax, implicit, CALLING)
+    return ingest.file_meta(request)[128:] + encode(ds, implicit, True)
 
 
 def seeds() -> dict[str, dict[str, bytes]]:
