@@ -2,11 +2,11 @@
 
 A request is decided the moment it arrives (SC-06, SC-07): an instance is committed when the
 index holds it under the referenced SOP class, its class is one commitment covers (SC-10),
-it is no longer in flight (its file flushed, store/files.py), and its stored file still
-names it (read again here, so a file lost since it was stored is not promised). The decision
-is committed to the index before the N-ACTION-RSP is sent, so an acknowledged request is
-reported even after a crash or restart (SC-24); the row goes when the report has been
-delivered or abandoned.
+and its stored file still names it (read again here, so a file lost since it was stored is
+not promised; a row exists only once its file was flushed, store/files.py). The decision is
+committed to the index, durably and with every row before it, before the N-ACTION-RSP is
+sent, so an acknowledged request is reported even after a crash or restart (SC-24); the row
+goes when the report has been delivered or abandoned.
 
 When each report goes is `Reporter`'s: on the N-ACTION's association first (SC-11), else
 over new associations, retried and at last abandoned (SC-12..SC-20). How a report goes over
@@ -56,10 +56,9 @@ class Report:
 class Commitments:
     """Decides and keeps commitment requests. One per daemon; safe from association threads."""
 
-    def __init__(self, index: Index, store_root: Path, spool: Path):
+    def __init__(self, index: Index, store_root: Path):
         self.index = index
         self.store_root = store_root
-        self.spool = spool
 
     def accept(self, transaction_uid: str, references: list[tuple[str, str]], requester: str,
                held: bool) -> Report:
@@ -92,8 +91,6 @@ class Commitments:
         indexed_class, file_instance, path, syntax = found
         if indexed_class != sop_class:
             return status.CLASS_INSTANCE_CONFLICT
-        if (self.spool / Path(path).name).exists():  # its C-STORE is not answered yet: not durable yet
-            return status.NO_SUCH_OBJECT_INSTANCE
         try:
             header = read_header(self.store_root / path, syntax == uids.IMPLICIT_LE)
         except (OSError, Unparseable):

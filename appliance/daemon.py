@@ -96,7 +96,7 @@ class Daemon:
                         kept, removed)
         self.archive.start()
         self.services.archive = self.archive
-        self.services.commitments = Commitments(self.index, area.store, area.spool)
+        self.services.commitments = Commitments(self.index, area.store)
         self.services.reporter.start(self.services.commitments)
         self.services.gate.open()
         warn_inert(self.config)

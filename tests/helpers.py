@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -212,7 +213,6 @@ class Appliance:
 
     # --- what it stored --------------------------------------------------------------------
     def index_rows(self, sql: str, *params) -> list[tuple]:
-        import contextlib
         import sqlite3
 
         # closing(): sqlite3's own context manager commits but leaves the file open.
@@ -220,19 +220,26 @@ class Appliance:
             return db.execute(sql, params).fetchall()
 
     def stored_files(self) -> list[Path]:
-        """Files in store/ that hold a stored instance: not those that still have a spool name
-        (made ahead and unused, or in flight)."""
+        """Files in store/ that hold a stored instance, once the spool has settled: each stored
+        file keeps its spool name until the index row is flushed, a few tens of ms later
+        (store/flusher.py); files made ahead and never used are empty spool names."""
+        wait_for(lambda: not self.in_flight(), "the spool to settle")
         # The store first: the service gives a file its spool name before its store name.
         files = [p for p in (self.data_dir / "store").rglob("*") if p.is_file()]
         spool = self.data_dir / "spool"
-        journaled = {p.name for p in spool.iterdir()} if spool.exists() else set()
-        return sorted(p for p in files if p.name not in journaled)
+        journaled = {p.stem for p in spool.iterdir()} if spool.exists() else set()
+        return sorted(p for p in files if p.stem not in journaled)
 
     def in_flight(self) -> list[Path]:
-        """Spool names of files with data in them: instances being received or placed. The files
-        the service makes ahead (empty, store/files.py) are not."""
-        spool = self.data_dir / "spool"
-        return sorted(p for p in spool.iterdir() if p.stat().st_size) if spool.exists() else []
+        """Spool names of files with data: instances being received, or stored with an index row
+        not flushed yet. The files the service makes ahead (empty, store/files.py) are not."""
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.data_dir / "spool") as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # a name the service removes meanwhile
+                    if entry.stat().st_size:
+                        found.append(Path(entry.path))
+        return sorted(found)
 
 
 def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

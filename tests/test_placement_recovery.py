@@ -6,6 +6,7 @@ A crash is simulated by stopping the protocol of store/files.py between two of i
 """
 
 import datetime
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.store.header import read_header
 from appliance.store.ingest import Archive, StoreRequest, file_meta
-from appliance.store.models import Instance, Patient, Series, Study
+from appliance.store.models import Instance
 
 
 @pytest.fixture
@@ -27,9 +28,9 @@ def archive(tmp_path):
     index.close()
 
 
-def received(archive: Archive, tmp_path: Path, name: str = "i"):
-    """A data set received into a file made ahead, up to (not including) the flush and commit."""
-    ds = datasets.image()
+def received(archive: Archive, tmp_path: Path, name: str = "i", **kwargs):
+    """A data set received into a file made ahead, up to (not including) its seal."""
+    ds = datasets.image(**kwargs)
     source = datasets.write(ds, tmp_path / f"{name}.dcm")
     request = StoreRequest(str(ds.SOPClassUID), str(ds.SOPInstanceUID), datasets.ELE, False, "TEST_SCU")
     incoming = archive.area.incoming()
@@ -38,8 +39,16 @@ def received(archive: Archive, tmp_path: Path, name: str = "i"):
     return incoming, request
 
 
+def sealed(archive: Archive, tmp_path: Path, name: str = "i", **kwargs):
+    incoming, request = received(archive, tmp_path, name, **kwargs)
+    incoming.seal(1_700_000_000_000_000_000)
+    incoming.sync()
+    incoming.close()
+    return incoming, request
+
+
 def index(archive: Archive, incoming, request) -> None:
-    """The index row of `incoming`, committed (what the index writer does)."""
+    """The index row of `incoming`, committed (what the C-STORE pipeline does after the seal)."""
     header = read_header(incoming.store_path, request.implicit_vr)
     values = coercion.index_values(header, archive.policy.default_values, archive.policy.exam_types)
     with archive.index.write():
@@ -52,7 +61,7 @@ def spool(archive: Archive) -> list[Path]:
 
 
 def store_files(archive: Archive) -> list[Path]:
-    return sorted(p for p in archive.area.store.rglob("*.dcm"))
+    return sorted(archive.area.store.rglob("*.dcm"))
 
 
 def test_files_made_ahead_and_never_used_go_without_a_word(archive, caplog):
@@ -62,54 +71,63 @@ def test_files_made_ahead_and_never_used_go_without_a_word(archive, caplog):
     assert "recovery" not in caplog.text
 
 
-@pytest.mark.parametrize("committed", [True, False])
-def test_a_received_instance_is_kept_only_if_indexed(archive, tmp_path, committed):
-    incoming, request = received(archive, tmp_path)
-    incoming.sync()
-    if committed:
-        index(archive, incoming, request)  # crash after the commit, before the spool name went
-
-    assert archive.recover() == ((1, 0) if committed else (0, 1))
-
-    assert store_files(archive) == ([incoming.store_path] if committed else [])
-    assert spool(archive) == []
-    assert Instance.select().count() == (1 if committed else 0)
-
-
-def test_an_indexed_instance_whose_data_did_not_reach_the_disk_goes_with_its_rows(archive, tmp_path):
-    """The commit and the file's flush overlap: after a power cut the row may be there while the
-    file is short. Never acknowledged, so it goes, and the series, study and patient it alone
-    made go with it; an older instance of another study stays."""
-    kept, kept_request = received(archive, tmp_path, "kept")
-    index(archive, kept, kept_request)
-    kept.done()
-    incoming, request = received(archive, tmp_path, "cut")
-    index(archive, incoming, request)
-    with open(incoming.store_path, "r+b") as f:  # what reached the disk: the first half
-        f.truncate(incoming.size // 2)
-
+def test_a_partial_receive_goes(archive, tmp_path):
+    """Received but never sealed (the data set was incomplete, or refused): never acknowledged."""
+    received(archive, tmp_path)
     assert archive.recover() == (0, 1)
+    assert spool(archive) == [] and store_files(archive) == []
 
-    assert store_files(archive) == [kept.store_path] and spool(archive) == []
-    assert [row.sop_instance_uid for row in Instance.select()] == [kept_request.sop_instance_uid]
-    assert (Series.select().count(), Study.select().count(), Patient.select().count()) == (1, 1, 1)
+
+def test_an_indexed_instance_stays(archive, tmp_path):
+    """Killed after the commit, before the flusher let the spool name go."""
+    incoming, request = sealed(archive, tmp_path)
+    index(archive, incoming, request)
+    assert archive.recover() == (1, 0)
+    assert store_files(archive) == [incoming.store_path] and spool(archive) == []
+
+
+def test_a_sealed_instance_whose_row_was_lost_is_indexed_again(archive, tmp_path):
+    """A power cut took the index's unflushed log: the sealed file is the journal. Indexed again
+    as the C-STORE indexed it: its calling AE from the File Meta, its received time from the seal,
+    and an ST-17 duplicate's new UID from its file's name."""
+    first, first_request = sealed(archive, tmp_path, "first", sop_instance_uid="1.2.3.99")
+    index(archive, first, first_request)
+    first.finish()
+    again, _ = sealed(archive, tmp_path, "again", sop_instance_uid="1.2.3.99")  # a duplicate (ST-17)
+
+    assert archive.recover() == (1, 0)
+
+    assert spool(archive) == []
+    row = Instance.get(Instance.path == again.relative)
+    assert (row.file_sop_instance_uid, row.sop_instance_uid) == ("1.2.3.99", f"2.25.{int(again.name, 16)}")
+    assert row.calling_ae == "TEST_SCU"
+    assert row.received_at == datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.timezone.utc)
+
+
+def test_a_sealed_file_cut_short_goes(archive, tmp_path):
+    """The seal names the size the file had: a file the power cut shortened is not indexed."""
+    incoming, _ = sealed(archive, tmp_path)
+    os.truncate(incoming.store_path, incoming.size // 2)
+    assert archive.recover() == (0, 1)
+    assert spool(archive) == [] and store_files(archive) == []
 
 
 @pytest.mark.parametrize("committed", [True, False])
 def test_interrupted_replacement_removes_the_old_file_only_if_its_row_was_replaced(archive, tmp_path, committed):
-    old, request = received(archive, tmp_path, "old")
+    archive.policy = StorageSCP(duplicate_policy="replace")
+    old, request = sealed(archive, tmp_path, "old", sop_instance_uid="1.2.3.98")
     index(archive, old, request)
-    old.done()
-    new, _ = received(archive, tmp_path, "new")
-    new.sync()
-    archive.area.retire(old.relative)  # journaled before the commit; crash around it
-    if committed:
-        Instance.update(path=new.relative, size=new.size).where(Instance.path == old.relative).execute()
+    old.finish()
+    new, request = sealed(archive, tmp_path, "new", sop_instance_uid="1.2.3.98")
+    if committed:  # its row flushed, the old file retired; killed before the flusher removed it
+        index(archive, new, request)
+        archive.area.retire(old.relative)
 
-    archive.recover()
+    archive.recover()  # not committed: the new file is sealed, indexed again, and replaces the old
 
-    assert store_files(archive) == [new.store_path if committed else old.store_path]
+    assert store_files(archive) == [new.store_path]
     assert spool(archive) == []
+    assert [row.path for row in Instance.select()] == [new.relative]
 
 
 def test_other_names_in_the_spool_are_removed(archive):

@@ -139,10 +139,10 @@ def test_reindex_rebuilds_a_lost_index_that_answers_as_before(archive, stored):
         "reindex: 6/7 files"]
     rebuilt = {row[0]: row for row in instance_rows(archive)}
     for path, indexed_uid, file_uid, _, calling, syntax, size in stored.rows:
-        # The first file keeps the duplicated UID and the second gets a new one (ST-17); what
-        # only the lost index knew is gone: when (file time instead) and from whom.
+        # The first file keeps the duplicated UID and the second gets a new one (ST-17); from whom
+        # comes from the File Meta's Source AE Title; only when is lost (the file's time instead).
         assert rebuilt[path][2] == file_uid and (rebuilt[path][1] == file_uid) == (indexed_uid == file_uid)
-        assert rebuilt[path][4:] == ("", syntax, size) and calling == "MODALITY1"
+        assert rebuilt[path][4:] == (calling, syntax, size) and calling == "MODALITY1"
     archive.start()
     assert answers(archive) == stored.answers
 
@@ -245,21 +245,26 @@ def test_unreadable_files_are_reported_and_left_in_place(archive, stored):
 
 
 def test_interrupted_placement_is_indexed_as_recovery_would_keep_it(archive, stored):
-    """A store file still journaled in spool/ (ST-06): with the old index readable, indexed only
-    if that index has it; without one, indexed, since it may have been acknowledged."""
+    """Store files still journaled in spool/ (ST-06) are indexed as start-up recovery would keep
+    them: one the old index has, and a sealed one it lost (its row not flushed), whether or
+    not an old index is readable; an unsealed one (a partial receive) never."""
     store, spool = archive.data_dir / "store", archive.data_dir / "spool"
     indexed = stored.rows[0][0]
     os.link(store / indexed, spool / Path(indexed).name)
-    unindexed = store / "ef" / f"ef{'2' * 30}.dcm"
-    shutil.copyfile(store / stored.rows[1][0], unindexed)
-    os.link(unindexed, spool / unindexed.name)
+    lost_row = store / "ef" / f"ef{'2' * 30}.dcm"
+    shutil.copyfile(store / stored.rows[1][0], lost_row)  # sealed, as every stored file is
+    os.link(lost_row, spool / lost_row.name)
+    partial = store / "ef" / f"ef{'3' * 30}.dcm"
+    shutil.copyfile(store / stored.rows[2][0], partial)
+    with open(partial, "r+b") as f:
+        f.write(bytes(128))  # the preamble without its seal
+    os.link(partial, spool / partial.name)
 
     result = run(archive, "reindex", "--json")
 
     assert result.returncode == 0, result.stderr
     assert {k: json.loads(result.stdout)[k] for k in ("files", "instances", "unacknowledged")} == {
-        "files": 8, "instances": 7, "unacknowledged": 1}
-    assert instance_rows(archive) == stored.rows
+        "files": 9, "instances": 8, "unacknowledged": 1}
     for path in index_files(archive):
         path.unlink(missing_ok=True)
 
@@ -267,7 +272,7 @@ def test_interrupted_placement_is_indexed_as_recovery_would_keep_it(archive, sto
 
     assert result.returncode == 0, result.stderr
     assert {k: json.loads(result.stdout)[k] for k in ("files", "instances", "unacknowledged")} == {
-        "files": 8, "instances": 8, "unacknowledged": 0}
+        "files": 9, "instances": 8, "unacknowledged": 1}
 
 
 def test_reindex_under_replace_policy_indexes_the_later_duplicate(archive, stored):

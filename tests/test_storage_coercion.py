@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 import datasets
 import scu
 from datasets import CT, US
-from helpers import Appliance
+from helpers import Appliance, wait_for
 
 SUCCESS, COERCED = 0x0000, 0xB000
 DEFAULTS = {"patient_name": "UNKNOWN^PATIENT", "patient_id": "NOID", "patient_birth_date": "19000101",
@@ -203,7 +203,8 @@ def test_duplicate_replaces_when_configured(configured, tmp_path):
     [row] = indexed(configured, first.SOPInstanceUID)
     assert row["sop_instance_uid"] == first.SOPInstanceUID
     assert_file_kept(configured, row, tmp_path / "second.dcm")
-    assert not (configured.data_dir / "store" / old["path"]).exists()
+    replaced = configured.data_dir / "store" / old["path"]
+    wait_for(lambda: not replaced.exists(), "the replaced file to go once the new row is flushed")
     assert configured.index_rows("SELECT instance_number FROM instance WHERE sop_instance_uid = ?",
                                  first.SOPInstanceUID) == [("2",)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -26,8 +27,10 @@ PRAGMAS = {
     # holds instead of failing the start; meanwhile the listeners answer 2/3/1 (AS-02).
     "busy_timeout": 30000,
     "journal_mode": "wal",
-    # FULL: in WAL mode every commit fsyncs the log, so a 0x0000 survives power loss (ST-06).
-    "synchronous": "full",
+    # NORMAL: a commit writes the log without flushing it; `write()` flushes it itself (`sync`),
+    # except for the C-STORE pipeline, whose commits are flushed several at a time (IndexFlusher)
+    # because the stored file itself is the journal until then (store/files.py).
+    "synchronous": "normal",
     "foreign_keys": 1,
     "cache_size": -16384,  # 16 MiB page cache per connection
     "wal_autocheckpoint": 1000,
@@ -81,6 +84,7 @@ class Index:
             with self.db.atomic():
                 MIGRATIONS[number - 1](self.db)
                 self.db.pragma("user_version", number)
+            self.sync()
             log.info("index %s migrated to schema %d", self.path, number)
         stored = models.SchemaInfo.get().normaliser_version
         if stored != NORMALISER_VERSION:
@@ -88,12 +92,27 @@ class Index:
                                f"uses {NORMALISER_VERSION}: run 'service-tool reindex'")
 
     @contextlib.contextmanager
-    def write(self):
-        """A write transaction; BEGIN IMMEDIATE so other processes (service tool) queue cleanly."""
+    def write(self, durable: bool = True):
+        """A write transaction; BEGIN IMMEDIATE so other processes (service tool) queue cleanly.
+        `durable`: on disk when this returns (`sync`), with every transaction committed before."""
         with self._write_lock:
             self.db.connect(reuse_if_open=True)
             with self.db.atomic("IMMEDIATE"):
                 yield
+        if durable:
+            self.sync()
+
+    def sync(self) -> None:
+        """Flush the write-ahead log: every transaction committed so far survives a power cut.
+        fdatasync applies to the file, whichever descriptor names it: SQLite's frames are in it."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no log: everything is in the database file, flushed by SQLite
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Checkpoint the WAL so the database file alone is complete, then close."""

@@ -4,29 +4,28 @@ Layout under the data directory::
 
     store/aa/<name>.dcm  stored instances; names are random hex, never derived from UIDs; the
                          256 directories `aa` exist from the start
-    spool/<name>.dcm     a second name (hard link) of every store file not yet stored: made
-                         ahead and unused (empty), being received, or being replaced (ST-18)
+    spool/<name>.dcm     a second name (hard link) of every store file not yet stored for good:
+                         made ahead and unused (empty), being received, or stored but its index
+                         row not yet flushed
+    spool/<name>.old     the second name of a stored file that an ST-18 replacement retires
     quarantine/          refused datasets kept for diagnosis (ST-13, off by default)
 
-The spool is the journal: while a store file has its spool name, the instance in it is not
-stored, so recovery looks at the spool only, never at the whole archive.
+The spool is the journal: while a store file has a spool name, recovery decides about it, and
+it looks at the spool only, never at the whole archive.
 
-A C-STORE data set is written straight into its final file (`Incoming`), whose two names
-were made durable before it arrived: the pool (`_Pool`) makes them in batches of one store
-directory, two directory fsyncs per batch, so storing an instance flushes its data and the
-index, not two directories. The protocol, per instance:
+A C-STORE data set is written straight into its final file (`Incoming`), whose two names were
+made durable before it arrived: the pool (`_Pool`) makes them in batches of one store
+directory, two directory fsyncs per batch. The protocol, per instance:
 
 1. the data set goes into the file as it arrives (`Incoming.add`/`flush`);
-2. the file's data is flushed (`Incoming.sync`) and, at the same time, the index row is
-   committed (`ingest.Archive`); both before the status is sent;
-3. the spool name goes (`Incoming.done`): from now on the instance is stored.
+2. once it is accepted, the file is sealed (`seal`: its size and a time stamp in the Part 10
+   preamble, which PS3.10 leaves to the implementation) and flushed (`sync`);
+3. its index row is committed without flushing the index's log; the status goes out;
+4. once the log is flushed (store/flusher.py), the spool name goes (`finish`).
 
-Replacing a stored instance (ST-18) gives the old file a spool name (`retire`) before the
-commit that points its row at the new file; after the commit the old file goes.
-
-After a crash `ingest.Archive.recover` decides each spool name: an empty file was never used;
-a file the index names is kept if it is complete (the commit may have reached the disk before
-the file's data did); anything else is removed, with its row.
+Recovery (ingest.Archive.recover): an empty file was never used; a file the index names is
+stored; a sealed file the index does not name was stored but its row was lost with the log,
+and is indexed again; anything else was never acknowledged and goes.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import threading
 import uuid
 from pathlib import Path
@@ -44,7 +44,9 @@ from appliance.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"[0-9a-f]{32}\.dcm")
+_NAME = re.compile(r"([0-9a-f]{32})\.(dcm|old)")
+_SEAL = struct.Struct(">16sQQ")  # in the preamble: a mark, the file's size, a time stamp (ns)
+_SEAL_MARK = b"APPLIANCE STORED"
 POOL_LOW = 16  # the filler makes a batch when fewer files than this are ready
 POOL_BATCH = 32  # files per batch, all in one store directory
 _IOV_MAX = 1024  # Linux: buffers per writev
@@ -56,22 +58,38 @@ def write_error_reason(exc: OSError) -> str:
 
 
 class InFlight:
-    """A store file with its spool name: not stored (yet, or any more)."""
+    """A store file with its spool name: `<name>.dcm` (not stored for good yet) or `<name>.old`
+    (retired by a replacement)."""
 
-    def __init__(self, area: "StorageArea", name: str):
+    def __init__(self, area: "StorageArea", name: str, suffix: str = ".dcm"):
         self.name = name
         self.relative = f"{name[:2]}/{name}.dcm"
-        self.spool_path = area.spool / f"{name}.dcm"
+        self.spool_path = area.spool / f"{name}{suffix}"
         self.store_path = area.store / self.relative
 
+    @property
+    def retired(self) -> bool:
+        return self.spool_path.suffix == ".old"
+
     def finish(self) -> None:
-        """The instance is stored (or, for a retired file, kept): the spool name goes."""
+        """The file is stored for good (or, for a retired one, kept): the spool name goes."""
         self.spool_path.unlink(missing_ok=True)
 
     def remove(self) -> None:
         """Every trace goes: the file was never stored, or it was replaced."""
         self.store_path.unlink(missing_ok=True)
         self.spool_path.unlink(missing_ok=True)
+
+    def seal(self) -> tuple[int, int] | None:
+        """(size, time stamp in ns) of a sealed file, when its size on disk is the sealed one."""
+        try:
+            with open(self.store_path, "rb") as f:
+                mark, size, stamp = _SEAL.unpack(f.read(_SEAL.size).ljust(_SEAL.size, b"\0"))
+                if mark != _SEAL_MARK or size != f.seek(0, 2):
+                    return None
+        except OSError:
+            return None
+        return size, stamp
 
 
 class Incoming(InFlight):
@@ -118,23 +136,22 @@ class Incoming(InFlight):
         except OSError:
             pass
 
+    def seal(self, stamp: int) -> None:
+        """Mark the data set complete and accepted: its size and `stamp` go into the preamble,
+        so that recovery can tell it from a partial one. Before `sync`, which flushes both."""
+        os.pwrite(self.fd, _SEAL.pack(_SEAL_MARK, self.size, stamp), 0)
+
     def sync(self) -> None:
         os.fsync(self.fd)
 
-    def done(self) -> None:
-        """Stored: its data is durable and the index names it."""
-        self.finish()
-        self._close()
-
     def discard(self) -> None:
-        self._close()
+        self.close()
         self.remove()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
 
 class Unwritable:
     """The sink of a data set for which no file could be made: what arrives is dropped, and
@@ -234,9 +251,9 @@ class StorageArea:
         return made
 
     def retire(self, relative: str) -> InFlight:
-        """Journal the removal of a stored file whose index row is being replaced (ST-18):
-        after the commit `remove()`; if the transaction failed, `finish()`."""
-        retired = InFlight(self, Path(relative).stem)
+        """Journal the removal of a stored file whose index row is being replaced (ST-18): once
+        the commit is durable `remove()`; if the transaction failed, `finish()`."""
+        retired = InFlight(self, Path(relative).stem, ".old")
         os.link(retired.store_path, retired.spool_path)
         fsync_dir(self.spool)
         return retired
@@ -246,8 +263,8 @@ class StorageArea:
         partial file of an older release) is removed."""
         found = []
         for entry in os.scandir(self.spool):
-            if _NAME.fullmatch(entry.name):
-                found.append((InFlight(self, entry.name[:-4]), entry.stat().st_size))
+            if match := _NAME.fullmatch(entry.name):
+                found.append((InFlight(self, match[1], f".{match[2]}"), entry.stat().st_size))
             else:
                 os.unlink(entry.path)
                 log.warning("recovery: removed %s from the spool (not an instance's name)", entry.name)

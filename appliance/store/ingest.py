@@ -11,8 +11,11 @@ from __future__ import annotations
 import datetime
 import logging
 import struct
-import uuid
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
 
 from appliance import __version__
 from appliance.codes import status, uids
@@ -21,9 +24,9 @@ from appliance.errors import DicomStatusError
 from appliance.store import coercion
 from appliance.store.db import Index
 from appliance.store.files import InFlight, Incoming, StorageArea, Unwritable, write_error_reason
+from appliance.store.flusher import IndexFlusher
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.models import Instance, Patient, Series, Study
-from appliance.store.writer import IndexWriter
 
 log = logging.getLogger(__name__)
 
@@ -63,59 +66,68 @@ class Archive:
         self.index = index
         self.area = area
         self.reserve_bytes = reserve_bytes
-        self.writer: IndexWriter | None = None  # from start(); reindex indexes in its own thread
-        # Row ids of recently seen studies and series; touched only in the index writer's thread.
+        self.flusher: IndexFlusher | None = None  # from start(); reindex commits durably itself
+        # Row ids of recently seen studies and series; touched only under the index write lock.
         self._studies: dict[str, tuple[int, str]] = {}
         self._series_ids: dict[str, int] = {}
 
     def start(self) -> None:
-        """Serve C-STOREs from now on (after `recover`): the index writer and the files made ahead."""
-        self.writer = IndexWriter(self.index, self.forget_cached_rows)
+        """Serve C-STOREs from now on (after `recover`): the index flusher and the files made ahead."""
+        self.flusher = IndexFlusher(self.index)
         self.area.start_pool()
 
     def stop(self) -> None:
         self.area.stop_pool()
-        if self.writer is not None:
-            self.writer.stop()
+        if self.flusher is not None:
+            self.flusher.stop()
 
     # --- recovery ---------------------------------------------------------------------------
 
     def recover(self) -> tuple[int, int]:
-        """Decide every spool name a stopped or killed process left (see files.py): (instances
-        kept, partial or unacknowledged instances removed). Files made ahead and never used go
-        without a word."""
-        kept = removed = 0
+        """Decide every spool name a stopped or killed process left (files.py): (instances
+        kept or indexed again, partial or unacknowledged instances removed). Files made ahead
+        and never used go without a word."""
+        kept, removed, lost_rows = 0, 0, []
         for entry, size in self.area.in_flight():
-            if size == 0:
+            if size == 0 and not entry.retired:
                 entry.remove()
-                continue
-            row = Instance.select(Instance.id, Instance.size, Instance.transfer_syntax_uid).where(
-                Instance.path == entry.relative).tuples().first()
-            if row is not None and self._complete(entry, size, *row[1:]):
-                entry.finish()
+            elif Instance.select().where(Instance.path == entry.relative).exists():
+                entry.finish()  # stored (its row exists only once its file was flushed), or kept
                 kept += 1
-                continue
-            if row is not None:
-                with self.index.write():
-                    _forget_instance(row[0])
-            entry.remove()
-            removed += 1
-            log.warning("recovery: removed unacknowledged partial instance %s%s", entry.name,
-                        " and its index row (its data had not reached the disk)" if row is not None else "")
+            elif not entry.retired and (seal := entry.seal()) is not None:
+                lost_rows.append((seal[1], entry))  # stored, but its row was lost with the log
+            else:
+                entry.remove()
+                removed += 1
+                if not entry.retired:
+                    log.warning("recovery: removed unacknowledged partial instance %s", entry.name)
+        for stamp, entry in sorted(lost_rows, key=lambda found: found[0]):  # in the order they were stored
+            kept += self._index_again(entry, stamp)
         return kept, removed
 
-    @staticmethod
-    def _complete(entry, size: int, indexed_size: int, syntax: str) -> bool:
-        """Whether an indexed file in flight holds all its data: the index row may be committed
-        while the file's flush did not finish. On ext4 and XFS a file's size on disk never
-        covers data that did not reach it; the walk also catches a file cut short elsewhere."""
-        if size != indexed_size:
-            return False
+    def _index_again(self, entry: InFlight, stamp: int) -> int:
+        """Index a stored file whose row the last run committed but did not flush (1), or
+        remove it when it cannot be read after all (0)."""
         try:
-            read_header(entry.store_path, syntax == uids.IMPLICIT_LE)
-        except (OSError, Unparseable):
-            return False
-        return True
+            request = stored_request(entry.store_path)
+            header = read_header(entry.store_path, request.implicit_vr)
+            check_required(header, request)
+        except (Unparseable, DicomStatusError, OSError) as exc:
+            entry.remove()
+            log.warning("recovery: removed %s, sealed but unreadable: %s", entry.name, exc)
+            return 0
+        values = coercion.index_values(header, self.policy.default_values, self.policy.exam_types)
+        received_at = datetime.datetime.fromtimestamp(stamp / 1e9, datetime.timezone.utc)
+        with self.index.write():
+            replaced = self.index_instance(values, request, entry.relative, entry.store_path.stat().st_size,
+                                           received_at)
+            retired = self.area.retire(replaced) if replaced else None
+        entry.finish()
+        if retired is not None:
+            retired.remove()
+        log.warning("recovery: indexed %s again (SOP Instance UID %s): its index row had not been flushed",
+                    entry.name, values.sop_instance_uid)
+        return 1
 
     # --- C-STORE ----------------------------------------------------------------------------
 
@@ -139,7 +151,7 @@ class Archive:
             if received.error is not None:
                 raise DicomStatusError(status.OUT_OF_RESOURCES,
                                        f"{write_error_reason(received.error)} while receiving: {received.error}")
-            outcome = self._store(received, request)
+            return self._store(received, request)
         except DicomStatusError as exc:
             self._quarantine(received, exc)
             received.discard()
@@ -147,8 +159,6 @@ class Archive:
         except BaseException:
             received.discard()
             raise
-        received.done()
-        return outcome
 
     def _quarantine(self, received: Incoming, exc: DicomStatusError) -> None:
         if self.policy.quarantine and exc.status in (status.CANNOT_UNDERSTAND, status.DATASET_MISMATCH):
@@ -158,6 +168,7 @@ class Archive:
                 log.warning("could not quarantine refused dataset: %s", qexc)
 
     def _store(self, received: Incoming, request: StoreRequest) -> StoreOutcome:
+        """The checks, then the file sealed and flushed, then its row committed (files.py)."""
         free = self.area.free_bytes()
         if free < self.reserve_bytes:
             raise DicomStatusError(status.OUT_OF_RESOURCES,
@@ -171,33 +182,25 @@ class Archive:
         if values.modality and len(values.modality) != 2:
             # EL-11 / D-15(a): modern modalities (SEG, DOC ...) are longer; keep, do not refuse.
             log.warning("Modality %r is not two characters; indexed as received", values.modality)
-        received_at = datetime.datetime.now(datetime.timezone.utc)
-
-        def index() -> InFlight | None:
-            replaced = self.index_instance(values, request, received.relative, received.size, received_at)
-            return self.area.retire(replaced) if replaced else None  # journaled before the commit
-
-        if self.policy.duplicate_policy == "replace":
-            # A row that replaces another (ST-18) is committed only once its file is durable: the
-            # old file goes with the commit, so nothing may be lost if the new one is not there.
-            self._sync(received)
-            job = self.writer.submit(index)
-        else:
-            # The index commit and the file's flush overlap; recovery removes a row whose file
-            # did not reach the disk (recover/_complete). Neither is acknowledged before both.
-            job = self.writer.submit(index)
-            try:
-                self._sync(received)
-            except DicomStatusError:
-                self._undo(job, received.relative)
-                raise
+        stamp = time.time_ns()
         try:
-            retired = job.result()
+            received.seal(stamp)
+            received.sync()
+        except OSError as exc:
+            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
+        received.close()
+        received_at = datetime.datetime.fromtimestamp(stamp / 1e9, datetime.timezone.utc)
+        try:
+            with self.index.write(durable=False):  # the sealed file stands for the row until the flusher's flush
+                replaced = self.index_instance(values, request, received.relative, received.size, received_at)
+                retired = self.area.retire(replaced) if replaced else None  # journaled before the commit
         except Exception as exc:
+            self.forget_cached_rows()  # they may name rows this transaction did not keep
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
+        self.flusher.after_durable(received.finish)
         if retired is not None:
-            retired.remove()  # ST-18: the replaced file goes; recovery finishes this after a crash
+            self.flusher.after_durable(retired.remove)  # ST-18: the replaced file goes
         result = status.SUCCESS
         detail = "stored; replaced the earlier instance with this UID" if retired else "stored"
         if values.coerced:
@@ -206,36 +209,16 @@ class Archive:
                 result = status.COERCION_OF_DATA_ELEMENTS
         return StoreOutcome(result, values.sop_instance_uid, detail, received.size)
 
-    @staticmethod
-    def _sync(received: Incoming) -> None:
-        try:
-            received.sync()
-        except OSError as exc:
-            raise DicomStatusError(status.OUT_OF_RESOURCES, f"{write_error_reason(exc)}: {exc}") from exc
-
-    def _undo(self, job, relative: str) -> None:
-        """The file could not be flushed: its row, if the index took it, goes again."""
-        try:
-            job.result()
-        except Exception:
-            return
-
-        def forget() -> None:
-            _forget_instance(Instance.get(Instance.path == relative).id)
-            self.forget_cached_rows()  # they may name the parents that went with it
-
-        self.writer.run(forget)
-
     def index_instance(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int,
                        received_at: datetime.datetime, duplicate_uid: str | None = None) -> str | None:
         """Insert the instance under its series/study/patient, creating the parents the first time;
         inside an `index.write()` transaction (the C-STORE pipeline, or `reindex` per batch).
 
         Returns the replaced file's path (ST-18). An ST-17 duplicate gets `duplicate_uid`, else
-        a new UID (reindex passes the one the replaced index had given that file). Parents are
-        looked up through small caches (a series of 500 images hits the database for them
-        once); rows are deleted only by recovery (`_forget_instance`), and any rollback clears the
-        caches (IndexWriter's on_rollback).
+        a UID made from its file's name, so that recovery, indexing a file again, gives the one
+        the C-STORE gave (reindex passes the one the replaced index had). Parents are looked up
+        through small caches (a series of 500 images hits the database for them once); rows
+        are never deleted, and a failed transaction clears the caches (`forget_cached_rows`).
         """
         study_id, patient_id = self._study(v)
         if patient_id != v.patient_id:
@@ -265,7 +248,7 @@ class Archive:
             # Replacing coerces no element, so no B000 for it (ST-14); the log line says it.
             return existing[1]
         # ST-17: keep both; the newcomer gets a new UID, recorded in the index and used on export.
-        v.sop_instance_uid = duplicate_uid or f"2.25.{uuid.uuid4().int}"
+        v.sop_instance_uid = duplicate_uid or f"2.25.{int(Path(path).stem, 16)}"
         v.coerced.append("SOPInstanceUID")
         Instance.insert(sop_instance_uid=v.sop_instance_uid, **row).execute()
         return None
@@ -348,21 +331,17 @@ def check_required(header: Header, request: StoreRequest) -> None:
                                f"{request.sop_instance_uid}")
 
 
-def _forget_instance(row_id: int) -> None:
-    """Delete an instance that was never acknowledged, and the series, study and patient rows
-    it alone held (inside a write transaction)."""
-    series_id = Instance.get_by_id(row_id).series_id
-    Instance.delete_by_id(row_id)
-    if Instance.select().where(Instance.series == series_id).exists():
-        return
-    study_id = Series.get_by_id(series_id).study_id
-    Series.delete_by_id(series_id)
-    if Series.select().where(Series.study == study_id).exists():
-        return
-    patient_id = Study.get_by_id(study_id).patient_id
-    Study.delete_by_id(study_id)
-    if not Study.select().where(Study.patient == patient_id).exists():
-        Patient.delete_by_id(patient_id)
+def stored_request(path: Path, calling_ae: str | None = None) -> StoreRequest:
+    """The C-STORE-RQ a stored file came with, from its File Meta Information: the calling AE
+    title from its Source Application Entity Title unless `calling_ae` is given."""
+    try:
+        meta = read_file_meta_info(path)
+        syntax = str(meta.TransferSyntaxUID)
+        source = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
+        return StoreRequest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), syntax,
+                            syntax == uids.IMPLICIT_LE, source if calling_ae is None else calling_ae)
+    except Exception as exc:  # pydicom raises anything on a file that is not Part 10
+        raise Unparseable(f"file meta information: {exc}") from exc
 
 
 def file_meta(request: StoreRequest) -> bytes:
@@ -388,4 +367,4 @@ def _meta_element(element: int, vr: str, value: str, pad: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
 
 
-__all__ = ["Archive", "StoreOutcome", "StoreRequest", "file_meta"]
+__all__ = ["Archive", "StoreOutcome", "StoreRequest", "file_meta", "stored_request"]

@@ -14,13 +14,14 @@ UID keeps it (ST-17) or wins (ST-18).
 What the files do not hold is taken from the old index when it can still be read: each file's
 received time, calling AE title and the UID ST-17 gave it as a duplicate, and the storage
 commitment requests not yet reported (SC-24). Without it the received time is the file's
-modification time, the calling AE title is empty, duplicates get new UIDs, and pending
+modification time, the calling AE title is the File Meta's Source Application Entity Title,
+duplicates get UIDs made from their file names (as the C-STORE gave them), and pending
 commitment reports are lost (the modality's request times out and it may ask again).
 
-A file still journaled in spool/ (a placement a crash interrupted) is indexed only if the old
-index has it, which is what start-up recovery decides; without an old index it is indexed,
-so that nothing acknowledged is lost. Files that cannot be read, and older files an ST-18
-replacement superseded, are reported and left in place.
+A file still journaled in spool/ (not stored for good when the service stopped, files.py) is
+indexed when the old index has it or it is sealed, which is what start-up recovery decides;
+an unsealed one was never acknowledged and is left for recovery to remove. Files that cannot
+be read, and older files an ST-18 replacement superseded, are reported and left in place.
 
 The new index is built beside the old one and renamed over it only when complete; the old
 database (with its -wal and -shm) is kept as `index.sqlite.replaced-<UTC time>`.
@@ -36,17 +37,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
-
 from appliance.config.model import StorageSCP
 from appliance.codes import uids
 from appliance.errors import DicomStatusError
 from appliance.store import INDEX_NAME, coercion
 from appliance.store.db import Index
 from appliance.durable import fsync_dir, fsync_file, hand_over
-from appliance.store.files import StorageArea
+from appliance.store.files import InFlight, StorageArea
 from appliance.store.header import Unparseable, read_header
-from appliance.store.ingest import Archive, StoreRequest, check_required
+from appliance.store.ingest import Archive, check_required, stored_request
 from appliance.store.models import CommitmentRequest, Instance, Study
 
 _SIDE_FILES = ("-wal", "-shm")
@@ -71,7 +70,7 @@ class Summary:
     unreadable_files: list[str] = field(default_factory=list)  # the first few, "path: why"
     superseded: int = 0  # ST-18: an older file of a UID a later file replaced; left in place
     superseded_files: list[str] = field(default_factory=list)
-    unacknowledged: int = 0  # journaled placements the old index did not hold (recovery removes them)
+    unacknowledged: int = 0  # journaled files neither sealed nor in the old index (recovery removes them)
     ignored: int = 0  # other names under store/
     old_index: str | None = None  # where the replaced index was kept
     old_index_unreadable: str = ""  # why nothing could be carried over from it
@@ -159,7 +158,7 @@ class _Rebuild:
         self.policy = policy
         self.old = old
         self.summary = summary
-        self.journaled = {p.stem for p in self.area.spool.glob("*.dcm")}
+        self.journaled = {p.stem for p in self.area.spool.glob("*.dcm")}  # not the retired (.old)
 
     def run(self, new: Path, progress, every: int) -> None:
         keys, self.summary.ignored = _stored_files(self.area.store)
@@ -190,12 +189,12 @@ class _Rebuild:
         relative = f"{name[:2]}/{name}.dcm"
         self.summary.files += 1
         known = self.old.instance(relative) if self.old is not None else None
-        if name in self.journaled and self.old is not None and known is None:
+        if name in self.journaled and known is None and InFlight(self.area, name).seal() is None:
             self.summary.unacknowledged += 1
             return
         path = self.area.store / relative
         try:
-            request = _stored_request(path, known[3] if known else "")
+            request = stored_request(path, known[3] if known else None)
             header = read_header(path, request.implicit_vr)
             check_required(header, request)
             size = path.stat().st_size
@@ -223,17 +222,6 @@ class _Rebuild:
         self.summary.unreadable += 1
         if len(self.summary.unreadable_files) < _LISTED:
             self.summary.unreadable_files.append(f"store/{relative}: {why}")
-
-
-def _stored_request(path: Path, calling_ae: str) -> StoreRequest:
-    """The C-STORE-RQ a stored file came with, from its File Meta Information."""
-    try:
-        meta = read_file_meta_info(path)
-        syntax = str(meta.TransferSyntaxUID)
-        return StoreRequest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), syntax,
-                            syntax == uids.IMPLICIT_LE, calling_ae)
-    except Exception as exc:  # pydicom raises anything on a file that is not Part 10
-        raise Unparseable(f"file meta information: {exc}") from exc
 
 
 def _stored_files(store: Path) -> tuple[list[bytes], int]:
