@@ -72,6 +72,12 @@ def _duration(seconds: float) -> str:
     return f"{days} d {h} h" if days else f"{h} h {m} min" if hours else f"{m} min {s} s"
 
 
+def _waiting(report: dict) -> str:
+    """Connections the acceptors hold before their A-ASSOCIATE-RQ is admitted (UL-02)."""
+    waiting = sum(listener["waiting"] for listener in report["listeners"])
+    return f", {waiting} connections waiting for an association request" if waiting else ""
+
+
 def _text(report: dict) -> list[str]:
     if report["running"]:
         lines = [f"service: running, appliance {report['version']} (pid {report['pid']}, up "
@@ -81,7 +87,7 @@ def _text(report: dict) -> list[str]:
                  "listening: " + "; ".join(f"{l['ae']} {l['ae_title']} on port {l['port']}"
                                            for l in report["listeners"]),
                  f"STORAGE-SCU: {report['storage_scu']} (calls out only)",
-                 f"associations: {len(report['associations'])} active"]
+                 f"associations: {len(report['associations'])} active" + _waiting(report)]
         for a in report["associations"]:
             work = f"{a['instances']} instances" if a["ae"] == "STORAGE-SCP" else \
                 f"{a['queries']} queries, {a['moves']} moves"

@@ -235,8 +235,8 @@ def test_idle_timeouts_are_per_ae(target):
 
 
 def test_an_identifier_beyond_the_message_limit_aborts_the_association(target):
-    """pynetdicom holds a C-FIND identifier in memory as it arrives: a peer announcing an
-    endless one is aborted at framing.MESSAGE_LIMIT (16 MiB), not when the box runs out."""
+    """A C-FIND identifier is held in memory as it arrives: a peer announcing an endless one is
+    aborted at dimse.MESSAGE_LIMIT (16 MiB), not when the box runs out."""
     app = target()
     request = pdus.c_find(datasets.STUDY_ROOT_FIND, bytes(17 << 20))
     with pdus.associated(app.qr_port, (datasets.STUDY_ROOT_FIND, (datasets.ILE,)), called="EX_QUERY_SCP") as sock:
@@ -253,7 +253,7 @@ def test_an_identifier_beyond_the_message_limit_aborts_the_association(target):
 
 def test_requests_piled_up_without_waiting_abort_the_association(target):
     """One operation at a time is negotiated (AS-11): a peer that sends 200 C-ECHO-RQs in one go
-    has them queued at most framing.QUEUED_LIMIT deep, then is aborted."""
+    has them queued at most association.QUEUED_LIMIT deep, then is aborted."""
     app = target()
     with pdus.associated(app.storage_port) as sock:
         try:

@@ -5,12 +5,14 @@ association; a static address removed, or a lease released while the service sto
 
 from __future__ import annotations
 
+import datetime
 import re
 import signal
 import time
 
 import pytest
 
+import pdus
 import scu
 from helpers import Appliance, merge, wait_for
 import netlab
@@ -86,6 +88,33 @@ def test_refused_renewal_aborts_every_association(lab, box, modality):
     assoc.release()
     assert app.stop() == 0, app.log()
     assert len(re.findall(LOST, app.log())) == 1, app.log()
+
+
+def test_both_aes_at_their_maximum_are_aborted_within_a_second(lab, box):
+    """FL-09, UL-02: with STORAGE-SCP and QUERY-RETRIEVE-SCP both at max_associations (10 each), a
+    refused renewal aborts all 20 at once, each within 1 s of the refusal (an abort used to wait
+    0.1 s per association: 2 s for these). The peers cannot tell: the address their A-ABORTs
+    would come from is gone, so the service's log lines are the record."""
+    client = lab.dhcp_client()
+    leased = client.wait_bound()
+    app = box()
+    peers = [(app.storage_port, "EX_STORE_SCP")] * 10 + [(app.qr_port, "EX_QUERY_SCP")] * 10
+    socks = lab.call(lab.server, lambda: [pdus.associated(port, called=title, host=leased) for port, title in peers])
+    try:
+        assert pdus.rejection(lab.call(lab.server, pdus.exchange, app.storage_port,
+                                       pdus.request(), host=leased)) == (2, 3, 2)  # full (AS-01)
+        lab.move_pool()
+        refused = datetime.datetime.now()
+        client.renew()
+        lost = app.wait_log(LOST, timeout=ABORT_BOUND)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert lost[2] == "20", lost[0]
+    aborted = re.findall(r"^(\S+ \S+) ERROR appliance\.association: " + ABORTED.format(ae=r"(?:STORAGE|QUERY-RETRIEVE)-SCP"), app.log(), re.M)
+    assert len(aborted) == 20, app.log()
+    latest = max(datetime.datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f") for when in aborted) - refused
+    assert latest.total_seconds() < 1.0, f"the last of 20 associations was aborted {latest} after the refusal"
 
 
 def test_lease_that_runs_out_aborts_after_a_reload_named_the_interface(lab, box, modality):

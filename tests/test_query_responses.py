@@ -134,7 +134,7 @@ def test_index_that_cannot_answer(appliance):
 
 
 def test_responses_fit_a_small_peer_maximum_pdu(archive_appliance):
-    """PS3.8 9.3.5: the Pending messages the handler encodes itself (appliance.dicom.pdata) are
+    """PS3.8 9.3.5: the Pending messages the handler encodes itself (appliance.dicom.dimse) are
     fragmented to the peer's maximum PDU length: a raw peer accepting 64-byte PDUs receives no
     longer PDU and reassembles every identifier whole."""
     request = pdus.request(called="EX_QUERY_SCP", contexts=((SR, (datasets.ILE,)),), max_length=64)

@@ -87,6 +87,8 @@ def test_unit_runs_the_installed_daemon_as_notify_service():
     assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
     # systemd must not kill the service while it drains associations.
     assert float(unit["TimeoutStopSec"][0]) > Timeouts().shutdown_drain
+    # UL-02: a thousand waiting connections and more, each a descriptor.
+    assert int(unit["LimitNOFILE"][0]) >= 16384
 
 
 def sysctl_values() -> dict[str, str]:

@@ -34,7 +34,7 @@ from appliance.dicom.admission import CONGESTION, UNPARSEABLE, Admission, Reject
 from appliance.dicom.association import Association, Served
 from appliance.dicom.pdu import HEADER, Identity, ProtocolError, Request
 from appliance.dicom.session import Session, peer_text
-from appliance.dicom.transport import Transport, progress
+from appliance.dicom.transport import Buffers, Transport, progress
 from appliance.wake import Wake
 
 log = logging.getLogger("appliance.association")
@@ -58,7 +58,7 @@ class _Waiting:
 
 class Listener:
     def __init__(self, served: Served, title: str, host: str, port: int, admission: Admission,
-                 supported: list, identity: Identity, socket_buffer_size: int):
+                 admission_limit: int, supported: list, identity: Identity, socket_buffer_size: int):
         self.name = served.name
         self.title = title
         self.served = served
@@ -67,6 +67,7 @@ class Listener:
         self.identity = identity
         self.timeouts: Timeouts = served.timeouts
         self.socket_buffer_size = socket_buffer_size
+        self._buffers = Buffers(_buffer_size(served.max_pdu), admission_limit)
         self._answers: dict[bytes, tuple[dict[int, tuple[str, str]], bytes]] = {}
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -152,6 +153,12 @@ class Listener:
 
     def _timer(self, waiting: _Waiting, when: float) -> None:
         heapq.heappush(self._timers, (when, next(self._sequence), waiting))
+        # Timers of closed connections are skipped when due; so that a flood of short-lived
+        # connections does not keep thousands of them (and their objects) for ARTIM, the heap
+        # is rebuilt from the live ones once they are the minority.
+        if len(self._timers) > 2 * len(self._selector.get_map()) + 64:
+            self._timers = [timer for timer in self._timers if timer[2].state != "gone"]
+            heapq.heapify(self._timers)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -235,7 +242,7 @@ class Listener:
             return
         accepted, accept_pdu = self._answer(request)
         transport = Transport(waiting.sock, self.served.max_pdu, self.timeouts.pdu_gap, self.timeouts.send,
-                              _buffer_size(self.served.max_pdu), after)
+                              self._buffers, after)
         association = Association(self.served, session, transport, request.called, accepted, request.max_length,
                                   accept_pdu, lambda: self.admission.leave(decision))
         self.admission.enter(decision, association)

@@ -44,7 +44,6 @@ log = logging.getLogger("appliance.association")
 # a release request waiting while an operation runs.
 QUEUED_LIMIT = 2
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C: the operation is not one agreed for this context
-_RECEIVE_BUFFER = 1 << 20  # several P-DATA-TFs per recv on a fast link
 _POLL_ROUNDS = 64  # recv calls per `cancelled`, so that a peer sending without pause cannot hold it
 _RELEASE = "A-RELEASE-RQ"  # in the queue of what the peer sent, between messages
 

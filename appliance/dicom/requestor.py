@@ -23,12 +23,12 @@ from appliance.dicom import dimse, pdu, sockets
 from appliance.dicom.dimse import Assembler, Command, Message
 from appliance.dicom.pdu import (ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, PDV_OVERHEAD, RELEASE_RP, RELEASE_RQ,
                                  Identity, Proposal, ProtocolError)
-from appliance.dicom.transport import Closed, Idle, PeerClosed, SendTimedOut, TimedOut, Transport, reason
+from appliance.dicom.transport import Buffers, Closed, Idle, PeerClosed, SendTimedOut, TimedOut, Transport, reason
 
 __all__ = ["Association", "Failed", "Local", "Proposal", "connect"]
 
 _ANY_PDU = tuple(pdu.NAMES)
-_RECEIVE_BUFFER = 64 << 10  # responses are small
+_BUFFERS = Buffers(64 << 10, 16)  # responses are small
 _BATCH = 1 << 20  # bytes of PDUs per write
 _MAX_IOVECS = 1024  # Linux IOV_MAX: buffers per preadv
 
@@ -74,7 +74,7 @@ class Association:
     def over(cls, sock: socket.socket, called: str, local: Local, proposals: list[Proposal],
              timeouts: Timeouts) -> "Association":
         """The association negotiated on a connected socket (closed when that fails)."""
-        association = cls(Transport(sock, local.max_pdu_receive, timeouts.pdu_gap, timeouts.send, _RECEIVE_BUFFER),
+        association = cls(Transport(sock, local.max_pdu_receive, timeouts.pdu_gap, timeouts.send, _BUFFERS),
                           timeouts, local.max_pdu_send)
         try:
             association._send(pdu.request_pdu(local.title, called, proposals, local.identity()))

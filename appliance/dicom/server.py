@@ -114,7 +114,7 @@ def _listen(name: str, config: Config, local: ListeningAE, implementation_uid: s
                     config.timeouts)
     identity = Identity(local.max_pdu_size, implementation_uid, uids.implementation_version_name(__version__))
     return Listener(served, local.ae_title.strip(), bind_host(config), local.port, services.admissions[name],
-                    supported, identity, config.network.socket_buffer_size)
+                    local.max_associations, supported, identity, config.network.socket_buffer_size)
 
 
 def start_listeners(config: Config, services: Services) -> list[Listener]:
