@@ -296,5 +296,6 @@ class Listener:
 
 
 def _buffer_size(max_pdu: int) -> int:
-    """The receive buffer of an association: several PDUs per recv, at least 256 KiB."""
-    return max(256 << 10, 2 * (max_pdu + HEADER.size)) if max_pdu <= 4 << 20 else max_pdu + HEADER.size
+    """The receive buffer of an association: several PDUs per recv, at least 1 MiB (kept in the
+    listener's Buffers: ten associations hold ten)."""
+    return max(1 << 20, 2 * (max_pdu + HEADER.size)) if max_pdu <= 4 << 20 else max_pdu + HEADER.size

@@ -26,6 +26,7 @@ from appliance.dicom import pdu
 from appliance.dicom.pdu import HEADER, ProtocolError
 
 _DRAIN_LIMIT = 1 << 20  # bytes read and dropped at close, so the close is a FIN, not a reset
+_MIN_READ = 64 << 10  # a read into less free space than this moves the unread bytes to the front first
 
 
 class Closed(Exception):
@@ -162,14 +163,15 @@ class Transport:
         self.received_at = time.monotonic()
 
     def _make_room(self) -> None:
-        """Free space after the unread bytes, enough for the PDU they begin: the buffer grows
-        (a larger PDU than any before) or its unread bytes move to the front."""
+        """Room after the unread bytes for the PDU they begin, and for a read worth a system
+        call: the unread bytes (less than a PDU) move to the front when the free tail is short,
+        and the buffer grows for a larger PDU than any before."""
         unread = self._end - self._start
         needed = HEADER.size
         if unread >= HEADER.size:  # maybe not checked yet (after a poll): bounded by the largest we take
             needed += min(HEADER.unpack_from(self._buffer, self._start)[1], max(self.max_pdata, pdu.CONTROL_PDU_LIMIT))
         size = len(self._buffer)
-        if size - self._start >= needed and self._end < size:
+        if self._start + needed <= size and size - self._end >= min(_MIN_READ, needed - unread):
             return
         if needed >= size:
             bigger = bytearray(max(needed + 1, 2 * size))

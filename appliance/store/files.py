@@ -40,7 +40,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from appliance.durable import fsync_dir
+from appliance.durable import fsync_dir, write_behind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ _SEAL_MARK = b"APPLIANCE STORED"
 POOL_LOW = 16  # the filler makes a batch when fewer files than this are ready
 POOL_BATCH = 32  # files per batch, all in one store directory
 _IOV_MAX = 1024  # Linux: buffers per writev
+_PAGE = 4096
 
 
 def write_error_reason(exc: OSError) -> str:
@@ -116,7 +117,10 @@ class Incoming(InFlight):
             self._pending.append(fragment)
 
     def flush(self) -> None:
+        """Write what was added, and let the disk start on it while the rest arrives (the file's
+        fsync, in `sync`, then waits for little more than the journal)."""
         pending, self._pending = self._pending, []
+        start = self.size
         while pending and self.error is None:
             batch, pending = pending[:_IOV_MAX], pending[_IOV_MAX:]
             try:
@@ -128,6 +132,8 @@ class Incoming(InFlight):
             expected = sum(len(b) for b in batch)
             if written < expected:  # a short write: the rest of this batch goes round again
                 pending = _after(batch, written) + pending
+        if self.size - start >= _PAGE:  # not for the File Meta alone: that page is written again
+            write_behind(self.fd, start, self.size - start)
 
     def _failed(self, exc: OSError) -> None:
         self.error = exc
