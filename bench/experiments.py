@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What-if runs behind docs/performance.md "where the time goes" (not part of the product).
 
-Runs cases a (200 CT 512x512) and d (200 small CT) of bench/store.py against the real daemon,
+Runs cases a (200 CT 512x512) and d (1000 small CT) of bench/store.py against the real daemon,
 once per variant. A variant monkeypatches the daemon at start-up through a `sitecustomize`
 on PYTHONPATH; the product code is not modified. Variants:
 
@@ -105,7 +105,7 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 class NullSCP:
     """pynetdicom 3.0 alone: same PDU size and chunked receive, handler returns 0x0000 at once."""
 
-    netns = None
+    netns = client_netns = None  # what store.send asks of a receiver (bench/lab.py Receiver)
     title = "NULL_SCP"
     host = "127.0.0.1"
 

@@ -1,17 +1,20 @@
-"""Shared by the benchmark scripts: DCMTK processes, the quiet-machine wait, py-spy, and the
+"""Shared by the benchmark scripts: the receivers under test (the appliance, DCMTK storescp,
+Orthanc), CPU and memory accounting, the quiet-machine wait, py-spy, result tables, and the
 100 Mbit/s link (two network namespaces, veth, tbf) with its iperf3 ceiling.
 
-bench/store.py and bench/move.py import these; bench/find.py and the others reach them as
-`store.X`. Everything here runs subprocesses with timeouts and stays on loopback or inside the
-namespaces it creates.
+bench/store.py, bench/associations.py and bench/move.py import these; bench/find.py and
+bench/experiments.py reach them as `store.X`. Everything here runs subprocesses with timeouts
+and stays on loopback or inside the namespaces it creates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -27,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import helpers  # noqa: E402  (tests/helpers.py: free ports; the daemon's Popen, see NetnsPopen)
 
 DCMTK_PDU = "131072"  # storescp advertises the same maximum PDU as the service (CF-01/D-1)
+CF08_BUFFER = 1342177  # the service's default network.socket_buffer_size (CF-08)
 
 
 def log(msg: str) -> None:
@@ -44,14 +48,54 @@ def run(cmd: list[str], timeout: float = 60, check: bool = True, **kw) -> subpro
     return proc
 
 
-def vm_hwm_kib(pid: int) -> int | None:
+# --- what a process uses ---------------------------------------------------------------------
+
+def vm_kib(pid: int, field: str = "VmHWM") -> int | None:
+    """A memory figure of /proc/<pid>/status in KiB: VmHWM (peak RSS) or VmRSS (now)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    return vm_kib(pid, "VmHWM")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime+stime of the process (all threads) plus reaped children (storescp --fork)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """cpu_seconds of `pid` and of its children not reaped yet (storescp --fork: one per connection)."""
+    total = cpu_seconds(pid)
+    if total is None:
+        return None
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_seconds(int(child)) or 0.0
+    return total
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all CPUs, everything but idle/iowait)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """This script plus its reaped children (the storescu senders, ip netns exec)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def machine_busy(interval: float = 0.5) -> float:
@@ -76,53 +120,161 @@ def wait_quiet(max_wait: float, threshold: float = 15.0) -> float:
     return busy
 
 
-# --- DCMTK processes ------------------------------------------------------------------------
+# --- receivers: one started fresh for each measurement ---------------------------------------
 
-class StoreSCP:
+def count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+class Receiver:
+    """What the scripts need of a DICOM receiver: where it listens, its PID, what it stored."""
+
+    kind = "?"
+    client_netns: str | None = None  # where a client must run to reach host:port; None: anywhere here
+    hwm_idle: int | None = None  # VmHWM (KiB) once ready, before any load
+
+    def __init__(self, root: Path, netns: str | None, bind: str | None, port: int | None, title: str):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.netns = netns  # where the receiver runs
+        self.host = bind or "127.0.0.1"
+        self.port = port or helpers.free_port()
+        self.title = title
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+
+class Service(Receiver):
+    """The appliance (`python -m appliance serve` through tests/helpers.Appliance): default
+    configuration, fresh data dir, free ports, ready at sd_notify READY."""
+
+    kind = "service"
+
+    def __init__(self, root: Path, buffer_size: int = CF08_BUFFER, netns: str | None = None,
+                 bind: str | None = None, env: dict | None = None):
+        network = {"socket_buffer_size": buffer_size, **({"bind_address": bind} if bind else {})}
+        self.app = helpers.Appliance(root, {"network": network}, env=env or {})
+        super().__init__(root, netns, bind, self.app.storage_port, self.app.storage_title)
+
+    def __enter__(self):
+        try:
+            with NetnsPopen(self.netns):
+                self.app.start()
+        except BaseException:  # __exit__ will not run: stop it here
+            self.app.stop(timeout=10)
+            raise
+        self.pid = self.app.proc.pid
+        self.hwm_idle = vm_hwm_kib(self.pid)
+        return self
+
+    def stored(self) -> int:
+        return self.app.index_rows("SELECT COUNT(*) FROM instance")[0][0]
+
+    def __exit__(self, *exc):
+        rc = self.app.stop(timeout=60)
+        if rc != 0:
+            log(f"service exited {rc}; log tail:\n{self.app.log()[-3000:]}")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ServerProcess(Receiver):
+    """A server binary started from a command line with TCP_NODELAY=1 in its environment (the
+    DCMTK it is built on leaves Nagle on otherwise), ready once it answers C-ECHO, stopped and
+    its directory removed on exit."""
+
+    ready_when_rejecting = False  # a server that refuses every association is ready once it says so
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def setup(self, stack: contextlib.ExitStack) -> None:
+        """What the start needs (configuration, a namespace); `stack` undoes it after the stop."""
+
+    def __enter__(self):
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, self.root, ignore_errors=True)
+            self.setup(stack)
+            log_path = self.root / f"{self.kind}.log"
+            out = stack.enter_context(open(log_path, "wb"))
+            cmd = self.command()
+            if self.netns:  # ip netns exec execs: the PID is the server's
+                cmd = ["ip", "netns", "exec", self.netns, *cmd]
+            self.proc = subprocess.Popen(cmd, env=dcmtk_env(), stdout=out, stderr=out)
+            stack.callback(terminate, self.proc)
+            self.pid = self.proc.pid
+            wait_for_echo(self.proc, self.title, self.host, self.port, log_path, self.netns,
+                          self.ready_when_rejecting)
+            self.hwm_idle = vm_hwm_kib(self.pid)
+            self._cleanup = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        self._cleanup.close()
+
+
+class StoreSCP(ServerProcess):
     """DCMTK storescp writing to a temporary directory (no fsync, no index)."""
 
     kind = "storescp"
 
     def __init__(self, root: Path, fork: bool = False, netns: str | None = None, bind: str | None = None,
-                 port: int | None = None, title: str = "STORESCP"):
-        self.root = root
+                 port: int | None = None, title: str = "STORESCP", refuse: bool = False):
+        super().__init__(root, netns, bind, port, title)
         self.out = root / "out"
-        self.out.mkdir(parents=True)
+        self.out.mkdir()
         self.fork = fork
-        self.netns = netns
-        self.host = bind or "127.0.0.1"
-        self.title = title
-        self.port = port or helpers.free_port()
+        self.ready_when_rejecting = refuse  # --refuse: every association is rejected (it checks no title)
 
-    def __enter__(self):
-        cmd = ["storescp", "-od", str(self.out), "-pdu", DCMTK_PDU, "-aet", self.title, "-dhl",
-               "--fork" if self.fork else "--single-process", str(self.port)]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        self.stderr = open(self.root / "storescp.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=dcmtk_env(), stdout=self.stderr, stderr=self.stderr)
-        self.pid = self.proc.pid
-        try:
-            wait_for_echo(self.proc, self.title, self.host, self.port, self.root / "storescp.log", self.netns)
-        except BaseException:  # __exit__ will not run: stop it here
-            terminate(self.proc)
-            self.stderr.close()
-            raise
-        self.hwm_idle = vm_hwm_kib(self.pid)
-        return self
+    def command(self) -> list[str]:
+        return ["storescp", "-od", str(self.out), "-pdu", DCMTK_PDU, "-aet", self.title, "-dhl",
+                *(["--refuse"] if self.ready_when_rejecting else []),
+                "--fork" if self.fork else "--single-process", str(self.port)]
 
     def stored(self) -> int:
-        return sum(1 for p in self.out.iterdir() if p.is_file())
+        return count_files(self.out)
 
-    def __exit__(self, *exc):
-        terminate(self.proc)
-        self.stderr.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+
+class Orthanc(ServerProcess):
+    """Debian's Orthanc with a minimal configuration: DICOM only (no HTTP server, no plugins, no
+    Lua), 128 KiB PDUs like the others, the called AE title checked, every storage class and
+    uncompressed transfer syntax storescu proposes accepted (its defaults). It fsyncs each stored
+    file (SyncStorageArea, its default since 1.7.4, kept and written out) and keeps a SQLite index
+    in WAL mode with synchronous=NORMAL, so it is the durable peer of the service; storescp is not.
+
+    Orthanc 1.10 has no setting for the address its DICOM port listens on, so unless it is given
+    a namespace (case e) it runs in one of its own with only loopback up, and clients join it."""
+
+    kind = "orthanc"
+
+    def __init__(self, root: Path, netns: str | None = None, bind: str | None = None, title: str = "ORTHANC"):
+        super().__init__(root, netns, bind, None, title)
+        self.storage = root / "storage"
+
+    def setup(self, stack: contextlib.ExitStack) -> None:
+        if self.netns is None:
+            self.netns = self.client_netns = stack.enter_context(namespace(f"borth-{unique_tag()}"))
+        config = {
+            "Name": "bench", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.root / "index"),
+            "StorageCompression": False, "SyncStorageArea": True, "Plugins": [], "LuaScripts": [],
+            "HttpServerEnabled": False, "RemoteAccessAllowed": False, "SaveJobs": False,
+            "DicomServerEnabled": True, "DicomAet": self.title, "DicomPort": self.port,
+            "DicomCheckCalledAet": True, "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
+            "DicomModalities": {}, "MaximumPduLength": int(DCMTK_PDU),
+        }
+        (self.root / "orthanc.json").write_text(json.dumps(config, indent=1))
+
+    def command(self) -> list[str]:
+        return ["Orthanc", str(self.root / "orthanc.json")]
+
+    def stored(self) -> int:
+        return count_files(self.storage)
 
 
 def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log: Path,
-                  netns: str | None = None) -> None:
-    """Until the DCMTK server `proc` answers C-ECHO (bounded: 20 s); its log tail if it died."""
+                  netns: str | None = None, rejection_will_do: bool = False) -> None:
+    """Until the DICOM server `proc` answers C-ECHO (bounded: 20 s); its log tail if it died.
+    `rejection_will_do`: an A-ASSOCIATE-RJ shows it is up as well (storescp --refuse)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -130,7 +282,8 @@ def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log:
         probe = ["echoscu", "-to", "2", "-aec", title, host, str(port)]
         if netns:
             probe = ["ip", "netns", "exec", netns, *probe]
-        if run(probe, timeout=10, check=False, env=dcmtk_env()).returncode == 0:
+        answer = run(probe, timeout=10, check=False, env=dcmtk_env())
+        if answer.returncode == 0 or (rejection_will_do and "Association Rejected" in answer.stderr):
             return
         time.sleep(0.1)
     raise RuntimeError(f"{title} did not answer C-ECHO within 20 s")
@@ -186,7 +339,23 @@ def profiled(pyspy: str | None, pid: int, out: Path | None):
         terminate(rec, signal.SIGINT, 30)  # py-spy writes its profile on SIGINT
 
 
-# --- network namespaces (store.py case e, move.py) --------------------------------------------
+# --- network namespaces (store.py case e and Orthanc, move.py) ---------------------------------
+
+def unique_tag() -> str:
+    """Short and unique on this machine: namespace and device names are global."""
+    return f"{os.getpid() % 100000}{uuid.uuid4().hex[:4]}"
+
+
+@contextlib.contextmanager
+def namespace(name: str):
+    """A network namespace with loopback up, deleted on exit (which ends its sockets)."""
+    run(["ip", "netns", "add", name])
+    try:
+        run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
 
 class Link:
     """Two namespaces joined by a veth pair shaped to 100 Mbit/s on both ends."""
@@ -195,33 +364,28 @@ class Link:
     CLIENT_IP = "10.251.77.2"
 
     def __init__(self, prefix: str = "bstore"):
-        tag = f"{os.getpid() % 100000}{uuid.uuid4().hex[:4]}"
+        tag = unique_tag()
         self.srv = f"{prefix}-s-{tag}"
         self.cli = f"{prefix}-c-{tag}"
         self.vs = f"bvs{tag}"[:15]
         self.vc = f"bvc{tag}"[:15]
-        self.created: list[str] = []
 
     def ns(self, netns: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
         return run(["ip", "netns", "exec", netns, *cmd], timeout=timeout)
 
     def __enter__(self):
-        try:
+        with contextlib.ExitStack() as stack:
             for n in (self.srv, self.cli):
-                run(["ip", "netns", "add", n])
-                self.created.append(n)
+                stack.enter_context(namespace(n))
             run(["ip", "link", "add", self.vs, "netns", self.srv, "type", "veth", "peer", "name", self.vc,
                  "netns", self.cli])
             for n, dev, addr in ((self.srv, self.vs, self.SERVER_IP), (self.cli, self.vc, self.CLIENT_IP)):
-                self.ns(n, "ip", "link", "set", "lo", "up")
                 self.ns(n, "ip", "addr", "add", f"{addr}/24", "dev", dev)
                 self.ns(n, "ip", "link", "set", dev, "up")
                 self.ns(n, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
                 self.ns(n, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "100mbit",
                         "burst", "32kbit", "latency", "400ms")
-        except BaseException:
-            self.__exit__()
-            raise
+            self._cleanup = stack.pop_all()
         return self
 
     def sysctls(self) -> dict:
@@ -263,9 +427,7 @@ class Link:
                 server.wait(10)
 
     def __exit__(self, *exc):
-        for n in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
-        self.created.clear()
+        self._cleanup.close()
 
 
 # --- machine description -------------------------------------------------------------------
@@ -276,9 +438,10 @@ def machine() -> dict:
     fs = run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "--target", tempfile.gettempdir()],
              check=False).stdout.strip()
     versions = {}
-    for tool in ("storescp", "iperf3"):
-        text = run([tool, "--version"], check=False).stdout.strip().splitlines()
-        versions[tool] = text[0] if text else "?"
+    for tool in ("storescp", "iperf3", "Orthanc"):
+        with contextlib.suppress(OSError):  # Orthanc is optional for the scripts other than store.py
+            text = run([tool, "--version"], check=False).stdout.strip().splitlines()
+            versions[tool] = text[0] if text else "?"
     import pydicom
     import pynetdicom
     git = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
@@ -286,3 +449,56 @@ def machine() -> dict:
     return {"git": git, "appliance_uncommitted_files": len(dirty.splitlines()), "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "tmp_filesystem": fs, "python": platform.python_version(), "pynetdicom": pynetdicom.__version__,
             "pydicom": pydicom.__version__, "tools": versions}
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+def run_recorded(bench, quick: bool, describe=machine) -> dict:
+    """`bench.run()`, with `bench.cleanup()` whatever happens; the head of the run's record:
+    when, how long, the command, the machine (`describe`)."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        bench.run()
+    finally:
+        bench.cleanup()
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "quick": quick,
+        "machine": describe(),
+    }
+
+
+def load_json(path: Path) -> dict | None:
+    """A previous run's record (results/*-previous.json), or None if there is none readable."""
+    with contextlib.suppress(ValueError, OSError):
+        return json.loads(path.read_text())
+    return None
+
+
+def verdict(target: tuple | None, value) -> str:
+    """'met' or 'NOT met' against a target (op, value, goal or None, what); '+ goal' if the goal is met."""
+    if target is None or value is None:
+        return ""
+    op, want, goal, _ = target
+
+    def meets(limit) -> bool:
+        return {">=": value >= limit, "<=": value <= limit, "==": value == limit, "abs<=": abs(value) <= limit}[op]
+    if not meets(want):
+        return "NOT met"
+    return "met + goal" if goal is not None and meets(goal) else "met"
+
+
+def target_text(target: tuple | None) -> str:
+    if target is None:
+        return ""
+    op, want, goal, _ = target
+    return f"{op.replace('abs', '|x|')}{want:g}" + (f" (goal {goal:g})" if goal is not None else "")
+
+
+def text_table(head: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -545,23 +544,12 @@ def main(argv=None) -> int:
     QUIET_WAIT = args.wait_quiet
 
     previous_path = PREVIOUS.with_name("move-previous-quick.json") if args.quick else PREVIOUS
-    previous = None
-    with contextlib.suppress(ValueError, OSError):
-        previous = json.loads(Path(args.previous or previous_path).read_text())
+    previous = lab.load_json(Path(args.previous or previous_path))
     bench = Bench(args)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    try:
-        bench.run()
-    finally:
-        bench.cleanup()
+    record = lab.run_recorded(bench, args.quick, machine)
     flat = flatten(bench.results)
-    record = {
-        "date": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
+    record |= {
         "reps": args.reps,
-        "machine": machine(),
         "results": bench.results,
         "figures": flat,
         "targets": {k: {"op": v[0], "value": v[1], "what": v[2], "verdict": verdict(k, flat, bench.results)}
@@ -576,9 +564,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2, default=str))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    own_previous = None
-    with contextlib.suppress(ValueError, OSError):
-        own_previous = json.loads(previous_path.read_text())
+    own_previous = lab.load_json(previous_path)
     for part, value in ((own_previous or {}).get("results") or {}).items():  # keep what --only/--links skipped
         mine = record["results"].setdefault(part, value)
         if part in LINKS and mine is not value:
