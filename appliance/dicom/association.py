@@ -46,6 +46,7 @@ QUEUED_LIMIT = 2
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C: the operation is not one agreed for this context
 _POLL_ROUNDS = 64  # recv calls per `cancelled`, so that a peer sending without pause cannot hold it
 _RELEASE = "A-RELEASE-RQ"  # in the queue of what the peer sent, between messages
+_IN_SESSION = (P_DATA_TF, RELEASE_RQ, ABORT)  # the PDUs a peer may send in data transfer (Sta6)
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,19 @@ class Association:
         return item
 
     def _read(self, wait: float) -> None:
-        """One PDU, waiting up to `wait` for it, then every PDU already received; what they
-        complete joins the queue."""
-        transport = self.transport
-        found = transport.read_pdu(wait, (P_DATA_TF, RELEASE_RQ, ABORT), self.served.idle_timeout,
-                                   f"{_section(self.served.name)}.idle_timeout")
+        """One PDU, waiting up to `wait` for it, then every PDU already received."""
+        self._take_all(self.transport.read_pdu(wait, _IN_SESSION, self.served.idle_timeout,
+                                               f"{_section(self.served.name)}.idle_timeout"))
+
+    def _take_all(self, found) -> None:
+        """`found` and every PDU received whole after it; what they complete joins the queue."""
         try:
             while found is not None:
                 self._take(*found)
-                found = transport.buffered_pdu((P_DATA_TF, RELEASE_RQ, ABORT))
+                found = self.transport.buffered_pdu(_IN_SESSION)
         finally:
             self._assembler.flush()  # before the buffer is filled again
-        if len(self._incoming) > QUEUED_LIMIT:
+        if sum(1 for item in self._incoming if not _is_cancel(item)) > QUEUED_LIMIT:
             raise ProtocolError(f"more than {QUEUED_LIMIT} requests sent without waiting for the responses "
                                 "(one operation at a time was negotiated)")
 
@@ -239,18 +241,7 @@ class Association:
                 for _ in range(_POLL_ROUNDS):
                     if not self.transport.poll():
                         break
-                    found = self.transport.buffered_pdu((P_DATA_TF, RELEASE_RQ, ABORT))
-                    try:
-                        while found is not None:
-                            self._take(*found)
-                            found = self.transport.buffered_pdu((P_DATA_TF, RELEASE_RQ, ABORT))
-                    finally:
-                        self._assembler.flush()
-                if sum(1 for item in self._incoming if not _is_cancel(item)) > QUEUED_LIMIT:
-                    raise ProtocolError(f"more than {QUEUED_LIMIT} requests sent without waiting for the responses "
-                                        "(one operation at a time was negotiated)")
-            except TimedOut as exc:
-                self.abort(str(exc))
+                    self._take_all(self.transport.buffered_pdu(_IN_SESSION))
             except ProtocolError as exc:
                 self.abort(str(exc), source=pdu.PROVIDER)
             except Closed as exc:

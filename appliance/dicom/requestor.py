@@ -25,8 +25,6 @@ from appliance.dicom.pdu import (ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, P
                                  Identity, Proposal, ProtocolError)
 from appliance.dicom.transport import Buffers, Closed, Idle, PeerClosed, SendTimedOut, TimedOut, Transport, reason
 
-__all__ = ["Association", "Failed", "Local", "Proposal", "connect"]
-
 _ANY_PDU = tuple(pdu.NAMES)
 _BUFFERS = Buffers(64 << 10, 16)  # responses are small
 _BATCH = 1 << 20  # bytes of PDUs per write

@@ -9,6 +9,7 @@ reason for the log.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import struct
 import time
@@ -70,7 +71,10 @@ class Archive:
         # Row ids of recently seen studies and series; touched only under the index write lock.
         self._studies: dict[str, tuple[int, str]] = {}
         self._series_ids: dict[str, int] = {}
-        self._insert = _InstanceInsert(index.db)
+
+    @functools.cached_property
+    def _insert(self) -> "_InstanceInsert":
+        return _InstanceInsert(self.index.db)
 
     def start(self) -> None:
         """Serve C-STOREs from now on (after `recover`): the index flusher and the files made ahead."""
