@@ -22,7 +22,7 @@ import datasets
 import pdus
 import query_archive
 import scu
-from helpers import REPO, service_tool, wait_for
+from helpers import REPO, Appliance, service_tool, wait_for
 
 SUCCESS, CANCEL = 0x0000, 0xFE00
 SILENT = 1000
@@ -93,6 +93,28 @@ def test_a_thousand_silent_connections_hold_no_thread_cost_no_cpu_and_slow_no_ec
             assert scu.echo(port, title) == SUCCESS
             assert time.monotonic() - started < 1.0, f"C-ECHO to {title} took {time.monotonic() - started:.2f} s"
     wait_for(lambda: waiting(appliance) == 0, "the closed connections to be dropped", timeout=20, interval=0.2)
+
+
+def test_out_of_descriptors_the_acceptor_pauses_and_then_serves_again(tmp_path):
+    """UL-02, FL-08: with its descriptors used up (here a hard limit of 256, which the service
+    cannot raise), accept() fails: the service says so, does not spin on a port that stays
+    readable, and once connections go, accepts and answers again."""
+    app = Appliance(tmp_path / "appliance", prefix=("prlimit", "--nofile=256:256")).start()
+    try:
+        pid = app.proc.pid
+        with file_limit(SILENT + 200), contextlib.ExitStack() as held:
+            for _ in range(400):  # more than the service can hold; the rest wait in the backlog
+                held.enter_context(socket.create_connection(("127.0.0.1", app.storage_port), timeout=10))
+            app.wait_log(r"STORAGE-SCP: cannot accept a connection: \[Errno 24\] Too many open files; "
+                         r"accepting again in 0\.5 s")
+            before, started = cpu_seconds(pid), time.monotonic()
+            time.sleep(1)  # the measurement's window: CPU spent while accepting is impossible
+            busy = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+            assert busy < 0.2, f"the service used {busy:.0%} of a core, unable to accept"
+        assert wait_for(lambda: scu.echo(app.storage_port, "EX_STORE_SCP") == SUCCESS, "a C-ECHO answered again",
+                        timeout=20, interval=0.5)
+    finally:
+        assert app.stop() == 0, app.log()
 
 
 def _rejected(port: int, request: bytes) -> None:

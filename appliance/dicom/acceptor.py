@@ -41,6 +41,7 @@ log = logging.getLogger("appliance.association")
 
 _ACCEPTS_PER_ROUND = 64  # a burst of connections does not starve the ones being read
 _ANSWERS_KEPT = 256
+_ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (no descriptor left)
 
 
 @dataclass(eq=False)
@@ -87,6 +88,7 @@ class Listener:
         self._wake = Wake()
         self._stopping = False
         self._timers: list[tuple[float, int, _Waiting]] = []
+        self._paused_until: float | None = None  # accepting paused: no descriptor was left
         self._sequence = itertools.count()
         self._thread = threading.Thread(target=self._run, name=f"{self.name} acceptor", daemon=True)
 
@@ -116,7 +118,8 @@ class Listener:
         selector.register(self._wake, selectors.EVENT_READ, self._wake)
         try:
             while not self._stopping:
-                timeout = max(self._timers[0][0] - time.monotonic(), 0) if self._timers else None
+                due = [t for t in (self._timers[0][0] if self._timers else None, self._paused_until) if t]
+                timeout = max(min(due) - time.monotonic(), 0) if due else None
                 for key, _ in selector.select(timeout):
                     if key.data is None:
                         self._accept()
@@ -125,6 +128,9 @@ class Listener:
                     else:
                         self._readable(key.data)
                 self._expire()
+                if self._paused_until and time.monotonic() >= self._paused_until:
+                    self._paused_until = None
+                    selector.register(self._sock, selectors.EVENT_READ, None)
         except Exception:
             log.exception("%s: the acceptor failed; no new associations until a restart", self.name)
         finally:
@@ -142,7 +148,11 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the connection stays in the backlog
-                log.error("%s: cannot accept a connection: %s", self.name, exc)
+                # The port stays readable: without a pause the loop would spin at full speed.
+                log.error("%s: cannot accept a connection: %s; accepting again in %g s", self.name, exc,
+                          _ACCEPT_PAUSE)
+                self._selector.unregister(self._sock)
+                self._paused_until = time.monotonic() + _ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             sockets.tune(sock, self.socket_buffer_size)
