@@ -117,6 +117,25 @@ def test_out_of_descriptors_the_acceptor_pauses_and_then_serves_again(tmp_path):
         assert app.stop() == 0, app.log()
 
 
+def test_large_requests_that_never_complete_hold_bounded_memory(appliance):
+    """UL-02: an A-ASSOCIATE-RQ may be up to 1 MiB, and its bytes wait for the rest until ARTIM.
+    Eighty peers each sending most of a 1 MiB request and then nothing hold at most 64 MiB of
+    the service: beyond that a connection is closed, with a line that says so; the service
+    still answers a C-ECHO."""
+    pid = appliance.proc.pid
+    rss = proc_status(pid, "VmRSS")
+    almost = pdus.header(0x01, 1 << 20) + bytes((1 << 20) - 4096)
+    with contextlib.ExitStack() as held:
+        for _ in range(80):
+            sock = held.enter_context(socket.create_connection(("127.0.0.1", appliance.storage_port), timeout=10))
+            with contextlib.suppress(OSError):  # closed by the service once it holds too much
+                sock.sendall(almost)
+        appliance.wait_log(r"connection closed: the requests not complete yet hold \d+ bytes, the 67108864 allowed")
+        assert scu.echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
+        grown = (proc_status(pid, "VmRSS") - rss) / 1024
+        assert grown < 100, f"the service grew {grown:.0f} MB holding unfinished requests"
+
+
 def _rejected(port: int, request: bytes) -> None:
     with pdus.connect(port) as sock:
         sock.sendall(request)

@@ -42,6 +42,9 @@ log = logging.getLogger("appliance.association")
 _ACCEPTS_PER_ROUND = 64  # a burst of connections does not starve the ones being read
 _ANSWERS_KEPT = 256
 _ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (no descriptor left)
+# A request may be up to 1 MiB (pdu.CONTROL_PDU_LIMIT); real ones are a few KiB. A thousand
+# peers trickling large ones must not hold a gigabyte for ARTIM.
+_HELD_LIMIT = 64 << 20
 
 
 @dataclass(eq=False)
@@ -89,6 +92,7 @@ class Listener:
         self._stopping = False
         self._timers: list[tuple[float, int, _Waiting]] = []
         self._paused_until: float | None = None  # accepting paused: no descriptor was left
+        self._held = 0  # bytes of requests not complete yet, all connections together
         self._sequence = itertools.count()
         self._thread = threading.Thread(target=self._run, name=f"{self.name} acceptor", daemon=True)
 
@@ -209,7 +213,12 @@ class Listener:
             self._drop(waiting, "connection closed by the peer before an association request"
                        + (f" ({error.strerror})" if error else ""), logging.INFO)
             return
+        if self._held + len(chunk) > _HELD_LIMIT:  # a flood of large, slow requests: memory is bounded
+            self._drop(waiting, f"connection closed: the requests not complete yet hold {self._held} bytes, the "
+                                f"{_HELD_LIMIT} allowed")
+            return
         waiting.data += chunk
+        self._held += len(chunk)
         data = waiting.data
         if len(data) < HEADER.size:
             self._gap(waiting)
@@ -239,6 +248,7 @@ class Listener:
 
     def _requested(self, waiting: _Waiting, data: bytes, after: bytes) -> None:
         session = waiting.session
+        self._forget_data(waiting)
         try:
             request = pdu.decode_request(data)
         except ProtocolError as exc:
@@ -290,7 +300,7 @@ class Listener:
             return
         # PS3.8 Sta13: the peer closes the connection; ARTIM bounds the wait.
         waiting.state = "rejected"
-        waiting.data = bytearray()
+        self._forget_data(waiting)
         waiting.deadline = time.monotonic() + self.timeouts.artim
         self._timer(waiting, waiting.deadline)
 
@@ -301,8 +311,13 @@ class Listener:
     def _close(self, waiting: _Waiting) -> None:
         if waiting.state != "gone":
             waiting.state = "gone"
+            self._forget_data(waiting)
             self._selector.unregister(waiting.sock)
             waiting.sock.close()
+
+    def _forget_data(self, waiting: _Waiting) -> None:
+        self._held -= len(waiting.data)
+        waiting.data = bytearray()
 
 
 def _buffer_size(max_pdu: int) -> int:
