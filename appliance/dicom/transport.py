@@ -132,28 +132,26 @@ class Transport:
     def poll(self) -> bool:
         """Take in what the peer has sent, without waiting; whether anything came. Closed when
         the connection has ended. Memoryviews handed out before are spent."""
-        self._make_room()
-        self.sock.settimeout(0)  # with a timeout, Python would wait for data before reading
         try:
-            got = self.sock.recv_into(self._view[self._end:])
+            self._read(0)  # with a timeout, Python would wait for data before reading
         except BlockingIOError:
             return False
-        except OSError as exc:
-            raise Closed(f"connection lost: {reason(exc)}") from None
-        if not got:
-            raise PeerClosed()
-        self._end += got
-        self.received_at = time.monotonic()
         return True
 
     def _receive(self, wait: float, idle: bool) -> None:
+        try:
+            self._read(wait)
+        except TimeoutError:
+            if idle:
+                raise Idle() from None
+            raise
+
+    def _read(self, wait: float) -> None:
         self._make_room()
         self.sock.settimeout(wait)
         try:
             got = self.sock.recv_into(self._view[self._end:])
-        except TimeoutError:
-            if idle:
-                raise Idle() from None
+        except (BlockingIOError, TimeoutError):
             raise
         except OSError as exc:
             raise Closed(f"connection lost: {reason(exc)}") from None
