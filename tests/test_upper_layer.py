@@ -95,22 +95,27 @@ def test_a_thousand_silent_connections_hold_no_thread_cost_no_cpu_and_slow_no_ec
     wait_for(lambda: waiting(appliance) == 0, "the closed connections to be dropped", timeout=20, interval=0.2)
 
 
-def test_out_of_descriptors_the_acceptor_pauses_and_then_serves_again(tmp_path):
-    """UL-02, FL-08: with its descriptors used up (here a hard limit of 256, which the service
-    cannot raise), accept() fails: the service says so, does not spin on a port that stays
-    readable, and once connections go, accepts and answers again."""
+def test_connections_before_association_are_bounded_by_descriptors(tmp_path):
+    """UL-02, FL-08: with a hard limit of 256 descriptors (which the service cannot raise), one
+    listener holds at most 64 connections before their association request. Four hundred silent
+    ones do not take the descriptors the service still needs (its start-up after READY, the
+    other port, the service tool's control socket): the service says so, does not spin, serves
+    QUERY-RETRIEVE-SCP meanwhile, and once the connections go, STORAGE-SCP answers again."""
     app = Appliance(tmp_path / "appliance", prefix=("prlimit", "--nofile=256:256")).start()
     try:
         pid = app.proc.pid
         with file_limit(SILENT + 200), contextlib.ExitStack() as held:
-            for _ in range(400):  # more than the service can hold; the rest wait in the backlog
+            for _ in range(400):  # more than the listener may hold; the rest wait in the backlog
                 held.enter_context(socket.create_connection(("127.0.0.1", app.storage_port), timeout=10))
-            app.wait_log(r"STORAGE-SCP: cannot accept a connection: \[Errno 24\] Too many open files; "
-                         r"accepting again in 0\.5 s")
+            app.wait_log(r"STORAGE-SCP: 64 connections wait for their association request, as many as one "
+                         r"listener may hold")
             before, started = cpu_seconds(pid), time.monotonic()
-            time.sleep(1)  # the measurement's window: CPU spent while accepting is impossible
+            time.sleep(1)  # the measurement's window: CPU spent while not accepting is impossible
             busy = (cpu_seconds(pid) - before) / (time.monotonic() - started)
             assert busy < 0.2, f"the service used {busy:.0%} of a core, unable to accept"
+            assert scu.echo(app.qr_port, "EX_QUERY_SCP") == SUCCESS
+            assert {listener["ae"]: listener["waiting"] for listener in status(app)["listeners"]} == {
+                "STORAGE-SCP": 64, "QUERY-RETRIEVE-SCP": 0}
         assert wait_for(lambda: scu.echo(app.storage_port, "EX_STORE_SCP") == SUCCESS, "a C-ECHO answered again",
                         timeout=20, interval=0.5)
     finally:

@@ -45,6 +45,7 @@ _ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (no descr
 # A request may be up to 1 MiB (pdu.CONTROL_PDU_LIMIT); real ones are a few KiB. A thousand
 # peers trickling large ones must not hold a gigabyte for ARTIM.
 _HELD_LIMIT = 64 << 20
+_FULL_LOG_INTERVAL = 60.0  # seconds between two lines saying that the connections are at the limit
 
 
 @dataclass(eq=False)
@@ -62,7 +63,8 @@ class _Waiting:
 
 class Listener:
     def __init__(self, served: Served, title: str, host: str, port: int, admission: Admission,
-                 admission_limit: int, supported: list, identity: Identity, socket_buffer_size: int):
+                 admission_limit: int, supported: list, identity: Identity, socket_buffer_size: int,
+                 waiting_limit: int):
         self.name = served.name
         self.title = title
         self.served = served
@@ -71,6 +73,7 @@ class Listener:
         self.identity = identity
         self.timeouts: Timeouts = served.timeouts
         self.socket_buffer_size = socket_buffer_size
+        self.waiting_limit = waiting_limit  # connections held before their association (descriptors)
         self._buffers = Buffers(_buffer_size(served.max_pdu), admission_limit)
         self._answers: dict[bytes, tuple[dict[int, tuple[str, str]], bytes]] = {}
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -91,8 +94,11 @@ class Listener:
         self._wake = Wake()
         self._stopping = False
         self._timers: list[tuple[float, int, _Waiting]] = []
+        self._accepting = False  # the listening socket is in the selector
         self._paused_until: float | None = None  # accepting paused: no descriptor was left
-        self._held = 0  # bytes of requests not complete yet, all connections together
+        self._full_logged = -_FULL_LOG_INTERVAL
+        self._waiting = 0  # connections not admitted yet (reading their request, or rejected)
+        self._held = 0  # bytes of requests not complete yet, all this listener's connections together
         self._sequence = itertools.count()
         self._thread = threading.Thread(target=self._run, name=f"{self.name} acceptor", daemon=True)
 
@@ -112,14 +118,14 @@ class Listener:
 
     def waiting(self) -> int:
         """Connections not admitted yet (for `status`)."""
-        return max(len(self._selector.get_map() or ()) - 2, 0)
+        return self._waiting
 
     # --- the thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
         selector = self._selector
-        selector.register(self._sock, selectors.EVENT_READ, None)
         selector.register(self._wake, selectors.EVENT_READ, self._wake)
+        self._resume()
         try:
             while not self._stopping:
                 due = [t for t in (self._timers[0][0] if self._timers else None, self._paused_until) if t]
@@ -134,7 +140,8 @@ class Listener:
                 self._expire()
                 if self._paused_until and time.monotonic() >= self._paused_until:
                     self._paused_until = None
-                    selector.register(self._sock, selectors.EVENT_READ, None)
+                if not self._accepting and self._paused_until is None and self._waiting < self.waiting_limit:
+                    self._resume()
         except Exception:
             log.exception("%s: the acceptor failed; no new associations until a restart", self.name)
         finally:
@@ -147,6 +154,9 @@ class Listener:
 
     def _accept(self) -> None:
         for _ in range(_ACCEPTS_PER_ROUND):
+            if self._waiting >= self.waiting_limit:
+                self._full()
+                return
             try:
                 sock, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -155,9 +165,10 @@ class Listener:
                 # The port stays readable: without a pause the loop would spin at full speed.
                 log.error("%s: cannot accept a connection: %s; accepting again in %g s", self.name, exc,
                           _ACCEPT_PAUSE)
-                self._selector.unregister(self._sock)
+                self._pause()
                 self._paused_until = time.monotonic() + _ACCEPT_PAUSE
                 return
+            self._waiting += 1
             sock.setblocking(False)
             sockets.tune(sock, self.socket_buffer_size)
             session = Session(self.name, peer_text(address[0], address[1]))
@@ -165,12 +176,33 @@ class Listener:
             self._selector.register(sock, selectors.EVENT_READ, waiting)
             self._timer(waiting, waiting.deadline)
 
+    def _full(self) -> None:
+        """As many connections wait for their association as this listener may hold: the next ones
+        wait in the kernel's backlog (or are refused by it) until some of these go, so that the
+        descriptors left serve the admitted associations, their files and the rest of the service."""
+        self._pause()
+        now = time.monotonic()
+        if now - self._full_logged >= _FULL_LOG_INTERVAL:
+            self._full_logged = now
+            log.warning("%s: %d connections wait for their association request, as many as one listener may "
+                        "hold (a quarter of the service's file descriptors); new connections wait until some go",
+                        self.name, self._waiting)
+
+    def _pause(self) -> None:
+        if self._accepting:
+            self._selector.unregister(self._sock)
+            self._accepting = False
+
+    def _resume(self) -> None:
+        self._selector.register(self._sock, selectors.EVENT_READ, None)
+        self._accepting = True
+
     def _timer(self, waiting: _Waiting, when: float) -> None:
         heapq.heappush(self._timers, (when, next(self._sequence), waiting))
         # Timers of closed connections are skipped when due; so that a flood of short-lived
         # connections does not keep thousands of them (and their objects) for ARTIM, the heap
         # is rebuilt from the live ones once they are the minority.
-        if len(self._timers) > 2 * len(self._selector.get_map()) + 64:
+        if len(self._timers) > 2 * self._waiting + 64:
             self._timers = [timer for timer in self._timers if timer[2].state != "gone"]
             heapq.heapify(self._timers)
 
@@ -267,12 +299,14 @@ class Listener:
                                   accept_pdu, lambda: self.admission.leave(decision))
         self.admission.enter(decision, association)
         waiting.state = "gone"  # the association's thread has the socket from here
+        self._waiting -= 1
         self._selector.unregister(waiting.sock)
         try:
             association.start()
         except RuntimeError as exc:  # "can't start new thread" (AS-02)
             self.admission.leave(decision)
             waiting.state = "reading"
+            self._waiting += 1
             self._selector.register(waiting.sock, selectors.EVENT_READ, waiting)
             self._reject(waiting, CONGESTION, request.called, f"no worker thread can be started ({exc})")
 
@@ -311,6 +345,7 @@ class Listener:
     def _close(self, waiting: _Waiting) -> None:
         if waiting.state != "gone":
             waiting.state = "gone"
+            self._waiting -= 1
             self._forget_data(waiting)
             self._selector.unregister(waiting.sock)
             waiting.sock.close()

@@ -6,6 +6,7 @@ statement sets titles, limits, timeouts and PDU sizes per AE (CC-03, CF-14/15, C
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 from pathlib import Path
@@ -114,7 +115,16 @@ def _listen(name: str, config: Config, local: ListeningAE, implementation_uid: s
                     config.timeouts)
     identity = Identity(local.max_pdu_size, implementation_uid, uids.implementation_version_name(__version__))
     return Listener(served, local.ae_title.strip(), bind_host(config), local.port, services.admissions[name],
-                    local.max_associations, supported, identity, config.network.socket_buffer_size)
+                    local.max_associations, supported, identity, config.network.socket_buffer_size,
+                    waiting_limit())
+
+
+def waiting_limit() -> int:
+    """Connections one listener may hold before their association request: a quarter of the file
+    descriptors the service may open, so that silent, slow or rejected peers on both ports never
+    take those that the admitted associations, their files and the index need (UL-02)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 16 if soft == resource.RLIM_INFINITY else max(soft // 4, 1)
 
 
 def start_listeners(config: Config, services: Services) -> list[Listener]:
