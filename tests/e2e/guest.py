@@ -50,7 +50,8 @@ class Guest:
         self._seen = 0  # how far expect() has consumed
         self._lock = threading.Condition()
         self._log = open(console_log, "w", encoding="utf-8", errors="replace")
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         while chunk := self.process.stdout.read1(65536):
@@ -114,7 +115,9 @@ class Guest:
                                  f"{self._text[-2000:]}") from None
 
     def stop(self) -> None:
+        """SIGKILL unless QEMU has ended; its console read to the end."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(30)
+        self._reader.join(10)
         self._log.close()

@@ -1,134 +1,41 @@
 """The appliance image, built by `python3 -m image.build` and booted under QEMU, used from the
 host as a hospital network would use it (SE-06, VE-01, VE-02, TL-07, LG-10).
 
-The image is built once for the module (the Debian tree comes from the tests' cache, built on
-first use: about 2 min; the image itself about 1 min) and boots in about a minute under TCG.
+The image is built once for tests/e2e and boots in about a minute under TCG (conftest.py).
 The tests run in order on the one box: power-on and echo, what runs inside, store/find/move,
-status on the console, then a reboot. Each failure prints `systemctl --failed` and the
-service's journal from the guest; each boot's whole serial console is in a console-N.log,
-whose path the test prints.
+status on the console, then a reboot; test_power_cut.py goes on with the same box afterwards.
+Each failure prints `systemctl --failed` and the service's journal from the guest; each boot's
+whole serial console is in a console-N.log, whose path the test prints.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 import datasets
-import rootfs
-from guest import PEER_ADDRESS, Guest
-from helpers import REPO, dcmtk, free_port, wait_for
-from image.build import DEFAULT_PASSWORD
+from helpers import dcmtk
+
+from .image_box import (IMAGE_SIZE, QUERY_PORT, QUERY_TITLE, SCU_TITLE, STORE_PORT, STORE_TITLE, Box, echo,
+                        find, first_echo, host_peer, move_study)
 
 pytestmark = pytest.mark.debian_tree
 
-STORE_TITLE, QUERY_TITLE = "EX_STORE_SCP", "EX_QUERY_SCP"  # the image's first-boot defaults
-STORE_PORT, QUERY_PORT = 4000, 5000
-PEER_TITLE = "HOST_SCP"  # DCMTK storescp on the host, the C-MOVE destination
-NEW_PASSWORD = "e2e-Changed-1"
 # QEMU's user network: the address its DHCP gives the guest, where it forwards ports, and its
 # gateway; the console makes the first two static.
 GUEST_ADDRESS, GUEST_GATEWAY = "10.0.2.15", "10.0.2.2"
 HOSTNAME = "rad-archive-e2e"
 PATIENT_ID = "E2E-1"
 INSTANCES = 3
-IMAGE_SIZE, DISK_SIZE = 4 << 30, 5 << 30  # the built file system (image.build's default), the disk
-BUILD_TIMEOUT = 1800  # s; a cold build (debootstrap) takes about 3 min
-BOOT_TIMEOUT = 600  # s; a boot to the first echo takes about a minute, TCG varies with host load
-
-
-@dataclass
-class Box:
-    boot: Callable[[Path], Guest]  # a QEMU run on the box's disk, its console to the path given
-    consoles: Path
-    store_port: int  # host loopback ports forwarded to the guest's
-    query_port: int
-    peer_port: int
-    guest: Guest | None = None
-    logged_in: bool = False
-
-    def power_on(self) -> None:
-        console = self.consoles / f"console-{len(list(self.consoles.iterdir())) + 1}.log"
-        print(f"serial console: {console}")
-        self.guest = self.boot(console)
-        self.logged_in = False
-
-    @contextlib.contextmanager
-    def diagnosed(self):
-        """On failure, print what the guest says about its units and the service."""
-        try:
-            yield
-        except BaseException:
-            if self.logged_in and self.guest.process.poll() is None:
-                for command in ("systemctl --failed --no-legend", "journalctl -b -u appliance --no-pager -n 80"):
-                    with contextlib.suppress(AssertionError):
-                        print(f"--- guest: {command}\n{self.guest.run(command, timeout=60)[1]}")
-            raise
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("image")
-    started = time.monotonic()
-    built = subprocess.run([sys.executable, "-m", "image.build", "--output", str(output),
-                            "--cache", str(rootfs.cache_dir())],
-                           cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    print(f"{built.stdout}image built in {time.monotonic() - started:.0f} s")
-    return output
-
-
-@pytest.fixture(scope="module")
-def box(image_dir, tmp_path_factory):
-    store_port, query_port, peer_port = free_port(), free_port(), free_port()
-    consoles = tmp_path_factory.mktemp("console")
-    os.truncate(image_dir / "appliance.raw", DISK_SIZE)  # a disk larger than the image, as on site
-    box = Box(functools.partial(Guest, image_dir, image_dir / "appliance.raw",
-                                {store_port: STORE_PORT, query_port: QUERY_PORT}, peer_port),
-              consoles, store_port, query_port, peer_port)
-    box.power_on()
-    try:
-        yield box
-    finally:
-        box.guest.stop()
-
-
-def echo(port: int, title: str) -> subprocess.CompletedProcess:
-    return dcmtk("echoscu", "-aet", "E2E_SCU", "-aec", title, "-to", "5", "-ta", "5", "-td", "10",
-                 "127.0.0.1", str(port), timeout=60)
-
-
-def first_echo(port: int, title: str, since: float) -> float:
-    """Seconds from `since` to the first successful C-ECHO, trying every half second (each try
-    is an echoscu process: polling faster takes CPU the emulated guest needs)."""
-    wait_for(lambda: echo(port, title).returncode == 0, f"a C-ECHO answered by {title} after power-on",
-             timeout=since + BOOT_TIMEOUT - time.monotonic(), interval=0.5)
-    return time.monotonic() - since
 
 
 def find_studies(box: Box) -> list[str]:
-    """Study Instance UIDs of PATIENT_ID's studies, by DCMTK findscu (Study Root). The UIDs are
-    read from the identifiers findscu writes, not from its log, which shows an odd-length UID's
-    NUL padding as a space."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        found = dcmtk("findscu", "-v", "-S", "-aet", "E2E_SCU", "-aec", QUERY_TITLE, "-X", "-od", out_dir,
-                      "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={PATIENT_ID}", "-k", "StudyInstanceUID",
-                      "127.0.0.1", str(box.query_port))
-        assert found.returncode == 0, found.stdout + found.stderr
-        return [dcmread(path).StudyInstanceUID for path in sorted(Path(out_dir).glob("rsp*.dcm"))]
+    """Study Instance UIDs of PATIENT_ID's studies, by DCMTK findscu (Study Root)."""
+    return [found.StudyInstanceUID for found in
+            find(box, "QueryRetrieveLevel=STUDY", f"PatientID={PATIENT_ID}", "StudyInstanceUID")]
 
 
 def test_both_scp_aes_answer_c_echo_after_power_on(box):  # VE-01, VE-02
@@ -139,8 +46,8 @@ def test_both_scp_aes_answer_c_echo_after_power_on(box):  # VE-01, VE-02
         for port, title in ((box.store_port, STORE_TITLE), (box.query_port, QUERY_TITLE)):
             answered = echo(port, title)
             assert answered.returncode == 0, answered.stdout + answered.stderr
-        box.guest.log_in(DEFAULT_PASSWORD, new_password=NEW_PASSWORD)  # the first login must change it
-        box.logged_in = True
+        assert box.password_expired
+        box.log_in()  # the first login must change the password
         # Where the boot's time went, for docs/performance.md.
         print(box.guest.run("systemd-analyze; systemd-analyze critical-chain appliance.service")[1])
 
@@ -171,30 +78,18 @@ def test_the_service_runs_as_its_own_user_with_only_dicom_ports_open(box):  # SE
 
 def test_a_study_is_stored_found_and_moved_to_a_host_peer(box, tmp_path):
     with box.diagnosed():
-        status, said = box.guest.run(f"service-tool remote add {PEER_TITLE} --host {PEER_ADDRESS} "
-                                     f"--port {box.peer_port} --may move")
-        assert status == 0, said
+        box.add_peer()  # by service-tool on the console
         study = generate_uid()
         files = [datasets.write(datasets.image(patient_id=PATIENT_ID, study_uid=study, InstanceNumber=str(n)),
                                 tmp_path / f"{n}.dcm") for n in range(INSTANCES)]
-        sent = dcmtk("storescu", "-aet", "E2E_SCU", "-aec", STORE_TITLE, "127.0.0.1", str(box.store_port),
+        sent = dcmtk("storescu", "-aet", SCU_TITLE, "-aec", STORE_TITLE, "127.0.0.1", str(box.store_port),
                      *map(str, files))
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert find_studies(box) == [study]
         received = tmp_path / "received"
         received.mkdir()
-        peer = subprocess.Popen(["storescp", "-aet", PEER_TITLE, "-od", str(received), str(box.peer_port)],
-                                env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            moved = dcmtk("movescu", "-v", "-S", "-aet", "E2E_SCU", "-aec", QUERY_TITLE, "-aem", PEER_TITLE,
-                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                          "127.0.0.1", str(box.query_port), timeout=300)
-        finally:
-            peer.terminate()
-            peer.wait(30)
-        assert moved.returncode == 0, moved.stdout + moved.stderr
-        assert "Received Final Move Response (Success)" in moved.stderr, moved.stderr
+        with host_peer(box.peer_port, received):
+            move_study(box, study)
         assert len(list(received.iterdir())) == INSTANCES
 
 
@@ -251,8 +146,7 @@ def test_the_study_is_still_there_after_a_reboot(box):
         elapsed = first_echo(box.query_port, QUERY_TITLE, box.guest.started)
         print(f"power-on to first C-ECHO after the reboot: {elapsed:.1f} s")
         assert len(find_studies(box)) == 1
-        box.guest.log_in(NEW_PASSWORD)  # the changed password, asked for no more
-        box.logged_in = True
+        box.log_in()  # the changed password, asked for no more
         status, report = box.guest.run("service-tool status")
         assert status == 0 and re.search(rf"\b{INSTANCES} instances?\b", report), report
         # The console's network settings held through the reboot.
