@@ -132,7 +132,8 @@ class Incoming(InFlight):
             expected = sum(len(b) for b in batch)
             if written < expected:  # a short write: the rest of this batch goes round again
                 pending = _after(batch, written) + pending
-        if self.size - start >= _PAGE:  # not for the File Meta alone: that page is written again
+        start = max(start, _PAGE)  # not the first page: the seal writes it again
+        if self.size - start >= _PAGE:
             write_behind(self.fd, start, self.size - start)
 
     def _failed(self, exc: OSError) -> None:
