@@ -156,6 +156,24 @@ def test_total_limit_per_ae_is_independent_of_the_other(make_appliance, section,
             assoc.release()
 
 
+def test_a_slot_is_free_once_the_release_is_answered(make_appliance):
+    """AS-01, CC-01: with one association allowed, a peer that opens its next association as
+    soon as it has the A-RELEASE-RP, before closing the last, is admitted every time."""
+    app = make_appliance({"storage_scp": {"max_associations": 1}})
+    previous = None
+    try:
+        for _ in range(200):
+            sock = pdus.associated(app.storage_port)
+            if previous is not None:
+                previous.close()
+            sock.sendall(pdus.RELEASE_RQ)
+            assert pdus.read_pdu(sock)[:1] == b"\x06"
+            previous = sock
+    finally:
+        if previous is not None:
+            previous.close()
+
+
 def test_per_calling_ae_limit_lets_other_titles_in(make_appliance):
     """CC-02: with association_limit = "per_calling_ae" the 11th association from one title is
     rejected 2/3/2 while another title still gets in."""

@@ -196,14 +196,15 @@ class Association:
         return None
 
     def _release(self) -> None:
-        """A-RELEASE-RQ: every request before it has been answered, so the A-RELEASE-RP goes
-        now; the peer then closes (ARTIM bounds the wait)."""
+        """A-RELEASE-RQ: every request before it has been answered, so the association is over.
+        Its slot is free before the A-RELEASE-RP goes: a peer that opens its next association
+        as soon as it has the RP must not find the limit still reached (AS-01). The peer then
+        closes (ARTIM bounds the wait)."""
+        self._end("association released", logging.INFO)
         try:
             self.transport.send(pdu.RELEASE_RP_PDU)
-        except (Closed, SendTimedOut) as exc:
-            self._end(str(exc))
-            return
-        self._end("association released", logging.INFO)
+        except (Closed, SendTimedOut):
+            return  # the peer went without waiting for the A-RELEASE-RP
         self.transport.wait_for_close(self.served.timeouts.artim)
 
     # --- what handlers use --------------------------------------------------------------------
