@@ -2,8 +2,8 @@
 Orthanc), CPU and memory accounting, the quiet-machine wait, py-spy, result tables, and the
 100 Mbit/s link (two network namespaces, veth, tbf) with its iperf3 ceiling.
 
-bench/store.py, bench/associations.py and bench/move.py import these; bench/find.py and
-bench/experiments.py reach them as `store.X`. Everything here runs subprocesses with timeouts
+bench/store.py, bench/associations.py and bench/move.py import these; bench/find.py reaches
+them as `store.X`. Everything here runs subprocesses with timeouts
 and stays on loopback or inside the namespaces it creates.
 """
 

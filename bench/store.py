@@ -48,8 +48,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# bench/lab.py, shared with bench/associations.py and bench/move.py (find.py and experiments.py
-# reach these as store.X)
+# bench/lab.py, shared with bench/associations.py and bench/move.py (find.py reaches these as
+# store.X)
 from lab import (CF08_BUFFER, REPO, Link, Orthanc, Service, StoreSCP, cpu_seconds, dcmtk_env,  # noqa: E402,F401
                  load_json, log, machine, machine_busy, machine_cpu_seconds, own_cpu_seconds, profiled, run,
                  run_recorded, target_text, terminate, text_table, tree_cpu_seconds, verdict, vm_hwm_kib,
