@@ -6,6 +6,7 @@ import os
 import platform
 import sqlite3
 import time
+from importlib.metadata import version
 
 from appliance import __version__
 from appliance import log as service_log
@@ -15,12 +16,8 @@ from appliance.store.summary import archive_and_disk
 
 
 def _libraries() -> str:
-    import peewee
-    import pydicom
-    import pynetdicom
-
-    return (f"Python {platform.python_version()}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}, "
-            f"peewee {peewee.__version__}, SQLite {sqlite3.sqlite_version}")
+    versions = ", ".join(f"{name} {version(name)}" for name in ("pynetdicom", "pydicom", "peewee"))
+    return f"Python {platform.python_version()}, {versions}, SQLite {sqlite3.sqlite_version}"
 
 
 def service_status(daemon) -> dict:
