@@ -73,6 +73,31 @@ def wait_for(condition, what: str, timeout: float = 10.0, interval: float = 0.02
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@contextlib.contextmanager
+def storescp(port: int, title: str, directory: Path, *options: str, log: Path | None = None,
+             timeout: float = 10.0):
+    """DCMTK storescp as `title` on `port`, writing what it receives into `directory` (Nagle
+    off); ready (its port accepts) on entry, stopped on leaving whatever happened. Its output
+    goes to `log` (for -d), else nowhere."""
+    with open(log, "wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(["storescp", *options, "-aet", title, "-od", str(directory), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        # Ready when its port accepts a connection (storescp logs that probe as an association
+        # without contexts).
+        wait_for(lambda: proc.poll() is not None or accepts(port), f"storescp listening on {port}", timeout)
+        assert proc.poll() is None, f"storescp exited with {proc.returncode}" + (
+            f":\n{log.read_text(errors='replace')}" if log else "")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def unread_bytes(local_port: int, remote_port: int) -> int | None:
     """How many bytes the kernel holds for the socket local_port <-> remote_port on loopback
     that its process has not read yet (rx_queue of /proc/net/tcp and tcp6); None if none such.

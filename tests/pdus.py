@@ -118,12 +118,13 @@ def rejection(pdu: bytes) -> tuple[int, int, int] | str:
     return {b"": "closed", b"\x02": "accepted", b"\x07": "aborted"}.get(pdu[:1], f"PDU type {pdu[:1].hex()}")
 
 
-def p_data(message, context_id: int = 1, max_pdu: int = 16384) -> list[bytes]:
-    """The encoded P-DATA-TF PDUs of a DIMSE request primitive (C_ECHO, C_STORE, …)."""
+def p_data(message, context_id: int = 1, max_pdu: int = 16384, message_class=None) -> list[bytes]:
+    """The encoded P-DATA-TF PDUs of a DIMSE primitive (C_ECHO, C_STORE, …) as pynetdicom
+    encodes it: a request, or the message of `message_class` (C_FIND_RSP, …)."""
     from pynetdicom import dimse_messages
     from pynetdicom.pdu import P_DATA_TF
 
-    encoder = getattr(dimse_messages, f"{type(message).__name__}_RQ")()
+    encoder = (message_class or getattr(dimse_messages, f"{type(message).__name__}_RQ"))()
     encoder.primitive_to_message(message)
     encoded = []
     for primitive in encoder.encode_msg(context_id, max_pdu):

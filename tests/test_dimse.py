@@ -11,9 +11,9 @@ from pynetdicom.dimse_messages import (C_ECHO_RQ, C_ECHO_RSP, C_FIND_RQ, C_FIND_
                                        C_STORE_RSP, N_ACTION_RSP, N_EVENT_REPORT_RQ)
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE, N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import P_DATA_TF
 
 import datasets
+import pdus
 from appliance.dicom import dimse
 from appliance.dicom.dimse import Assembler, Command
 from appliance.dicom.pdu import ProtocolError
@@ -25,12 +25,8 @@ def pynetdicom_bytes(message_class, primitive, context_id: int = 3, max_pdu: int
     """(command set, the whole message as P-DATA-TF PDUs) as pynetdicom encodes `primitive`."""
     message = message_class()
     message.primitive_to_message(primitive)
-    encoded = []
-    for p_data in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(p_data)
-        encoded.append(pdu.encode())
-    return encode(message.command_set, True, True), b"".join(encoded)
+    return (encode(message.command_set, True, True),
+            b"".join(pdus.p_data(primitive, context_id, max_pdu, message_class)))
 
 
 def request(field: int, message_id: int, sop_class: str, instance: str = "", data_set: bool = False) -> Command:

@@ -17,7 +17,6 @@ movescu (-d) prints every C-MOVE-RSP's status and sub-operation counts; no port 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -30,7 +29,8 @@ from pydicom.filereader import read_file_meta_info
 import datasets
 import query_archive
 from destinations import Response
-from helpers import accepts, dcmtk, wait_for
+from helpers import dcmtk, wait_for
+from helpers import storescp as storescp_process
 from query_archive import uid
 
 CALLED = "EX_QUERY_SCP"
@@ -83,22 +83,8 @@ def storescp(move_archive, tmp_path_factory):
     directory.mkdir()
     log_path = root / "storescp.log"
     port = move_archive.destination_ports[DESTINATION]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["storescp", "-d", "-aet", DESTINATION, "+B", "-od", str(directory), str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"})
-    try:
-        # Ready when its port accepts a connection (that probe shows in the log as an
-        # association without contexts, before any test's part of it).
-        wait_for(lambda: proc.poll() is not None or accepts(port), f"storescp on port {port}")
-        assert proc.poll() is None, f"storescp exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
+    with storescp_process(port, DESTINATION, directory, "-d", "+B", log=log_path) as proc:
         yield StoreSCP(port, directory, log_path, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture

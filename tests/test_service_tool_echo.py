@@ -12,6 +12,7 @@ import tomlkit
 
 from appliance.codes import uids
 from helpers import accepts, free_port, service_tool, wait_for
+from helpers import storescp as storescp_process
 
 
 
@@ -24,16 +25,8 @@ def echo(config, *args: str) -> tuple[int, object]:
 def storescp(tmp_path):
     """DCMTK storescp as VIEWER on a free port; its debug log tells who called."""
     port, log = free_port(), tmp_path / "storescp.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["storescp", "-d", "-aet", "VIEWER", "-od", str(tmp_path), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
-    try:
-        wait_for(lambda: proc.poll() is not None or accepts(port), "storescp to listen")
-        assert proc.poll() is None, log.read_text(errors="replace")
+    with storescp_process(port, "VIEWER", tmp_path, "-d", log=log):
         yield port, log
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

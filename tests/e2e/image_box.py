@@ -11,14 +11,14 @@ import contextlib
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from helpers import accepts, dcmtk, wait_for
+from helpers import dcmtk, storescp, wait_for
 from image.build import DEFAULT_PASSWORD
 
 from .guest import PEER_ADDRESS, Guest
@@ -132,21 +132,7 @@ def move_study(box: Box, study: str, timeout: float = 300) -> None:
     assert "Received Final Move Response (Success)" in moved.stderr, moved.stderr
 
 
-@contextlib.contextmanager
-def host_peer(port: int, directory: Path) -> Iterator[subprocess.Popen]:
+def host_peer(port: int, directory: Path):
     """DCMTK storescp as PEER_TITLE on host loopback `port`, writing what it receives into
     `directory`; stopped on leaving, whatever happened."""
-    peer = subprocess.Popen(["storescp", "-aet", PEER_TITLE, "-od", str(directory), str(port)],
-                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: peer.poll() is not None or accepts(port), f"storescp listening on {port}", timeout=30)
-        assert peer.poll() is None, f"storescp exited with {peer.returncode}"
-        yield peer
-    finally:
-        peer.terminate()
-        try:
-            peer.wait(30)
-        except subprocess.TimeoutExpired:
-            peer.kill()
-            peer.wait(30)
+    return storescp(port, PEER_TITLE, directory, timeout=30)

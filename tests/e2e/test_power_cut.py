@@ -125,7 +125,7 @@ def send_and_cut(box: Box, study: Study, after: int, delay: float) -> float:
     assert not ended, f"the transfer ended before the cut, after {len(study.acknowledged)} 0x0000: {ended[0]!r}"
     assert len(study.acknowledged) >= after, \
         f"only {len(study.acknowledged)} of {SENT} instances answered 0x0000 in {TRANSFER_TIMEOUT} s"
-    time.sleep(delay)
+    time.sleep(delay)  # where the cut falls within the transfer, not a wait for an event
     box.power_cut()
     cut = time.monotonic() - started
     sender.join(60)  # it ends within its association's timeouts
