@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import helpers  # noqa: E402  (tests/helpers.py: free ports; the daemon's Popen, see NetnsPopen)
+from helpers import terminate  # noqa: E402  (also for the scripts, as lab.terminate)
 
 DCMTK_PDU = "131072"  # storescp advertises the same maximum PDU as the service (CF-01/D-1)
 CF08_BUFFER = 1342177  # the service's default network.socket_buffer_size (CF-08)
@@ -289,17 +290,6 @@ def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log:
     raise RuntimeError(f"{title} did not answer C-ECHO within 20 s")
 
 
-def terminate(proc: subprocess.Popen | None, signum: int = signal.SIGTERM, grace: float = 10) -> None:
-    """`signum`, then SIGKILL after `grace` seconds."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signum)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 class NetnsPopen:
     """While active, tests/helpers starts the daemon through `ip netns exec NS` (same PID)."""
 
@@ -418,13 +408,7 @@ class Link:
             return {"mbit_s": round(bps / 1e6, 2), "mbps": round(bps / 8 / 1e6, 2), "seconds": seconds,
                     **({"direction": "server->client"} if reverse else {})}
         finally:
-            if server.poll() is None:
-                server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
+            terminate(server)
 
     def __exit__(self, *exc):
         self._cleanup.close()

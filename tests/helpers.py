@@ -90,9 +90,15 @@ def storescp(port: int, title: str, directory: Path, *options: str, log: Path | 
             f":\n{log.read_text(errors='replace')}" if log else "")
         yield proc
     finally:
-        proc.terminate()
+        terminate(proc)
+
+
+def terminate(proc: subprocess.Popen | None, signum: int = signal.SIGTERM, grace: float = 10) -> None:
+    """`signum` to a process still running, then SIGKILL after `grace` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signum)
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
