@@ -37,7 +37,16 @@ INVALID = [
     ("nested-not-table", {"storage_scp": {"default_values": []}}, "storage_scp.default_values"),
     ("remote-not-list", {"remote_aes": REMOTE}, "remote_aes"),
     # ranges
-    ("port-zero", {"storage_scp": {"port": 0}}, "storage_scp.port"),
+    ("port-zero-no-tls", {"storage_scp": {"port": 0}}, "storage_scp.port"),  # SE-07: the AE must listen
+    ("tls-port-high", {"storage_scp": {"tls_port": 65536}}, "storage_scp.tls_port"),
+    ("tls-port-same", {"query_retrieve_scp": {"tls_port": 4000}}, "query_retrieve_scp.tls_port"),
+    ("tls-ports-same", {"storage_scp": {"tls_port": 2762}, "query_retrieve_scp": {"tls_port": 2762}},
+     "query_retrieve_scp.tls_port"),
+    ("tls-file-empty", {"tls": {"certificate": ""}}, "tls.certificate"),
+    ("audit-scheme", {"audit": {"collector": "http://siem:514"}}, "audit.collector"),
+    ("audit-no-port", {"audit": {"collector": "tcp://siem"}}, "audit.collector"),
+    ("audit-bad-host", {"audit": {"collector": "udp://bad host:514"}}, "audit.collector"),
+    ("audit-spool-zero", {"audit": {"spool_max_bytes": 0}}, "audit.spool_max_bytes"),
     ("port-high", {"query_retrieve_scp": {"port": 65536}}, "query_retrieve_scp.port"),
     ("port-negative", {"storage_scp": {"port": -1}}, "storage_scp.port"),
     ("remote-port", {"remote_aes": [{**REMOTE, "port": 70000}]}, "remote_aes[0].port"),
@@ -85,7 +94,7 @@ INVALID = [
     ("unknown-top", {"storage_scpp": {}}, "storage_scpp"),
     ("unknown-key", {"storage_scp": {"aetitle": "X"}}, "storage_scp.aetitle"),
     ("unknown-nested", {"storage_scp": {"default_values": {"sex": "F"}}}, "storage_scp.default_values.sex"),
-    ("unknown-remote", {"remote_aes": [{**REMOTE, "tls": True}]}, "remote_aes[0].tls"),
+    ("unknown-remote", {"remote_aes": [{**REMOTE, "tls_port": 2762}]}, "remote_aes[0].tls_port"),
     ("internal-key", {"base_dir": "/"}, "base_dir"),
     # remote AE table
     ("remote-duplicate", {"remote_aes": [REMOTE, {**REMOTE, "ae_title": "PACS  ", "host": "10.0.0.2"}]},
@@ -130,6 +139,12 @@ VALID = [
     ("timeout-int", {"timeouts": {"artim": 5}}),
     ("buffer-autotune", {"network": {"socket_buffer_size": 0}}),
     ("log-stderr-only", {"logging": {"file": ""}}),
+    # SE-07: TLS beside or instead of the plain port
+    ("tls-beside-plain", {"storage_scp": {"tls_port": 2762}, "query_retrieve_scp": {"tls_port": 2763}}),
+    ("tls-only", {"storage_scp": {"port": 0, "tls_port": 2762}}),
+    ("remote-tls", {"remote_aes": [{**REMOTE, "tls": True}]}),
+    ("audit-collectors", {"audit": {"collector": "tls://siem.example.org:6514", "source_id": "ARCHIVE-1"}}),
+    ("audit-udp-ip", {"audit": {"collector": "udp://[2001:db8::9]:514"}}),
 ]
 
 
@@ -194,6 +209,8 @@ def test_file_paths_resolve_against_the_config_directory(tmp_path):
     assert data_dir(load_file(path)) == tmp_path / "etc" / "data"
     path.write_text(f'[storage]\ndata_dir = "{tmp_path / "abs"}"\n')
     assert data_dir(load_file(path)) == tmp_path / "abs"
+    from appliance.config import tls_path  # SE-08: /etc/appliance/tls on the box
+    assert tls_path(load_file(path), "key") == tmp_path / "etc" / "tls" / "appliance.key"
 
 
 def test_unreadable_and_malformed_files_are_refused(tmp_path):

@@ -94,8 +94,7 @@ def _check_whole(config: model.Config) -> None:
         if getattr(config, other).ae_title.strip() == scp.ae_title.strip():
             raise ConfigError("storage_scp.ae_title",
                               f"{scp.ae_title!r} is also {other}.ae_title; STORAGE-SCP needs its own title")
-    if scp.port == qr.port:
-        raise ConfigError("query_retrieve_scp.port", f"{qr.port} is also storage_scp.port")
+    _check_ports(config)
     # PC-04: Implicit VR Little Endian can never be removed.
     if uids.IMPLICIT_LE not in scp.transfer_syntaxes:
         raise ConfigError("storage_scp.transfer_syntaxes",
@@ -109,6 +108,27 @@ def _check_whole(config: model.Config) -> None:
             raise ConfigError(f"remote_aes[{i}].ae_title", f"{title!r} is listed twice")
         seen.add(title)
     _check_network(config.network)
+
+
+def _check_ports(config: model.Config) -> None:
+    """SE-07: each listening AE listens somewhere, and no two listeners share a port."""
+    taken: dict[int, str] = {}
+    for section in ("storage_scp", "query_retrieve_scp"):
+        ae = getattr(config, section)
+        if not ae.port and not ae.tls_port:
+            raise ConfigError(f"{section}.port", f"{section}.port and {section}.tls_port are both 0: the AE would "
+                                                 "not listen at all")
+        for key in ("port", "tls_port"):
+            number = getattr(ae, key)
+            if number in taken:
+                raise ConfigError(f"{section}.{key}", f"{number} is also {taken[number]}")
+            if number:
+                taken[number] = f"{section}.{key}"
+
+
+def tls_path(config: model.Config, key: str) -> Path:
+    """A `[tls]` file (certificate, key, ca_bundle) resolved against the configuration's directory."""
+    return Path(config.base_dir, getattr(config.tls, key))
 
 
 def _check_network(net: model.Network) -> None:
@@ -143,4 +163,4 @@ def data_dir(config: model.Config) -> Path:
     return Path(config.base_dir, config.storage.data_dir)
 
 
-__all__ = ["load_file", "load_dict", "data_dir", "ConfigError"]
+__all__ = ["load_file", "load_dict", "data_dir", "tls_path", "ConfigError"]

@@ -28,6 +28,10 @@ def port(v):
     return None if 1 <= v <= 65535 else "must be a TCP port between 1 and 65535"
 
 
+def port_or_off(v):
+    return None if 0 <= v <= 65535 else "must be 0 (off) or a TCP port between 1 and 65535"
+
+
 def positive(v):
     return None if v > 0 else "must be greater than 0"
 
@@ -247,6 +251,22 @@ def interface_name(v):
     return f"{v!r} is not a network interface name (at most 15 characters, no '/', ':' or spaces)"
 
 
+def audit_collector(v):
+    """AU-01: "" (off) or udp://, tcp:// or tls:// with a host and a port."""
+    from urllib.parse import urlsplit
+
+    if v == "":
+        return None
+    try:
+        parts = urlsplit(v)
+        port_number = parts.port
+    except ValueError as exc:
+        return f"{v!r} is not a collector address ({exc})"
+    if parts.scheme not in ("udp", "tcp", "tls") or not parts.hostname or not port_number or parts.path not in ("", "/"):
+        return f"{v!r} is not a collector address: \"udp://HOST:PORT\", \"tcp://HOST:PORT\" or \"tls://HOST:PORT\""
+    return host(parts.hostname)
+
+
 def da_or_empty(v):
     import re
 
@@ -264,7 +284,9 @@ class ListeningAE:
     """Settings shared by the two listening AEs (STORAGE-SCP, QUERY-RETRIEVE-SCP)."""
 
     ae_title: str = field(default="", metadata=_check(ae_title))
-    port: int = field(default=0, metadata=_check(port))
+    port: int = field(default=0, metadata=_check(port_or_off))  # 0: no plain listener (SE-07)
+    tls_port: int = field(default=0, metadata=_check(port_or_off))  # SE-07: 0 = no TLS listener
+    verify_clients: bool = True  # SE-09: when tls.ca_bundle exists, TLS clients must chain to it
     max_associations: int = field(default=10, metadata=_check(positive))  # CF-16, CF-23, CC-01
     association_limit: str = field(default="total", metadata=_check(one_of("total", "per_calling_ae")))  # CC-02
     accepted_calling_aes: tuple[str, ...] = field(default=(), metadata=_check(ae_titles))  # AS-05
@@ -289,7 +311,7 @@ class DefaultValues:
 @dataclass(frozen=True)
 class StorageSCP(ListeningAE):
     ae_title: str = field(default="EX_STORE_SCP", metadata=_check(ae_title))
-    port: int = field(default=4000, metadata=_check(port))
+    port: int = field(default=4000, metadata=_check(port_or_off))
     idle_timeout: float = field(default=900.0, metadata=_check(positive))  # CF-15: 15 minutes
     sop_classes: tuple[str, ...] = field(default=uids.DEFAULT_STORAGE_CLASSES, metadata=_check(uid_list))  # AE-16
     transfer_syntaxes: tuple[str, ...] = field(default=uids.SCP_TS_PREFERENCE,
@@ -313,7 +335,7 @@ class StorageSCP(ListeningAE):
 @dataclass(frozen=True)
 class QueryRetrieveSCP(ListeningAE):
     ae_title: str = field(default="EX_QUERY_SCP", metadata=_check(ae_title))
-    port: int = field(default=5000, metadata=_check(port))
+    port: int = field(default=5000, metadata=_check(port_or_off))
     idle_timeout: float = field(default=180.0, metadata=_check(positive))  # CF-24: 3 minutes
 
 
@@ -385,6 +407,25 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """SE-08: the box's TLS identity and the CA bundle its peers must chain to (PEM files;
+    relative to the configuration file's directory, so /etc/appliance/tls on the box)."""
+
+    certificate: str = field(default="tls/appliance.crt", metadata=_check(not_empty))
+    key: str = field(default="tls/appliance.key", metadata=_check(not_empty))
+    ca_bundle: str = field(default="tls/ca.pem", metadata=_check(not_empty))
+
+
+@dataclass(frozen=True)
+class Audit:
+    """AU-01..AU-03: the IHE ATNA audit trail (DICOM PS3.15 A.5 messages in syslog frames)."""
+
+    collector: str = field(default="", metadata=_check(audit_collector))  # "" = no audit trail
+    source_id: str = ""  # AuditSourceIdentification; "" = the machine name
+    spool_max_bytes: int = field(default=16 * 1024 * 1024, metadata=_check(positive))  # AU-02
+
+
+@dataclass(frozen=True)
 class RemoteAE:
     ae_title: str = field(default="", metadata=_check(ae_title, required=True))
     host: str = field(default="", metadata=_check(host, required=True))
@@ -395,6 +436,7 @@ class RemoteAE:
     commitment: bool = True  # SC-13: receives Storage Commitment reports on a new association
     store: bool = False  # may associate with STORAGE-SCP (C-STORE, Storage Commitment N-ACTION)
     query: bool = False  # may associate with QUERY-RETRIEVE-SCP (C-FIND, C-MOVE)
+    tls: bool = False  # SE-10: exports, commitment reports and echoes to it use TLS
 
 
 # The remote AE flag that admits a calling AE to each listening AE's section.
@@ -418,6 +460,8 @@ class Config:
     network: Network = Network()
     timeouts: Timeouts = Timeouts()
     logging: Logging = Logging()
+    tls: Tls = Tls()
+    audit: Audit = Audit()
     remote_aes: tuple[RemoteAE, ...] = ()  # CF-40, AE-08: C-MOVE destinations
     # Where the file was read from; relative paths resolve against its directory.
     base_dir: str = field(default=".", metadata={"internal": True})
