@@ -46,6 +46,10 @@ _LISTENER_SECTIONS = ("storage_scp", "query_retrieve_scp", "timeouts")
 _LISTENER_NETWORK_KEYS = ("bind_address", "socket_buffer_size")
 
 
+def _tls_ports(config: Config) -> bool:
+    return bool(config.storage_scp.tls_port or config.query_retrieve_scp.tls_port)
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None):
         self.config = config
@@ -144,7 +148,7 @@ class Daemon:
             done.set()
 
     def _status_line(self, directory: Path) -> str:
-        ports = ", ".join(f"{l.name} {l.title} on port {l.port}" for l in self.listeners)
+        ports = ", ".join(f"{l.name} {l.title} on {'TLS ' if l.tls else ''}port {l.port}" for l in self.listeners)
         return f"appliance {__version__}: {ports}; data in {directory}"
 
     def _on_signal(self, signum, _frame) -> None:
@@ -222,8 +226,9 @@ class Daemon:
         # Before the rebind: new listeners use them at once.
         self.archive.policy = new.storage_scp
         self.services.configure(new)
-        if any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS) or any(
-                getattr(new.network, k) != getattr(old.network, k) for k in _LISTENER_NETWORK_KEYS):
+        if (any(getattr(new, s) != getattr(old, s) for s in _LISTENER_SECTIONS)
+                or any(getattr(new.network, k) != getattr(old.network, k) for k in _LISTENER_NETWORK_KEYS)
+                or _tls_ports(new)):  # SE-08: the TLS files, maybe renewed, are read at the rebind
             refusal = self._rebind(old, new)
             if refusal:
                 self.archive.policy = old.storage_scp

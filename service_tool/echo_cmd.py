@@ -5,7 +5,9 @@ TCP connect, association (accepted, or the rejection in words), C-ECHO status, e
 time. The calling title is the one the appliance itself would use towards that peer:
 STORAGE-SCU's for a C-MOVE destination (default), STORAGE-SCP's for a commitment peer
 (`--as scp`), so a peer that filters calling titles is tested as the service will meet it.
-`--local` echoes the box's own two SCP AEs. The running service is not involved.
+A remote AE with `tls = true` is echoed over TLS, as the service would reach it (SE-10), with
+the handshake as a step of its own. `--local` echoes the box's own two SCP AEs, on each port
+they listen on (plain and TLS). The running service is not involved.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class Echo:
     host: str
     port: int
     calling: str
+    tls: bool = False
     address: str | None = None
     resolve_ms: float | None = None
     connect_ms: float | None = None
+    tls_ms: float | None = None
+    tls_session: str = ""  # protocol, cipher and the peer's certificate subject
     association_ms: float | None = None
     echo_status: int | None = None
     echo_ms: float | None = None
@@ -80,8 +85,8 @@ def run(args) -> int:
     return 0 if all(r.ok for r in results) else EXIT_FAILED
 
 
-def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
-    """(called title, host, port, calling title) for each echo asked for."""
+def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool]]:
+    """(called title, host, port, calling title, TLS) for each echo asked for."""
     calling = (config.storage_scp if args.role == "scp" else config.storage_scu).ae_title.strip()
     remotes = {ae.ae_title.strip(): ae for ae in config.remote_aes}
     titles = list(remotes) if args.all else [t.strip() for t in args.titles]
@@ -89,23 +94,25 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str]]:
     if unknown:
         raise ConfigError("remote_aes", f"no remote AE titled {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(remotes) or 'none'})")
-    targets = [(t, remotes[t].host, remotes[t].port, calling) for t in titles]
+    targets = [(t, remotes[t].host, remotes[t].port, calling, remotes[t].tls) for t in titles]
     if args.local:
         host = "127.0.0.1" if config.network.bind_address in ("*", "0.0.0.0") else config.network.bind_address
-        targets += [(scp.ae_title.strip(), host, scp.port, "SERVICE_TOOL")
-                    for scp in (config.storage_scp, config.query_retrieve_scp)]
+        targets += [(scp.ae_title.strip(), host, port, "SERVICE_TOOL", tls)
+                    for scp in (config.storage_scp, config.query_retrieve_scp)
+                    for port, tls in ((scp.port, False), (scp.tls_port, True)) if port]
     if not targets:
         raise ConfigError("remote_aes", "give AE titles, --all or --local")
     return targets
 
 
-def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo:
+def echo(config: Config, title: str, host: str, port: int, calling: str, tls: bool = False) -> Echo:
     # Imported here: pynetdicom takes 0.3 s to import, which no other command should pay.
     from appliance.dicom import dimse
     from appliance.dicom.pdu import Proposal
-    from appliance.dicom.requestor import Association, Failed, Local, connect
+    from appliance.dicom.requestor import Association, Failed, Local, connect, secure
+    from appliance.tls.contexts import TlsUnavailable, client_context, describe
 
-    result = Echo(title, host, port, calling)
+    result = Echo(title, host, port, calling, tls)
     # AE-11: STORAGE-SCP has its own Implementation Class UID; the others share one.
     implementation_uid = uids.IMPLEMENTATION_UID_SCP if calling == config.storage_scp.ae_title.strip() \
         else uids.IMPLEMENTATION_UID_QR_SCU
@@ -126,6 +133,19 @@ def echo(config: Config, title: str, host: str, port: int, calling: str) -> Echo
         result.failure = f"TCP: {exc}"
         return result
     result.connect_ms = _since(step)
+    if tls:
+        step = time.monotonic()
+        try:
+            sock = secure(sock, client_context(config), host, port)
+        except TlsUnavailable as exc:
+            sock.close()
+            result.failure = f"TLS: {exc}"
+            return result
+        except Failed as exc:
+            result.failure = f"TLS: {exc}"
+            return result
+        result.tls_ms = _since(step)
+        result.tls_session = describe(sock)
     step = time.monotonic()
     try:
         association = Association.over(sock, title, local, [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))],
@@ -162,11 +182,13 @@ def _since(started: float) -> float:
 
 
 def _text(r: Echo) -> str:
-    lines = [f"{r.title} at {r.host} port {r.port}, calling as {r.calling}"]
+    lines = [f"{r.title} at {r.host} {'TLS ' if r.tls else ''}port {r.port}, calling as {r.calling}"]
     if r.resolve_ms is not None:
         lines.append(f"  resolved   {r.address} in {r.resolve_ms} ms")
     if r.connect_ms is not None:
         lines.append(f"  TCP        connected in {r.connect_ms} ms")
+    if r.tls_ms is not None:
+        lines.append(f"  TLS        {r.tls_session} in {r.tls_ms} ms")
     if r.association_ms is not None:
         lines.append(f"  association accepted in {r.association_ms} ms")
     if r.echo_status is not None:
@@ -178,7 +200,7 @@ def _text(r: Echo) -> str:
 def _table(results: list[Echo]) -> str:
     rows = [("AE title", "address", "result", "ms")]
     for r in results:
-        total = sum(v for v in (r.resolve_ms, r.connect_ms, r.association_ms, r.echo_ms) if v is not None)
-        rows.append((r.title, f"{r.host}:{r.port}", "OK" if r.ok else f"FAILED at {r.failure}", f"{total:.1f}"))
+        total = sum(v for v in (r.resolve_ms, r.connect_ms, r.tls_ms, r.association_ms, r.echo_ms) if v is not None)
+        rows.append((r.title, f"{r.host}:{r.port}" + (" TLS" if r.tls else ""), "OK" if r.ok else f"FAILED at {r.failure}", f"{total:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows)

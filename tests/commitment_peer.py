@@ -71,11 +71,12 @@ class Modality:
             self.received.append(report)
         return (self.answer(report) if self.answer else 0x0000), None
 
-    def listen(self) -> "Modality":
+    def listen(self, tls=None) -> "Modality":
+        """Its listener; over TLS with `tls`, a server ssl.SSLContext."""
         ae = AE(ae_title=self.title)
         for syntax in (datasets.ELE, datasets.ILE):
             ae.add_supported_context(SCPM, syntax, scu_role=False, scp_role=True)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=tls, evt_handlers=[
             (evt.EVT_N_EVENT_REPORT, lambda event: self._on_report(event, own=False)),
             (evt.EVT_REQUESTED, lambda event: self.proposals.append(
                 [(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])

@@ -12,6 +12,11 @@ A-ASSOCIATE-RJ) or a request that cannot be parsed (AS-06, 1/2/1) is answered he
 peer closes (PS3.8 Sta13), or ARTIM closes the connection. Bytes that are not an
 A-ASSOCIATE-RQ close the connection with a line that says what they looked like.
 
+A TLS listener (SE-07) does the TLS handshake here too, without blocking, before the request:
+a connection whose first bytes are not a TLS handshake (a plain DICOM client on the TLS
+port) or whose handshake fails (TLS 1.0/1.1, an untrusted or missing client certificate) is
+logged with the reason and closed; ARTIM bounds the handshake with the request.
+
 The answer to a request (negotiated contexts and the encoded A-ASSOCIATE-AC) depends only on
 its bytes and this listener's contexts; a modality sends the same request every time, so
 answers are kept by request.
@@ -24,6 +29,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +41,8 @@ from appliance.dicom.association import Association, Served
 from appliance.dicom.pdu import HEADER, Identity, ProtocolError, Request
 from appliance.dicom.session import Session, peer_text
 from appliance.dicom.transport import Buffers, Transport, progress
+from appliance.tls.contexts import describe as describe_tls
+from appliance.tls.contexts import handshake_failure
 from appliance.wake import Wake
 
 log = logging.getLogger("appliance.association")
@@ -46,6 +54,7 @@ _ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (no descr
 # peers trickling large ones must not hold a gigabyte for ARTIM.
 _HELD_LIMIT = 64 << 20
 _FULL_LOG_INTERVAL = 60.0  # seconds between two lines saying that the connections are at the limit
+_TLS_HANDSHAKE = 0x16  # the content type of a TLS record that begins a handshake (RFC 8446 5.1)
 
 
 @dataclass(eq=False)
@@ -58,13 +67,15 @@ class _Waiting:
     deadline: float  # ARTIM: the whole request, or the peer's close after our A-ASSOCIATE-RJ
     data: bytearray = field(default_factory=bytearray)
     gap_deadline: float = 0.0  # pdu_gap, once part of the request has come
-    state: str = "reading"  # -> "rejected" (waiting for the peer's close) -> "gone" (closed or admitted)
+    # ("hello" -> "handshake" ->, on a TLS listener) "reading" -> "rejected" (waiting for the
+    # peer's close) -> "gone" (closed or admitted)
+    state: str = "reading"
 
 
 class Listener:
     def __init__(self, served: Served, title: str, host: str, port: int, admission: Admission,
                  admission_limit: int, supported: list, identity: Identity, socket_buffer_size: int,
-                 waiting_limit: int):
+                 waiting_limit: int, tls: ssl.SSLContext | None = None):
         self.name = served.name
         self.title = title
         self.served = served
@@ -74,6 +85,8 @@ class Listener:
         self.timeouts: Timeouts = served.timeouts
         self.socket_buffer_size = socket_buffer_size
         self.waiting_limit = waiting_limit  # connections held before their association (descriptors)
+        self._tls = tls
+        self.tls = tls is not None  # a DICOM TLS port (SE-07)
         self._buffers = Buffers(_buffer_size(served.max_pdu), admission_limit)
         self._answers: dict[bytes, tuple[dict[int, tuple[str, str]], bytes]] = {}
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -87,6 +100,7 @@ class Listener:
         except OSError as exc:
             self._sock.close()
             where = f"port {port}" if host in ("::", "0.0.0.0") else f"{host} port {port}"
+            where = f"TLS {where}" if tls else where
             raise OSError(exc.errno, f"{self.name} ({title}) cannot listen on {where}: {exc.strerror}") from exc
         self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
@@ -172,7 +186,8 @@ class Listener:
             sock.setblocking(False)
             sockets.tune(sock, self.socket_buffer_size)
             session = Session(self.name, peer_text(address[0], address[1]))
-            waiting = _Waiting(sock, address[0], session, time.monotonic() + self.timeouts.artim)
+            waiting = _Waiting(sock, address[0], session, time.monotonic() + self.timeouts.artim,
+                               state="hello" if self._tls else "reading")
             self._selector.register(sock, selectors.EVENT_READ, waiting)
             self._timer(waiting, waiting.deadline)
 
@@ -215,6 +230,10 @@ class Listener:
             if waiting.state == "rejected":
                 if now >= waiting.deadline:
                     self._close(waiting)
+            elif waiting.state in ("hello", "handshake"):
+                if now >= waiting.deadline:
+                    self._drop(waiting, f"connection closed: the TLS handshake was not complete within "
+                                        f"{self.timeouts.artim:g} s (timeouts.artim)")
             elif now >= waiting.deadline:
                 if waiting.data:
                     self._drop(waiting, f"connection closed: the A-ASSOCIATE-RQ was not complete within "
@@ -229,9 +248,21 @@ class Listener:
     def _readable(self, waiting: _Waiting) -> None:
         if waiting.state == "gone":  # closed or admitted earlier in this round
             return
+        if waiting.state == "hello":
+            self._hello(waiting)
+            return
+        if waiting.state == "handshake":
+            self._handshake(waiting)
+            return
+        self._read_request(waiting)
+        # Bytes that OpenSSL has taken from the kernel and not handed out make no epoll event.
+        while waiting.state == "reading" and isinstance(waiting.sock, ssl.SSLSocket) and waiting.sock.pending():
+            self._read_request(waiting)
+
+    def _read_request(self, waiting: _Waiting) -> None:
         try:
             chunk = waiting.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             chunk, error = b"", exc
@@ -270,6 +301,56 @@ class Listener:
             self._gap(waiting)
             return
         self._requested(waiting, bytes(data[:HEADER.size + length]), bytes(data[HEADER.size + length:]))
+
+    # --- TLS (SE-07) ----------------------------------------------------------------------------
+
+    def _hello(self, waiting: _Waiting) -> None:
+        """The first bytes on a TLS port: a TLS handshake record, or the connection goes."""
+        try:
+            first = waiting.sock.recv(8, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(waiting, f"connection lost before the TLS handshake ({exc.strerror})", logging.INFO)
+            return
+        if not first:
+            self._drop(waiting, "connection closed by the peer before the TLS handshake", logging.INFO)
+            return
+        if first[0] != _TLS_HANDSHAKE:
+            looks = "it looks like a plain DICOM A-ASSOCIATE-RQ, " if first[0] == pdu.ASSOCIATE_RQ else ""
+            self._tls_failed(waiting, f"the peer did not start a TLS handshake on the TLS port ({looks}"
+                                      f"{pdu.describe(first)}); is it configured for TLS?")
+            return
+        self._selector.unregister(waiting.sock)
+        waiting.sock = self._tls.wrap_socket(waiting.sock, server_side=True, do_handshake_on_connect=False)
+        self._selector.register(waiting.sock, selectors.EVENT_READ, waiting)
+        waiting.state = "handshake"
+        self._handshake(waiting)
+
+    def _handshake(self, waiting: _Waiting) -> None:
+        sock = waiting.sock
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, waiting)
+            return
+        except ssl.SSLWantWriteError:  # the handshake's answer did not fit into the socket buffer
+            self._selector.modify(sock, selectors.EVENT_WRITE, waiting)
+            return
+        except ssl.SSLError as exc:
+            self._tls_failed(waiting, handshake_failure(exc))
+            return
+        except OSError as exc:
+            self._drop(waiting, f"connection lost during the TLS handshake ({exc.strerror or exc})", logging.INFO)
+            return
+        self._selector.modify(sock, selectors.EVENT_READ, waiting)
+        waiting.session.tls = describe_tls(sock)
+        waiting.state = "reading"
+        if sock.pending():  # the request's first bytes came with the handshake's end
+            self._readable(waiting)
+
+    def _tls_failed(self, waiting: _Waiting, why: str) -> None:
+        self._drop(waiting, f"TLS connection refused: {why}")
 
     def _gap(self, waiting: _Waiting) -> None:
         waiting.gap_deadline = time.monotonic() + self.timeouts.pdu_gap

@@ -101,8 +101,9 @@ class Association:
     def _run(self) -> None:
         try:
             self.transport.send(self._accept_pdu)
-            log.info("%s: association accepted (called %s, %d presentation contexts accepted)", self.session.prefix(),
-                     self.called, len(self.accepted))
+            log.info("%s: association accepted (called %s, %d presentation contexts accepted%s)",
+                     self.session.prefix(), self.called, len(self.accepted),
+                     f"; {self.session.tls}" if self.session.tls else "")
             while self.open:
                 item = self._next()
                 if item is _RELEASE:

@@ -28,7 +28,7 @@ from appliance.config.model import Config
 from appliance.dicom import dimse
 from appliance.dicom.dimse import Command
 from appliance.dicom.pdu import Proposal
-from appliance.dicom.requestor import Association, Failed, Local
+from appliance.dicom.requestor import Association, Failed, Local, tls_towards
 
 log = logging.getLogger("appliance.commitment")
 
@@ -75,6 +75,7 @@ class ReportSender:
 
     def configure(self, config: Config) -> None:
         scp = config.storage_scp
+        self.config = config  # the TLS files, for remote AEs with tls = true (SE-10)
         self.answer_timeout = scp.idle_timeout
         self.timeouts = config.timeouts
         self.remote_aes = {ae.ae_title.strip(): ae for ae in config.remote_aes if ae.commitment}
@@ -107,7 +108,7 @@ class ReportSender:
             raise SendFailed(f"{requester} is not a remote AE with commitment = true")
         try:
             association = Association.request(remote.host, remote.port, requester, self.local, _PROPOSALS,
-                                              self.timeouts)
+                                              self.timeouts, tls_towards(remote, self.config))
         except Failed as exc:
             raise SendFailed(str(exc)) from None
         if not association.accepted:

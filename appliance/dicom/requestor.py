@@ -5,7 +5,8 @@ one thing at a time (SU-16), so the calling thread owns the connection outright:
 each request (a C-STORE-RQ straight from the stored file, in PDU-sized reads) and waits for
 the answer itself, with one timer per wait (CF-03 connect, CF-05 association response, CF-06
 send, CF-07 inside a PDU, SU-10 DIMSE). Bytes go through the same transport as an accepted
-association's.
+association's. Towards a remote AE with `tls = true` the connection is TLS (SE-10): the
+handshake follows the TCP connect, within timeouts.connect too.
 
 Every failure raises `Failed` with words for the service log; after one the association is
 unusable and has been aborted or closed.
@@ -15,15 +16,17 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 
-from appliance.config.model import Timeouts
+from appliance.config.model import Config, RemoteAE, Timeouts
 from appliance.dicom import dimse, pdu, sockets
 from appliance.dicom.dimse import Assembler, Command, Message
 from appliance.dicom.pdu import (ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, PDV_OVERHEAD, RELEASE_RP, RELEASE_RQ,
                                  Identity, Proposal, ProtocolError)
 from appliance.dicom.transport import Buffers, Closed, Idle, PeerClosed, SendTimedOut, TimedOut, Transport, reason
+from appliance.tls.contexts import TlsUnavailable, client_context, handshake_failure
 
 _ANY_PDU = tuple(pdu.NAMES)
 _BUFFERS = Buffers(64 << 10, 16)  # responses are small
@@ -65,8 +68,11 @@ class Association:
 
     @classmethod
     def request(cls, host: str, port: int, called: str, local: Local, proposals: list[Proposal],
-                timeouts: Timeouts) -> "Association":
-        return cls.over(connect(host, port, local, timeouts), called, local, proposals, timeouts)
+                timeouts: Timeouts, tls: ssl.SSLContext | None = None) -> "Association":
+        sock = connect(host, port, local, timeouts)
+        if tls is not None:
+            sock = secure(sock, tls, host, port)
+        return cls.over(sock, called, local, proposals, timeouts)
 
     @classmethod
     def over(cls, sock: socket.socket, called: str, local: Local, proposals: list[Proposal],
@@ -245,3 +251,27 @@ def connect(host: str, port: int, local: Local, timeouts: Timeouts) -> socket.so
         raise Failed(f"cannot connect to {host} port {port}: {reason(exc)}") from None
     sockets.tune(sock, local.socket_buffer_size)  # no Nagle: a C-STORE-RQ's last PDU must not wait
     return sock
+
+
+def secure(sock: socket.socket, context: ssl.SSLContext, host: str, port: int) -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket, within its timeout (timeouts.connect); the
+    socket is closed when it fails."""
+    try:
+        return context.wrap_socket(sock)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise Failed(f"TLS handshake with {host} port {port} failed: {handshake_failure(exc)}") from None
+    except OSError as exc:
+        sock.close()
+        raise Failed(f"TLS handshake with {host} port {port} failed: {reason(exc)}") from None
+
+
+def tls_towards(remote: RemoteAE, config: Config) -> ssl.SSLContext | None:
+    """The TLS context for associations to `remote` (None: plain TCP); Failed when the box's
+    TLS files cannot make one (SE-10)."""
+    if not remote.tls:
+        return None
+    try:
+        return client_context(config)
+    except TlsUnavailable as exc:
+        raise Failed(f"no TLS to {remote.ae_title.strip()}: {exc}") from None

@@ -6,8 +6,10 @@ statement sets titles, limits, timeouts and PDU sizes per AE (CC-03, CF-14/15, C
 
 from __future__ import annotations
 
+import logging
 import resource
 import socket
+import ssl
 import threading
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from appliance.dicom.pdu import Identity
 from appliance.dicom.storage_scp import StorageSCP
 from appliance.dicom.storage_scu import StorageSCU
 from appliance.store.ingest import Archive
+from appliance.tls.contexts import TlsUnavailable, server_context
+
+log = logging.getLogger("appliance.daemon")
 
 
 class Services:
@@ -110,13 +115,34 @@ def _ipv6_usable() -> bool:
 
 
 def _listen(name: str, config: Config, local: ListeningAE, implementation_uid: str, supported: list,
-            routes: dict, receiver, services: Services) -> Listener:
+            routes: dict, receiver, services: Services) -> list[Listener]:
+    """The AE's plain listener and its TLS listener, those whose port is not 0 (SE-07): same
+    title, routes, admission and limits. A TLS listener whose files are unusable stays off
+    with an ERROR, and the plain one serves."""
     served = Served(name, routes, receiver, local.max_pdu_size, config.network.max_pdu_send, local.idle_timeout,
                     config.timeouts)
     identity = Identity(local.max_pdu_size, implementation_uid, uids.implementation_version_name(__version__))
-    return Listener(served, local.ae_title.strip(), bind_host(config), local.port, services.admissions[name],
-                    local.max_associations, supported, identity, config.network.socket_buffer_size,
-                    waiting_limit())
+    contexts: list[ssl.SSLContext | None] = [None] if local.port else []
+    if local.tls_port:
+        try:
+            context, verifying = server_context(config, local.verify_clients)
+        except TlsUnavailable as exc:
+            log.error("%s: the TLS listener on port %d is off: %s", name, local.tls_port, exc)
+        else:
+            if local.verify_clients and not verifying:
+                log.warning("%s: TLS clients are not verified: there is no CA bundle (tls.ca_bundle)", name)
+            contexts.append(context)
+    listeners = []
+    try:
+        for context in contexts:
+            listeners.append(Listener(served, local.ae_title.strip(), bind_host(config),
+                                      local.tls_port if context else local.port, services.admissions[name],
+                                      local.max_associations, supported, identity,
+                                      config.network.socket_buffer_size, waiting_limit(), context))
+    except BaseException:
+        stop_accepting(listeners)
+        raise
+    return listeners
 
 
 def waiting_limit() -> int:
@@ -141,12 +167,12 @@ def start_listeners(config: Config, services: Services) -> list[Listener]:
                  (dimse.C_MOVE_RQ, uids.STUDY_ROOT_MOVE): move.on_move}
     listeners = []
     try:
-        listeners.append(_listen("STORAGE-SCP", config, scp, uids.IMPLEMENTATION_UID_SCP,
-                                 contexts.storage_scp_contexts(scp), storage_routes, storage.receiver, services))
-        listeners.append(_listen("QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp,
-                                 uids.IMPLEMENTATION_UID_QR_SCU,
-                                 contexts.query_retrieve_scp_contexts(config.query_retrieve_scp), qr_routes, None,
-                                 services))
+        listeners += _listen("STORAGE-SCP", config, scp, uids.IMPLEMENTATION_UID_SCP,
+                             contexts.storage_scp_contexts(scp), storage_routes, storage.receiver, services)
+        listeners += _listen("QUERY-RETRIEVE-SCP", config, config.query_retrieve_scp,
+                             uids.IMPLEMENTATION_UID_QR_SCU,
+                             contexts.query_retrieve_scp_contexts(config.query_retrieve_scp), qr_routes, None,
+                             services)
     except BaseException:
         stop_accepting(listeners)
         raise

@@ -26,6 +26,7 @@ class Session:
     address: str  # ip:port
     number: int = field(default_factory=lambda: next(_numbers))
     title: str = ""  # the calling AE title, once the A-ASSOCIATE-RQ is read
+    tls: str = ""  # on a TLS port: protocol, cipher and the client's certificate subject (SE-07)
     started: float = field(default_factory=time.monotonic)
     instances: int = 0
     failures: int = 0

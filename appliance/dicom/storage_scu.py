@@ -22,7 +22,7 @@ from appliance.config.model import Config, RemoteAE
 from appliance.codes import status, uids
 from appliance.dicom import dimse
 from appliance.dicom.pdu import Proposal
-from appliance.dicom.requestor import Association, Failed, Local
+from appliance.dicom.requestor import Association, Failed, Local, tls_towards
 from appliance.log import alert
 from appliance.query.retrieve import Item
 from appliance.store import export
@@ -72,6 +72,7 @@ class StorageSCU:
     def configure(self, config: Config) -> None:
         """Settings for the jobs that start from now on (a reload)."""
         self.settings = config.storage_scu
+        self.config = config  # the TLS files, for destinations with tls = true (SE-10)
         # What STORAGE-SCP accepts in JPEG Baseline (PC-02) must go back out in it: JPEG is
         # never decompressed (SU-12 is not built).
         self.jpeg_classes = config.storage_scp.jpeg_sop_classes
@@ -199,7 +200,8 @@ class StorageSCU:
         while True:
             try:
                 association = Association.request(destination.host, destination.port, destination.ae_title,
-                                                  self.local, proposals, self.timeouts)
+                                                  self.local, proposals, self.timeouts,
+                                                  tls_towards(destination, self.config))
                 if not association.accepted:
                     association.release_quietly()
                     raise Failed(f"{destination.ae_title} accepted none of the {len(proposals)} presentation contexts")

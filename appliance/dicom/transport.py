@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -153,6 +154,8 @@ class Transport:
             got = self.sock.recv_into(self._view[self._end:])
         except (BlockingIOError, TimeoutError):
             raise
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS, not waiting: nothing whole yet
+            raise BlockingIOError() from None
         except OSError as exc:
             raise Closed(f"connection lost: {reason(exc)}") from None
         if not got:
@@ -201,12 +204,16 @@ class Transport:
     def abort(self, source: int = pdu.USER, reason_code: int = 0) -> bool:
         """From any thread: an A-ABORT, unless a PDU is being written at this moment, and the
         connection shut both ways, so that the owner's read or send returns at once. Whether
-        this call aborted it (False: it was aborted or closed before)."""
+        this call aborted it (False: it was aborted or closed before).
+
+        Over TLS the A-ABORT is not written: the owner thread may be inside OpenSSL reading,
+        and one TLS connection must not be used by two threads at once; the peer sees the
+        connection close (an A-P-ABORT for it)."""
         with self._state_lock:
             if self.aborted or self.closed:
                 return False
             self.aborted = True
-            if self._send_lock.acquire(blocking=False):
+            if not isinstance(self.sock, ssl.SSLSocket) and self._send_lock.acquire(blocking=False):
                 try:
                     # Non-blocking: 10 bytes that the socket's buffer takes, or nothing.
                     os.write(self.sock.fileno(), pdu.abort_pdu(source, reason_code))
@@ -215,7 +222,9 @@ class Transport:
                 finally:
                     self._send_lock.release()
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                # The system call itself: SSLSocket.shutdown would also drop its TLS state under
+                # the owner thread's feet.
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
             except OSError:
                 pass
             return True

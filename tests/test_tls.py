@@ -1,0 +1,266 @@
+"""DICOM over TLS against the real daemon (SE-07, SE-09, SE-10): DCMTK's tools with +tls,
+pynetdicom with an ssl context and a raw TLS client, all with certificates made here by
+`openssl` (tests/certificates.py). A refused connection must be logged with the peer's
+address and the reason and never become an association; the service keeps serving."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import ssl
+import time
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+from pynetdicom import AE
+
+import datasets
+import scu
+from certificates import Authority
+from commitment_peer import Modality, n_action, request
+from helpers import Appliance, dcmtk, free_port, service_tool, storescp, wait_for
+from query_archive import uid
+
+STORE, QUERY = "EX_STORE_SCP", "EX_QUERY_SCP"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pki")
+    ca = Authority(root / "hospital")
+    return SimpleNamespace(ca=ca, box=ca.issue("archive"), modality=ca.issue("modality"),
+                           viewer=ca.issue("viewer"), stranger=Authority(root / "other", "Other CA").issue("stranger"))
+
+
+def tls_overrides(pki, storage_scp: dict | None = None, **more) -> dict:
+    return {"storage_scp": {"tls_port": free_port(), **(storage_scp or {})},
+            "query_retrieve_scp": {"tls_port": free_port()},
+            "tls": {"certificate": str(pki.box.certificate), "key": str(pki.box.key),
+                    "ca_bundle": str(pki.ca.certificate)}, **more}
+
+
+def tls_port(app: Appliance, section: str = "storage_scp") -> str:
+    return str(app.config[section]["tls_port"])
+
+
+def dcmtk_tls(pki, issued=None) -> list[str]:
+    """DCMTK's TLS options: with `issued`'s certificate (default: the modality's), trusting the CA."""
+    issued = issued or pki.modality
+    return ["+tls", str(issued.key), str(issued.certificate), "+cf", str(pki.ca.certificate)]
+
+
+def client_context(pki, issued=None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca.certificate))
+    context.check_hostname = False
+    if issued is not None:
+        context.load_cert_chain(issued.certificate, issued.key)
+    return context
+
+
+def ct_file(tmp_path, label: str):
+    ds = datasets.image(rows=8, columns=8, study_uid=uid(f"{label}"), series_uid=uid(f"{label}.1"),
+                        sop_instance_uid=uid(f"{label}.1.1"), patient_id=f"PID-{label}")
+    return datasets.write(ds, tmp_path / f"{label}.dcm")
+
+
+def test_dcmtk_stores_finds_and_moves_over_tls(make_appliance, pki, tmp_path):
+    """SE-07, SE-09, SE-10: storescu and findscu with a certificate the CA signed; the C-MOVE's
+    instances go out over TLS to storescp +tls; the plain port serves as before."""
+    dest_port = free_port()
+    app = make_appliance(tls_overrides(pki, remote_aes=[
+        {"ae_title": "TLS_VIEWER", "host": "127.0.0.1", "port": dest_port, "tls": True}]))
+    assert f"{STORE} on TLS port {tls_port(app)}" in app.ready_message
+    stored = dcmtk("storescu", *dcmtk_tls(pki), "-aec", STORE, "127.0.0.1", tls_port(app), str(ct_file(tmp_path, "T1")))
+    assert stored.returncode == 0, stored.stderr
+    app.wait_log(r"STORAGE-SCP #\d+ STORESCU@127\.0\.0\.1:\d+: association accepted \(called EX_STORE_SCP, "
+                 r"\d+ presentation contexts accepted; TLSv1\.[23] \S+, peer certificate commonName=modality\)")
+    found = dcmtk("findscu", "-v", *dcmtk_tls(pki), "-S", "-aec", QUERY, "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", f"StudyInstanceUID={uid('T1')}", "-k", "PatientID", "127.0.0.1", tls_port(app, "query_retrieve_scp"))
+    assert found.returncode == 0 and "PID-T1" in found.stderr + found.stdout, found.stderr
+    # Debian's movescu has no TLS options: the C-MOVE comes from pynetdicom over TLS, and
+    # STORAGE-SCU sends to DCMTK storescp +tls.
+    received = tmp_path / "viewer"
+    received.mkdir()
+    with storescp(dest_port, "TLS_VIEWER", received, *dcmtk_tls(pki, pki.viewer)):
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context(datasets.STUDY_ROOT_MOVE, datasets.ILE)
+        assoc = ae.associate("127.0.0.1", int(tls_port(app, "query_retrieve_scp")), ae_title=QUERY,
+                             tls_args=(client_context(pki, pki.modality), None))
+        assert assoc.is_established
+        try:
+            responses = [status.Status for status, _ in assoc.send_c_move(
+                scu.identifier({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": uid("T1")}), "TLS_VIEWER",
+                datasets.STUDY_ROOT_MOVE) if "Status" in status]
+        finally:
+            assoc.release()
+        assert responses[-1] == 0x0000, responses
+        wait_for(lambda: list(received.iterdir()), "the moved instance at storescp")
+    [arrived] = list(received.iterdir())
+    assert pydicom.dcmread(arrived).SOPInstanceUID == uid("T1.1.1")
+    app.wait_log(r"STORAGE-SCU #\d+ EX_STORE_SCU->TLS_VIEWER@127\.0\.0\.1:\d+: ")
+    # The plain port of the same AE answers too.
+    assert dcmtk("echoscu", "-aec", STORE, "127.0.0.1", str(app.storage_port)).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tls_archive(tmp_path_factory, pki):
+    app = Appliance(tmp_path_factory.mktemp("tls") / "appliance",
+                    tls_overrides(pki, timeouts={"artim": 1, "shutdown_drain": 10})).start()
+    yield app
+    assert app.stop() == 0, app.log()
+
+
+def _handshake_tls11(port: int) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.warns(DeprecationWarning):
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError):
+            context.wrap_socket(raw)
+
+
+REFUSED = {
+    "no certificate": (lambda pki, port: dcmtk("echoscu", "+tla", "+cf", str(pki.ca.certificate), "-aec", STORE,
+                                               "127.0.0.1", str(port)),
+                       r"TLS connection refused: the client presented no certificate \(verify_clients = true\)"),
+    "untrusted certificate": (lambda pki, port: dcmtk("echoscu", *dcmtk_tls(pki, pki.stranger), "-aec", STORE,
+                                                      "127.0.0.1", str(port)),
+                              r"TLS connection refused: the peer's certificate is not trusted: .*\(tls\.ca_bundle\)"),
+    "plain DICOM": (lambda pki, port: dcmtk("echoscu", "-aec", STORE, "127.0.0.1", str(port)),
+                    r"TLS connection refused: the peer did not start a TLS handshake on the TLS port \(it looks like a plain DICOM A-ASSOCIATE-RQ, first bytes 01"),
+    "TLS 1.1": (lambda pki, port: _handshake_tls11(port),
+                r"TLS connection refused: the peer offers only TLS 1\.1 or older; TLS 1\.2 or 1\.3 is required"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_refused_tls_connections_are_logged_and_never_become_associations(tls_archive, pki, case):
+    """SE-07, SE-09: the peer's address and the reason in one WARNING line, no association."""
+    app = tls_archive
+    client, expected = REFUSED[case]
+    before = len(app.log())
+    outcome = client(pki, int(tls_port(app)))
+    if outcome is not None:  # DCMTK: the association must have failed
+        assert outcome.returncode != 0, outcome.stderr
+    line = wait_for(lambda: re.search(r"WARNING appliance\.association: STORAGE-SCP #\d+ \?@127\.0\.0\.1:\d+: "
+                                      + expected, app.log()[before:]), f"the refusal of {case} in the log")
+    assert line
+    assert "association accepted" not in app.log()[before:]
+    ok = dcmtk("echoscu", *dcmtk_tls(pki), "-aec", STORE, "127.0.0.1", tls_port(app))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_handshake_that_never_completes_is_closed_by_artim(tls_archive):
+    """SE-07, CF-04: half a ClientHello, then silence; and no byte at all."""
+    app = tls_archive
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", int(tls_port(app))), timeout=5) as half, \
+            socket.create_connection(("127.0.0.1", int(tls_port(app))), timeout=5) as silent:
+        half.sendall(bytes.fromhex("160301020001"))
+        assert half.recv(100) == b"" and silent.recv(100) == b""
+    assert time.monotonic() - started < 4
+    app.wait_log(r"connection closed: the TLS handshake was not complete within 1 s \(timeouts\.artim\)")
+
+
+def test_pynetdicom_stores_over_tls(tls_archive, pki, tmp_path):
+    """SE-07: a pynetdicom client with an ssl context; the instance is stored and indexed."""
+    app = tls_archive
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(datasets.CT, datasets.ELE)
+    assoc = ae.associate("127.0.0.1", int(tls_port(app)), ae_title=STORE,
+                         tls_args=(client_context(pki, pki.modality), None))
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ct_file(tmp_path, "T2"))
+        assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    assert app.index_rows("SELECT COUNT(*) FROM instance WHERE sop_instance_uid = ?", uid("T2.1.1")) == [(1,)]
+
+
+def test_a_tls_only_ae_without_client_verification(make_appliance, pki):
+    """SE-07: port = 0 leaves only the TLS listener; SE-09: verify_clients = false admits a
+    client without a certificate."""
+    app = make_appliance(tls_overrides(pki, {"port": 0, "verify_clients": False}))
+    assert re.search(rf"STORAGE-SCP {STORE} on TLS port {tls_port(app)}, QUERY", app.ready_message)
+    assert f"{STORE} on port" not in app.ready_message
+    anonymous = dcmtk("echoscu", "+tla", "+cf", str(pki.ca.certificate), "-aec", STORE, "127.0.0.1", tls_port(app))
+    assert anonymous.returncode == 0, anonymous.stderr
+
+
+def test_a_commitment_report_goes_over_tls(make_appliance, pki, modalities, tmp_path):
+    """SE-10, SC-13: the report on a new association to a remote AE with tls = true; the
+    modality's listener requires the box's certificate."""
+    port = free_port()
+    app = make_appliance(tls_overrides(pki, {"always_new_association_for_reports": True}, remote_aes=[
+        {"ae_title": "MODALITY1", "host": "127.0.0.1", "port": port, "tls": True}]))
+    with scu.association(app.storage_port, STORE, calling="MODALITY1") as assoc:
+        assert scu.send_file(assoc, ct_file(tmp_path, "T3")) == 0
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca.certificate))
+    server.load_cert_chain(pki.modality.certificate, pki.modality.key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    modality = Modality("MODALITY1", port).listen(server)
+    modalities.append(modality)
+    assoc = modality.associate(app.storage_port)
+    try:
+        assert n_action(assoc, request("1.2.3.300", [(datasets.CT, uid("T3.1.1"))])) == 0x0000
+    finally:
+        assoc.release()
+    [report] = modality.wait_for(1)
+    assert (report.event_type, report.committed, report.own_association) == (1, [(datasets.CT, uid("T3.1.1"))], False)
+
+
+@pytest.fixture
+def modalities():
+    made = []
+    yield made
+    for modality in made:
+        modality.stop()
+
+
+def test_service_tool_echoes_over_tls(make_appliance, pki):
+    """SE-10, TL-05: a remote AE with tls = true is echoed over TLS with the handshake as its
+    own step; --local echoes the plain and the TLS port of each AE."""
+    app = make_appliance(tls_overrides(pki))
+    app.config["remote_aes"] = [{"ae_title": STORE, "host": "127.0.0.1", "port": int(tls_port(app)), "tls": True}]
+    app.write_config(app.config)
+    remote = service_tool(app.config_path, "echo", STORE)
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    assert re.search(r"  TLS        TLSv1\.[23] \S+, peer certificate commonName=archive in [\d.]+ ms", remote.stdout)
+    local = service_tool(app.config_path, "echo", "--local")
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert local.stdout.count("OK") == 4 and local.stdout.count(" TLS port ") == 2, local.stdout
+    untrusted = dict(app.config, tls={**app.config["tls"], "ca_bundle": str(pki.stranger.certificate)})
+    app.write_config(untrusted)
+    refused = service_tool(app.config_path, "echo", STORE)
+    assert refused.returncode == 1
+    assert "FAILED at TLS: TLS handshake with 127.0.0.1 port" in refused.stdout
+    assert "the peer's certificate is not trusted" in refused.stdout, refused.stdout
+
+
+def test_a_reload_takes_a_renewed_certificate(make_appliance, pki, tmp_path):
+    """SE-08: the certificate files are read again at a reload."""
+    files = tmp_path / "tls"
+    files.mkdir()
+    for name, source in (("box.crt", pki.box.certificate), ("box.key", pki.box.key)):
+        shutil.copy(source, files / name)
+    app = make_appliance(tls_overrides(pki, tls={"certificate": str(files / "box.crt"), "key": str(files / "box.key"),
+                                                 "ca_bundle": str(pki.ca.certificate)}))
+
+    def served_name() -> str:
+        with socket.create_connection(("127.0.0.1", int(tls_port(app))), timeout=5) as raw, \
+                client_context(pki, pki.modality).wrap_socket(raw) as tls:
+            return dict(rdn[0] for rdn in tls.getpeercert()["subject"])["commonName"]
+
+    assert served_name() == "archive"
+    renewed = pki.ca.issue("archive-renewed")
+    shutil.copy(renewed.certificate, files / "box.crt")
+    shutil.copy(renewed.key, files / "box.key")
+    app.signal(signal.SIGHUP)
+    app.wait_log("configuration reloaded")
+    assert served_name() == "archive-renewed"
