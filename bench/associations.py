@@ -137,14 +137,15 @@ def echo_failure(pdu_type: int, body: bytes) -> str | None:
 
 
 def association(port: int, rq: bytes, echo: bytes | None = None,
-                timeout: float = SOCKET_TIMEOUT) -> tuple[float, float, str | None]:
-    """Connect, associate, [C-ECHO], release, close: (seconds in all, seconds to the AC, None or
-    what failed)."""
+                timeout: float = SOCKET_TIMEOUT, tls=None) -> tuple[float, float, str | None]:
+    """Connect, [TLS handshake with the ssl context `tls`,] associate, [C-ECHO], release, close:
+    (seconds in all, seconds to the AC, None or what failed)."""
     start = time.perf_counter()
     accepted = 0.0
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with socket.create_connection((HOST, port), timeout=timeout) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = tls.wrap_socket(raw) if tls is not None else raw
             sock.sendall(rq)
             pdu_type, body = read_pdu(sock)
             accepted = time.perf_counter() - start

@@ -153,9 +153,9 @@ class Service(Receiver):
     kind = "service"
 
     def __init__(self, root: Path, buffer_size: int = CF08_BUFFER, netns: str | None = None,
-                 bind: str | None = None, env: dict | None = None):
+                 bind: str | None = None, env: dict | None = None, config: dict | None = None):
         network = {"socket_buffer_size": buffer_size, **({"bind_address": bind} if bind else {})}
-        self.app = helpers.Appliance(root, {"network": network}, env=env or {})
+        self.app = helpers.Appliance(root, helpers.merge({"network": network}, config or {}), env=env or {})
         super().__init__(root, netns, bind, self.app.storage_port, self.app.storage_title)
 
     def __enter__(self):
@@ -185,6 +185,7 @@ class ServerProcess(Receiver):
     its directory removed on exit."""
 
     ready_when_rejecting = False  # a server that refuses every association is ready once it says so
+    echo_options: tuple[str, ...] = ()  # echoscu's options for the readiness probe (TLS)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -205,7 +206,7 @@ class ServerProcess(Receiver):
             stack.callback(terminate, self.proc)
             self.pid = self.proc.pid
             wait_for_echo(self.proc, self.title, self.host, self.port, log_path, self.netns,
-                          self.ready_when_rejecting)
+                          self.ready_when_rejecting, self.echo_options)
             self.hwm_idle = vm_hwm_kib(self.pid)
             self._cleanup = stack.pop_all()
         return self
@@ -215,20 +216,23 @@ class ServerProcess(Receiver):
 
 
 class StoreSCP(ServerProcess):
-    """DCMTK storescp writing to a temporary directory (no fsync, no index)."""
+    """DCMTK storescp writing to a temporary directory (no fsync, no index); `tls`: its +tls
+    options (key, certificate, trusted CA), and those of a client it trusts for the probe."""
 
     kind = "storescp"
 
     def __init__(self, root: Path, fork: bool = False, netns: str | None = None, bind: str | None = None,
-                 port: int | None = None, title: str = "STORESCP", refuse: bool = False):
+                 port: int | None = None, title: str = "STORESCP", refuse: bool = False,
+                 tls: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())):
         super().__init__(root, netns, bind, port, title)
         self.out = root / "out"
         self.out.mkdir()
         self.fork = fork
         self.ready_when_rejecting = refuse  # --refuse: every association is rejected (it checks no title)
+        self.tls_options, self.echo_options = tls
 
     def command(self) -> list[str]:
-        return ["storescp", "-od", str(self.out), "-pdu", DCMTK_PDU, "-aet", self.title, "-dhl",
+        return ["storescp", *self.tls_options, "-od", str(self.out), "-pdu", DCMTK_PDU, "-aet", self.title, "-dhl",
                 *(["--refuse"] if self.ready_when_rejecting else []),
                 "--fork" if self.fork else "--single-process", str(self.port)]
 
@@ -273,14 +277,14 @@ class Orthanc(ServerProcess):
 
 
 def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log: Path,
-                  netns: str | None = None, rejection_will_do: bool = False) -> None:
+                  netns: str | None = None, rejection_will_do: bool = False, options: tuple[str, ...] = ()) -> None:
     """Until the DICOM server `proc` answers C-ECHO (bounded: 20 s); its log tail if it died.
     `rejection_will_do`: an A-ASSOCIATE-RJ shows it is up as well (storescp --refuse)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{title} exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        probe = ["echoscu", "-to", "2", "-aec", title, host, str(port)]
+        probe = ["echoscu", *options, "-to", "2", "-aec", title, host, str(port)]
         if netns:
             probe = ["ip", "netns", "exec", netns, *probe]
         answer = run(probe, timeout=10, check=False, env=dcmtk_env())

@@ -143,9 +143,11 @@ def sample_socket_buffers(port: int, netns: str | None, out: dict, delay: float)
 QUIET_WAIT = 0.0  # set from --wait-quiet
 
 
-def send(receiver, groups: list[list[Path]], netns: str | None = None, sample_buffers: bool = False) -> dict:
-    """Run one storescu per group in parallel; wall time from first spawn to last exit. The
-    senders run in `netns`, else where the receiver wants its clients (Orthanc's namespace)."""
+def send(receiver, groups: list[list[Path]], netns: str | None = None, sample_buffers: bool = False,
+         options: tuple[str, ...] = ()) -> dict:
+    """Run one storescu per group in parallel (with `options`, e.g. +tls); wall time from first
+    spawn to last exit. The senders run in `netns`, else where the receiver wants its clients
+    (Orthanc's namespace)."""
     netns = netns or receiver.client_netns
     os.sync()  # earlier runs' dirty pages are written back before, not during, the measurement
     busy_before = wait_quiet(QUIET_WAIT) if QUIET_WAIT else machine_busy()
@@ -157,7 +159,7 @@ def send(receiver, groups: list[list[Path]], netns: str | None = None, sample_bu
     cpu_before = tree_cpu_seconds(receiver.pid)
     start = time.monotonic()
     for i, group in enumerate(groups):
-        cmd = ["storescu", "-aet", "BENCH_SCU", "-aec", receiver.title, "-to", "10", "-ts", "60",
+        cmd = ["storescu", *options, "-aet", "BENCH_SCU", "-aec", receiver.title, "-to", "10", "-ts", "60",
                receiver.host, str(receiver.port), *map(str, group)]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
