@@ -18,6 +18,7 @@ import pytest
 from pynetdicom import AE
 
 import datasets
+import pdus
 import scu
 from certificates import Authority
 from commitment_peer import Modality, n_action, request
@@ -264,3 +265,36 @@ def test_a_reload_takes_a_renewed_certificate(make_appliance, pki, tmp_path):
     app.signal(signal.SIGHUP)
     app.wait_log("configuration reloaded")
     assert served_name() == "archive-renewed"
+
+
+def test_an_expired_certificate_keeps_the_tls_listener_off(make_appliance, pki):
+    """SE-08: the TLS listener refuses to start with a clear error; the plain one serves."""
+    expired = pki.ca.issue("archive-expired", days=-1)
+    app = make_appliance(tls_overrides(pki, tls={"certificate": str(expired.certificate), "key": str(expired.key),
+                                                 "ca_bundle": str(pki.ca.certificate)}))
+    app.wait_log(rf"ERROR appliance\.daemon: STORAGE-SCP: the TLS listener on port {tls_port(app)} is off: the "
+                 r"certificate \S+archive-expired\.crt \(CN=archive-expired\) expired on \d{4}-\d\d-\d\d")
+    assert "TLS port" not in app.ready_message
+    refused = dcmtk("echoscu", *dcmtk_tls(pki), "-aec", STORE, "127.0.0.1", tls_port(app))
+    assert refused.returncode != 0 and "Connection refused" in refused.stderr, refused.stderr
+    assert dcmtk("echoscu", "-aec", STORE, "127.0.0.1", str(app.storage_port)).returncode == 0
+
+
+def test_a_tls_association_is_aborted_at_the_end_of_the_shutdown_drain(make_appliance, pki):
+    """SE-07, FL-09: an idle TLS association blocked in a read ends when the drain does; over
+    TLS the service closes the connection instead of writing an A-ABORT into the TLS stream
+    from another thread."""
+    app = make_appliance(tls_overrides(pki, timeouts={"shutdown_drain": 1}))
+    with socket.create_connection(("127.0.0.1", int(tls_port(app))), timeout=10) as raw, \
+            client_context(pki, pki.modality).wrap_socket(raw) as tls:
+        tls.sendall(pdus.request("MODALITY", STORE))
+        assert pdus.read_pdu(tls)[0] == 0x02  # A-ASSOCIATE-AC
+        app.signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            assert tls.recv(100) == b""
+        except (ssl.SSLError, ConnectionError):
+            pass
+        assert time.monotonic() - started < 3
+    assert app.proc.wait(10) == 0
+    app.wait_log(r"STORAGE-SCP #\d+ MODALITY@127\.0\.0\.1:\d+: association aborted")

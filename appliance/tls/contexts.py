@@ -16,6 +16,7 @@ from pathlib import Path
 
 from appliance.config import tls_path
 from appliance.config.model import Config
+from appliance.tls.certificates import CertificateError, load_certificate
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
 PROFILE = "BCP 195 Non-Downgrading TLS Profile (TLS 1.2 and 1.3)"
@@ -59,9 +60,19 @@ def _trust(context: ssl.SSLContext, bundle: Path) -> None:
 
 def server_context(config: Config, verify_clients: bool) -> tuple[ssl.SSLContext, bool]:
     """A listener's context and whether it verifies clients: with `verify_clients` and an
-    existing CA bundle, a client must present a certificate that chains to it (SE-09)."""
+    existing CA bundle, a client must present a certificate that chains to it (SE-09). An
+    expired certificate makes none (SE-08): OpenSSL would serve it, and every client refuse it."""
     context = _base(ssl.Purpose.CLIENT_AUTH)
     _identity(context, config)
+    certificate = tls_path(config, "certificate")
+    try:
+        own = load_certificate(certificate)
+    except (OSError, CertificateError) as exc:
+        raise TlsUnavailable(f"{certificate} cannot be read as a certificate: {exc} (tls.certificate)") from None
+    if own.expired():
+        raise TlsUnavailable(f"the certificate {certificate} ({own.subject}) expired on "
+                             f"{own.not_after:%Y-%m-%d %H:%M} UTC (tls.certificate; service-tool tls csr, "
+                             "tls import-cert, then systemctl reload appliance)")
     bundle = tls_path(config, "ca_bundle")
     verifying = verify_clients and bundle.exists()
     if verifying:
