@@ -23,9 +23,10 @@ MIRROR = "http://deb.debian.org/debian"
 # network file is written in; tzdata for the time zone key; python3 and python3-venv for the
 # service's own environment; the kernel (its postinst makes the initramfs, with Debian's default
 # zstd when that is present: 30 MB instead of gzip's 36 MB); iproute2 and procps for looking
-# inside from the console.
+# inside from the console; openssl, which `service-tool tls key` and `tls csr` run (SE-08).
 PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "systemd-timesyncd", "dbus", "udev", "kmod",
-            "netplan.io", "tzdata", "python3", "python3-venv", "zstd", "linux-image-amd64", "iproute2", "procps")
+            "netplan.io", "tzdata", "python3", "python3-venv", "zstd", "linux-image-amd64", "iproute2", "procps",
+            "openssl")
 DEBOOTSTRAP_TIMEOUT = 900  # s; about 2 min with a good link
 
 

@@ -44,7 +44,12 @@ def register(groups) -> None:
                     "port at once. Exit 0 when saved (and applied, if the service runs), 1 when refused.")
     set_cmd.add_argument("ae", type=ae_name, metavar="AE", help=", ".join(SECTIONS))
     set_cmd.add_argument("--title", help="the new AE title (1-16 characters, no backslash)")
-    set_cmd.add_argument("--port", type=int, help="the new listening port (not for STORAGE-SCU, which never listens)")
+    set_cmd.add_argument("--port", type=int, help="the new listening port (not for STORAGE-SCU, which never listens); "
+                                                   "0 turns the plain listener off (TLS only)")
+    set_cmd.add_argument("--tls-port", type=int, metavar="PORT",
+                         help="the port of its DICOM TLS listener, 0 = none (SE-07; needs service-tool tls first)")
+    set_cmd.add_argument("--verify-clients", choices=("on", "off"),
+                         help="whether TLS clients must present a certificate that chains to the CA bundle (SE-09)")
     set_cmd.set_defaults(run=set_ae)
 
 
@@ -53,22 +58,28 @@ def show(args) -> int:
     if config is None:
         return EXIT_INVALID
     rows = [{"ae": name, "ae_title": getattr(config, section).ae_title.strip(),
-             "port": getattr(config, section).port if name in LISTENING else None}
+             "port": getattr(config, section).port if name in LISTENING else None,
+             "tls_port": getattr(config, section).tls_port if name in LISTENING else None}
             for name, section in SECTIONS.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        port = f"port {row['port']}" if row["port"] else "calls out only (no listening port)"
-        print(f"{row['ae']:<20} {row['ae_title']:<17} {port}")
+        ports = [f"port {row['port']}"] if row["port"] else []
+        ports += [f"TLS port {row['tls_port']}"] if row["tls_port"] else []  # SE-07
+        where = (", ".join(ports) if ports else "no listener (port and tls_port are 0)") if row["ae"] in LISTENING \
+            else "calls out only (no listening port)"
+        print(f"{row['ae']:<20} {row['ae_title']:<17} {where}")
     return 0
 
 
 def set_ae(args) -> int:
-    if args.title is None and args.port is None:
-        print("nothing to change: give --title and/or --port", file=sys.stderr)
+    listening = {"port": args.port, "tls_port": args.tls_port,
+                 "verify_clients": None if args.verify_clients is None else args.verify_clients == "on"}
+    if args.title is None and all(v is None for v in listening.values()):
+        print("nothing to change: give --title, --port, --tls-port or --verify-clients", file=sys.stderr)
         return edit.EXIT_USAGE
-    if args.port is not None and args.ae not in LISTENING:
+    if any(v is not None for v in listening.values()) and args.ae not in LISTENING:
         print(f"refused: {args.ae} never listens (AE-13), so it has no port", file=sys.stderr)
         return edit.EXIT_USAGE
 
@@ -78,9 +89,10 @@ def set_ae(args) -> int:
         if args.title is not None:
             section["ae_title"] = args.title
             changes.append(f"title {args.title}")
-        if args.port is not None:
-            section["port"] = args.port
-            changes.append(f"port {args.port}")
+        for key, value in listening.items():
+            if value is not None:
+                section[key] = value
+                changes.append(f"{key.replace('_', ' ')} {str(value).lower() if isinstance(value, bool) else value}")
         return f"{args.ae}: {', '.join(changes)}"
 
     return edit.change(args.config, mutate)

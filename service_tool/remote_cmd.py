@@ -56,6 +56,9 @@ def register(groups) -> None:
     add_cmd.add_argument("--port", required=True, type=int, help="its TCP port")
     add_cmd.add_argument("--may", type=may_list, default=may_list("move,commitment"),
                          help=may_help + " (default: move,commitment)")
+    add_cmd.add_argument("--tls", choices=("on", "off"), default="off",
+                         help="associations to it use TLS and verify its certificate (SE-10); --port is then its "
+                              "TLS port (default: off)")
     add_cmd.set_defaults(run=add)
 
     set_cmd = commands.add_parser("set", help="change a remote AE, then reload the service",
@@ -65,6 +68,7 @@ def register(groups) -> None:
     set_cmd.add_argument("--host", help="IPv4/IPv6 address or DNS name")
     set_cmd.add_argument("--port", type=int, help="its TCP port")
     set_cmd.add_argument("--may", type=may_list, help=may_help + " (replaces the current set)")
+    set_cmd.add_argument("--tls", choices=("on", "off"), help="associations to it use TLS (SE-10)")
     set_cmd.set_defaults(run=set_remote)
 
     remove_cmd = commands.add_parser("remove", help="remove a remote AE, then reload the service",
@@ -97,14 +101,15 @@ def list_remotes(args) -> int:
         return EXIT_INVALID
     if args.json:
         print(json.dumps([{"ae_title": r.ae_title, "host": r.host, "port": r.port,
-                           **{flag: getattr(r, flag) for flag in MAY.values()}} for r in config.remote_aes], indent=2))
+                           **{flag: getattr(r, flag) for flag in MAY.values()}, "tls": r.tls}
+                          for r in config.remote_aes], indent=2))
         return 0
     if not config.remote_aes:
         print("the remote AE table is empty")
         return 0
     print(f"{'AE title':<17} {'host':<30} {'port':>5}  may")
     for r in config.remote_aes:
-        print(f"{r.ae_title:<17} {r.host:<30} {r.port:>5}  {may_text(r)}")
+        print(f"{r.ae_title:<17} {r.host:<30} {r.port:>5}  {may_text(r)}{'  (TLS)' if r.tls else ''}")
     return 0
 
 
@@ -132,15 +137,18 @@ def add(args) -> int:
     def mutate(document) -> str:
         if any(str(e.get("ae_title", "")).strip() == args.title.strip() for e in _entries(document)):
             raise edit.Refused(f"a remote AE titled {args.title.strip()!r} exists; use 'remote set'")
-        _entries(document).append(_new_entry(args.title, args.host, args.port, args.may))
-        return f"remote AE {args.title} added ({args.host}:{args.port})"
+        entry = _new_entry(args.title, args.host, args.port, args.may)
+        if args.tls == "on":
+            entry["tls"] = True
+        _entries(document).append(entry)
+        return f"remote AE {args.title} added ({args.host}:{args.port}{', TLS' if args.tls == 'on' else ''})"
 
     return edit.change(args.config, mutate)
 
 
 def set_remote(args) -> int:
-    if args.new_title is None and args.host is None and args.port is None and args.may is None:
-        print("nothing to change: give --title, --host, --port or --may", file=sys.stderr)
+    if all(v is None for v in (args.new_title, args.host, args.port, args.may, args.tls)):
+        print("nothing to change: give --title, --host, --port, --may or --tls", file=sys.stderr)
         return edit.EXIT_USAGE
 
     def mutate(document) -> str:
@@ -150,6 +158,8 @@ def set_remote(args) -> int:
                 entry[key] = value
         if args.may is not None:
             entry.update(args.may)
+        if args.tls is not None:
+            entry["tls"] = args.tls == "on"
         return f"remote AE {args.title} changed"
 
     return edit.change(args.config, mutate)

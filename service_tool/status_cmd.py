@@ -14,6 +14,7 @@ from appliance.config import Config, data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.store.summary import archive_and_disk
+from appliance.tls.certificates import status_report as tls_status
 from service_tool.config_cmd import EXIT_INVALID, load
 from service_tool.logs_cmd import log_files, selected
 
@@ -54,7 +55,8 @@ def _offline(config: Config, why: str) -> dict:
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
               for r in selected(log_files(config), "ERROR")[-_RECENT:]]
     return {"running": False, "why": why, "data_dir": str(directory),
-            **archive_and_disk(directory, config.storage.reserve_bytes), "problems": {"recent": recent}}
+            **archive_and_disk(directory, config.storage.reserve_bytes), "tls": tls_status(config),
+            "problems": {"recent": recent}}
 
 
 def _size(n: int) -> str:
@@ -78,14 +80,32 @@ def _waiting(report: dict) -> str:
     return f", {waiting} connections waiting for an association request" if waiting else ""
 
 
+def _listener(l: dict) -> str:
+    return f"{l['ae']} {l['ae_title']} on {'TLS port' if l.get('tls') else 'port'} {l['port']}"  # SE-07
+
+
+def _tls(report: dict) -> list[str]:
+    """SE-08: the certificate's validity, and what is wrong with the TLS files as WARNING and
+    ERROR lines (an expiring certificate, an expired one that keeps the TLS listeners off)."""
+    tls = report.get("tls") or {}  # a service from before SE-08 does not report it
+    lines = []
+    if tls.get("certificate"):
+        c = tls["certificate"]
+        left = f"{c['days_left']} days left" if c["days_left"] >= 0 else "EXPIRED"
+        lines.append(f"TLS certificate: {c['subject']}, valid until {c['not_after'][:10]} ({left})")
+    elif tls.get("in_use"):
+        lines.append("TLS certificate: none usable")
+    lines += [f"{p['level']}: {p['message']}" for p in tls.get("problems", ())]
+    return lines
+
+
 def _text(report: dict) -> list[str]:
     if report["running"]:
         lines = [f"service: running, appliance {report['version']} (pid {report['pid']}, up "
                  f"{_duration(report['uptime_s'])}){'' if report['state'] == 'open' else ', ' + report['state']}",
                  f"  {report['libraries']}",
                  f"configuration: {report['config_path'] or 'built-in defaults'}",
-                 "listening: " + "; ".join(f"{l['ae']} {l['ae_title']} on port {l['port']}"
-                                           for l in report["listeners"]),
+                 "listening: " + "; ".join(map(_listener, report["listeners"])),
                  f"STORAGE-SCU: {report['storage_scu']} (calls out only)",
                  f"associations: {len(report['associations'])} active" + _waiting(report)]
         for a in report["associations"]:
@@ -95,6 +115,7 @@ def _text(report: dict) -> list[str]:
                          f"{a['seconds']:.0f} s, {work}")
     else:
         lines = [f"service: NOT RUNNING ({report['why']})"]
+    lines += _tls(report)
     lines.append(f"data directory: {report['data_dir']}")
     archive = report["archive"]
     if "error" in archive:

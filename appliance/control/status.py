@@ -13,6 +13,7 @@ from appliance import log as service_log
 from appliance.config import data_dir
 from appliance.config.keys import to_dict
 from appliance.store.summary import archive_and_disk
+from appliance.tls.certificates import status_report as tls_status
 
 
 def _libraries() -> str:
@@ -33,8 +34,9 @@ def service_status(daemon) -> dict:
         "config_path": str(daemon.config_path) if daemon.config_path else None,
         "data_dir": str(directory),
         "state": daemon.services.gate.state,  # "open", or "draining" while stopping
-        "listeners": [{"ae": l.name, "ae_title": l.title, "port": l.port, "waiting": l.waiting()}
-                      for l in daemon.listeners],
+        # SE-07: whether the listener is a TLS one (the AE's tls_port).
+        "listeners": [{"ae": l.name, "ae_title": l.title, "port": l.port, "tls": l.tls,
+                       "waiting": l.waiting()} for l in daemon.listeners],
         "storage_scu": config.storage_scu.ae_title.strip(),
         "associations": [
             {"ae": s.ae_name, "number": s.number, "calling": s.title, "peer": s.address, "stage": "established",
@@ -42,6 +44,7 @@ def service_status(daemon) -> dict:
              "moves": s.moves, "failures": s.failures}
             for s in (a.session for a in daemon.services.associations())],
         **archive_and_disk(directory, config.storage.reserve_bytes),
+        "tls": tls_status(config),  # SE-08: the certificate's expiry, missing files, ...
         "problems": {"counts": dict(service_log.recent_problems.counts),
                      "recent": service_log.recent_problems.recent()},
         "config": to_dict(config),
