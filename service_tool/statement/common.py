@@ -52,6 +52,22 @@ def code(status: int) -> str:
     return f"{status:04X}"
 
 
+def ports_text(ae: ListeningAE) -> str:
+    """Where a listening AE waits for associations, as the end of "... listens ..." (SE-07)."""
+    if ae.port and ae.tls_port:
+        return f"on port {ae.port}, and for DICOM over TLS on port {ae.tls_port}"
+    if ae.tls_port:
+        return f"for DICOM over TLS only, on port {ae.tls_port} (no unencrypted port)"
+    if ae.port:
+        return f"on port {ae.port}"
+    return "on no port: both its plain and its TLS listener are turned off"
+
+
+def port_text(port: int) -> str:
+    """A listener's port in a table: the number, or "off" for 0 (SE-07)."""
+    return str(port) if port else "off"
+
+
 def limit_text(ae: ListeningAE) -> str:
     """A listening AE's association limit."""
     per = " per calling AE title" if ae.association_limit == "per_calling_ae" else " in total"

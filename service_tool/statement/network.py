@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from appliance.config.model import Config, calling_allow_list
 from service_tool.render import Block, Heading, Paragraph, Table
-from service_tool.statement.common import QR, SCP, SCU, SECTION, in_bytes, limit_text, seconds, yes
+from service_tool.statement.common import QR, SCP, SCU, SECTION, in_bytes, limit_text, port_text, seconds, yes
 
 
 def _bind_text(config: Config) -> str:
@@ -83,10 +83,13 @@ def configuration(config: Config) -> list[Block]:
         Heading(4, "AE Title/Presentation Address Mapping"),
         Heading(5, "Local AE Titles"),
         Table("Application Entity Configuration", ["Application Entity", "Role", "AE Title", "TCP Port",
-                                                   "Configuration Keys"], [
-            [SCU, "SCU", scu.ae_title.strip(), "none (ephemeral source port)", "storage_scu.ae_title"],
-            [SCP, "SCP", scp.ae_title.strip(), str(scp.port), "storage_scp.ae_title, storage_scp.port"],
-            [QR, "SCP", qr.ae_title.strip(), str(qr.port), "query_retrieve_scp.ae_title, query_retrieve_scp.port"],
+                                                   "DICOM TLS Port", "Configuration Keys"], [
+            [SCU, "SCU", scu.ae_title.strip(), "none (ephemeral source port)", "none (see Security)",
+             "storage_scu.ae_title"],
+            [SCP, "SCP", scp.ae_title.strip(), port_text(scp.port), port_text(scp.tls_port),
+             "storage_scp.ae_title, storage_scp.port, storage_scp.tls_port"],
+            [QR, "SCP", qr.ae_title.strip(), port_text(qr.port), port_text(qr.tls_port),
+             "query_retrieve_scp.ae_title, query_retrieve_scp.port, query_retrieve_scp.tls_port"],
         ]),
         Heading(5, "Remote AE Title/Presentation Address Mapping"),
         Paragraph("The remote AE table ([[remote_aes]]) gives the address of every C-MOVE destination and of "

@@ -11,7 +11,7 @@ from appliance.dicom import contexts
 from appliance.query.keys import KEYS, PATIENT_ROOT, STUDY_ROOT
 from service_tool.render import Block, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections
-from service_tool.statement.common import (QR, SCU, code, limit_text, listed, seconds, sop_class_table,
+from service_tool.statement.common import (QR, SCU, code, limit_text, listed, ports_text, seconds, sop_class_table,
                                            status_table)
 
 
@@ -50,7 +50,7 @@ def specification(config: Config) -> list[Block]:
         Heading(4, "Association Acceptance Policy"),
         Heading(5, "Activity: Handling Query and Retrieval Requests"),
         Heading(6, "Description and Sequencing of Activity"),
-        Paragraph(f"{QR} listens on port {qr.port}. An association request is checked in the order of the table "
+        Paragraph(f"{QR} listens {ports_text(qr)}. An association request is checked in the order of the table "
                   "below and the first reason that applies is sent. Several C-FIND and C-MOVE requests may "
                   f"follow each other on one association. With no message in either direction for "
                   f"{seconds(qr.idle_timeout)} (query_retrieve_scp.idle_timeout) the association is aborted; "

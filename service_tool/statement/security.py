@@ -1,10 +1,31 @@
-"""The Security section: the security profiles and each listening AE's association checks."""
+"""The Security section: the security profiles (bit-preserving storage, DICOM over TLS per AE
+and per remote AE, the audit trail) and each listening AE's association checks (SE-01..SE-03,
+SE-07..SE-10, AU-01)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from appliance.config import tls_path
 from appliance.config.model import Config, calling_allow_list
-from service_tool.render import Block, Heading, Paragraph, Table
-from service_tool.statement.common import SECTION
+from service_tool.render import Block, BulletList, Heading, Paragraph, Table
+from service_tool.statement.common import SCU, SECTION
+
+TLS_PROFILE = "BCP 195 Non-Downgrading TLS Secure Transport Connection Profile"
+AUDIT_FORMAT = "Audit Trail Message Format Profile"
+# audit.collector scheme -> (transmission profile, its description)
+AUDIT_TRANSPORT = {
+    "tls": ("Audit Trail Message Transmission Profile - SYSLOG-TLS",
+            "They go as RFC 5424 syslog messages over TLS (RFC 5425), as IHE ATNA's Record Audit Event "
+            "transaction sends them. The collector's certificate must chain to the CA bundle (tls.ca_bundle) "
+            "and the product presents its own certificate (tls.certificate)."),
+    "udp": ("Audit Trail Message Transmission Profile - SYSLOG-UDP",
+            "They go as RFC 5424 syslog messages over UDP (RFC 5426), as IHE ATNA's Record Audit Event "
+            "transaction sends them. A datagram lost on the network is lost."),
+    "tcp": ("none (syslog over TCP without TLS)",
+            "They go as RFC 5424 syslog messages over plain TCP with octet counting (RFC 6587), which no DICOM "
+            "transmission profile defines; offered for collectors without TLS."),
+}
 
 
 def blocks(config: Config) -> list[Block]:
@@ -19,15 +40,101 @@ def blocks(config: Config) -> list[Block]:
         Heading(3, "Security Profiles"),
         Paragraph("Bit-preserving storage: an instance received in an explicit VR transfer syntax is stored "
                   "unchanged and exported unchanged when the destination accepts that transfer syntax and the "
-                  "database holds no changed value for it, so digital signatures it carries stay valid. No "
-                  "other security profile is supported; DICOM over TLS is not offered."),
+                  "database holds no changed value for it, so digital signatures it carries stay valid."),
+        *transport(config),
+        *audit_trail(config),
         Heading(3, "Association Level Security"),
         Paragraph("Both SCP AEs always check the Application Context Name. Each can check the Called AE Title "
                   "(storage_scp.check_called_ae, query_retrieve_scp.check_called_ae), admit only listed Calling "
                   "AE Titles (accepted_calling_aes, plus the remote AEs flagged store or query) and only listed "
                   "IP addresses or networks (accepted_addresses). The lists are separate per AE; an empty list "
-                  "admits any peer."),
+                  "admits any peer. Over TLS the same checks apply after the handshake."),
         Table("Association Level Security", ["Application Entity", "Required Called AE Title",
                                              "Admitted Calling AE Titles", "Admitted IP Addresses"], rows),
     ]
 
+
+def _verification(config: Config, verify_clients: bool) -> str:
+    """SE-09: what a TLS client of this AE must present, with the CA bundle as installed now."""
+    if not verify_clients:
+        return "None: any client is accepted without a certificate (verify_clients = false)"
+    if not tls_path(config, "ca_bundle").exists():
+        return ("None for now: verify_clients is set, but no CA bundle is installed (tls.ca_bundle), so no "
+                "client can be verified")
+    return "Required: a certificate that chains to a CA of the CA bundle (tls.ca_bundle)"
+
+
+def transport(config: Config) -> list[Block]:
+    """Secure Transport Connection Profiles: TLS per listening AE (SE-07, SE-09) and per remote AE (SE-10)."""
+    listening = {name: getattr(config, section) for name, section in SECTION.items()}
+    outgoing = [ae for ae in config.remote_aes if ae.tls]
+    blocks: list[Block] = [Heading(4, "Secure Transport Connection Profiles")]
+    if not outgoing and not any(ae.tls_port for ae in listening.values()):
+        return blocks + [Paragraph("DICOM over TLS is not offered: no SCP AE has a TLS port (tls_port) and no "
+                                   "remote AE is flagged tls. Every association uses plain TCP.")]
+    blocks += [
+        Paragraph(f"The {TLS_PROFILE} (DICOM PS3.15 Annex B) is supported:"),
+        BulletList([
+            "TLS 1.2 and TLS 1.3 only; a peer that offers only TLS 1.1 or older fails the handshake.",
+            "In TLS 1.2 only ephemeral key exchange (ECDHE or DHE) with AES-GCM or ChaCha20-Poly1305 "
+            "cipher suites; TLS 1.3's own suites (all AEAD). No TLS compression, no renegotiation.",
+            "The product presents the certificate tls.certificate with its private key tls.key, both as "
+            "TLS server and as TLS client.",
+            "A failed handshake is logged with the peer's address and the reason and never becomes an "
+            "association.",
+        ]),
+    ]
+    rows = []
+    for name, ae in listening.items():
+        if ae.tls_port:
+            rows.append([name, "Server (accepts)", str(ae.tls_port), _verification(config, ae.verify_clients),
+                         f"{SECTION[name]}.tls_port, {SECTION[name]}.verify_clients"])
+        else:
+            rows.append([name, "Server (accepts)", "not offered", "-", f"{SECTION[name]}.tls_port"])
+    rows.append([SCU, "Client (requests)", "the remote AE's port",
+                 "The remote AE's certificate must chain to the CA bundle (tls.ca_bundle); its host name is not "
+                 "checked", "remote_aes[].tls"])
+    blocks.append(Table("DICOM over TLS per Application Entity", ["Application Entity", "TLS Role", "TLS Port",
+                                                                  "Peer Certificate Verification",
+                                                                  "Configuration Keys"], rows))
+    if config.remote_aes:
+        blocks += [
+            Paragraph(f"Associations the product requests ({SCU}'s C-MOVE exports, Storage Commitment reports "
+                      "on a new association, the service tool's C-ECHO) use TLS to the remote AEs flagged tls "
+                      "(remote_aes[].tls), and plain TCP to the others."),
+            Table("Transport per Remote AE", ["AE Title", "Host", "TCP Port", "Transport"],
+                  [[ae.ae_title.strip(), ae.host, str(ae.port), "TLS" if ae.tls else "TCP (no TLS)"]
+                   for ae in config.remote_aes]),
+        ]
+    return blocks
+
+
+def audit_trail(config: Config) -> list[Block]:
+    """Audit Trail Profiles (AU-01): the message format and the transmission to the collector."""
+    collector = config.audit.collector
+    blocks: list[Block] = [Heading(4, "Audit Trail Profiles")]
+    if not collector:
+        return blocks + [Paragraph(f"The audit trail is not offered: no audit record repository is configured "
+                                   f"(audit.collector), so no audit messages are sent. Neither the {AUDIT_FORMAT} "
+                                   "nor an audit trail transmission profile is supported as configured.")]
+    parts = urlsplit(collector)
+    profile, how = AUDIT_TRANSPORT[parts.scheme]
+    source = config.audit.source_id or "the machine name"
+    blocks += [
+        Paragraph(f"The product is an IHE ATNA Secure Application: it sends audit messages of the {AUDIT_FORMAT} "
+                  "(DICOM PS3.15 A.5, audit message XML) for application start and stop, security alerts "
+                  "(an association refused for security reasons, a failed TLS handshake, a configuration "
+                  "change), instances received and sent, queries, and the start of each C-MOVE. " + how),
+        Table("Audit Trail", ["Item", "Value", "Configuration Key"], [
+            ["Message format", f"{AUDIT_FORMAT} (PS3.15 A.5)", "(none)"],
+            ["Transmission", profile, "audit.collector"],
+            ["Audit record repository", f"{parts.hostname} port {parts.port} ({parts.scheme.upper()})",
+             "audit.collector"],
+            ["AuditSourceID", source, "audit.source_id"],
+            ["Spool while the repository is unreachable",
+             "none: a UDP datagram is sent at once" if parts.scheme == "udp" else
+             f"{config.audit.spool_max_bytes} bytes; beyond it the oldest messages are dropped, with an alert",
+             "audit.spool_max_bytes"],
+        ]),
+    ]
+    return blocks

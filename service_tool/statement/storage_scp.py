@@ -11,7 +11,8 @@ from appliance.store import ingest
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections
 from service_tool.statement.common import (CONTEXT_HEADER, SCP, code, context_rows, in_bytes, limit_text,
-                                           listed, retries, seconds, sop_class_table, status_table, uid_name)
+                                           listed, ports_text, retries, seconds, sop_class_table, status_table,
+                                           uid_name)
 
 
 def specification(config: Config) -> list[Block]:
@@ -79,7 +80,7 @@ def specification(config: Config) -> list[Block]:
         Heading(4, "Association Acceptance Policy"),
         Heading(5, "Activity: Receive Images and Storage Commitment Requests"),
         Heading(6, "Description and Sequencing of Activity"),
-        Paragraph(f"{SCP} listens on port {scp.port}. An association request is checked in the order of the table "
+        Paragraph(f"{SCP} listens {ports_text(scp)}. An association request is checked in the order of the table "
                   "below and the first reason that applies is sent. Any number of instances, and Storage "
                   "Commitment requests, may follow each other on one association. With no message for "
                   f"{seconds(scp.idle_timeout)} (storage_scp.idle_timeout) the association is aborted; "
