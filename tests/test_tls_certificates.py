@@ -57,7 +57,8 @@ def test_reader_agrees_with_openssl(tmp_path, key, described):
     assert read.is_ca is False
     assert read.public_key == described
     text = openssl("x509", "-in", str(certificate), "-noout", "-text")
-    assert (f"Public-Key: ({described.split()[1]} bit)" in text) if key.startswith("rsa") else "NIST CURVE: P-256" in text
+    openssl_says = f"Public-Key: ({described.split()[1]} bit)" if key.startswith("rsa") else "NIST CURVE: P-256"
+    assert openssl_says in text
     assert read.fingerprint == fingerprint(certificate)
 
 
@@ -135,7 +136,8 @@ def test_expiry_within_30_days_is_a_warning_and_expired_an_error(tmp_path):
     # Seen 29 days from now, it has expired: the TLS listeners are off.
     later = datetime.now(timezone.utc) + timedelta(days=29)
     [(level, message)] = levels(certificates.problems(used, now=later))
-    assert level == "ERROR" and "expired on" in message and "the TLS listeners are off (STORAGE-SCP port 2762)" in message
+    assert level == "ERROR" and "expired on" in message
+    assert "the TLS listeners are off (STORAGE-SCP port 2762)" in message
     # 31 days of validity are no warning.
     authority = Authority(tmp_path / "ca31")
     authority.sign(tmp_path / "box.csr", tls / "appliance.crt", days=31)
