@@ -1,6 +1,6 @@
 """DICOM over TLS against the real daemon (SE-07, SE-09, SE-10): DCMTK's tools with +tls,
 pynetdicom with an ssl context and a raw TLS client, all with certificates made here by
-`openssl` (tests/certificates.py). A refused connection must be logged with the peer's
+`openssl` (tests/tls_pki.py). A refused connection must be logged with the peer's
 address and the reason and never become an association; the service keeps serving."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pynetdicom import AE
 import datasets
 import pdus
 import scu
-from certificates import Authority
+from tls_pki import Authority
 from commitment_peer import Modality, n_action, request
 from helpers import Appliance, dcmtk, free_port, service_tool, storescp, wait_for
 from query_archive import uid
@@ -31,7 +31,7 @@ STORE, QUERY = "EX_STORE_SCP", "EX_QUERY_SCP"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     root = tmp_path_factory.mktemp("pki")
-    ca = Authority(root / "hospital")
+    ca = Authority(root / "hospital", "Test Hospital CA")
     return SimpleNamespace(ca=ca, box=ca.issue("archive"), modality=ca.issue("modality"),
                            viewer=ca.issue("viewer"), stranger=Authority(root / "other", "Other CA").issue("stranger"))
 

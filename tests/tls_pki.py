@@ -1,10 +1,12 @@
-"""Certificates for the `service-tool tls` and certificate-reader tests, made with the `openssl`
-command-line tool: a hospital CA that signs requests (valid, expiring or expired), self-signed
-RSA and EC certificates, and what `openssl x509` says of a certificate, to compare with."""
+"""Certificates for the TLS tests and benchmarks, made with the `openssl` command-line tool: a
+hospital CA that signs requests or issues key and certificate at once (valid, expiring or
+expired), self-signed RSA and EC certificates, and what `openssl x509` says of a certificate,
+to compare with."""
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -12,6 +14,12 @@ def openssl(*args: str, stdin: bytes | None = None) -> str:
     done = subprocess.run(["openssl", *args], input=stdin, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     return done.stdout.decode()
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: Path
+    key: Path
 
 
 class Authority:
@@ -31,6 +39,15 @@ class Authority:
         openssl("x509", "-req", "-in", str(request), "-CA", str(self.certificate), "-CAkey", str(self.key),
                 "-CAcreateserial", "-copy_extensions", "copy", "-days", str(days), "-out", str(out))
         return out
+
+    def issue(self, name: str, days: int = 365, san: str = "IP:127.0.0.1,DNS:localhost") -> Issued:
+        """An EC P-256 key and a certificate for CN=`name`, for both server and client use (a
+        DICOM node is both); `days` = -1: expired a day ago."""
+        key, request = self.directory / f"{name}.key", self.directory / f"{name}.csr"
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+                "-out", str(request), "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
+                "-addext", "extendedKeyUsage=serverAuth,clientAuth")
+        return Issued(self.sign(request, self.directory / f"{name}.crt", days), key)
 
 
 def self_signed(directory: Path, name: str, key: str = "rsa:3072", days: int = 365, subject: str | None = None,
