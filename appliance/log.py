@@ -60,6 +60,8 @@ class _JournalFormatter(logging.Formatter):
 def setup(settings: Logging, data_dir: Path) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
+        if getattr(handler, "kept_across_setup", False):  # the audit trail's ALERT forwarder (AU-03)
+            continue
         root.removeHandler(handler)
         if handler is not recent_problems:  # kept across reloads
             handler.close()
