@@ -19,10 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from appliance import __version__, systemd
+from appliance import __version__, audit, systemd
 from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
-from appliance.config.keys import inert_settings
+from appliance.config.keys import inert_settings, to_dict
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
 from appliance.control.status import service_status
@@ -83,6 +83,7 @@ class Daemon:
             log.error("cannot start: %s", exc)
             return 1
         raise_file_limit()
+        audit.start(self.config)  # AU-01..AU-03: what the spool holds from before goes first
         area = StorageArea(directory)
         quiet_libraries()
         sender = ReportSender()
@@ -91,6 +92,7 @@ class Daemon:
             self.listeners = start_listeners(self.config, self.services)
         except OSError as exc:
             log.error("cannot start: %s", exc.strerror or exc)
+            audit.stop()
             return 1
         self.index = Index(directory / INDEX_NAME)
         self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes)
@@ -108,6 +110,7 @@ class Daemon:
         status = self._status_line(directory)
         systemd.notify("READY=1", f"STATUS={status}")
         log.info("ready: %s", status)
+        audit.application_started()
         self.lease_watch = LeaseWatch(self.config.network.interface, self.services.abort_all).start()  # FL-09
         self._main_loop()
         return self._shutdown()
@@ -194,6 +197,8 @@ class Daemon:
         self.archive.stop()
         self.index.close()
         log.info("stopped")
+        audit.application_stopped()
+        audit.stop()  # sends what waits for a few seconds, spools the rest (AU-02)
         return self._exit_code
 
     def _active(self) -> int:
@@ -235,6 +240,8 @@ class Daemon:
                 self.services.configure(old)
                 return refusal
         self.config = new
+        audit.configure(new)
+        audit.configuration_changed(audit.changed_keys(to_dict(old), to_dict(new)), self.config_path)  # AU-01
         if new.network.interface != old.network.interface:
             self.lease_watch.stop()
             self.lease_watch = LeaseWatch(new.network.interface, self.services.abort_all).start()

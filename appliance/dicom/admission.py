@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from appliance import audit
 from appliance.codes import uids
 from appliance.config.model import ListeningAE
 from appliance.dicom.pdu import Request
@@ -48,6 +49,8 @@ ADDRESS = Rejection(1, 1, 1, "AS-08")
 LIMIT = Rejection(2, 3, 2, "AS-01")
 CONGESTION = Rejection(2, 3, 1, "AS-02")
 NO_CONTEXT = Rejection(1, 1, 1, "AS-07")
+# Refused for who the peer is, not for what it asks: each is audited (AU-01).
+SECURITY_REFUSALS = (CALLED_AE, CALLING_AE, ADDRESS)
 
 
 def log_rejection(prefix: str, called: str, rejection: Rejection, why: str) -> None:
@@ -108,11 +111,15 @@ class Admission:
         `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07)."""
         with self._lock:
             refusal = self._refusal(request, unmapped(address), acceptable)
-            if refusal is not None:
-                return refusal
-            slot = Slot(request.calling)
-            self._slots.append(slot)
-            return slot
+            if refusal is None:
+                slot = Slot(request.calling)
+                self._slots.append(slot)
+                return slot
+        rejection, why = refusal
+        if rejection in SECURITY_REFUSALS:  # AU-01: a Security Alert (Node Authentication), minor failure
+            audit.node_authentication_failure(self._rules[0].ae_title.strip(), address, f"{why}; {rejection}",
+                                              request.calling, request.called)
+        return refusal
 
     def enter(self, slot: Slot, association) -> None:
         with self._lock:
@@ -120,10 +127,16 @@ class Admission:
             self._running = [a for a in self._running if a.running()] + [association]
 
     def leave(self, slot: Slot) -> None:
-        """The association was released or aborted (or never started): its slot is free."""
+        """The association was released or aborted (or never started): its slot is free, and
+        the instances it stored are audited, one message per study (AU-01)."""
         with self._lock:
-            if slot in self._slots:
-                self._slots.remove(slot)
+            if slot not in self._slots:
+                return
+            self._slots.remove(slot)
+        association = slot.association
+        if association is not None and association.session.received:
+            session = association.session
+            audit.instances_received(association.called, session.title, session.address, session.received)
 
     def current(self) -> list:
         """The admitted associations not ended yet, for `status` and `abort_all`."""

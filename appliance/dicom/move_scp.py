@@ -23,6 +23,7 @@ from peewee import DatabaseError
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode
 
+from appliance import audit
 from appliance.codes import status, uids
 from appliance.dicom import dimse
 from appliance.dicom.dimse import Message
@@ -88,8 +89,17 @@ class MoveSCP:
         ignored = f"; keys not used: {', '.join(wanted.ignored)}" if wanted.ignored else ""
         log.info("%s %s: %d instances to send%s", prefix, wanted.describe(), len(items), ignored)
         answer.pending(Progress(remaining=len(items)))  # QM-07
+        # AU-01: Begin Transferring, then DICOM Instances Transferred for what was sent and what failed.
+        audited = audit.active() and bool(items)
+        if audited:
+            parties = (self.services.exports.settings.ae_title.strip(), destination.ae_title, destination.host,
+                       session.title, session.address)
+            audit.export_begins(*parties, items)
         progress = self.services.exports.export(Job(destination, items, session.title, request.message_id,
                                                     answer.cancelled, answer.pending))
+        if audited:
+            failed = items[progress.completed:] if progress.failed_uids else []
+            audit.export_ended(*parties, items[:progress.completed], failed, progress.failure)
         if progress.cancelled:
             code = status.CANCEL
         elif progress.failure:

@@ -15,6 +15,7 @@ from io import BytesIO
 from peewee import DatabaseError
 from pynetdicom.dsutils import decode
 
+from appliance import audit
 from appliance.codes import status, uids
 from appliance.dicom import dimse
 from appliance.dicom.dimse import Message
@@ -41,6 +42,12 @@ def on_find(association, message: Message) -> None:
         code = status.UNEXPECTED_FIND_FAILURE
     if code is not None:
         association.respond(message, code)
+    # AU-01: a Query message per C-FIND, after its answer; a refused identifier is a minor failure.
+    if audit.active():
+        abstract_syntax, syntax = association.accepted[message.context_id]
+        failed = code is not None and code not in (status.SUCCESS, status.CANCEL)
+        audit.query(association.called, association.calling, association.session.address, abstract_syntax,
+                    message.data, syntax, f"C-FIND status 0x{code:04X}" if failed else "")
 
 
 def find(association, message: Message) -> int | None:

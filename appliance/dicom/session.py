@@ -33,6 +33,9 @@ class Session:
     queries: int = 0  # C-FINDs answered (QUERY-RETRIEVE-SCP)
     moves: int = 0  # C-MOVEs answered
     bytes: int = 0
+    # AU-01: the instances stored, per study (Study Instance UID -> audit Tally), audited as one
+    # DICOM Instances Transferred message per study when the association ends.
+    received: dict = field(default_factory=dict)
 
     def prefix(self) -> str:
         return f"{self.ae_name} #{self.number} {self.title or '?'}@{self.address}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from appliance import audit
 from appliance.codes import status, uids
 from appliance.dicom import dimse
 from appliance.dicom.dimse import Command, Message
@@ -51,6 +52,8 @@ class StorageSCP:
         if level == logging.INFO:
             session.instances += 1
             session.bytes += outcome.size
+            if outcome.values is not None and audit.active():  # AU-01: one message per study, at the end
+                audit.count_stored(session.received, outcome.values)
         else:
             session.failures += 1
         uid = request.sop_instance_uid

@@ -49,6 +49,7 @@ class Item:
     path: str  # relative to the store
     size: int
     index_values: dict[str, str]  # coercion.IndexValues field -> value in the index
+    study_instance_uid: str = ""  # the study it belongs to, for the audit trail (AU-01)
 
 
 def parse(identifier: Dataset, model: Model) -> Retrieve:
@@ -119,7 +120,7 @@ _KEY_COLUMNS = {Level.PATIENT: Patient.patient_id, Level.STUDY: Study.study_inst
 
 def instances(retrieve: Retrieve) -> list[Item]:
     """Every matching instance, in study, series and instance-number order (one statement)."""
-    statement = (Instance.select(*_ITEM_COLUMNS, *EXPORTED_COLUMNS.values())
+    statement = (Instance.select(*_ITEM_COLUMNS, *EXPORTED_COLUMNS.values(), Study.study_instance_uid)
                  .join_from(Instance, Series).join_from(Series, Study).join_from(Study, Patient))
     for level, values in retrieve.values.items():
         column = _KEY_COLUMNS[level]
@@ -130,5 +131,5 @@ def instances(retrieve: Retrieve) -> list[Item]:
     names = list(EXPORTED_COLUMNS)
     items = []
     for row in statement.tuples().iterator():
-        items.append(Item(*row[:len(_ITEM_COLUMNS)], dict(zip(names, row[len(_ITEM_COLUMNS):]))))
+        items.append(Item(*row[:len(_ITEM_COLUMNS)], dict(zip(names, row[len(_ITEM_COLUMNS):-1])), row[-1]))
     return items

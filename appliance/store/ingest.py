@@ -57,6 +57,7 @@ class StoreOutcome:
     sop_instance_uid: str  # as indexed (differs from the request after ST-17 reassignment)
     detail: str  # what happened, for the service log
     size: int = 0
+    values: coercion.IndexValues | None = None  # as indexed, when stored (the audit trail's study, AU-01)
 
 
 class Archive:
@@ -212,7 +213,7 @@ class Archive:
             detail += "; coerced " + ", ".join(values.coerced)
             if self.policy.coercion_warning:
                 result = status.COERCION_OF_DATA_ELEMENTS
-        return StoreOutcome(result, values.sop_instance_uid, detail, received.size)
+        return StoreOutcome(result, values.sop_instance_uid, detail, received.size, values)
 
     def index_instance(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int,
                        received_at: datetime.datetime, duplicate_uid: str | None = None) -> str | None:
