@@ -18,9 +18,9 @@ import base64
 import os
 import re
 import ssl
-import subprocess
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lxml import etree
@@ -29,6 +29,7 @@ from pynetdicom.dsutils import decode
 import datasets
 from helpers import dcmtk, free_port, service_tool, storescp, wait_for
 from syslog_collector import Collector, Message
+from tls_pki import Authority
 
 SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parent / "resources" / "audit-message.rng")))
 AUDIT = "DICOM+RFC3881"
@@ -262,46 +263,22 @@ def test_udp_collector_gets_one_datagram_per_message(make_appliance):
 
 # --- TLS ------------------------------------------------------------------------------------------------
 
-def openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-
-
-def certificate_authority(directory: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=directory)
-
-
-def issue(directory: Path, ca: str, name: str, extensions: str) -> None:
-    """`name`.pem and `name`.key, signed by the CA `ca`."""
-    (directory / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-                                           "authorityKeyIdentifier=keyid,issuer\n" + extensions + "\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=directory)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=directory)
-
-
 @pytest.fixture
-def pki(tmp_path) -> Path:
+def pki(tmp_path) -> SimpleNamespace:
     """A hospital CA with the collector's certificate (for 127.0.0.1) and the box's, and another
     CA with a certificate for the same address that the box must not trust."""
-    directory = tmp_path / "pki"
-    directory.mkdir()
-    certificate_authority(directory, "hospital-ca")
-    issue(directory, "hospital-ca", "collector", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    issue(directory, "hospital-ca", "appliance-box", "extendedKeyUsage=clientAuth")
-    certificate_authority(directory, "other-ca")
-    issue(directory, "other-ca", "impostor", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    return directory
+    hospital = Authority(tmp_path / "hospital", "Hospital CA")
+    return SimpleNamespace(ca=hospital, collector=hospital.issue("collector", san="IP:127.0.0.1"),
+                           box=hospital.issue("appliance-box"),
+                           impostor=Authority(tmp_path / "other", "Other CA").issue("impostor", san="IP:127.0.0.1"))
 
 
-def server_context(pki: Path, name: str) -> ssl.SSLContext:
+def server_context(pki: SimpleNamespace, issued) -> ssl.SSLContext:
     """The collector's side: its certificate, and a client certificate from the hospital CA required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki / f"{name}.pem", pki / f"{name}.key")
+    context.load_cert_chain(issued.certificate, issued.key)
     context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(pki / "hospital-ca.pem")
+    context.load_verify_locations(pki.ca.certificate)
     return context
 
 
@@ -310,16 +287,16 @@ def test_tls_collector_is_verified_and_sees_the_box_certificate(make_appliance, 
     an impostor on the collector's address gets nothing and the messages wait in the spool
     (AU-02); the real collector then gets them in order, and the box's certificate."""
     port = free_port()
-    tls = {"certificate": str(pki / "appliance-box.pem"), "key": str(pki / "appliance-box.key"),
-           "ca_bundle": str(pki / "hospital-ca.pem")}
-    with Collector("tls", port, server_context(pki, "impostor")) as impostor:
+    tls = {"certificate": str(pki.box.certificate), "key": str(pki.box.key), "ca_bundle": str(pki.ca.certificate)}
+    with Collector("tls", port, server_context(pki, pki.impostor)) as impostor:
         app = make_appliance(audited({"tls": tls}, f"tls://127.0.0.1:{port}"))
         refuse(app, "BEFORE_TRUST")
         wait_for(lambda: len(spool_files(app)) >= 2, "two messages in the spool")
         app.wait_log("audit: the collector tls://127.0.0.1:\\d+ cannot be reached")
         assert impostor.connections and not impostor.messages
-    with Collector("tls", port, server_context(pki, "collector")) as collector:
-        start, alert = wait_event(collector, APPLICATION_ACTIVITY)[0], wait_event(collector, SECURITY_ALERT)[0]
+    with Collector("tls", port, server_context(pki, pki.collector)) as collector:
+        wait_event(collector, APPLICATION_ACTIVITY)
+        alert, = wait_event(collector, SECURITY_ALERT)
         assert refused_caller(alert) == "BEFORE_TRUST"
         assert [event(r)[0] for r in audits(collector.messages)][:2] == [APPLICATION_ACTIVITY, SECURITY_ALERT]
         subject = dict(item for rdn in collector.messages[0].peer_certificate["subject"] for item in rdn)
@@ -400,36 +377,25 @@ def test_a_full_spool_drops_the_oldest_with_an_alert(make_appliance):
 
 # --- the calls other parts make: a TLS handshake that failed; deletions and edits (MG-02, MG-03) ----------
 
-def test_the_call_for_a_failed_tls_handshake_gives_a_node_authentication_alert(tmp_path):
-    """AU-01: what the TLS acceptor reports when a handshake fails, before any A-ASSOCIATE-RQ
-    (so no AE titles): a Security Alert naming the peer by its address, with the reason.
-    The trail runs in this process here, with its real sender, spool and collector."""
-    import logging
-
-    from appliance import audit
-    from appliance.audit import trail
-    from appliance.config import load_dict
-
+def test_a_failed_tls_handshake_gives_a_node_authentication_alert(make_appliance, pki):
+    """AU-01, SE-07: plain DICOM on the TLS port, refused before any A-ASSOCIATE-RQ (so no AE
+    titles): a Security Alert naming the peer by its address, with the reason."""
+    tls = {"certificate": str(pki.box.certificate), "key": str(pki.box.key), "ca_bundle": str(pki.ca.certificate)}
     with Collector("tcp", free_port()) as collector:
-        config = load_dict({"storage": {"data_dir": "data"}, "audit": {"collector": collector.url}},
-                           base_dir=str(tmp_path))
-        audit.start(config)
-        try:
-            audit.node_authentication_failure("EX_STORE_SCP", "::ffff:10.1.2.3",
-                                              "TLS handshake failed: certificate verify failed")
-            alert, = wait_event(collector, SECURITY_ALERT)
-            assert audit.status() == {"collector": collector.url, "spooled_messages": 0, "spooled_bytes": 0}
-        finally:
-            audit.stop()
-            logging.getLogger().removeHandler(trail.forwarder)
+        app = make_appliance(audited({"tls": tls, "storage_scp": {"tls_port": free_port()}}, collector.url))
+        wait_event(collector, APPLICATION_ACTIVITY)
+        assert dcmtk("echoscu", "-aec", "EX_STORE_SCP", "127.0.0.1",
+                     str(app.config["storage_scp"]["tls_port"])).returncode != 0
+        alert, = wait_event(collector, SECURITY_ALERT)
     assert event(alert) == (SECURITY_ALERT, (NODE_AUTHENTICATION,))
     assert alert.find("EventIdentification").get("EventOutcomeIndicator") == "4"
-    peer, = [p for p in alert.findall("ActiveParticipant") if p.get("UserID") == "10.1.2.3"]
-    assert peer.get("NetworkAccessPointID") == "10.1.2.3" and peer.get("UserIsRequestor") == "false"
+    peer, = [p for p in alert.findall("ActiveParticipant") if p.get("UserID") == "127.0.0.1"]
+    assert peer.get("NetworkAccessPointID") == "127.0.0.1" and peer.get("UserIsRequestor") == "false"
     node, = objects(alert, "110182")
-    assert node.get("ParticipantObjectID") == "10.1.2.3"
-    assert detail(node, "Alert Description") == "TLS handshake failed: certificate verify failed"
-    assert participant(alert, "AETITLES=EX_STORE_SCP").get("UserID") == str(os.getpid())
+    assert node.get("ParticipantObjectID") == "127.0.0.1"
+    assert detail(node, "Alert Description").startswith(
+        "TLS connection refused: the peer did not start a TLS handshake on the TLS port")
+    assert participant(alert, "AETITLES=EX_STORE_SCP").get("UserID") == str(app.proc.pid)
 
 
 def test_deletion_and_patient_record_messages_follow_the_schema():

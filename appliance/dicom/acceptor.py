@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from appliance import audit
 from appliance.config.model import Timeouts
 from appliance.dicom import pdu, sockets
 from appliance.dicom.admission import CONGESTION, UNPARSEABLE, Admission, Rejection, Slot, log_rejection
@@ -351,6 +352,7 @@ class Listener:
 
     def _tls_failed(self, waiting: _Waiting, why: str) -> None:
         self._drop(waiting, f"TLS connection refused: {why}")
+        audit.node_authentication_failure(self.title, waiting.address, f"TLS connection refused: {why}")  # AU-01
 
     def _gap(self, waiting: _Waiting) -> None:
         waiting.gap_deadline = time.monotonic() + self.timeouts.pdu_gap
