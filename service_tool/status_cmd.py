@@ -99,6 +99,19 @@ def _tls(report: dict) -> list[str]:
     return lines
 
 
+def _audit(report: dict) -> list[str]:
+    """AU-01, AU-02: where audit messages go, and how many wait in the spool for the collector."""
+    audit = report.get("audit")
+    if not audit or not audit["collector"]:
+        return []
+    waiting = audit["spooled_messages"]
+    line = f"audit trail: to {audit['collector']}"
+    if waiting:
+        return [line, f"WARNING: {waiting} audit messages ({_size(audit['spooled_bytes'])}) wait in the spool: "
+                      "the collector cannot be reached"]
+    return [line]
+
+
 def _text(report: dict) -> list[str]:
     if report["running"]:
         lines = [f"service: running, appliance {report['version']} (pid {report['pid']}, up "
@@ -116,6 +129,7 @@ def _text(report: dict) -> list[str]:
     else:
         lines = [f"service: NOT RUNNING ({report['why']})"]
     lines += _tls(report)
+    lines += _audit(report)
     lines.append(f"data directory: {report['data_dir']}")
     archive = report["archive"]
     if "error" in archive:

@@ -315,6 +315,9 @@ def test_collector_down_then_up_gets_every_message_in_order(make_appliance):
     for calling in callers:
         refuse(app, calling)
     wait_for(lambda: len(spool_files(app)) == 1 + len(callers), "every message in the spool")
+    status = service_tool(app.config_path, "status")
+    assert f"audit trail: to tcp://127.0.0.1:{port}\nWARNING: {1 + len(callers)} audit messages (" in status.stdout, \
+        status.stdout
     with Collector("tcp", port) as collector:
         wait_event(collector, SECURITY_ALERT, count=len(callers))
         refuse(app, "CALLER_AFTER")

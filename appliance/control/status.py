@@ -8,7 +8,7 @@ import sqlite3
 import time
 from importlib.metadata import version
 
-from appliance import __version__
+from appliance import __version__, audit
 from appliance import log as service_log
 from appliance.config import data_dir
 from appliance.config.keys import to_dict
@@ -45,6 +45,7 @@ def service_status(daemon) -> dict:
             for s in (a.session for a in daemon.services.associations())],
         **archive_and_disk(directory, config.storage.reserve_bytes),
         "tls": tls_status(config),  # SE-08: the certificate's expiry, missing files, ...
+        "audit": audit.status(),  # AU-02: the collector and what waits for it in the spool
         "problems": {"counts": dict(service_log.recent_problems.counts),
                      "recent": service_log.recent_problems.recent()},
         "config": to_dict(config),
