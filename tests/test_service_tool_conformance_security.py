@@ -63,6 +63,9 @@ def test_statement_security_section_with_tls_and_audit_on(tmp_path):
     assert audit["Transmission"] == "Audit Trail Message Transmission Profile - SYSLOG-UDP"
     assert audit["Audit record repository"] == "arr.hospital.example port 514 (UDP)"
     assert audit["AuditSourceID"] == "RAD_ARCHIVE_1"
+    assert audit["Spool while the repository is unreachable"].endswith("one lost on the way is not noticed")
+    identifiers = {row["Participant"]: row["UserID"] for row in tables["Audit Message Identifiers"]}
+    assert identifiers["This product (each AE)"] == "the service's process ID"  # PS3.15 A.5.2.1
     assert "IHE ATNA" in text
     ports = {row["Application Entity"]: (row["TCP Port"], row["DICOM TLS Port"])
              for row in tables["Application Entity Configuration"]}

@@ -132,9 +132,18 @@ def audit_trail(config: Config) -> list[Block]:
              "audit.collector"],
             ["AuditSourceID", source, "audit.source_id"],
             ["Spool while the repository is unreachable",
-             "none: a UDP datagram is sent at once" if parts.scheme == "udp" else
-             f"{config.audit.spool_max_bytes} bytes; beyond it the oldest messages are dropped, with an alert",
+             f"{config.audit.spool_max_bytes} bytes; beyond it the oldest messages are dropped, with an alert"
+             + ("; over UDP only a datagram the host cannot send waits there: one lost on the way is not "
+                "noticed" if parts.scheme == "udp" else ""),
              "audit.spool_max_bytes"],
+        ]),
+        # PS3.15 A.5.2.1: how the participants are identified in the messages.
+        Table("Audit Message Identifiers", ["Participant", "UserID", "AlternativeUserID"], [
+            ["This product (each AE)", "the service's process ID", "AETITLES= the AE's title"],
+            ["A remote DICOM node", "its AE title (its IP address when no association was requested)",
+             "AETITLES= its AE title"],
+            ["Network access point", "NetworkAccessPointID: a remote node's IP address (type 2), this "
+                                     "product's machine name (type 1)", ""],
         ]),
     ]
     return blocks
