@@ -85,8 +85,9 @@ def run(args) -> int:
     return 0 if all(r.ok for r in results) else EXIT_FAILED
 
 
-def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool]]:
-    """(called title, host, port, calling title, TLS) for each echo asked for."""
+def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool, str]]:
+    """(called title, host, port, calling title, TLS, pinned certificate subject) for each echo
+    asked for."""
     calling = (config.storage_scp if args.role == "scp" else config.storage_scu).ae_title.strip()
     remotes = {ae.ae_title.strip(): ae for ae in config.remote_aes}
     titles = list(remotes) if args.all else [t.strip() for t in args.titles]
@@ -94,10 +95,10 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool]]:
     if unknown:
         raise ConfigError("remote_aes", f"no remote AE titled {', '.join(map(repr, unknown))} "
                           f"(known: {', '.join(remotes) or 'none'})")
-    targets = [(t, remotes[t].host, remotes[t].port, calling, remotes[t].tls) for t in titles]
+    targets = [(t, remotes[t].host, remotes[t].port, calling, remotes[t].tls, remotes[t].tls_subject) for t in titles]
     if args.local:
         host = "127.0.0.1" if config.network.bind_address in ("*", "0.0.0.0") else config.network.bind_address
-        targets += [(scp.ae_title.strip(), host, port, "SERVICE_TOOL", tls)
+        targets += [(scp.ae_title.strip(), host, port, "SERVICE_TOOL", tls, "")
                     for scp in (config.storage_scp, config.query_retrieve_scp)
                     for port, tls in ((scp.port, False), (scp.tls_port, True)) if port]
     if not targets:
@@ -105,7 +106,8 @@ def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool]]:
     return targets
 
 
-def echo(config: Config, title: str, host: str, port: int, calling: str, tls: bool = False) -> Echo:
+def echo(config: Config, title: str, host: str, port: int, calling: str, tls: bool = False,
+         subject: str = "") -> Echo:
     # Imported here: pynetdicom takes 0.3 s to import, which no other command should pay.
     from appliance.dicom import dimse
     from appliance.dicom.pdu import Proposal
@@ -136,7 +138,7 @@ def echo(config: Config, title: str, host: str, port: int, calling: str, tls: bo
     if tls:
         step = time.monotonic()
         try:
-            sock = secure(sock, client_context(config), host, port)
+            sock = secure(sock, client_context(config), host, port, subject)
         except TlsUnavailable as exc:
             sock.close()
             result.failure = f"TLS: {exc}"

@@ -68,7 +68,8 @@ def test_show_prints_the_effective_configuration_as_toml(config_file):
     assert shown["storage_scp"]["ae_title"] == "ARCHIVE"
     assert shown["query_retrieve_scp"]["port"] == 5000  # a default the file does not set
     assert shown["remote_aes"] == [{"ae_title": "PACS", "host": "10.0.0.9", "port": 104, "move_destination": True,
-                                    "commitment": True, "store": False, "query": False, "tls": False}]
+                                    "commitment": True, "store": False, "query": False, "tls": False,
+                                    "tls_subject": ""}]
     assert load_dict(shown) == load_dict(tomllib.loads(config_file.read_text()))
 
 

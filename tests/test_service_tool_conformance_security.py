@@ -36,6 +36,7 @@ ae_title = "PACS"
 host = "10.0.0.1"
 port = 2762
 tls = true
+tls_subject = "CN=pacs.hospital.example"
 [[remote_aes]]
 ae_title = "VIEWER"
 host = "10.0.0.2"
@@ -57,7 +58,8 @@ def test_statement_security_section_with_tls_and_audit_on(tmp_path):
     assert per_ae["QUERY-RETRIEVE-SCP"]["Peer Certificate Verification"].startswith("None: any client is accepted")
     assert per_ae["STORAGE-SCU"]["TLS Role"] == "Client (requests)"
     assert [list(row.values()) for row in tables["Transport per Remote AE"]] == [
-        ["PACS", "10.0.0.1", "2762", "TLS"], ["VIEWER", "10.0.0.2", "104", "TCP (no TLS)"]]
+        ["PACS", "10.0.0.1", "2762", "TLS", "CN=pacs.hospital.example"],
+        ["VIEWER", "10.0.0.2", "104", "TCP (no TLS)", "-"]]
     audit = {row["Item"]: row["Value"] for row in tables["Audit Trail"]}
     assert audit["Message format"] == "Audit Trail Message Format Profile (PS3.15 A.5)"
     assert audit["Transmission"] == "Audit Trail Message Transmission Profile - SYSLOG-UDP"

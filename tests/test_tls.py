@@ -298,3 +298,41 @@ def test_a_tls_association_is_aborted_at_the_end_of_the_shutdown_drain(make_appl
         assert time.monotonic() - started < 3
     assert app.proc.wait(10) == 0
     app.wait_log(r"STORAGE-SCP #\d+ MODALITY@127\.0\.0\.1:\d+: association aborted")
+
+
+def test_a_pinned_subject_binds_a_calling_title_to_its_certificate(make_appliance, pki):
+    """SE-09: remote_aes[].tls_subject: MODALITY must come over TLS with the modality's
+    certificate; the viewer's certificate or plain TCP under that title get 1/1/3; titles not
+    pinned are not concerned."""
+    app = make_appliance(tls_overrides(pki, remote_aes=[
+        {"ae_title": "MODALITY", "host": "127.0.0.1", "port": free_port(), "tls_subject": "CN=modality"}]))
+
+    def echo(issued, title: str, port: str | None = None):
+        options = dcmtk_tls(pki, issued) if issued else []
+        return dcmtk("echoscu", *options, "-aet", title, "-aec", STORE, "127.0.0.1", port or tls_port(app))
+
+    assert echo(pki.modality, "MODALITY").returncode == 0
+    assert echo(pki.viewer, "VIEWER").returncode == 0
+    assert echo(pki.viewer, "MODALITY").returncode != 0
+    app.wait_log(r"MODALITY@127\.0\.0\.1:\d+: association rejected \(called EX_STORE_SCP\): calling AE title MODALITY "
+                 r"must come over TLS with the certificate CN=modality \(remote_aes\[\]\.tls_subject\), it came with "
+                 r"the certificate CN=viewer; A-ASSOCIATE-RJ result 1, source 1, reason 3")
+    assert echo(None, "MODALITY", str(app.storage_port)).returncode != 0
+    app.wait_log(r"must come over TLS with the certificate CN=modality \(remote_aes\[\]\.tls_subject\), it came over "
+                 r"plain TCP; A-ASSOCIATE-RJ result 1, source 1, reason 3")
+
+
+def test_a_pinned_subject_is_checked_on_the_appliances_own_associations(make_appliance, pki):
+    """SE-09, SE-10: towards a remote AE with tls_subject, another certificate than the pinned
+    one ends the connection after the handshake (service-tool echo shows it as the TLS step)."""
+    app = make_appliance(tls_overrides(pki))
+    port = int(tls_port(app))
+    app.config["remote_aes"] = [
+        {"ae_title": STORE, "host": "127.0.0.1", "port": port, "tls": True, "tls_subject": "CN=archive"},
+        {"ae_title": "IMPOSTOR", "host": "127.0.0.1", "port": port, "tls": True, "tls_subject": "CN=pacs"}]
+    app.write_config(app.config)
+    assert service_tool(app.config_path, "echo", STORE).returncode == 0
+    refused = service_tool(app.config_path, "echo", "IMPOSTOR")
+    assert refused.returncode == 1
+    assert (f"FAILED at TLS: TLS with 127.0.0.1 port {port} refused: the peer's certificate is CN=archive, not "
+            "CN=pacs (remote_aes[].tls_subject)") in refused.stdout, refused.stdout

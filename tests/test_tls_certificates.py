@@ -168,3 +168,14 @@ def test_missing_and_mismatching_files(tmp_path):
     [first, *_] = levels(certificates.problems(listening))
     assert first[0] == "ERROR" and re.search(r"no certificate at .*appliance\.crt \(tls\.certificate\): the TLS "
                                              r"listeners are off \(QUERY-RETRIEVE-SCP port 2763\)", first[1])
+
+
+def test_pinned_subjects_compare_as_names():
+    """SE-09: remote_aes[].tls_subject against a certificate's RFC 4514 subject: spaces after
+    the separators do not count; values, order and escaped commas do."""
+    same = certificates.same_subject
+    assert same("CN=ct1.example,O=Hospital", "CN=ct1.example, O=Hospital")
+    assert same(r"CN=Doe\, Jane,O=H", r"CN=Doe\, Jane, O=H")
+    assert not same("CN=ct1.example,O=Hospital", "CN=ct2.example,O=Hospital")
+    assert not same("CN=ct1.example,O=Hospital", "O=Hospital,CN=ct1.example")
+    assert not same(r"CN=Doe\, Jane", "CN=Doe,CN=Jane")

@@ -437,10 +437,17 @@ class RemoteAE:
     store: bool = False  # may associate with STORAGE-SCP (C-STORE, Storage Commitment N-ACTION)
     query: bool = False  # may associate with QUERY-RETRIEVE-SCP (C-FIND, C-MOVE)
     tls: bool = False  # SE-10: exports, commitment reports and echoes to it use TLS
+    # SE-09: the subject its TLS certificate must have, both ways ("" = any the CA vouches for)
+    tls_subject: str = ""
 
 
 # The remote AE flag that admits a calling AE to each listening AE's section.
 ADMITTING_FLAG = {"storage_scp": "store", "query_retrieve_scp": "query"}
+
+
+def pinned_subjects(config: "Config") -> dict[str, str]:
+    """SE-09: calling AE title -> the certificate subject it must present (over TLS only)."""
+    return {ae.ae_title.strip(): ae.tls_subject for ae in config.remote_aes if ae.tls_subject}
 
 
 def calling_allow_list(config: "Config", section: str) -> tuple[str, ...]:

@@ -42,8 +42,8 @@ from appliance.dicom.association import Association, Served
 from appliance.dicom.pdu import HEADER, Identity, ProtocolError, Request
 from appliance.dicom.session import Session, peer_text
 from appliance.dicom.transport import Buffers, Transport, progress
+from appliance.tls.contexts import client_subject, handshake_failure
 from appliance.tls.contexts import describe as describe_tls
-from appliance.tls.contexts import handshake_failure
 from appliance.wake import Wake
 
 log = logging.getLogger("appliance.association")
@@ -71,6 +71,7 @@ class _Waiting:
     # ("hello" -> "handshake" ->, on a TLS listener) "reading" -> "rejected" (waiting for the
     # peer's close) -> "gone" (closed or admitted)
     state: str = "reading"
+    subject: str | None = None  # over TLS, the client certificate's subject ("" without one; SE-09)
 
 
 class Listener:
@@ -346,6 +347,7 @@ class Listener:
             return
         self._selector.modify(sock, selectors.EVENT_READ, waiting)
         waiting.session.tls = describe_tls(sock)
+        waiting.subject = client_subject(sock)
         waiting.state = "reading"
         if sock.pending():  # the request's first bytes came with the handshake's end
             self._readable(waiting)
@@ -371,7 +373,8 @@ class Listener:
             self._reject(waiting, UNPARSEABLE, called, str(exc))
             return
         session.title = request.calling
-        decision = self.admission.decide(request, waiting.address, lambda: len(self._answer(request)[0]))
+        decision = self.admission.decide(request, waiting.address, lambda: len(self._answer(request)[0]),
+                                         waiting.subject)
         if not isinstance(decision, Slot):
             self._reject(waiting, decision[0], request.called, decision[1])
             return

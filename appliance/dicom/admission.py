@@ -24,6 +24,7 @@ from appliance import audit
 from appliance.codes import uids
 from appliance.config.model import ListeningAE
 from appliance.dicom.pdu import Request
+from appliance.tls.certificates import same_subject
 
 log = logging.getLogger("appliance.association")
 
@@ -99,18 +100,22 @@ class Admission:
         self._running: list = []  # associations whose thread has not ended yet
         self._lock = threading.Lock()  # the limit check and the admission are one step
 
-    def configure(self, policy: ListeningAE, calling_allow_list: tuple[str, ...]) -> None:
+    def configure(self, policy: ListeningAE, calling_allow_list: tuple[str, ...],
+                  pinned: dict[str, str] | None = None) -> None:
         """Apply (re)loaded settings. `calling_allow_list`: model.calling_allow_list, the remote
-        AEs' flags included."""
+        AEs' flags included; `pinned`: model.pinned_subjects (SE-09)."""
         networks = tuple(ipaddress.ip_network(n, strict=False) for n in policy.accepted_addresses)
         calling = frozenset(calling_allow_list)
-        self._rules = (policy, networks, calling)  # one assignment: a request sees the old or the new rules
+        # one assignment: a request sees the old or the new rules
+        self._rules = (policy, networks, calling, dict(pinned or {}))
 
-    def decide(self, request: Request, address: str, acceptable: Callable[[], int]) -> Slot | tuple[Rejection, str]:
+    def decide(self, request: Request, address: str, acceptable: Callable[[], int],
+               subject: str | None = None) -> Slot | tuple[Rejection, str]:
         """A slot for the association `request` asks for, or the rejection and why.
-        `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07)."""
+        `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07);
+        `subject`: the client certificate's over TLS ("" without one), None over plain TCP."""
         with self._lock:
-            refusal = self._refusal(request, unmapped(address), acceptable)
+            refusal = self._refusal(request, unmapped(address), acceptable, subject)
             if refusal is None:
                 slot = Slot(request.calling)
                 self._slots.append(slot)
@@ -149,8 +154,9 @@ class Admission:
             self._running = [a for a in self._running if a.running()]
             return len(self._running)
 
-    def _refusal(self, request: Request, address, acceptable: Callable[[], int]) -> tuple[Rejection, str] | None:
-        policy, networks, accepted_calling = self._rules
+    def _refusal(self, request: Request, address, acceptable: Callable[[], int],
+                 subject: str | None) -> tuple[Rejection, str] | None:
+        policy, networks, accepted_calling, pinned = self._rules
         if request.application_context != uids.APPLICATION_CONTEXT:
             return APPLICATION_CONTEXT, f"application context {request.application_context} is not supported"
         if policy.check_called_ae and request.called != policy.ae_title.strip():
@@ -159,6 +165,10 @@ class Admission:
         if accepted_calling and calling not in accepted_calling:
             return CALLING_AE, (f"calling AE title {calling} is neither in accepted_calling_aes nor a remote AE "
                                 f"allowed to {'store' if self.name == 'STORAGE-SCP' else 'query'}")
+        if calling in pinned and (subject is None or not same_subject(subject, pinned[calling])):  # SE-09
+            came = "over plain TCP" if subject is None else f"with the certificate {subject or '(none)'}"
+            return CALLING_AE, (f"calling AE title {calling} must come over TLS with the certificate "
+                                f"{pinned[calling]} (remote_aes[].tls_subject), it came {came}")
         if networks and not any(address in network for network in networks):
             return ADDRESS, f"address {address} is not in accepted_addresses"
         if policy.association_limit == "per_calling_ae":

@@ -108,7 +108,7 @@ class ReportSender:
             raise SendFailed(f"{requester} is not a remote AE with commitment = true")
         try:
             association = Association.request(remote.host, remote.port, requester, self.local, _PROPOSALS,
-                                              self.timeouts, tls_towards(remote, self.config))
+                                              self.timeouts, tls_towards(remote, self.config), remote.tls_subject)
         except Failed as exc:
             raise SendFailed(str(exc)) from None
         if not association.accepted:

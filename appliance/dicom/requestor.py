@@ -26,7 +26,7 @@ from appliance.dicom.dimse import Assembler, Command, Message
 from appliance.dicom.pdu import (ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, PDV_OVERHEAD, RELEASE_RP, RELEASE_RQ,
                                  Identity, Proposal, ProtocolError)
 from appliance.dicom.transport import Buffers, Closed, Idle, PeerClosed, SendTimedOut, TimedOut, Transport, reason
-from appliance.tls.contexts import TlsUnavailable, client_context, handshake_failure
+from appliance.tls.contexts import TlsUnavailable, check_subject, client_context, handshake_failure
 
 _ANY_PDU = tuple(pdu.NAMES)
 _BUFFERS = Buffers(64 << 10, 16)  # responses are small
@@ -68,10 +68,11 @@ class Association:
 
     @classmethod
     def request(cls, host: str, port: int, called: str, local: Local, proposals: list[Proposal],
-                timeouts: Timeouts, tls: ssl.SSLContext | None = None) -> "Association":
+                timeouts: Timeouts, tls: ssl.SSLContext | None = None, subject: str = "") -> "Association":
+        """`subject`: over TLS, the one the peer's certificate must have (SE-09), "" any."""
         sock = connect(host, port, local, timeouts)
         if tls is not None:
-            sock = secure(sock, tls, host, port)
+            sock = secure(sock, tls, host, port, subject)
         return cls.over(sock, called, local, proposals, timeouts)
 
     @classmethod
@@ -253,17 +254,22 @@ def connect(host: str, port: int, local: Local, timeouts: Timeouts) -> socket.so
     return sock
 
 
-def secure(sock: socket.socket, context: ssl.SSLContext, host: str, port: int) -> ssl.SSLSocket:
-    """The TLS handshake on a connected socket, within its timeout (timeouts.connect); the
-    socket is closed when it fails."""
+def secure(sock: socket.socket, context: ssl.SSLContext, host: str, port: int, subject: str = "") -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket, within its timeout (timeouts.connect), and the
+    peer's certificate checked against `subject` when one is pinned (SE-09); the socket is
+    closed when either fails."""
     try:
-        return context.wrap_socket(sock)
+        tls = context.wrap_socket(sock)
     except ssl.SSLError as exc:
         sock.close()
         raise Failed(f"TLS handshake with {host} port {port} failed: {handshake_failure(exc)}") from None
     except OSError as exc:
         sock.close()
         raise Failed(f"TLS handshake with {host} port {port} failed: {reason(exc)}") from None
+    if (wrong := check_subject(tls, subject)) is not None:
+        tls.close()
+        raise Failed(f"TLS with {host} port {port} refused: {wrong}")
+    return tls
 
 
 def tls_towards(remote: RemoteAE, config: Config) -> ssl.SSLContext | None:

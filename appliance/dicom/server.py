@@ -16,7 +16,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.codes import uids
 from appliance.commitment import Commitments, Reporter
-from appliance.config.model import Config, ListeningAE, RemoteAE, calling_allow_list
+from appliance.config.model import Config, ListeningAE, RemoteAE, calling_allow_list, pinned_subjects
 from appliance.dicom import contexts, dimse, qr_scp, verification
 from appliance.dicom.acceptor import Listener
 from appliance.dicom.admission import Admission, Gate
@@ -54,7 +54,8 @@ class Services:
 
     def configure(self, config: Config) -> None:
         for name, section in self.SECTIONS.items():
-            self.admissions[name].configure(getattr(config, section), calling_allow_list(config, section))
+            self.admissions[name].configure(getattr(config, section), calling_allow_list(config, section),
+                                            pinned_subjects(config))
         self.exports.configure(config)
         scp = config.storage_scp
         self.report_sender.configure(config)

@@ -201,7 +201,7 @@ class StorageSCU:
             try:
                 association = Association.request(destination.host, destination.port, destination.ae_title,
                                                   self.local, proposals, self.timeouts,
-                                                  tls_towards(destination, self.config))
+                                                  tls_towards(destination, self.config), destination.tls_subject)
                 if not association.accepted:
                     association.release_quietly()
                     raise Failed(f"{destination.ae_title} accepted none of the {len(proposals)} presentation contexts")

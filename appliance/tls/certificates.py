@@ -105,6 +105,14 @@ def _iso(moment: datetime) -> str:
 
 # --- PEM and DER -----------------------------------------------------------------------------
 
+def same_subject(a: str, b: str) -> bool:
+    """Two RFC 4514 subjects are the same name, spaces after the separators aside (a subject
+    pinned in the configuration against one read from a certificate, SE-09)."""
+    def key(text: str) -> list[str]:
+        return [part.strip() for part in re.split(r"(?<!\\)[,+]", text.strip())]
+    return key(a) == key(b)
+
+
 def pem_blocks(data: bytes | str) -> list[bytes]:
     """The DER bytes of every "CERTIFICATE" PEM block in `data`, in order (text around them,
     such as `openssl x509 -text` output, is ignored)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from appliance.config import tls_path
 from appliance.config.model import Config
-from appliance.tls.certificates import CertificateError, load_certificate
+from appliance.tls.certificates import CertificateError, load_certificate, parse, same_subject
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
 PROFILE = "BCP 195 Non-Downgrading TLS Profile (TLS 1.2 and 1.3)"
@@ -108,6 +108,27 @@ def describe(sock: ssl.SSLSocket) -> str:
         subject = ", ".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
         text += f", peer certificate {subject}"
     return text
+
+
+def client_subject(sock: ssl.SSLSocket) -> str:
+    """The subject of the certificate the peer presented (RFC 4514, as `service-tool tls show`
+    prints it), "" without one."""
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return ""
+    try:
+        return parse(der).subject
+    except CertificateError:  # OpenSSL verified it, so this reader's limit: the pin cannot match
+        return "(a certificate this service cannot read)"
+
+
+def check_subject(sock: ssl.SSLSocket, pinned: str) -> str | None:
+    """Why the peer's certificate is not the one pinned (SE-09), None when it is or none is."""
+    if not pinned:
+        return None
+    subject = client_subject(sock)
+    return None if same_subject(subject, pinned) else \
+        f"the peer's certificate is {subject or '(none)'}, not {pinned} (remote_aes[].tls_subject)"
 
 
 def handshake_failure(exc: ssl.SSLError) -> str:

@@ -102,9 +102,13 @@ def transport(config: Config) -> list[Block]:
             Paragraph(f"Associations the product requests ({SCU}'s C-MOVE exports, Storage Commitment reports "
                       "on a new association, the service tool's C-ECHO) use TLS to the remote AEs flagged tls "
                       "(remote_aes[].tls), and plain TCP to the others."),
-            Table("Transport per Remote AE", ["AE Title", "Host", "TCP Port", "Transport"],
-                  [[ae.ae_title.strip(), ae.host, str(ae.port), "TLS" if ae.tls else "TCP (no TLS)"]
-                   for ae in config.remote_aes]),
+            Paragraph("A remote AE with a pinned certificate subject (remote_aes[].tls_subject) must present "
+                      "that certificate both ways: associations calling with its title are accepted only over "
+                      "TLS with it (else rejected 1/1/3), and the product's own associations to it end after "
+                      "the handshake when another certificate answers."),
+            Table("Transport per Remote AE", ["AE Title", "Host", "TCP Port", "Transport", "Pinned Certificate"],
+                  [[ae.ae_title.strip(), ae.host, str(ae.port), "TLS" if ae.tls else "TCP (no TLS)",
+                    ae.tls_subject or "-"] for ae in config.remote_aes]),
         ]
     return blocks
 
