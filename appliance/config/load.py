@@ -88,7 +88,7 @@ def _convert(hint, value, key: str):
 
 def _check_whole(config: model.Config) -> None:
     """Rules that involve more than one key."""
-    scp, qr = config.storage_scp, config.query_retrieve_scp
+    scp = config.storage_scp
     # AE-06: STORAGE-SCP's title must differ from both others (QR and SCU may share, AE-05).
     for other in ("query_retrieve_scp", "storage_scu"):
         if getattr(config, other).ae_title.strip() == scp.ae_title.strip():

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.config.model import StorageSCP
-from appliance.codes import uids
 from appliance.errors import DicomStatusError
 from appliance.store import INDEX_NAME, coercion
 from appliance.store.db import Index
