@@ -38,6 +38,11 @@ def may_text(remote: RemoteAE) -> str:
     return ",".join(name for name, flag in MAY.items() if getattr(remote, flag)) or "none"
 
 
+SUBJECT_HELP = ("the subject its TLS certificate must have, as `service-tool tls show` prints it, e.g. "
+                "\"CN=ct1.radiology.example,O=Hospital\" (SE-09): its title is then accepted only over TLS with "
+                "that certificate")
+
+
 def register(groups) -> None:
     group = groups.add_parser("remote", help="the remote AE table: C-MOVE destinations, modalities, viewers",
                               description="List and edit the remote AE table (title, host, port, and what "
@@ -59,6 +64,7 @@ def register(groups) -> None:
     add_cmd.add_argument("--tls", choices=("on", "off"), default="off",
                          help="associations to it use TLS and verify its certificate (SE-10); --port is then its "
                               "TLS port (default: off)")
+    add_cmd.add_argument("--tls-subject", default="", metavar="SUBJECT", help=SUBJECT_HELP)
     add_cmd.set_defaults(run=add)
 
     set_cmd = commands.add_parser("set", help="change a remote AE, then reload the service",
@@ -69,6 +75,7 @@ def register(groups) -> None:
     set_cmd.add_argument("--port", type=int, help="its TCP port")
     set_cmd.add_argument("--may", type=may_list, help=may_help + " (replaces the current set)")
     set_cmd.add_argument("--tls", choices=("on", "off"), help="associations to it use TLS (SE-10)")
+    set_cmd.add_argument("--tls-subject", metavar="SUBJECT", help=SUBJECT_HELP + "; \"\" removes the pin")
     set_cmd.set_defaults(run=set_remote)
 
     remove_cmd = commands.add_parser("remove", help="remove a remote AE, then reload the service",
@@ -101,7 +108,8 @@ def list_remotes(args) -> int:
         return EXIT_INVALID
     if args.json:
         print(json.dumps([{"ae_title": r.ae_title, "host": r.host, "port": r.port,
-                           **{flag: getattr(r, flag) for flag in MAY.values()}, "tls": r.tls}
+                           **{flag: getattr(r, flag) for flag in MAY.values()}, "tls": r.tls,
+                           "tls_subject": r.tls_subject}
                           for r in config.remote_aes], indent=2))
         return 0
     if not config.remote_aes:
@@ -109,7 +117,8 @@ def list_remotes(args) -> int:
         return 0
     print(f"{'AE title':<17} {'host':<30} {'port':>5}  may")
     for r in config.remote_aes:
-        print(f"{r.ae_title:<17} {r.host:<30} {r.port:>5}  {may_text(r)}{'  (TLS)' if r.tls else ''}")
+        pin = f", certificate {r.tls_subject}" if r.tls_subject else ""
+        print(f"{r.ae_title:<17} {r.host:<30} {r.port:>5}  {may_text(r)}{f'  (TLS{pin})' if r.tls or pin else ''}")
     return 0
 
 
@@ -140,6 +149,8 @@ def add(args) -> int:
         entry = _new_entry(args.title, args.host, args.port, args.may)
         if args.tls == "on":
             entry["tls"] = True
+        if args.tls_subject:
+            entry["tls_subject"] = args.tls_subject
         _entries(document).append(entry)
         return f"remote AE {args.title} added ({args.host}:{args.port}{', TLS' if args.tls == 'on' else ''})"
 
@@ -147,8 +158,8 @@ def add(args) -> int:
 
 
 def set_remote(args) -> int:
-    if all(v is None for v in (args.new_title, args.host, args.port, args.may, args.tls)):
-        print("nothing to change: give --title, --host, --port, --may or --tls", file=sys.stderr)
+    if all(v is None for v in (args.new_title, args.host, args.port, args.may, args.tls, args.tls_subject)):
+        print("nothing to change: give --title, --host, --port, --may, --tls or --tls-subject", file=sys.stderr)
         return edit.EXIT_USAGE
 
     def mutate(document) -> str:
@@ -160,6 +171,8 @@ def set_remote(args) -> int:
             entry.update(args.may)
         if args.tls is not None:
             entry["tls"] = args.tls == "on"
+        if args.tls_subject is not None:
+            entry["tls_subject"] = args.tls_subject
         return f"remote AE {args.title} changed"
 
     return edit.change(args.config, mutate)

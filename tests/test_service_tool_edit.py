@@ -174,7 +174,8 @@ def test_remote_list(make_appliance):
     shown = service_tool(app.config_path, "remote", "list", "--json")
     assert shown.returncode == 0
     assert json.loads(shown.stdout) == [{"ae_title": "PACS", "host": "10.0.0.9", "port": 104, "move_destination": True,
-                                        "commitment": True, "store": True, "query": False, "tls": False}]
+                                        "commitment": True, "store": True, "query": False, "tls": False,
+                                        "tls_subject": ""}]
     text = service_tool(app.config_path, "remote", "list").stdout
     assert "PACS" in text and "move,commitment,store" in text
 

@@ -316,11 +316,13 @@ def test_tls_port_and_remote_tls_are_set_with_the_tool(make_appliance, tmp_path)
     refused = service_tool(app.config_path, "ae", "set", "storage-scu", "--tls-port", "2762")
     assert refused.returncode == 2 and "never listens" in refused.stderr
     added = service_tool(app.config_path, "remote", "add", "PACS", "--host", "127.0.0.1", "--port", "2762",
-                         "--tls", "on")
+                         "--tls", "on", "--tls-subject", "CN=pacs.hospital.example")  # SE-09: pinned
     assert added.returncode == 0, added.stderr
-    assert json.loads(service_tool(app.config_path, "remote", "list", "--json").stdout)[0]["tls"] is True
-    assert service_tool(app.config_path, "remote", "set", "PACS", "--tls", "off").returncode == 0
-    assert "(TLS)" not in service_tool(app.config_path, "remote", "list").stdout
+    [listed] = json.loads(service_tool(app.config_path, "remote", "list", "--json").stdout)
+    assert (listed["tls"], listed["tls_subject"]) == (True, "CN=pacs.hospital.example")
+    assert "(TLS, certificate CN=pacs.hospital.example)" in service_tool(app.config_path, "remote", "list").stdout
+    assert service_tool(app.config_path, "remote", "set", "PACS", "--tls", "off", "--tls-subject", "").returncode == 0
+    assert "(TLS" not in service_tool(app.config_path, "remote", "list").stdout
 
 
 def test_help():
