@@ -46,17 +46,25 @@ def fsync_file(path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, keeping its permissions (0644 for a new file):
-    tmp + fsync + rename + fsync of the directory."""
+    """Replace `path` with `text` atomically, keeping its permissions (0644 for a new file)."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_bytes(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` with `data` atomically, with `mode` (and `owner`): tmp + fsync + rename +
+    fsync of the directory. The temporary file has its mode and owner before it holds a byte,
+    so a private key is never readable by others, not even for a moment."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -27,12 +27,11 @@ import re
 import ssl
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from appliance.config import Config, tls_path
 from appliance.config.model import dns_name
-from appliance.durable import fsync_dir
+from appliance.durable import write_bytes
 from appliance.tls import certificates
 from appliance.tls.certificates import CertificateError
 from service_tool.config_cmd import EXIT_INVALID, load
@@ -137,23 +136,9 @@ def _service_owner() -> tuple[int, int] | None:
 
 
 def _replace(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Write `path` atomically with `mode` (and `owner`): the temporary file has them before it
-    holds a byte, so a key is never readable by others, not even for a moment."""
+    """`path` written atomically with `mode` (and `owner`), its directory made first."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_bytes(path, data, mode, owner)
 
 
 def _openssl(*args: str, stdin: bytes | None = None) -> bytes:

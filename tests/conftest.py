@@ -100,6 +100,15 @@ def make_appliance(tmp_path):
             app.stop()
 
 
+@pytest.fixture
+def modalities():
+    """commitment_peer.Modality objects a test started: their listeners are stopped at teardown."""
+    made = []
+    yield made
+    for modality in made:
+        modality.stop()
+
+
 @pytest.fixture(scope="module")
 def archive_appliance(tmp_path_factory):
     """One appliance per test module, holding tests/query_archive.py's studies (read-only use)."""

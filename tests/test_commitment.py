@@ -50,14 +50,6 @@ def acknowledged(app, modality: Modality, transaction_uid: str, references: list
         assoc.release()
 
 
-@pytest.fixture
-def modalities():
-    made = []
-    yield made
-    for modality in made:
-        modality.stop()
-
-
 def test_all_committed_is_reported_on_the_same_association(make_appliance, tmp_path):
     """SC-02, SC-06, SC-08, SC-11: N-ACTION-RSP 0000, then event type 1 on that association."""
     app, modality, references = commit_archive(make_appliance, tmp_path)

@@ -216,14 +216,6 @@ def test_a_commitment_report_goes_over_tls(make_appliance, pki, modalities, tmp_
     assert (report.event_type, report.committed, report.own_association) == (1, [(datasets.CT, uid("T3.1.1"))], False)
 
 
-@pytest.fixture
-def modalities():
-    made = []
-    yield made
-    for modality in made:
-        modality.stop()
-
-
 def test_service_tool_echoes_over_tls(make_appliance, pki):
     """SE-10, TL-05: a remote AE with tls = true is echoed over TLS with the handshake as its
     own step; --local echoes the plain and the TLS port of each AE."""

@@ -281,6 +281,12 @@ def query(local_ae: str, calling_ae: str, peer_address: str, sop_class: str, ide
 
 # --- archive management (for `service-tool study delete` and `study edit`, MG-02, MG-03) ---------------------
 
+def _by(operator: str) -> tuple[Participant, ...]:
+    """Who changed the archive: the operator, when known, asking the service (A.5.3.8, A.5.3.14)."""
+    return ((Participant(operator, True, name=operator),) if operator else ()) + \
+        (_appliance(*trail.titles, requestor=not operator),)
+
+
 @_never_raises
 def studies_deleted(patient: Patient, studies: tuple[Study, ...], operator: str = "", failure: str = "") -> None:
     """A.5.3.8 DICOM Study Deleted (110105): studies of one patient, or instances of them
@@ -288,11 +294,9 @@ def studies_deleted(patient: Patient, studies: tuple[Study, ...], operator: str 
     "" when unknown) by the service."""
     if not trail.active():
         return
-    deleters = ((Participant(operator, True, name=operator),) if operator else ()) + \
-        (_appliance(*trail.titles, requestor=not operator),)
     outcome = m.MINOR_FAILURE if failure else m.SUCCESS
     when = trail.now()
-    trail.record(lambda source: m.study_deleted(source, when, outcome, deleters, studies, patient, failure),
+    trail.record(lambda source: m.study_deleted(source, when, outcome, _by(operator), studies, patient, failure),
                  when)
 
 
@@ -302,9 +306,7 @@ def patient_record_changed(patient: Patient, operator: str = "", action: str = "
     or a record was created ("C") or deleted ("D"); `patient` as it is after the change."""
     if not trail.active():
         return
-    users = ((Participant(operator, True, name=operator),) if operator else ()) + \
-        (_appliance(*trail.titles, requestor=not operator),)
     outcome = m.MINOR_FAILURE if failure else m.SUCCESS
     when = trail.now()
-    trail.record(lambda source: m.patient_record(source, when, action, outcome, users, patient, failure),
+    trail.record(lambda source: m.patient_record(source, when, action, outcome, _by(operator), patient, failure),
                  when)
