@@ -8,7 +8,7 @@ missing=""
 for tool in echoscu storescu storescp findscu movescu; do command -v "$tool" >/dev/null || missing="dcmtk"; done
 command -v iperf3 >/dev/null || missing="$missing iperf3"
 command -v systemd-analyze >/dev/null || missing="$missing systemd"
-command -v openssl >/dev/null || missing="$missing openssl"  # certificates for the TLS audit collector
+command -v openssl >/dev/null || missing="$missing openssl"  # certificates for the TLS tests (DICOM, audit collector)
 # The network tests: namespaces and veth (iproute2), a DHCP server (dnsmasq-base: the binary,
 # no system service), netplan's generator, systemd-nspawn and debootstrap for the system tier;
 # QEMU to boot the appliance image (tests/e2e).
