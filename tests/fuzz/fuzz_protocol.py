@@ -147,6 +147,13 @@ EXAM_TYPES = ("CHEST", "HEAD", "AXIAL")  # so that coercion's EL-12 lookup has w
 QUERY_MAX_PDU = 1024  # the C-FIND requester's maximum PDU length: responses are fragmented too
 
 
+def _loopback_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Service:
     """The process-wide settings of the running service, STORAGE-SCP's listener and routes on an
     archive that keeps nothing, a small index for the query targets, a work directory, and the
@@ -204,9 +211,10 @@ class Service:
         routes = {(dimse.C_ECHO_RQ, uids.VERIFICATION): verification.on_echo}
         routes.update({(dimse.C_STORE_RQ, sop_class): storage.on_store for sop_class in SCP.sop_classes})
         loopback = dataclasses.replace(CONFIG, network=dataclasses.replace(CONFIG.network, bind_address="127.0.0.1"))
-        self.listener = server._listen("STORAGE-SCP", loopback, dataclasses.replace(SCP, port=0),
-                                       uids.IMPLEMENTATION_UID_SCP, contexts.storage_scp_contexts(SCP), routes,
-                                       storage.receiver, services)
+        # A port of its own (port 0 would mean no plain listener, SE-07); never started.
+        [self.listener] = server._listen("STORAGE-SCP", loopback, dataclasses.replace(SCP, port=_loopback_port()),
+                                         uids.IMPLEMENTATION_UID_SCP, contexts.storage_scp_contexts(SCP), routes,
+                                         storage.receiver, services)
         self.request = pdu.decode_request(association_rq([_context(i, *pair) for i, pair in REQUESTED.items()]))
         self.accepted, self.accept_pdu = self.listener._answer(self.request)
 
