@@ -123,7 +123,7 @@ def _listen(name: str, config: Config, local: ListeningAE, implementation_uid: s
     served = Served(name, routes, receiver, local.max_pdu_size, config.network.max_pdu_send, local.idle_timeout,
                     config.timeouts)
     identity = Identity(local.max_pdu_size, implementation_uid, uids.implementation_version_name(__version__))
-    contexts: list[ssl.SSLContext | None] = [None] if local.port else []
+    kinds: list[ssl.SSLContext | None] = [None] if local.port else []  # None: the plain listener
     if local.tls_port:
         try:
             context, verifying = server_context(config, local.verify_clients)
@@ -132,10 +132,10 @@ def _listen(name: str, config: Config, local: ListeningAE, implementation_uid: s
         else:
             if local.verify_clients and not verifying:
                 log.warning("%s: TLS clients are not verified: there is no CA bundle (tls.ca_bundle)", name)
-            contexts.append(context)
+            kinds.append(context)
     listeners = []
     try:
-        for context in contexts:
+        for context in kinds:
             listeners.append(Listener(served, local.ae_title.strip(), bind_host(config),
                                       local.tls_port if context else local.port, services.admissions[name],
                                       local.max_associations, supported, identity,
