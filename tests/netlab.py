@@ -174,6 +174,7 @@ class DhcpClient:
         self.log_path = lab.root / "dhcp-client.log"
         self.proc = lab.popen(
             lab.client, str(DHCP_CLIENT), BOX, "--hook", "netlab_dhcp.configure", "--hook", "netlab_dhcp.unconfigure",
+            "--log-level", "DEBUG",  # what it did, should it not exit when asked (release)
             cwd=lab.root,  # its lease file
             env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
             stdout=subprocess.DEVNULL, stderr=lab.log_file(self.log_path.name))
@@ -200,7 +201,10 @@ class DhcpClient:
     def release(self, timeout: float = 15) -> None:
         """Exit cleanly: DHCPRELEASE, and the address removed by the UNBOUND hook."""
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the DHCP client did not exit within {timeout} s of SIGINT:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
