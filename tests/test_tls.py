@@ -259,13 +259,17 @@ def test_a_reload_takes_a_renewed_certificate(make_appliance, pki, tmp_path):
     assert served_name() == "archive-renewed"
 
 
-def test_an_expired_certificate_keeps_the_tls_listener_off(make_appliance, pki):
+@pytest.mark.parametrize("case", ["expired", "not valid yet"])
+def test_a_certificate_out_of_its_validity_keeps_the_tls_listener_off(make_appliance, pki, case):
     """SE-08: the TLS listener refuses to start with a clear error; the plain one serves."""
-    expired = pki.ca.issue("archive-expired", days=-1)
-    app = make_appliance(tls_overrides(pki, tls={"certificate": str(expired.certificate), "key": str(expired.key),
-                                                 "ca_bundle": str(pki.ca.certificate)}))
+    name = f"archive-{case.replace(' ', '-')}"
+    out_of_date = pki.ca.issue(name, days=-1) if case == "expired" else \
+        pki.ca.issue(name, between=("20990101000000Z", "21000101000000Z"))
+    app = make_appliance(tls_overrides(pki, tls={"certificate": str(out_of_date.certificate),
+                                                 "key": str(out_of_date.key), "ca_bundle": str(pki.ca.certificate)}))
+    why = r"expired on \d{4}-\d\d-\d\d" if case == "expired" else r"is not valid before 2099-01-01 00:00 UTC"
     app.wait_log(rf"ERROR appliance\.daemon: STORAGE-SCP: the TLS listener on port {tls_port(app)} is off: the "
-                 r"certificate \S+archive-expired\.crt \(CN=archive-expired\) expired on \d{4}-\d\d-\d\d")
+                 rf"certificate \S+{name}\.crt \(CN={name}\) {why}")
     assert "TLS port" not in app.ready_message
     refused = dcmtk("echoscu", *dcmtk_tls(pki), "-aec", STORE, "127.0.0.1", tls_port(app))
     assert refused.returncode != 0 and "Connection refused" in refused.stderr, refused.stderr

@@ -40,14 +40,32 @@ class Authority:
                 "-CAcreateserial", "-copy_extensions", "copy", "-days", str(days), "-out", str(out))
         return out
 
-    def issue(self, name: str, days: int = 365, san: str = "IP:127.0.0.1,DNS:localhost") -> Issued:
+    def sign_between(self, request: Path, out: Path, start: str, end: str) -> Path:
+        """A certificate for the CSR `request` valid from `start` to `end` (YYYYMMDDHHMMSSZ), e.g.
+        one not valid yet: `openssl x509` has no start date before OpenSSL 3.4, `openssl ca` has."""
+        database = self.directory / "ca-database"
+        database.mkdir(exist_ok=True)
+        (database / "index.txt").touch()
+        if not (database / "serial").exists():
+            (database / "serial").write_text("1000\n")
+        config = self.directory / "ca.cnf"
+        config.write_text(f"[ca]\ndefault_ca = test\n[test]\ndatabase = {database}/index.txt\n"
+                          f"new_certs_dir = {database}\nserial = {database}/serial\ndefault_md = sha256\n"
+                          "policy = any\ncopy_extensions = copy\nunique_subject = no\n[any]\ncommonName = supplied\n")
+        openssl("ca", "-batch", "-config", str(config), "-cert", str(self.certificate), "-keyfile", str(self.key),
+                "-in", str(request), "-out", str(out), "-startdate", start, "-enddate", end)
+        return out
+
+    def issue(self, name: str, days: int = 365, san: str = "IP:127.0.0.1,DNS:localhost",
+              between: tuple[str, str] | None = None) -> Issued:
         """An EC P-256 key and a certificate for CN=`name`, for both server and client use (a
-        DICOM node is both); `days` = -1: expired a day ago."""
+        DICOM node is both); `days` = -1: expired a day ago; `between`: (start, end) instead."""
         key, request = self.directory / f"{name}.key", self.directory / f"{name}.csr"
         openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
                 "-out", str(request), "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
                 "-addext", "extendedKeyUsage=serverAuth,clientAuth")
-        return Issued(self.sign(request, self.directory / f"{name}.crt", days), key)
+        out = self.directory / f"{name}.crt"
+        return Issued(self.sign_between(request, out, *between) if between else self.sign(request, out, days), key)
 
 
 def self_signed(directory: Path, name: str, key: str = "rsa:3072", days: int = 365, subject: str | None = None,

@@ -60,8 +60,9 @@ def _trust(context: ssl.SSLContext, bundle: Path) -> None:
 
 def server_context(config: Config, verify_clients: bool) -> tuple[ssl.SSLContext, bool]:
     """A listener's context and whether it verifies clients: with `verify_clients` and an
-    existing CA bundle, a client must present a certificate that chains to it (SE-09). An
-    expired certificate makes none (SE-08): OpenSSL would serve it, and every client refuse it."""
+    existing CA bundle, a client must present a certificate that chains to it (SE-09). A
+    certificate expired or not valid yet makes none (SE-08): OpenSSL would serve it, and every
+    client refuse it."""
     context = _base(ssl.Purpose.CLIENT_AUTH)
     # TLS 1.3 session tickets cost a fifth of the server's handshake CPU (1.9 -> 1.55 s per 1000
     # associations, bench/tls.py); without them a client that would resume a session does a
@@ -77,6 +78,9 @@ def server_context(config: Config, verify_clients: bool) -> tuple[ssl.SSLContext
         raise TlsUnavailable(f"the certificate {certificate} ({own.subject}) expired on "
                              f"{own.not_after:%Y-%m-%d %H:%M} UTC (tls.certificate; service-tool tls csr, "
                              "tls import-cert, then systemctl reload appliance)")
+    if own.not_yet_valid():
+        raise TlsUnavailable(f"the certificate {certificate} ({own.subject}) is not valid before "
+                             f"{own.not_before:%Y-%m-%d %H:%M} UTC (tls.certificate; is the clock right?)")
     bundle = tls_path(config, "ca_bundle")
     verifying = verify_clients and bundle.exists()
     if verifying:
