@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import time
 
@@ -17,6 +18,15 @@ from helpers import REPO, Appliance
 sys.path.insert(0, str(REPO))
 
 import rootfs  # noqa: E402 (needs `image` on the path)
+
+
+def pytest_configure(config):
+    """A suite started in the background by a non-interactive shell (`sh tests/run.sh &`)
+    inherits SIGINT ignored (POSIX: asynchronous commands without job control), and so would
+    every process it starts: pyroute2's DHCP client, told to release its lease with SIGINT,
+    then never does. With Python's own handler here, the children start with the default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(session, config, items):
