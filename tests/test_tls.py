@@ -332,3 +332,15 @@ def test_a_pinned_subject_is_checked_on_the_appliances_own_associations(make_app
     assert refused.returncode == 1
     assert (f"FAILED at TLS: TLS with 127.0.0.1 port {port} refused: the peer's certificate is CN=archive, not "
             "CN=pacs (remote_aes[].tls_subject)") in refused.stdout, refused.stdout
+
+
+def test_an_idle_tls_association_gets_an_a_abort(make_appliance, pki):
+    """SE-07, CF-15: the association's own thread aborts it after the idle timeout, and over
+    TLS too the peer gets the A-ABORT (only an abort from another thread just closes)."""
+    app = make_appliance(tls_overrides(pki, {"idle_timeout": 1}))
+    with socket.create_connection(("127.0.0.1", int(tls_port(app))), timeout=10) as raw, \
+            client_context(pki, pki.modality).wrap_socket(raw) as tls:
+        tls.sendall(pdus.request("MODALITY", STORE))
+        assert pdus.read_pdu(tls)[0] == 0x02  # A-ASSOCIATE-AC
+        assert pdus.read_pdu(tls)[0] == 0x07  # A-ABORT, after the second of silence
+    app.wait_log(r"MODALITY@127\.0\.0\.1:\d+: association aborted by the appliance \(A-ABORT\) after 1 s without data")

@@ -297,7 +297,7 @@ class Association:
         """A-ABORT now, from any thread; `why` goes into the log line. Ended first, so that the
         association's own thread, woken by the abort, does not log it as a lost connection."""
         if self._end(f"association aborted by the appliance (A-ABORT){separator + why if why else ''}"):
-            self.transport.abort(source)
+            self.transport.abort(source, owner=threading.current_thread() is self.thread)
 
     def _drop(self, why: str) -> None:
         """A send the peer did not take (CF-06): the connection goes without an A-ABORT, which

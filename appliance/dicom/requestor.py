@@ -206,7 +206,7 @@ class Association:
     def abort(self) -> None:
         if not self.open:
             return
-        self.transport.abort()
+        self.transport.abort(owner=True)  # the calling thread owns the connection
         self._close()
 
     def _close(self) -> None:

@@ -201,22 +201,27 @@ class Transport:
 
     # --- ending ---------------------------------------------------------------------------
 
-    def abort(self, source: int = pdu.USER, reason_code: int = 0) -> bool:
+    def abort(self, source: int = pdu.USER, reason_code: int = 0, owner: bool = False) -> bool:
         """From any thread: an A-ABORT, unless a PDU is being written at this moment, and the
         connection shut both ways, so that the owner's read or send returns at once. Whether
         this call aborted it (False: it was aborted or closed before).
 
-        Over TLS the A-ABORT is not written: the owner thread may be inside OpenSSL reading,
-        and one TLS connection must not be used by two threads at once; the peer sees the
-        connection close (an A-P-ABORT for it)."""
+        Over TLS only the owner thread (`owner`) writes the A-ABORT: another thread's call may
+        come while the owner is inside OpenSSL reading, and one TLS connection must not be used
+        by two threads at once; the peer then sees the connection close (an A-P-ABORT)."""
         with self._state_lock:
             if self.aborted or self.closed:
                 return False
             self.aborted = True
-            if not isinstance(self.sock, ssl.SSLSocket) and self._send_lock.acquire(blocking=False):
+            tls = isinstance(self.sock, ssl.SSLSocket)
+            if (owner or not tls) and self._send_lock.acquire(blocking=False):
                 try:
                     # Non-blocking: 10 bytes that the socket's buffer takes, or nothing.
-                    os.write(self.sock.fileno(), pdu.abort_pdu(source, reason_code))
+                    if tls:
+                        self.sock.settimeout(0)
+                        self.sock.send(pdu.abort_pdu(source, reason_code))
+                    else:
+                        os.write(self.sock.fileno(), pdu.abort_pdu(source, reason_code))
                 except OSError:
                     pass
                 finally:
