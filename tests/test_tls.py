@@ -77,7 +77,7 @@ def test_dcmtk_stores_finds_and_moves_over_tls(make_appliance, pki, tmp_path):
     stored = dcmtk("storescu", *dcmtk_tls(pki), "-aec", STORE, "127.0.0.1", tls_port(app), str(ct_file(tmp_path, "T1")))
     assert stored.returncode == 0, stored.stderr
     app.wait_log(r"STORAGE-SCP #\d+ STORESCU@127\.0\.0\.1:\d+: association accepted \(called EX_STORE_SCP, "
-                 r"\d+ presentation contexts accepted; TLSv1\.[23] \S+, peer certificate commonName=modality\)")
+                 r"\d+ presentation contexts accepted; TLSv1\.[23] \S+, peer certificate CN=modality\)")
     found = dcmtk("findscu", "-v", *dcmtk_tls(pki), "-S", "-aec", QUERY, "-k", "QueryRetrieveLevel=STUDY",
                   "-k", f"StudyInstanceUID={uid('T1')}", "-k", "PatientID", "127.0.0.1", tls_port(app, "query_retrieve_scp"))
     assert found.returncode == 0 and "PID-T1" in found.stderr + found.stdout, found.stderr
@@ -224,7 +224,7 @@ def test_service_tool_echoes_over_tls(make_appliance, pki):
     app.write_config(app.config)
     remote = service_tool(app.config_path, "echo", STORE)
     assert remote.returncode == 0, remote.stdout + remote.stderr
-    assert re.search(r"  TLS        TLSv1\.[23] \S+, peer certificate commonName=archive in [\d.]+ ms", remote.stdout)
+    assert re.search(r"  TLS        TLSv1\.[23] \S+, peer certificate CN=archive in [\d.]+ ms", remote.stdout)
     local = service_tool(app.config_path, "echo", "--local")
     assert local.returncode == 0, local.stdout + local.stderr
     assert local.stdout.count("OK") == 4 and local.stdout.count(" TLS port ") == 2, local.stdout

@@ -346,8 +346,8 @@ class Listener:
             self._drop(waiting, f"connection lost during the TLS handshake ({exc.strerror or exc})", logging.INFO)
             return
         self._selector.modify(sock, selectors.EVENT_READ, waiting)
-        waiting.session.tls = describe_tls(sock)
         waiting.subject = client_subject(sock)
+        waiting.session.tls = describe_tls(sock, waiting.subject)
         waiting.state = "reading"
         if sock.pending():  # the request's first bytes came with the handshake's end
             self._readable(waiting)

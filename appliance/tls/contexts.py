@@ -107,15 +107,14 @@ def client_context(config: Config) -> ssl.SSLContext:
     return context
 
 
-def describe(sock: ssl.SSLSocket) -> str:
-    """"TLSv1.3 TLS_AES_256_GCM_SHA384, client CN=..." for the log."""
+def describe(sock: ssl.SSLSocket, subject: str | None = None) -> str:
+    """"TLSv1.3 TLS_AES_256_GCM_SHA384, peer certificate CN=..." for the log; the subject as
+    `client_subject` gives it (read again when not given), the form remote_aes[].tls_subject
+    and `service-tool tls show` use."""
     cipher = sock.cipher()
     text = f"{sock.version()} {cipher[0] if cipher else ''}".strip()
-    peer = sock.getpeercert()
-    if peer:
-        subject = ", ".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
-        text += f", peer certificate {subject}"
-    return text
+    subject = client_subject(sock) if subject is None else subject
+    return f"{text}, peer certificate {subject}" if subject else text
 
 
 def client_subject(sock: ssl.SSLSocket) -> str:
