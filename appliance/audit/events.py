@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import logging
 import os
 from collections.abc import Iterable
@@ -46,24 +45,9 @@ def _appliance(*titles: str, requestor: bool = False) -> Participant:
 
 
 def _peer(title: str, address: str, requestor: bool) -> Participant:
-    """A remote AE; without a title (a TLS failure, before any A-ASSOCIATE-RQ) its address."""
-    address = unmapped(address)
+    """A remote AE at the IP `address`; without a title (a TLS failure, before any
+    A-ASSOCIATE-RQ) named by that address."""
     return Participant(title.strip() or address or "-", requestor, alternative=m.ae_titles(title), address=address)
-
-
-def unmapped(address: str) -> str:
-    """The IP of `ip`, `ip:port` or `[ipv6]:port` as the peer knows it (no ::ffff: prefix)."""
-    address = address.strip()
-    if address.startswith("["):
-        address = address[1:].split("]", 1)[0]
-    else:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            host, _, port = address.rpartition(":")
-            if host and port.isdigit():
-                address = host
-    return address.removeprefix("::ffff:")
 
 
 # --- the application -------------------------------------------------------------------------------
@@ -96,8 +80,8 @@ def node_authentication_failure(local_ae: str, peer_address: str, reason: str, c
     mitigation): an association refused for a security reason (calling or called AE title,
     address allow-list), or a TLS handshake that failed.
 
-    `local_ae`: the listening AE's configured title; `peer_address`: the peer's IP ("ip",
-    "ip:port" or "[ipv6]:port"); `reason`: what the service log says; `calling_ae` and
+    `local_ae`: the listening AE's configured title; `peer_address`: the peer's IP as it
+    knows it (session.known_ip); `reason`: what the service log says; `calling_ae` and
     `called_ae`: the titles of the A-ASSOCIATE-RQ, when one was read."""
     if not trail.active():
         return

@@ -40,7 +40,7 @@ from appliance.dicom import pdu, sockets
 from appliance.dicom.admission import CONGESTION, UNPARSEABLE, Admission, Rejection, Slot, log_rejection
 from appliance.dicom.association import Association, Served
 from appliance.dicom.pdu import HEADER, Identity, ProtocolError, Request
-from appliance.dicom.session import Session, peer_text
+from appliance.dicom.session import Session, known_ip
 from appliance.dicom.transport import Buffers, Transport, progress
 from appliance.tls.contexts import client_subject, handshake_failure
 from appliance.tls.contexts import describe as describe_tls
@@ -187,7 +187,7 @@ class Listener:
             self._waiting += 1
             sock.setblocking(False)
             sockets.tune(sock, self.socket_buffer_size)
-            session = Session(self.name, peer_text(address[0], address[1]))
+            session = Session(self.name, known_ip(address[0]), address[1])
             waiting = _Waiting(sock, address[0], session, time.monotonic() + self.timeouts.artim,
                                state="hello" if self._tls else "reading")
             self._selector.register(sock, selectors.EVENT_READ, waiting)
@@ -354,7 +354,7 @@ class Listener:
 
     def _tls_failed(self, waiting: _Waiting, why: str) -> None:
         self._drop(waiting, f"TLS connection refused: {why}")
-        audit.node_authentication_failure(self.title, waiting.address, f"TLS connection refused: {why}")  # AU-01
+        audit.node_authentication_failure(self.title, waiting.session.ip, f"TLS connection refused: {why}")  # AU-01
 
     def _gap(self, waiting: _Waiting) -> None:
         waiting.gap_deadline = time.monotonic() + self.timeouts.pdu_gap

@@ -115,14 +115,15 @@ class Admission:
         `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07);
         `subject`: the client certificate's over TLS ("" without one), None over plain TCP."""
         with self._lock:
-            refusal = self._refusal(request, unmapped(address), acceptable, subject)
+            ip = unmapped(address)
+            refusal = self._refusal(request, ip, acceptable, subject)
             if refusal is None:
                 slot = Slot(request.calling)
                 self._slots.append(slot)
                 return slot
         rejection, why = refusal
         if rejection in SECURITY_REFUSALS:  # AU-01: a Security Alert (Node Authentication), minor failure
-            audit.node_authentication_failure(self._rules[0].ae_title.strip(), address, f"{why}; {rejection}",
+            audit.node_authentication_failure(self._rules[0].ae_title.strip(), str(ip), f"{why}; {rejection}",
                                               request.calling, request.called)
         return refusal
 
@@ -141,7 +142,7 @@ class Admission:
         association = slot.association
         if association is not None and association.session.received:
             session = association.session
-            audit.instances_received(association.called, session.title, session.address, session.received)
+            audit.instances_received(association.called, session.title, session.ip, session.received)
 
     def current(self) -> list:
         """The admitted associations not ended yet, for `status` and `abort_all`."""

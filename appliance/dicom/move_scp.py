@@ -93,7 +93,7 @@ class MoveSCP:
         audited = audit.active() and bool(items)
         if audited:
             parties = (self.services.exports.settings.ae_title.strip(), destination.ae_title, destination.host,
-                       session.title, session.address)
+                       session.title, session.ip)
             audit.export_begins(*parties, items)
         progress = self.services.exports.export(Job(destination, items, session.title, request.message_id,
                                                     answer.cancelled, answer.pending))

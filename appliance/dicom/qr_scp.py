@@ -46,7 +46,7 @@ def on_find(association, message: Message) -> None:
     if audit.active():
         abstract_syntax, syntax = association.accepted[message.context_id]
         failed = code is not None and code not in (status.SUCCESS, status.CANCEL)
-        audit.query(association.called, association.calling, association.session.address, abstract_syntax,
+        audit.query(association.called, association.calling, association.session.ip, abstract_syntax,
                     message.data, syntax, f"C-FIND status 0x{code:04X}" if failed else "")
 
 

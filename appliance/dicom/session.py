@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 _numbers = itertools.count(1)
 
 
-def peer_text(address: str, port: int) -> str:
-    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; log the address they know.
-    return f"{address.removeprefix('::ffff:')}:{port}"
+def known_ip(address: str) -> str:
+    """The peer's IP as it knows it: a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d."""
+    return address.removeprefix("::ffff:")
 
 
 @dataclass
@@ -23,7 +23,8 @@ class Session:
     """One accepted connection and, once requested, its association: who, since when, what it carried."""
 
     ae_name: str
-    address: str  # ip:port
+    ip: str  # the peer's, as it knows it (known_ip)
+    port: int
     number: int = field(default_factory=lambda: next(_numbers))
     title: str = ""  # the calling AE title, once the A-ASSOCIATE-RQ is read
     tls: str = ""  # on a TLS port: protocol, cipher and the client's certificate subject (SE-07)
@@ -36,6 +37,10 @@ class Session:
     # AU-01: the instances stored, per study (Study Instance UID -> audit Tally), audited as one
     # DICOM Instances Transferred message per study when the association ends.
     received: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
 
     def prefix(self) -> str:
         return f"{self.ae_name} #{self.number} {self.title or '?'}@{self.address}"

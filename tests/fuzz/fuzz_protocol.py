@@ -265,7 +265,7 @@ class Service:
         ours, requester = _Requester.connect(data)
         transport = Transport(ours, served.max_pdu, served.timeouts.pdu_gap, served.timeouts.send,
                               self.listener._buffers)
-        session = Session(served.name, f"{PEER[0]}:{PEER[1]}", title=self.request.calling)
+        session = Session(served.name, *PEER, title=self.request.calling)
         association = Association(served, session, transport, self.request.called, self.accepted,
                                   self.request.max_length, self.accept_pdu, on_end=lambda: None)
         association._run()  # its thread's body: ends at the requester's close at the latest
@@ -363,7 +363,7 @@ class _QueryAssociation:
     open = True
 
     def __init__(self):
-        self.session = Session("QUERY-RETRIEVE-SCP", f"{PEER[0]}:{PEER[1]}", title=CALLING)
+        self.session = Session("QUERY-RETRIEVE-SCP", *PEER, title=CALLING)
         self.pendings = 0
         self.finals: list[int] = []
 
