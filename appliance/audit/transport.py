@@ -11,7 +11,7 @@ TLS: 1.2 or 1.3 with the BCP 195 suites of DICOM TLS (appliance.tls.contexts), t
 collector's certificate verified against `tls.ca_bundle` and, unlike a DICOM peer's, its name
 or IP address against the host of `audit.collector` (RFC 5425 5.2: the collector is one
 configured server, and anyone with a certificate from the hospital's CA must not stand in for
-it); the box presents `tls.certificate` with `tls.key` when both exist (mutual
+it); the box presents `tls.certificate` with `tls.key` when the certificate exists (mutual
 authentication, IHE ATNA). The files are read at each connection, so renewed ones take effect
 without a restart.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.audit.syslog import octet_counted
-from appliance.tls.contexts import TLS12_CIPHERS  # BCP 195, as DICOM TLS uses it
+from appliance.tls.contexts import TlsUnavailable, requester_context
 
 CONNECT_TIMEOUT = 3.0  # seconds; also bounds what a stop waits for an unreachable collector
 SEND_TIMEOUT = 10.0
@@ -39,9 +39,9 @@ class Collector:
     scheme: str  # "udp", "tcp" or "tls"
     host: str
     port: int
-    certificate: Path | None = None
-    key: Path | None = None
-    ca_bundle: Path | None = None
+    certificate: Path
+    key: Path
+    ca_bundle: Path
 
     @property
     def url(self) -> str:
@@ -162,18 +162,10 @@ class Stream(Transport):
 
 
 def client_context(collector: Collector) -> ssl.SSLContext:
-    """TLS 1.2+ with the collector verified against the CA bundle and by name (RFC 5425 5.2);
-    the box's certificate presented when it has one. OSError (FileNotFoundError, ssl.SSLError)
-    when the files do not make a context."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    if collector.ca_bundle is None or not collector.ca_bundle.is_file():
-        raise FileNotFoundError(2, "the CA bundle that must sign the collector's certificate does not exist "
-                                   "(tls.ca_bundle)", str(collector.ca_bundle))
-    context.load_verify_locations(cafile=collector.ca_bundle)
-    if collector.certificate is not None and collector.key is not None \
-            and collector.certificate.is_file() and collector.key.is_file():
-        context.load_cert_chain(collector.certificate, collector.key)
-    return context
+    """The DICOM requester's context (appliance.tls.contexts), with the collector's name
+    checked too (RFC 5425 5.2); OSError when the files do not make one, as for a collector
+    that cannot be reached."""
+    try:
+        return requester_context(collector.certificate, collector.key, collector.ca_bundle, check_hostname=True)
+    except TlsUnavailable as exc:
+        raise OSError(f"no TLS to the collector: {exc}") from None

@@ -34,8 +34,7 @@ def _base(purpose: int) -> ssl.SSLContext:
     return context
 
 
-def _identity(context: ssl.SSLContext, config: Config) -> None:
-    certificate, key = tls_path(config, "certificate"), tls_path(config, "key")
+def _identity(context: ssl.SSLContext, certificate: Path, key: Path) -> None:
     try:
         context.load_cert_chain(certificate, key)
     except FileNotFoundError as exc:
@@ -68,8 +67,8 @@ def server_context(config: Config, verify_clients: bool) -> tuple[ssl.SSLContext
     # associations, bench/tls.py); without them a client that would resume a session does a
     # full handshake instead, which is what the DICOM clients tested here do anyway.
     context.num_tickets = 0
-    _identity(context, config)
     certificate = tls_path(config, "certificate")
+    _identity(context, certificate, tls_path(config, "key"))
     try:
         own = load_certificate(certificate)
     except (OSError, CertificateError) as exc:
@@ -90,20 +89,25 @@ def server_context(config: Config, verify_clients: bool) -> tuple[ssl.SSLContext
 
 
 def client_context(config: Config) -> ssl.SSLContext:
-    """The context of an association the box requests (SE-10), or of the audit trail's TLS
-    connection: the box presents its certificate when it has one, and the peer's certificate
-    must chain to the CA bundle. Host names are not checked: DICOM peers are configured by
-    IP address as often as by name, and the CA bundle is the hospital's own."""
+    """The context of an association the box requests (SE-10). Host names are not checked:
+    DICOM peers are configured by IP address as often as by name, and the CA bundle is the
+    hospital's own."""
+    return requester_context(tls_path(config, "certificate"), tls_path(config, "key"), tls_path(config, "ca_bundle"))
+
+
+def requester_context(certificate: Path, key: Path, bundle: Path, check_hostname: bool = False) -> ssl.SSLContext:
+    """A client's context: the box presents `certificate` when it exists, and the peer's
+    certificate must chain to `bundle` (and name the host, with `check_hostname`, as the audit
+    trail's collector must, RFC 5425 5.2)."""
     context = _base(ssl.Purpose.SERVER_AUTH)
-    context.check_hostname = False
+    context.check_hostname = check_hostname
     context.verify_mode = ssl.CERT_REQUIRED
-    bundle = tls_path(config, "ca_bundle")
     if not bundle.exists():
         raise TlsUnavailable(f"{bundle} does not exist, so no peer can be verified (tls.ca_bundle; "
                              "service-tool tls import-ca)")
     _trust(context, bundle)
-    if tls_path(config, "certificate").exists():
-        _identity(context, config)
+    if certificate.exists():
+        _identity(context, certificate, key)
     return context
 
 
