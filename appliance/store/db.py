@@ -58,8 +58,19 @@ def _migration_3(db) -> None:
     db.create_tables([models.CommitmentRequest])
 
 
+def _migration_4(db) -> None:
+    """ST-26 (hierarchy_conflict keep): a Study Instance UID is unique per patient and a Series
+    Instance UID per study, no longer in the whole index. The UID-wide unique indexes go; the
+    models' indexes are then created as a new index has them: plain ones on the UIDs under the
+    same names (lookups by UID still use them) and the unique pairs. No table is rebuilt."""
+    db.execute_sql('DROP INDEX IF EXISTS "study_study_instance_uid"')
+    db.execute_sql('DROP INDEX IF EXISTS "series_series_instance_uid"')
+    for model in (models.Study, models.Series):
+        model._schema.create_indexes(safe=True)
+
+
 # Append-only: migration N takes the schema from user_version N-1 to N.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 
 
 class Index:

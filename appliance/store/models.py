@@ -43,7 +43,7 @@ class Patient(_Base):
 
 class Study(_Base):
     patient = ForeignKeyField(Patient, backref="studies", on_delete="RESTRICT")
-    study_instance_uid = CharField(max_length=64, unique=True)
+    study_instance_uid = CharField(max_length=64, index=True)  # unique per patient (ST-26)
     study_date = CharField(max_length=8, default="", index=True)
     study_time = CharField(max_length=16, default="", index=True)
     accession_number = CharField(max_length=16, default="", index=True)
@@ -53,16 +53,23 @@ class Study(_Base):
     study_description = CharField(max_length=64, default="", index=True)
     exam_type = CharField(max_length=64, default="")  # EL-12
 
+    class Meta:
+        # ST-26 (hierarchy_conflict keep): one Study Instance UID may be filed under two patients.
+        indexes = ((("patient", "study_instance_uid"), True),)
+
 
 class Series(_Base):
     study = ForeignKeyField(Study, backref="series", on_delete="RESTRICT")
-    series_instance_uid = CharField(max_length=64, unique=True)
+    series_instance_uid = CharField(max_length=64, index=True)  # unique per study (ST-26)
     modality = CharField(max_length=16, default="", index=True)
     series_number = CharField(max_length=12, default="", index=True)  # IS kept as text (D-15 wildcards)
     series_description = CharField(max_length=64, default="")
     operators_name = CharField(max_length=324, default="")
     body_part = CharField(max_length=16, default="")
     exam_type = CharField(max_length=64, default="")
+
+    class Meta:
+        indexes = ((("study", "series_instance_uid"), True),)  # ST-26, as Study's
 
 
 class Instance(_Base):
