@@ -108,6 +108,10 @@ def _reindex_text(s) -> str:
         lines.append(f"{s.superseded} files were replaced by a later file with the same SOP Instance UID "
                      "(duplicate_policy replace) and are not indexed (left in place):")
         lines += [f"  {line}" for line in s.superseded_files]
+    if s.identical:
+        lines.append(f"{s.identical} files hold the same data set as an indexed file with the same SOP Instance "
+                     "UID (ST-25) and are not indexed (left in place):")
+        lines += [f"  {line}" for line in s.identical_files]
     if s.unacknowledged:
         lines.append(f"{s.unacknowledged} interrupted placements the old index did not hold are not indexed; "
                      "the service removes them at start")

@@ -1,5 +1,5 @@
-"""Start-up recovery of what a stopped or killed process left in the spool (ST-06, ST-18), on a
-real directory and a real index.
+"""Start-up recovery of what a stopped or killed process left in the spool (ST-06, ST-18,
+ST-25), on a real directory and a real index.
 
 A crash is simulated by stopping the protocol of store/files.py between two of its steps;
 `Archive.recover` then decides every spool name as the daemon does before it listens.
@@ -28,9 +28,10 @@ def archive(tmp_path):
     index.close()
 
 
-def received(archive: Archive, tmp_path: Path, name: str = "i", **kwargs):
-    """A data set received into a file made ahead, up to (not including) its seal."""
-    ds = datasets.image(**kwargs)
+def received(archive: Archive, tmp_path: Path, name: str = "i", ds=None, **kwargs):
+    """A data set (`ds`, else a new image) received into a file made ahead, up to (not
+    including) its seal."""
+    ds = ds or datasets.image(**kwargs)
     source = datasets.write(ds, tmp_path / f"{name}.dcm")
     request = StoreRequest(str(ds.SOPClassUID), str(ds.SOPInstanceUID), datasets.ELE, False, "TEST_SCU")
     incoming = archive.area.incoming()
@@ -39,8 +40,8 @@ def received(archive: Archive, tmp_path: Path, name: str = "i", **kwargs):
     return incoming, request
 
 
-def sealed(archive: Archive, tmp_path: Path, name: str = "i", **kwargs):
-    incoming, request = received(archive, tmp_path, name, **kwargs)
+def sealed(archive: Archive, tmp_path: Path, name: str = "i", ds=None, **kwargs):
+    incoming, request = received(archive, tmp_path, name, ds, **kwargs)
     incoming.seal(1_700_000_000_000_000_000)
     incoming.sync()
     incoming.close()
@@ -128,6 +129,23 @@ def test_interrupted_replacement_removes_the_old_file_only_if_its_row_was_replac
     assert store_files(archive) == [new.store_path]
     assert spool(archive) == []
     assert [row.path for row in Instance.select()] == [new.relative]
+
+
+def test_a_sealed_identical_resend_goes_as_its_c_store_decided(archive, tmp_path, caplog):
+    """ST-25: killed after deciding that a re-send is already stored and before its file went,
+    the sealed file is decided again the same way: removed, the first copy indexed alone."""
+    ds = datasets.image(sop_instance_uid="1.2.3.97")
+    first, request = sealed(archive, tmp_path, "first", ds)
+    index(archive, first, request)
+    first.finish()
+    resent, _ = sealed(archive, tmp_path, "resent", ds)
+
+    assert archive.recover() == (0, 0)
+
+    assert store_files(archive) == [first.store_path] and spool(archive) == []
+    assert [row.path for row in Instance.select()] == [first.relative]
+    assert (f"recovery: removed {resent.name} (SOP Instance UID 1.2.3.97): already stored: the same data set as "
+            "indexed instance 1.2.3.97") in caplog.text
 
 
 def test_other_names_in_the_spool_are_removed(archive):

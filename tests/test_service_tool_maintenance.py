@@ -253,6 +253,11 @@ def test_interrupted_placement_is_indexed_as_recovery_would_keep_it(archive, sto
     os.link(store / indexed, spool / Path(indexed).name)
     lost_row = store / "ef" / f"ef{'2' * 30}.dcm"
     shutil.copyfile(store / stored.rows[1][0], lost_row)  # sealed, as every stored file is
+    with open(lost_row, "r+b") as f:  # another last pixel byte, the same size: an ST-17 duplicate,
+        f.seek(-1, os.SEEK_END)       # not an identical re-send (ST-25, which the next test is)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
     os.link(lost_row, spool / lost_row.name)
     partial = store / "ef" / f"ef{'3' * 30}.dcm"
     shutil.copyfile(store / stored.rows[2][0], partial)
@@ -273,6 +278,30 @@ def test_interrupted_placement_is_indexed_as_recovery_would_keep_it(archive, sto
     assert result.returncode == 0, result.stderr
     assert {k: json.loads(result.stdout)[k] for k in ("files", "instances", "unacknowledged")} == {
         "files": 9, "instances": 8, "unacknowledged": 1}
+
+
+@pytest.mark.parametrize("journaled", [False, True], ids=["copy", "journaled-resend"])
+def test_a_file_identical_to_an_indexed_one_is_reported_and_left_in_place(archive, stored, journaled):
+    """ST-25: a later file with the data set of an indexed file with its SOP Instance UID is
+    the same object, not a second instance: either a copy an archive stored before ST-25 kept
+    as an ST-17 duplicate, or a re-send whose process was killed before its file went (sealed,
+    still journaled; the service's recovery removes it at start). Only the first is indexed."""
+    store = archive.data_dir / "store"
+    copy = store / "ef" / f"ef{'4' * 30}.dcm"
+    shutil.copy2(store / stored.rows[0][0], copy)
+    os.utime(copy)  # arrived after the original
+    if journaled:
+        os.link(copy, archive.data_dir / "spool" / copy.name)
+
+    result = run(archive, "reindex", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: summary[k] for k in ("files", "instances", "identical")} == {"files": 8, "instances": 7, "identical": 1}
+    assert summary["identical_files"] == [
+        f"store/ef/{copy.name}: already stored: the same data set as indexed instance {stored.rows[0][1]}"]
+    assert instance_rows(archive) == stored.rows
+    assert copy.exists()
 
 
 def test_reindex_under_replace_policy_indexes_the_later_duplicate(archive, stored):

@@ -112,21 +112,32 @@ def read_header(path, implicit_vr: bool) -> Header:
     header = Header()
     with open(path, "rb", buffering=65536) as f:
         size = f.seek(0, 2)
-        f.seek(0)
-        if f.read(132)[128:] != b"DICM":
-            raise Unparseable("no DICM prefix")
         walker = _Walker(f, size, implicit_vr, header)
-        walker.skip_file_meta()
-        header.dataset_offset = f.tell()
+        header.dataset_offset = walker.file_meta()
         walker.dataset(end=size, depth=0)
     return header
+
+
+def seek_data_set(f) -> int:
+    """Position the open Part 10 file `f` where its data set starts, after the File Meta
+    Information; the data set's length. Raises `Unparseable` when the prefix or meta is not."""
+    size = f.seek(0, 2)
+    return size - _Walker(f, size, False, Header()).file_meta()
 
 
 class _Walker:
     def __init__(self, f, size: int, implicit_vr: bool, header: Header):
         self.f, self.size, self.implicit_vr, self.header = f, size, implicit_vr, header
 
-    def skip_file_meta(self) -> None:
+    def file_meta(self) -> int:
+        """Past the preamble, prefix and File Meta Information: where the data set starts."""
+        self.f.seek(0)
+        if self.f.read(132)[128:] != b"DICM":
+            raise Unparseable("no DICM prefix")
+        self._skip_file_meta()
+        return self.f.tell()
+
+    def _skip_file_meta(self) -> None:
         f = self.f
         while True:
             pos = f.tell()

@@ -4,10 +4,16 @@ Order matters for ST-06: the status is decided only after the file's data is flu
 index transaction is committed (both at once, see `_store`); every failure path removes what
 was received (ST-07, ST-12, FL-02) and returns the conformance statement's status with a
 reason for the log.
+
+One decision needs the index and is made in the transaction, after the file is sealed: an
+identical re-send (ST-25) is answered 0000, the transaction rolls back and the file goes; a
+process killed before the file went leaves a sealed file that recovery (`_index_again`)
+decides the same way again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
@@ -27,6 +33,7 @@ from appliance.store.db import Index
 from appliance.store.files import InFlight, Incoming, StorageArea, Unwritable, write_error_reason
 from appliance.store.flusher import IndexFlusher
 from appliance.store.header import Header, Unparseable, read_header
+from appliance.store.identical import same_data_set
 from appliance.store.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,15 @@ class StoreOutcome:
     detail: str  # what happened, for the service log
     size: int = 0
     values: coercion.IndexValues | None = None  # as indexed, when stored (the audit trail's study, AU-01)
+
+
+class AlreadyStored(Exception):
+    """ST-25: the data set is byte for byte that of an indexed instance sent with its SOP
+    Instance UID and class; `sop_instance_uid` is that instance's UID as indexed."""
+
+    def __init__(self, sop_instance_uid: str):
+        super().__init__(f"already stored: the same data set as indexed instance {sop_instance_uid}")
+        self.sop_instance_uid = sop_instance_uid
 
 
 class Archive:
@@ -124,10 +140,15 @@ class Archive:
             return 0
         values = coercion.index_values(header, self.policy.default_values, self.policy.exam_types)
         received_at = datetime.datetime.fromtimestamp(stamp / 1e9, datetime.timezone.utc)
-        with self.index.write():
-            replaced = self.index_instance(values, request, entry.relative, entry.store_path.stat().st_size,
-                                           received_at)
-            retired = self.area.retire(replaced) if replaced else None
+        try:
+            with self._transaction():
+                replaced = self.index_instance(values, request, entry.relative, entry.store_path.stat().st_size,
+                                               received_at)
+                retired = self.area.retire(replaced) if replaced else None
+        except AlreadyStored as exc:  # as the C-STORE decided (ST-25)
+            entry.remove()
+            log.warning("recovery: removed %s (SOP Instance UID %s): %s", entry.name, values.sop_instance_uid, exc)
+            return 0
         entry.finish()
         if retired is not None:
             retired.remove()
@@ -197,11 +218,13 @@ class Archive:
         received.close()
         received_at = datetime.datetime.fromtimestamp(stamp / 1e9, datetime.timezone.utc)
         try:
-            with self.index.write(durable=False):  # the sealed file stands for the row until the flusher's flush
+            with self._transaction(durable=False):  # the sealed file stands for the row until the flusher's flush
                 replaced = self.index_instance(values, request, received.relative, received.size, received_at)
                 retired = self.area.retire(replaced) if replaced else None  # journaled before the commit
+        except AlreadyStored as same:
+            received.discard()  # killed before this, recovery finds it already stored too
+            return StoreOutcome(status.SUCCESS, same.sop_instance_uid, str(same), received.size)
         except Exception as exc:
-            self.forget_cached_rows()  # they may name rows this transaction did not keep
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
         self.flusher.after_durable(received.finish)
@@ -215,16 +238,29 @@ class Archive:
                 result = status.COERCION_OF_DATA_ELEMENTS
         return StoreOutcome(result, values.sop_instance_uid, detail, received.size, values)
 
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = True):
+        """An index write transaction; when it fails, the caches go with the rows it made."""
+        try:
+            with self.index.write(durable):
+                yield
+        except BaseException:
+            self.forget_cached_rows()
+            raise
+
     def index_instance(self, v: coercion.IndexValues, request: StoreRequest, path: str, size: int,
                        received_at: datetime.datetime, duplicate_uid: str | None = None) -> str | None:
         """Insert the instance under its series/study/patient, creating the parents the first time;
-        inside an `index.write()` transaction (the C-STORE pipeline, or `reindex` per batch).
+        inside an `index.write()` transaction (the C-STORE pipeline and recovery, or `reindex`
+        per batch, each file in a savepoint).
 
         Returns the replaced file's path (ST-18). An ST-17 duplicate gets `duplicate_uid`, else
         a UID made from its file's name, so that recovery, indexing a file again, gives the one
-        the C-STORE gave (reindex passes the one the replaced index had). Parents are looked up
-        through small caches (a series of 500 images hits the database for them once); rows
-        are never deleted, and a failed transaction clears the caches (`forget_cached_rows`).
+        the C-STORE gave (reindex passes the one the replaced index had). Raises AlreadyStored
+        for an identical re-send (ST-25), after which the caller rolls the transaction back.
+        Parents are looked up through small caches (a series of 500 images hits the database for
+        them once); rows are never deleted, and a failed transaction clears the caches
+        (`forget_cached_rows`).
         """
         study_id, patient_id = self._study(v)
         if patient_id != v.patient_id:
@@ -246,6 +282,9 @@ class Archive:
                    calling_ae=request.calling_ae, file_sop_instance_uid=v.sop_instance_uid)
         if self._insert(dict(row, sop_instance_uid=v.sop_instance_uid)):
             return None
+        same = self._identical(v, request.transfer_syntax, path)
+        if same is not None:
+            raise AlreadyStored(same)
         existing = Instance.select(Instance.id, Instance.path).where(
             Instance.sop_instance_uid == v.sop_instance_uid).tuples().first()
         if self.policy.duplicate_policy == "replace":  # ST-18
@@ -256,6 +295,17 @@ class Archive:
         v.sop_instance_uid = duplicate_uid or f"2.25.{int(Path(path).stem, 16)}"
         v.coerced.append("SOPInstanceUID")
         Instance.insert(sop_instance_uid=v.sop_instance_uid, **row).execute()
+        return None
+
+    def _identical(self, v: coercion.IndexValues, transfer_syntax: str, path: str) -> str | None:
+        """ST-25, D-19: the indexed UID of an instance sent with this SOP Instance UID (ST-17's
+        renamed copies too), class and transfer syntax whose data set is the file's, byte for byte."""
+        received = self.area.store / path
+        for indexed_uid, stored in Instance.select(Instance.sop_instance_uid, Instance.path).where(
+                (Instance.file_sop_instance_uid == v.sop_instance_uid) & (Instance.sop_class_uid == v.sop_class_uid)
+                & (Instance.transfer_syntax_uid == transfer_syntax)).tuples():
+            if same_data_set(received, self.area.store / stored):
+                return indexed_uid
         return None
 
     def _study(self, v: coercion.IndexValues) -> tuple[int, str]:
@@ -390,4 +440,4 @@ def _meta_element(element: int, vr: str, value: str, pad: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
 
 
-__all__ = ["Archive", "StoreOutcome", "StoreRequest", "file_meta", "stored_request"]
+__all__ = ["AlreadyStored", "Archive", "StoreOutcome", "StoreRequest", "file_meta", "stored_request"]

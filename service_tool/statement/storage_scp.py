@@ -104,7 +104,11 @@ def specification(config: Config) -> list[Block]:
                   "sent only after the file is on disk and the database entry committed; from then on the "
                   "instance can be found, retrieved and committed. Instances are never deleted automatically."),
         BulletList([
-            f"Duplicate SOP Instance UID (storage_scp.duplicate_policy = {scp.duplicate_policy}): {duplicate}.",
+            "Identical resend: an instance whose SOP Instance UID, SOP Class and data set (byte for byte, in the "
+            "same transfer syntax) are already stored, e.g. sent again after a lost response, is answered 0000 and "
+            "not stored a second time.",
+            f"Duplicate SOP Instance UID with different content (storage_scp.duplicate_policy = "
+            f"{scp.duplicate_policy}): {duplicate}.",
             f"Coercion warning (storage_scp.coercion_warning = {str(scp.coercion_warning).lower()}): "
             + ("B000 is returned instead of 0000 when a value was coerced in the database."
                if scp.coercion_warning else "0000 is returned even when a value was coerced in the database."),
@@ -115,7 +119,7 @@ def specification(config: Config) -> list[Block]:
              "Refused data sets are not kept (storage_scp.quarantine = false)."),
         ]),
         status_table(f"{SCP} C-STORE Response Status Return Reasons", [
-            ("Success", code(status.SUCCESS), "Stored."),
+            ("Success", code(status.SUCCESS), "Stored, or already stored (an identical resend)."),
             *([("Warning", code(status.COERCION_OF_DATA_ELEMENTS), "Stored; a value was coerced in the database.")]
               if scp.coercion_warning else []),
             ("Refused", code(status.OUT_OF_RESOURCES), "Not enough disk space, or the file or database entry "
