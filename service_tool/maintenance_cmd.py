@@ -112,6 +112,10 @@ def _reindex_text(s) -> str:
         lines.append(f"{s.identical} files hold the same data set as an indexed file with the same SOP Instance "
                      "UID (ST-25) and are not indexed (left in place):")
         lines += [f"  {line}" for line in s.identical_files]
+    if s.conflicting:
+        lines.append(f"{s.conflicting} files name a series or study the index holds under another parent "
+                     "(hierarchy_conflict refuse, ST-26) and are not indexed (left in place):")
+        lines += [f"  {line}" for line in s.conflicting_files]
     if s.unacknowledged:
         lines.append(f"{s.unacknowledged} interrupted placements the old index did not hold are not indexed; "
                      "the service removes them at start")

@@ -97,6 +97,11 @@ def association(port: int, called: str = "EX_STORE_SCP", contexts: list | None =
 
 def send_file(assoc, path: Path) -> int:
     """C-STORE the dataset of Part 10 file `path` exactly as its bytes are; returns the status."""
+    return store_response(assoc, path).Status
+
+
+def store_response(assoc, path: Path) -> Dataset:
+    """As `send_file`, the whole C-STORE-RSP status (Status, and ErrorComment on a failure)."""
     previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     try:
@@ -104,7 +109,7 @@ def send_file(assoc, path: Path) -> int:
     finally:
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
     assert "Status" in response, f"no C-STORE response for {path.name}"
-    return response.Status
+    return response
 
 
 def echo_status(assoc) -> int:

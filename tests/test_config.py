@@ -64,6 +64,7 @@ INVALID = [
     ("log-level", {"logging": {"level": "verbose"}}, "logging.level"),
     ("log-size", {"logging": {"max_bytes": 0}}, "logging.max_bytes"),
     ("choice", {"storage_scp": {"duplicate_policy": "keep"}}, "storage_scp.duplicate_policy"),
+    ("choice-hierarchy", {"storage_scp": {"hierarchy_conflict": "new_uid"}}, "storage_scp.hierarchy_conflict"),
     ("choice-limit", {"query_retrieve_scp": {"association_limit": "per_ip"}}, "query_retrieve_scp.association_limit"),
     ("choice-scu", {"storage_scu": {"context_mode": "all"}}, "storage_scu.context_mode"),
     ("data-dir-empty", {"storage": {"data_dir": " "}}, "storage.data_dir"),
@@ -191,6 +192,7 @@ def test_defaults_are_the_conformance_statement():
     assert (q.max_associations, q.association_limit, q.idle_timeout) == (10, "total", 3 * 60)
     # CF-30..CF-42 proposals
     assert (s.duplicate_policy, s.coercion_warning, s.quarantine) == ("new_uid", False, False)
+    assert s.hierarchy_conflict == "refuse"  # ST-26
     assert set(vars(s.default_values).values()) == {""}
     assert s.transfer_syntaxes == (uids.JPEG_BASELINE, uids.EXPLICIT_LE, uids.IMPLICIT_LE)
     assert (c.storage_scu.context_mode, c.storage_scu.us_conversion) == ("single", True)

@@ -1,5 +1,5 @@
 """Start-up recovery of what a stopped or killed process left in the spool (ST-06, ST-18,
-ST-25), on a real directory and a real index.
+ST-25, ST-26), on a real directory and a real index.
 
 A crash is simulated by stopping the protocol of store/files.py between two of its steps;
 `Archive.recover` then decides every spool name as the daemon does before it listens.
@@ -146,6 +146,24 @@ def test_a_sealed_identical_resend_goes_as_its_c_store_decided(archive, tmp_path
     assert [row.path for row in Instance.select()] == [first.relative]
     assert (f"recovery: removed {resent.name} (SOP Instance UID 1.2.3.97): already stored: the same data set as "
             "indexed instance 1.2.3.97") in caplog.text
+
+
+@pytest.mark.parametrize("policy", ["refuse", "keep"])
+def test_a_sealed_hierarchy_conflict_is_decided_by_the_policy(archive, tmp_path, policy):
+    """ST-26: a process killed between refusing an instance whose series belongs to another
+    study and removing its sealed file: recovery refuses it again ("refuse") or, had the policy
+    been "keep", the C-STORE kept it and so does recovery."""
+    archive.policy = StorageSCP(hierarchy_conflict=policy)
+    first, request = sealed(archive, tmp_path, "first", study_uid="1.2.3.1", series_uid="1.2.3.1.1")
+    index(archive, first, request)
+    first.finish()
+    other, _ = sealed(archive, tmp_path, "other", study_uid="1.2.3.2", series_uid="1.2.3.1.1")
+
+    archive.recover()
+
+    kept = [first] if policy == "refuse" else [first, other]
+    assert store_files(archive) == sorted(f.store_path for f in kept) and spool(archive) == []
+    assert sorted(row.path for row in Instance.select()) == sorted(f.relative for f in kept)
 
 
 def test_other_names_in_the_spool_are_removed(archive):

@@ -318,6 +318,7 @@ class StorageSCP(ListeningAE):
                                                metadata=_check(transfer_syntax_subset))  # PC-03/04
     jpeg_sop_classes: tuple[str, ...] = field(default=uids.JPEG_BASELINE_CLASSES, metadata=_check(uid_list))  # PC-02
     duplicate_policy: str = field(default="new_uid", metadata=_check(one_of("new_uid", "replace")))  # CF-30
+    hierarchy_conflict: str = field(default="refuse", metadata=_check(one_of("refuse", "keep")))  # ST-26
     coercion_warning: bool = False  # ST-14, CF-31
     quarantine: bool = False  # ST-13, CF-38
     quarantine_max_files: int = field(default=100, metadata=_check(positive))

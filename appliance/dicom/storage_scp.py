@@ -60,6 +60,7 @@ class StorageSCP:
         if outcome.sop_instance_uid != uid:
             uid = f"{uid} (indexed as {outcome.sop_instance_uid})"
         # FL-04: a response that cannot be sent leaves the instance stored; the end is logged.
-        association.respond(message, outcome.status)
+        # UL-05: a failure says why in its Error Comment (ST-26: the conflict, in its first words).
+        association.respond(message, outcome.status, comment=outcome.detail if level == logging.ERROR else "")
         log.log(level, "%s: C-STORE %s class %s status 0x%04X: %s", session.prefix(), uid,
                 request.sop_class_uid, outcome.status, outcome.detail)

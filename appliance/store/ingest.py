@@ -5,10 +5,12 @@ index transaction is committed (both at once, see `_store`); every failure path 
 was received (ST-07, ST-12, FL-02) and returns the conformance statement's status with a
 reason for the log.
 
-One decision needs the index and is made in the transaction, after the file is sealed: an
-identical re-send (ST-25) is answered 0000, the transaction rolls back and the file goes; a
-process killed before the file went leaves a sealed file that recovery (`_index_again`)
-decides the same way again.
+Two decisions need the index and are made in the transaction, after the file is sealed:
+an identical re-send (ST-25) is answered 0000 and its file goes, and an instance whose
+series or study the index holds under another parent (ST-26) is refused (A900) or filed as
+it names them (`hierarchy_conflict`). A re-send or a refusal rolls the transaction back and
+removes the file; a process killed before the file went leaves a sealed file that recovery
+(`_index_again`) decides the same way again.
 """
 
 from __future__ import annotations
@@ -86,8 +88,11 @@ class Archive:
         self.reserve_bytes = reserve_bytes
         self.flusher: IndexFlusher | None = None  # from start(); reindex commits durably itself
         # Row ids of recently seen studies and series; touched only under the index write lock.
-        self._studies: dict[str, tuple[int, str]] = {}
-        self._series_ids: dict[str, int] = {}
+        # A study by its UID and the patient values EL-06/EL-07 decide from: (study row id,
+        # indexed Patient ID); a series by its UID and its study's row id (ST-26: a UID may be
+        # filed under two parents).
+        self._studies: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+        self._series_ids: dict[tuple[str, int], int] = {}
 
     @functools.cached_property
     def _insert(self) -> "_InstanceInsert":
@@ -145,7 +150,7 @@ class Archive:
                 replaced = self.index_instance(values, request, entry.relative, entry.store_path.stat().st_size,
                                                received_at)
                 retired = self.area.retire(replaced) if replaced else None
-        except AlreadyStored as exc:  # as the C-STORE decided (ST-25)
+        except (AlreadyStored, DicomStatusError) as exc:  # as the C-STORE decided (ST-25, ST-26)
             entry.remove()
             log.warning("recovery: removed %s (SOP Instance UID %s): %s", entry.name, values.sop_instance_uid, exc)
             return 0
@@ -224,6 +229,8 @@ class Archive:
         except AlreadyStored as same:
             received.discard()  # killed before this, recovery finds it already stored too
             return StoreOutcome(status.SUCCESS, same.sop_instance_uid, str(same), received.size)
+        except DicomStatusError:
+            raise  # ST-26: a hierarchy conflict, refused
         except Exception as exc:
             log.exception("index write failed for %s", values.sop_instance_uid)
             raise DicomStatusError(status.OUT_OF_RESOURCES, f"index write failed: {exc}") from exc
@@ -257,25 +264,12 @@ class Archive:
         Returns the replaced file's path (ST-18). An ST-17 duplicate gets `duplicate_uid`, else
         a UID made from its file's name, so that recovery, indexing a file again, gives the one
         the C-STORE gave (reindex passes the one the replaced index had). Raises AlreadyStored
-        for an identical re-send (ST-25), after which the caller rolls the transaction back.
-        Parents are looked up through small caches (a series of 500 images hits the database for
-        them once); rows are never deleted, and a failed transaction clears the caches
-        (`forget_cached_rows`).
+        for an identical re-send (ST-25) and DicomStatusError (A900) for a hierarchy conflict
+        refused (ST-26), after which the caller rolls the transaction back. Parents are looked
+        up through small caches (a series of 500 images hits the database for them once); rows
+        are never deleted, and a failed transaction clears the caches (`forget_cached_rows`).
         """
-        study_id, patient_id = self._study(v)
-        if patient_id != v.patient_id:
-            v.coerced.append("PatientID")  # the study belongs to an already indexed patient
-            v.patient_id = patient_id
-        series_id = self._series_ids.get(v.series_instance_uid)
-        if series_id is None:
-            series_id = Series.select(Series.id).where(
-                Series.series_instance_uid == v.series_instance_uid).scalar()
-        if series_id is None:
-            series_id = Series.insert(
-                study=study_id, series_instance_uid=v.series_instance_uid, modality=v.modality,
-                series_number=v.series_number, series_description=v.series_description,
-                operators_name=v.operators_name, body_part=v.body_part, exam_type=v.exam_type).execute()
-        self._series_ids[v.series_instance_uid] = series_id
+        series_id = self._series(v, self._study(v))
         row = dict(series=series_id, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,
                    transfer_syntax_uid=request.transfer_syntax, specific_character_set=v.specific_character_set,
                    path=path, size=size, received_at=received_at,
@@ -308,33 +302,87 @@ class Archive:
                 return indexed_uid
         return None
 
-    def _study(self, v: coercion.IndexValues) -> tuple[int, str]:
-        """(study row id, indexed Patient ID) for the instance's study, created if new."""
-        cached = self._studies.get(v.study_instance_uid)
+    def _study(self, v: coercion.IndexValues) -> int:
+        """The row id of the instance's study under its patient, created if new; the Patient ID
+        as indexed (EL-06/EL-07 may coerce it) goes into `v`."""
+        key = (v.study_instance_uid, v.patient_id, v.last_name, v.first_name)
+        cached = self._studies.get(key)
         if cached is None:
-            cached = Study.select(Study.id, Patient.patient_id).join(Patient).where(
-                Study.study_instance_uid == v.study_instance_uid).tuples().first()
-        if cached is None:
-            patient = self._patient(v)
-            study_id = Study.insert(
-                patient=patient, study_instance_uid=v.study_instance_uid, study_date=v.study_date,
-                study_time=v.study_time, accession_number=v.accession_number, study_id=v.study_id,
-                referring_physician=v.referring_physician,
-                referring_physician_folded=coercion.pn_search_key(v.referring_physician),
-                study_description=v.study_description, exam_type=v.exam_type).execute()
-            cached = (study_id, patient.patient_id)
-        if len(self._studies) + len(self._series_ids) > _CACHE_ENTRIES:
+            cached = (self._study_row(v), v.patient_id)
+            self._remember(self._studies, key, cached)
+        elif cached[1] != v.patient_id:
+            v.coerced.append("PatientID")  # as when this patient was first looked up (EL-06)
+            v.patient_id = cached[1]
+        return cached[0]
+
+    def _study_row(self, v: coercion.IndexValues) -> int:
+        """ST-26: a Study Instance UID the index holds under another patient is a conflict."""
+        received_id, folded = v.patient_id, coercion.fold_name(v.last_name, v.first_name)
+        patient = self._patient(v, folded)
+        owners = list(Study.select(Study.id, Study.patient).where(
+            Study.study_instance_uid == v.study_instance_uid).tuples())
+        found = next((study_id for study_id, owner in owners if patient is not None and owner == patient.id), None)
+        if found is not None:
+            return found
+        if owners:
+            held_by = Patient.select(Patient.patient_id).where(Patient.id.in_([owner for _, owner in owners]))
+            named = v.patient_id if v.patient_id == received_id else \
+                f"{v.patient_id} (Patient ID {received_id} of another name, EL-06)"
+            self._conflict(f"Study Instance UID of another patient: {v.study_instance_uid} belongs to patient "
+                           f"{', '.join(pid for (pid,) in held_by.tuples())}, this instance names patient {named}")
+        if patient is None:
+            patient = self._create_patient(v, received_id, folded)
+        return Study.insert(
+            patient=patient, study_instance_uid=v.study_instance_uid, study_date=v.study_date,
+            study_time=v.study_time, accession_number=v.accession_number, study_id=v.study_id,
+            referring_physician=v.referring_physician,
+            referring_physician_folded=coercion.pn_search_key(v.referring_physician),
+            study_description=v.study_description, exam_type=v.exam_type).execute()
+
+    def _series(self, v: coercion.IndexValues, study_id: int) -> int:
+        """The row id of the instance's series in that study, created if new. ST-26: a Series
+        Instance UID the index holds in another study is a conflict."""
+        key = (v.series_instance_uid, study_id)
+        series_id = self._series_ids.get(key)
+        if series_id is not None:
+            return series_id
+        # Without a join: peewee builds this statement for every new series, and a join doubled that.
+        owners = list(Series.select(Series.id, Series.study).where(
+            Series.series_instance_uid == v.series_instance_uid).tuples())
+        series_id = next((series_id for series_id, owner in owners if owner == study_id), None)
+        if series_id is None:
+            if owners:
+                held_by = Study.select(Study.study_instance_uid).where(Study.id.in_([owner for _, owner in owners]))
+                studies = ", ".join(uid + (" of another patient" if uid == v.study_instance_uid else "")
+                                    for (uid,) in held_by.tuples())
+                self._conflict(f"Series Instance UID in another study: {v.series_instance_uid} belongs to study "
+                               f"{studies}, this instance names study {v.study_instance_uid}")
+            series_id = Series.insert(
+                study=study_id, series_instance_uid=v.series_instance_uid, modality=v.modality,
+                series_number=v.series_number, series_description=v.series_description,
+                operators_name=v.operators_name, body_part=v.body_part, exam_type=v.exam_type).execute()
+        self._remember(self._series_ids, key, series_id)
+        return series_id
+
+    def _conflict(self, why: str) -> None:
+        """ST-26: refused (A900), or, with hierarchy_conflict keep, filed as the instance names it."""
+        if self.policy.hierarchy_conflict == "refuse":
+            raise DicomStatusError(status.DATASET_MISMATCH, why)
+        log.warning("%s; filed under the study and series it names (hierarchy_conflict keep)", why)
+
+    def _remember(self, cache: dict, key, value) -> None:
+        if len(self._studies) + len(self._series_ids) >= _CACHE_ENTRIES:
             self.forget_cached_rows()
-        self._studies[v.study_instance_uid] = cached
-        return cached
+        cache[key] = value
 
     def forget_cached_rows(self) -> None:
         self._studies.clear()
         self._series_ids.clear()
 
-    def _patient(self, v: coercion.IndexValues) -> Patient:
-        """EL-06/EL-07: one patient record per ID; a different name gets a coerced ID."""
-        folded = coercion.fold_name(v.last_name, v.first_name)
+    def _patient(self, v: coercion.IndexValues, folded: str) -> Patient | None:
+        """EL-06/EL-07: one patient record per ID; a different name gets a coerced ID. The
+        indexed patient `v` belongs to, or None when it is new (`_create_patient`); `v`'s
+        Patient ID is the one it has or gets."""
         for candidate in Patient.select().where(
                 (Patient.patient_id == v.patient_id) | (Patient.original_patient_id == v.patient_id)):
             if candidate.name_folded == folded:
@@ -343,15 +391,14 @@ class Archive:
                     v.patient_id = candidate.patient_id
                 return candidate
         if Patient.get_or_none(Patient.patient_id == v.patient_id) is not None:
-            original = v.patient_id
-            v.patient_id = _unique_patient_id(original)
+            v.patient_id = _unique_patient_id(v.patient_id)
             v.coerced.append("PatientID")
-            log.warning("Patient ID %r already belongs to another name; indexed as %r", original, v.patient_id)
-            return self._create_patient(v, original, folded)
-        return self._create_patient(v, v.patient_id, folded)
+        return None
 
     @staticmethod
     def _create_patient(v: coercion.IndexValues, original: str, folded: str) -> Patient:
+        if v.patient_id != original:
+            log.warning("Patient ID %r already belongs to another name; indexed as %r", original, v.patient_id)
         return Patient.create(
             patient_id=v.patient_id, original_patient_id=original, last_name=v.last_name,
             first_name=v.first_name, name_folded=folded, birth_date=v.birth_date, sex=v.sex,

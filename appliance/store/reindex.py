@@ -25,7 +25,10 @@ be read, and older files an ST-18 replacement superseded, are reported and left 
 The ingest's other decisions are made as a C-STORE makes them, and such files are reported and
 left in place too: a file whose data set is byte for byte that of a file indexed before it
 with the same SOP Instance UID (ST-25: an identical re-send, not indexed twice; an archive
-stored before ST-25 may hold such copies as ST-17 duplicates).
+stored before ST-25 may hold such copies as ST-17 duplicates), and, under `hierarchy_conflict
+= "refuse"`, a file whose series or study the new index holds under another parent (ST-26; a
+C-STORE refused it, so it can only be one journaled when the process was killed, or an
+archive stored under "keep").
 
 The new index is built beside the old one and renamed over it only when complete; the old
 database (with its -wal and -shm) is kept as `index.sqlite.replaced-<UTC time>`.
@@ -75,6 +78,8 @@ class Summary:
     superseded_files: list[str] = field(default_factory=list)
     identical: int = 0  # ST-25: the same data set as an earlier file with its UID; left in place
     identical_files: list[str] = field(default_factory=list)
+    conflicting: int = 0  # ST-26, hierarchy_conflict refuse: filed under another parent; left in place
+    conflicting_files: list[str] = field(default_factory=list)
     unacknowledged: int = 0  # journaled files neither sealed nor in the old index (recovery removes them)
     ignored: int = 0  # other names under store/
     old_index: str | None = None  # where the replaced index was kept
@@ -223,6 +228,10 @@ class _Rebuild:
         except AlreadyStored as exc:
             self.archive.forget_cached_rows()
             self._note("identical", f"store/{relative}: {exc}")
+            return
+        except DicomStatusError as exc:
+            self.archive.forget_cached_rows()
+            self._note("conflicting", f"store/{relative}: {exc.why}")
             return
         if known is not None:
             self.summary.carried_instances += 1

@@ -69,6 +69,8 @@ def configuration(config: Config) -> list[Block]:
         (SCP, "Further attempts to send an N-EVENT-REPORT", str(scp.report_attempts), "storage_scp.report_attempts"),
         (SCP, "Time between those attempts", seconds(scp.report_retry_interval), "storage_scp.report_retry_interval"),
         (SCP, "Duplicate SOP Instance UID", scp.duplicate_policy, "storage_scp.duplicate_policy"),
+        (SCP, "Series or study already stored under another parent", scp.hierarchy_conflict,
+         "storage_scp.hierarchy_conflict"),
         (QR, "Maximum PDU size received", in_bytes(qr.max_pdu_size), "query_retrieve_scp.max_pdu_size"),
         (QR, "Maximum number of simultaneous associations", limit_text(qr),
          "query_retrieve_scp.max_associations, query_retrieve_scp.association_limit"),

@@ -33,6 +33,9 @@ def specification(config: Config) -> list[Block]:
     duplicate = {"new_uid": "the new instance is kept as well, under a new SOP Instance UID assigned in the "
                             "database (and used when it is exported); its file stays as received",
                  "replace": "the new instance replaces the stored one (file and database entry)"}[scp.duplicate_policy]
+    conflict = {"refuse": "the instance is refused with A900, its Error Comment naming the conflict",
+                "keep": "the instance is stored under the study and series it names, and the database then holds "
+                        "that series (or study) under both parents"}[scp.hierarchy_conflict]
     blocks = [
         Heading(3, f"{SCP} Application Entity Specification"),
         Heading(4, "SOP Classes"),
@@ -109,6 +112,9 @@ def specification(config: Config) -> list[Block]:
             "not stored a second time.",
             f"Duplicate SOP Instance UID with different content (storage_scp.duplicate_policy = "
             f"{scp.duplicate_policy}): {duplicate}.",
+            "Series Instance UID already stored in another study, or Study Instance UID already stored for another "
+            f"patient (storage_scp.hierarchy_conflict = {scp.hierarchy_conflict}): {conflict}. A query or retrieve "
+            "of a study finds exactly the instances stored under it.",
             f"Coercion warning (storage_scp.coercion_warning = {str(scp.coercion_warning).lower()}): "
             + ("B000 is returned instead of 0000 when a value was coerced in the database."
                if scp.coercion_warning else "0000 is returned even when a value was coerced in the database."),
@@ -125,7 +131,9 @@ def specification(config: Config) -> list[Block]:
             ("Refused", code(status.OUT_OF_RESOURCES), "Not enough disk space, or the file or database entry "
                                                         "cannot be written. Nothing is kept."),
             ("Error", code(status.DATASET_MISMATCH), "An element has no value: " + ", ".join(required)
-             + ". Or the SOP Class or Instance UID differs from the request's."),
+             + ". Or the SOP Class or Instance UID differs from the request's."
+             + (" Or its series or study is stored under another study or patient."
+                if scp.hierarchy_conflict == "refuse" else "")),
             ("Error", code(status.CANNOT_UNDERSTAND), "The data set cannot be parsed."),
             ("Error", code(status.UNEXPECTED_FAILURE), "An unexpected error; logged."),
         ]),
