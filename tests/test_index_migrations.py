@@ -1,0 +1,50 @@
+"""Schema migrations of the index (appliance/store/db.py) on a real SQLite file: an index a
+released version made is brought to this release's schema with its rows, and ends up with
+exactly the schema a new index has."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from appliance.store.db import MIGRATIONS, Index
+
+RESOURCES = Path(__file__).parent / "resources"
+
+
+def schema(path: Path) -> set[tuple]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return set(db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+
+
+def released(path: Path, version: int) -> Path:
+    """An index as release schema `version` made it (tests/resources/index-schema-N.sql),
+    holding one instance."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript((RESOURCES / f"index-schema-{version}.sql").read_text())
+        db.executescript(f"""
+            PRAGMA user_version = {version};
+            INSERT INTO schema_info (normaliser_version) VALUES (2);
+            INSERT INTO patient VALUES (1, 'PID', 'PID', 'DOE', 'JANE', 'doe^jane', '19700101', 'F', '', '');
+            INSERT INTO study VALUES (1, 1, '1.2.3', '20240101', '120000', 'ACC', '1', '', '', 'CT', '');
+            INSERT INTO series VALUES (1, 1, '1.2.3.1', 'CT', '1', '', '', '', '');
+            INSERT INTO instance VALUES (1, 1, '1.2.3.1.1', '1.2.3.1.1', '1.2.840.10008.5.1.4.1.1.2', '1',
+                                         '1.2.840.10008.1.2.1', '', 'ab/ab.dcm', 1000,
+                                         '2024-01-01 12:00:00.000000+00:00', 'CT1');
+        """)
+        db.commit()
+    return path
+
+
+def test_schema_3_is_migrated_to_this_release_with_its_rows(tmp_path):
+    old = released(tmp_path / "old.sqlite", 3)
+    Index(old).close()
+    fresh = tmp_path / "fresh.sqlite"
+    Index(fresh).close()
+
+    assert schema(old) == schema(fresh)
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("SELECT sop_instance_uid, path, size FROM instance").fetchall() == [
+            ("1.2.3.1.1", "ab/ab.dcm", 1000)]
