@@ -26,6 +26,7 @@ from appliance.config.keys import inert_settings, to_dict
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
 from appliance.control.status import service_status
+from appliance.control.studies import study_commands
 from appliance.dicom.acceptor import Listener
 from appliance.dicom.commitment_reports import ReportSender
 from appliance.dicom.server import Services, quiet_libraries, start_listeners, stop_accepting
@@ -116,10 +117,12 @@ class Daemon:
         return self._shutdown()
 
     def _start_control(self) -> None:
-        """The service tool's reload and status; DICOM is served without it if it cannot start."""
+        """The service tool's reload, status and study commands; DICOM is served without them if
+        the socket cannot be made."""
         try:
-            self.control = ControlServer(socket_path(self.config),
-                                         {"status": lambda _: service_status(self), "reload": self._reload_request})
+            self.control = ControlServer(socket_path(self.config), {
+                "status": lambda _: service_status(self), "reload": self._reload_request,
+                **study_commands(self.index, self.archive.area, self.archive.forget_cached_rows)})
         except OSError as exc:
             log.error("control socket unavailable, service-tool cannot reach the service: %s", exc)
             return

@@ -92,21 +92,31 @@ class Archive:
     def recover(self) -> tuple[int, int]:
         """Decide every spool name a stopped or killed process left (files.py): (instances
         kept or indexed again, partial or unacknowledged instances removed). Files made ahead
-        and never used go without a word."""
+        and never used go without a word; interrupted removals (ST-18, MG-02) are finished or
+        undone as their rows say, and logged here."""
         kept, removed, lost_rows = 0, 0, []
+        removals = {True: 0, False: 0}  # whether the row was still there (the removal undone)
         for entry, size in self.area.in_flight():
-            if size == 0 and not entry.retired:
+            indexed = Instance.select().where(Instance.path == entry.relative).exists()
+            if entry.retired:
+                entry.finish() if indexed else entry.remove()
+                removals[indexed] += 1
+            elif size == 0:
                 entry.remove()
-            elif Instance.select().where(Instance.path == entry.relative).exists():
+            elif indexed:
                 entry.finish()  # stored (its row exists only once its file was flushed), or kept
                 kept += 1
-            elif not entry.retired and (seal := entry.seal()) is not None:
+            elif not entry.store_path.exists():
+                entry.remove()  # stored, then deleted (MG-02) before its spool name went
+            elif (seal := entry.seal()) is not None:
                 lost_rows.append((seal[1], entry))  # stored, but its row was lost with the log
             else:
                 entry.remove()
                 removed += 1
-                if not entry.retired:
-                    log.warning("recovery: removed unacknowledged partial instance %s", entry.name)
+                log.warning("recovery: removed unacknowledged partial instance %s", entry.name)
+        if removals[False] or removals[True]:
+            log.warning("recovery: %d interrupted file removals (deletions, replacements) completed, %d undone "
+                        "(their index rows were still there)", removals[False], removals[True])
         for stamp, entry in sorted(lost_rows, key=lambda found: found[0]):  # in the order they were stored
             kept += self._index_again(entry, stamp)
         return kept, removed
@@ -224,7 +234,8 @@ class Archive:
         a UID made from its file's name, so that recovery, indexing a file again, gives the one
         the C-STORE gave (reindex passes the one the replaced index had). Parents are looked up
         through small caches (a series of 500 images hits the database for them once); rows
-        are never deleted, and a failed transaction clears the caches (`forget_cached_rows`).
+        change only under the write lock, where a failed transaction, a deletion or an edit
+        (MG-02, MG-03) clears the caches (`forget_cached_rows`).
         """
         study_id, patient_id = self._study(v)
         if patient_id != v.patient_id:
