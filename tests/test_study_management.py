@@ -119,7 +119,7 @@ def test_list_filters_match_as_c_find_does(box):
 
 def test_a_bad_filter_is_refused_naming_it(box):
     run = tool(box, "study", "list", "--date", "2024-01-05")
-    assert run.returncode == 1 and "StudyDate" in run.stderr, run.stderr
+    assert run.returncode == 1 and "--date: StudyDate '2024-01-05' is not a valid date" in run.stderr, run.stderr
     run = tool(box, "study", "list", "--received", "yesterday")
     assert run.returncode == 1 and "--received" in run.stderr, run.stderr
 

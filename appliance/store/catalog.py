@@ -28,21 +28,24 @@ class NotFound(LookupError):
     """No such study (or series, or instance, in it)."""
 
 
-_FILTER_KEYS = {"patient_id": "PatientID", "name": "PatientName", "date": "StudyDate"}
+_FILTERS = (("--patient-id", "PatientID"), ("--name", "PatientName"), ("--date", "StudyDate"))
 
 
 def list_studies(patient_id: str = "", name: str = "", date: str = "", received: str = "") -> list[dict]:
     """Every study matching all the filters given ("" = any), in study date order."""
-    wanted = {keyword: value for option, keyword in _FILTER_KEYS.items()
-              if (value := {"patient_id": patient_id, "name": name, "date": date}[option])}
-    try:
-        query = filters(wanted, STUDY_ROOT, Level.STUDY)
-    except DicomStatusError as exc:
-        raise BadFilter(exc.why) from exc
-    if query.unsupported:
-        raise BadFilter("; ".join(query.unsupported))
+    conditions = []
+    for value, (option, keyword) in zip((patient_id, name, date), _FILTERS):
+        if not value:
+            continue
+        try:
+            query = filters({keyword: value}, STUDY_ROOT, Level.STUDY)
+        except DicomStatusError as exc:
+            raise BadFilter(f"{option}: {exc.why}") from exc
+        if query.unsupported:
+            raise BadFilter(f"{option}: {'; '.join(query.unsupported)}")
+        conditions += query.conditions
     statement = _studies()
-    for condition in query.conditions:
+    for condition in conditions:
         statement = statement.where(matching.where(condition))
     if received:
         low, high = _received_range(received)
