@@ -155,13 +155,7 @@ def main(argv=None) -> int:
     record["results"] = {case: summary(runs) for case, runs in bench.results.items()}
     record["instances"], record["bytes"] = args.count, bench.bytes
     print(f"one study of {args.count} CT 256x256 instances, {bench.bytes / 1e6:.0f} MB")
-    print(table(record["results"], args.count, previous))
-    if previous:
-        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
-    text = json.dumps(record, indent=1)
-    previous_path.write_text(text)
-    if args.json:
-        args.json.write_text(text)
+    lab.report(record, table(record["results"], args.count, previous), previous, previous_path, args.json)
     return 0
 
 
