@@ -297,6 +297,18 @@ def fill_until_free(directory: Path, free: int) -> list[Path]:
     return [filler]
 
 
+def percent_free(directory: Path) -> float:
+    """The share of the file system free as df counts it: Avail / (Used + Avail) (MG-04)."""
+    st = os.statvfs(directory)
+    return 100 * st.f_bavail / (st.f_blocks - st.f_bfree + st.f_bavail)
+
+
+def fill_until_percent(directory: Path, percent: float) -> None:
+    """`fill_until_free` to a share of the file system, counted as `percent_free` does."""
+    st = os.statvfs(directory)
+    fill_until_free(directory, int((st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize * percent / 100))
+
+
 def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run a DCMTK tool with TCP_NODELAY=1 (Debian's DCMTK leaves Nagle on otherwise)."""
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,

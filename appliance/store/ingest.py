@@ -28,6 +28,7 @@ from appliance.store.files import InFlight, Incoming, StorageArea, Unwritable, w
 from appliance.store.flusher import IndexFlusher
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.models import Instance, Patient, Series, Study
+from appliance.store.watermarks import DiskWatch
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,13 @@ class StoreOutcome:
 class Archive:
     """Stores received instances. One per daemon; safe to call from association threads."""
 
-    def __init__(self, policy: StorageSCP, index: Index, area: StorageArea, reserve_bytes: int):
+    def __init__(self, policy: StorageSCP, index: Index, area: StorageArea, reserve_bytes: int,
+                 disk_watch: DiskWatch | None = None):
         self.policy = policy
         self.index = index
         self.area = area
         self.reserve_bytes = reserve_bytes
+        self.disk_watch = disk_watch  # the running service's watermarks (MG-04)
         self.flusher: IndexFlusher | None = None  # from start(); reindex commits durably itself
         # Row ids of recently seen studies and series; touched only under the index write lock.
         self._studies: dict[str, tuple[int, str]] = {}
@@ -186,6 +189,8 @@ class Archive:
     def _store(self, received: Incoming, request: StoreRequest) -> StoreOutcome:
         """The checks, then the file sealed and flushed, then its row committed (files.py)."""
         free = self.area.free_bytes()
+        if self.disk_watch is not None:
+            self.disk_watch.seen(free)
         if free < self.reserve_bytes:
             raise DicomStatusError(status.OUT_OF_RESOURCES,
                                    f"disk full: {free} bytes free, below the reserve of {self.reserve_bytes}")
