@@ -16,8 +16,8 @@ import sys
 from appliance.config import data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
+from appliance.units import size
 from service_tool.config_cmd import load
-from service_tool.units import size
 
 EXIT_FAILED = 1
 _LONG = 3600.0  # a deletion of a large study is bounded by the disk, not by a fixed wait

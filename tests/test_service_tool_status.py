@@ -154,13 +154,12 @@ def test_status_shows_free_space_watermarks_ingest_rate_and_days_until_full(smal
                      service_tool(app.config_path, "status").stdout, re.M)
 
 
-def test_the_ingest_rate_can_use_an_index_on_received_at(tmp_path):
-    """MG-04: the ingest rate's SQL is a range and a MIN on the bare received_at column, so an
-    index on it (as schema migration 5 adds) is searched instead of the instance table scanned.
-    SQLite's own plan, on a real index file given that index by hand."""
+def test_the_ingest_rate_searches_the_index_on_received_at(tmp_path):
+    """MG-04: the ingest rate's SQL is a range and a MIN on the bare received_at column, so the
+    index schema 5 has on it is searched instead of the instance table scanned (SQLite's own
+    plan, on a real index file)."""
     Index(tmp_path / "index.sqlite").close()
     with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
-        db.execute("CREATE INDEX IF NOT EXISTS instance_received_at ON instance (received_at)")
         for sql, parameters in ((summary.RECEIVED_SINCE, ("2026-01-01 00:00:00+00:00",)), (summary.FIRST_RECEIVED, ())):
             plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)]
             assert plan and all(line.startswith("SEARCH") and "received_at" in line for line in plan), plan

@@ -24,7 +24,7 @@ _COUNTS = {
 
 # MG-04: the ingest rate. instance.received_at is the text sqlite3 makes of peewee's UTC
 # datetime ('YYYY-MM-DD HH:MM:SS.ffffff+00:00', no fraction when it is 0), which sorts as the
-# times do; so a range and MIN on the bare column, which an index on it serves.
+# times do; so a range and MIN on the bare column, which its index (schema 5) serves.
 INGEST_DAYS = 7
 RECEIVED_SINCE = "SELECT COALESCE(SUM(size), 0) FROM instance WHERE received_at >= ?"
 FIRST_RECEIVED = "SELECT MIN(received_at) FROM instance"
