@@ -126,7 +126,8 @@ class Daemon:
         try:
             self.control = ControlServer(socket_path(self.config), {
                 "status": lambda _: service_status(self), "reload": self._reload_request,
-                **study_commands(self.index, self.archive.area, self.archive.forget_cached_rows)})
+                **study_commands(self.index, self.archive.area, self.archive.forget_cached_rows,
+                                 self.disk_watch.check)})
         except OSError as exc:
             log.error("control socket unavailable, service-tool cannot reach the service: %s", exc)
             return

@@ -17,7 +17,7 @@ import datasets
 import scu
 from appliance.config.model import Storage
 from appliance.store.watermarks import ALERT, CHECK_INTERVAL, WARNING, DiskWatch, crossed
-from helpers import fill_until_percent, merge, percent_free, wait_for
+from helpers import fill_until_percent, merge, percent_free, service_tool, wait_for
 
 SUCCESS = 0x0000
 LEVELS = {"storage": {"warn_free_percent": 50, "alert_free_percent": 25}}
@@ -70,6 +70,27 @@ def test_c_stores_crossing_the_watermarks_log_once_per_crossing(small_disk, tmp_
     fill_until_percent(app.data_dir, 40)
     wait_for(lambda: lines(app, LOW) == 2, "a second WARNING", timeout=NOTICED)
     assert (lines(app, VERY_LOW), lines(app, RECOVERED)) == (1, 1), app.log()
+
+
+def test_a_study_delete_that_frees_space_is_seen_at_once(small_disk, tmp_path):
+    """MG-02, MG-04: the recovery line is written before `service-tool study delete` returns,
+    not at the next periodic check."""
+    app = small_disk(LEVELS)
+    fill_until_percent(app.data_dir, 58)
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    study = "1.2.826.0.1.3680043.9.7433.77"
+    with scu.association(app.storage_port) as assoc:
+        for n in range(40):  # about 2 % of the disk each, until below the warning level
+            if percent_free(app.data_dir) < 48:
+                break
+            ds = datasets.image(rows=512, columns=512, study_uid=study)
+            assert scu.send_file(assoc, datasets.write(ds, sent / f"{n}.dcm")) == SUCCESS
+    assert lines(app, LOW) == 1, app.log()
+    deleted = service_tool(app.config_path, "study", "delete", study, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert percent_free(app.data_dir) > 51  # above the level and its hysteresis (the index grew a little)
+    assert lines(app, RECOVERED) == 1, app.log()
 
 
 def test_a_disk_filled_by_another_writer_is_noticed_at_start_and_while_idle(small_disk):

@@ -19,8 +19,10 @@ from appliance.store.files import StorageArea
 log = logging.getLogger("appliance.store")
 
 
-def study_commands(index: Index, area: StorageArea, forget_cached_rows: Callable[[], None]) -> dict:
-    """Control commands (name -> callable(request) -> answer) for the daemon's control server."""
+def study_commands(index: Index, area: StorageArea, forget_cached_rows: Callable[[], None],
+                   space_freed: Callable[[], None]) -> dict:
+    """Control commands (name -> callable(request) -> answer) for the daemon's control server;
+    `space_freed` is called after a deletion (the disk watermarks look again, MG-04)."""
 
     def listing(request: dict) -> dict:
         with index.db.connection_context():
@@ -35,6 +37,7 @@ def study_commands(index: Index, area: StorageArea, forget_cached_rows: Callable
         with index.db.connection_context():
             deleted = deletion.delete(index, area, request["study"], request.get("series", ""),
                                       request.get("instance", ""), forget_cached_rows)
+        space_freed()
         log.info("%s, asked by %s", deleted.describe(), operator or "an unknown operator")
         audit.studies_deleted(audit.Patient(deleted.patient_id, deleted.patient_name),
                               (audit.Study(deleted.study_instance_uid, tuple(deleted.sop_classes.items()),
