@@ -8,7 +8,7 @@ settings in force as they are (first boot, or after a hand edit). `show` prints 
 configured beside what the system reports.
 
 `--root`, `--bus` and `--netns` point the command at another system than the one it runs on:
-an image being built, or a container in the tests. pyroute2 and dbus-next (0.25 s to import)
+an image being built, or a container in the tests. pyroute2 and dbus-fast (0.25 s to import)
 are imported by the commands here, not by the tool's other commands.
 """
 
