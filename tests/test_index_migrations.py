@@ -48,3 +48,13 @@ def test_schema_3_is_migrated_to_this_release_with_its_rows(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         assert db.execute("SELECT sop_instance_uid, path, size FROM instance").fetchall() == [
             ("1.2.3.1.1", "ab/ab.dcm", 1000)]
+
+
+def test_the_log_says_created_for_a_new_index_and_migrated_for_an_old_one(tmp_path, caplog):
+    """Issue 22 item 7: a fresh start is not an upgrade from schema 1, 2, 3..."""
+    with caplog.at_level("INFO", logger="appliance.store.db"):
+        Index(tmp_path / "fresh.sqlite").close()
+        Index(released(tmp_path / "old.sqlite", 3)).close()
+        Index(tmp_path / "fresh.sqlite").close()  # nothing to do: nothing said
+    assert [r.getMessage().split(" ", 2)[2] for r in caplog.records] == [
+        f"created (schema {len(MIGRATIONS)})", f"migrated from schema 3 to {len(MIGRATIONS)}"]

@@ -235,7 +235,7 @@ def test_config_diff_against_defaults_and_the_running_service(make_appliance):
     # An edit by hand that nobody has applied yet.
     app.config_path.write_text(app.config_path.read_text().replace('"ARCHIVE"', '"ARCHIVE_2"'))
     pending = service_tool(app.config_path, "config", "diff", "--running")
-    assert pending.returncode == 1
+    assert pending.returncode == 1 and "in 1 key:" in pending.stdout  # issue 22 item 7: not "1 keys"
     assert 'storage_scp.ae_title: "ARCHIVE" -> "ARCHIVE_2"' in pending.stdout
     app.stop()
     assert service_tool(app.config_path, "config", "diff", "--running").returncode == 2

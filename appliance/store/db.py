@@ -110,7 +110,10 @@ class Index:
                 MIGRATIONS[number - 1](self.db)
                 self.db.pragma("user_version", number)
             self.sync()
-            log.info("index %s migrated to schema %d", self.path, number)
+        if version == 0:
+            log.info("index %s created (schema %d)", self.path, len(MIGRATIONS))
+        elif version < len(MIGRATIONS):
+            log.info("index %s migrated from schema %d to %d", self.path, version, len(MIGRATIONS))
         stored = models.SchemaInfo.get().normaliser_version
         if stored != NORMALISER_VERSION:
             raise RuntimeError(f"index {self.path} was built with normaliser {stored}, this release "
