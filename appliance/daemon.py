@@ -6,12 +6,12 @@ configuration (an invalid file is refused and the running one kept), and so does
 `reload` on the control socket, which also gets the outcome; SIGTERM answers new requests
 2/3/1 again, lets running associations finish for `timeouts.shutdown_drain` seconds, aborts
 the rest, checkpoints the index and exits 0. While it serves, a thread watches the managed
-network interface: a DHCP lease lost aborts every association (FL-09).
+network interface: a DHCP lease lost aborts every association (FL-09), and another the disk's
+free space (MG-04).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import resource
 import signal
@@ -22,10 +22,11 @@ from pathlib import Path
 from appliance import __version__, audit, systemd
 from appliance import log as service_log
 from appliance.config import Config, data_dir, load_dict, load_file
-from appliance.config.keys import inert_settings, to_dict
+from appliance.config.keys import inert_settings, kept_for_restart, to_dict
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
 from appliance.control.status import service_status
+from appliance.control.studies import study_commands
 from appliance.dicom.acceptor import Listener
 from appliance.dicom.commitment_reports import ReportSender
 from appliance.dicom.server import Services, quiet_libraries, start_listeners, stop_accepting
@@ -34,6 +35,7 @@ from appliance.network.lease_watch import LeaseWatch
 from appliance.store import INDEX_NAME, lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
+from appliance.store.watermarks import DiskWatch
 from appliance.commitment import Commitments, Reporter
 from appliance.store.ingest import Archive
 from appliance.wake import Wake
@@ -95,7 +97,10 @@ class Daemon:
             audit.stop()
             return 1
         self.index = Index(directory / INDEX_NAME)
-        self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes)
+        # MG-04: the disk looked at now, then every few seconds and at each C-STORE.
+        self.disk_watch = DiskWatch(directory, self.config.storage).start()
+        self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes,
+                               self.disk_watch)
         kept, removed = self.archive.recover()
         if kept or removed:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
@@ -116,10 +121,13 @@ class Daemon:
         return self._shutdown()
 
     def _start_control(self) -> None:
-        """The service tool's reload and status; DICOM is served without it if it cannot start."""
+        """The service tool's reload, status and study commands; DICOM is served without them if
+        the socket cannot be made."""
         try:
-            self.control = ControlServer(socket_path(self.config),
-                                         {"status": lambda _: service_status(self), "reload": self._reload_request})
+            self.control = ControlServer(socket_path(self.config), {
+                "status": lambda _: service_status(self), "reload": self._reload_request,
+                **study_commands(self.index, self.archive.area, self.archive.forget_cached_rows,
+                                 self.disk_watch.check)})
         except OSError as exc:
             log.error("control socket unavailable, service-tool cannot reach the service: %s", exc)
             return
@@ -195,6 +203,7 @@ class Daemon:
                 time.sleep(0.05)
         self.services.reporter.stop()
         self.archive.stop()
+        self.disk_watch.stop()
         self.index.close()
         log.info("stopped")
         audit.application_stopped()
@@ -225,9 +234,9 @@ class Daemon:
     def _apply(self, new: Config) -> str | None:
         """Apply `new`; the reason it was refused, else None."""
         old = self.config
-        if new.storage != old.storage:
-            log.warning("reload: [storage] changes take effect at the next restart")
-            new = dataclasses.replace(new, storage=old.storage)
+        new, kept = kept_for_restart(old, new)
+        if kept:
+            log.warning("reload: changes to %s take effect at the next restart", ", ".join(kept))
         # Before the rebind: new listeners use them at once.
         self.archive.policy = new.storage_scp
         self.services.configure(new)
@@ -247,6 +256,7 @@ class Daemon:
             self.lease_watch = LeaseWatch(new.network.interface, self.services.abort_all).start()
         if new.logging != old.logging:
             service_log.setup(new.logging, data_dir(new))
+        self.disk_watch.configure(new.storage)  # MG-04: the levels apply at once, and the disk is looked at
         warn_inert(new)
         log.info("configuration reloaded from %s", self.config_path)
         return None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import ssl
 import sys
@@ -144,13 +143,7 @@ def main(argv=None) -> int:
     bench = Bench(args)
     record = lab.run_recorded(bench, args.quick)
     record["results"] = bench.results
-    print(table(bench.results, previous))
-    if previous:
-        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
-    text = json.dumps(record, indent=1)
-    previous_path.write_text(text)
-    if args.json:
-        args.json.write_text(text)
+    lab.report(record, table(bench.results, previous), previous, previous_path, args.json)
     return 0
 
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"missing {', '.join(missing)}: apt-get install debootstrap e2fsprogs qemu-utils")
     if sys.version_info[:2] != IMAGE_PYTHON:
-        # Compiled dependencies (netifaces) are built here as wheels for this Python.
+        # Binary wheels (dbus-fast) are fetched for this Python: the image's.
         parser.error(f"run with Python {'.'.join(map(str, IMAGE_PYTHON))}, the image's (Debian {debian.SUITE})")
     started = time.monotonic()
     args.output.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,16 @@ def _same_network(a: str, b: str) -> bool:
         return a == b
 
 
+def _normalised(address: str) -> str:
+    """A network as its own address (10.0.4.5/24 -> 10.0.4.0/24), a single host without its
+    prefix; what ipaddress cannot read is kept for the loader to refuse, naming the key."""
+    try:
+        network = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        return address
+    return str(network.network_address) if network.prefixlen == network.max_prefixlen else str(network)
+
+
 def _given(args) -> bool:
     if args.calling or args.address:
         return True
@@ -107,10 +117,13 @@ def allow(args) -> int:
         for title in args.calling:
             if title.strip() not in {str(t).strip() for t in callings}:
                 callings.append(title)
-        for address in args.address:
+        given = [_normalised(address) for address in args.address]
+        for address in given:
             if not any(_same_network(address, str(a)) for a in addresses):
                 addresses.append(address)
-        return f"{args.ae}: allowed {', '.join(args.calling + args.address)}"
+        changed = [f"{a} as {n}" for a, n in zip(args.address, given) if a != n]
+        note = f" ({'; '.join(changed)}: the network the address is in)" if changed else ""
+        return f"{args.ae}: allowed {', '.join(args.calling + given)}{note}"
 
     return edit.change(args.config, mutate)
 

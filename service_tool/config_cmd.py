@@ -116,7 +116,7 @@ def diff(args: argparse.Namespace) -> int:
     elif not changes:
         print(f"{args.config} is the same as {what}")
     else:
-        print(f"{args.config} differs from {what} in {len(changes)} keys:")
+        print(f"{args.config} differs from {what} in {len(changes)} key{'s' if len(changes) > 1 else ''}:")
         for c in changes:
             print(f"  {c['key']}: {_value(c['from'])} -> {_value(c['to'])}")
     return 1 if changes else 0

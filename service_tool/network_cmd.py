@@ -2,13 +2,13 @@
 
 `set` edits `[network]` (validated like every edit) and puts it in force at once; `try` does
 the same, then waits for the installer to type `yes`. Without that answer in time (a typo
-that cut the SSH session off, say) the files, the configuration and the running daemons go
+that cut a remote console off, say) the files, the configuration and the running daemons go
 back to what they were, so a headless box cannot be locked out. `apply` puts the file's
 settings in force as they are (first boot, or after a hand edit). `show` prints what is
 configured beside what the system reports.
 
 `--root`, `--bus` and `--netns` point the command at another system than the one it runs on:
-an image being built, or a container in the tests. pyroute2 and dbus-next (0.25 s to import)
+an image being built, or a container in the tests. pyroute2 and dbus-fast (0.25 s to import)
 are imported by the commands here, not by the tool's other commands.
 """
 

@@ -9,8 +9,11 @@ HostTable/AETable of a DCMTK dcmqrscp.cfg, which installers often already have.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import socket
 import sys
+import threading
 from pathlib import Path
 
 import tomlkit
@@ -142,7 +145,38 @@ def _new_entry(title: str, host: str, port: int, flags: dict[str, bool]):
     return entry
 
 
+_RESOLVE_WAIT = 5.0  # s: a DNS server that does not answer must not hold the installer
+
+
+def warn_if_unresolvable(host: str) -> None:
+    """Say so when a remote AE's host name does not resolve now: the entry is kept (DNS may
+    come later), but exports and reports to it fail until it does."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    outcome: list[str] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            outcome.append("")
+        except (OSError, UnicodeError) as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(_RESOLVE_WAIT)
+    why = outcome[0] if outcome else f"no answer within {_RESOLVE_WAIT:.0f} s"
+    if why:
+        print(f"warning: host {host!r} does not resolve now ({why}); C-MOVE exports and commitment reports "
+              f"to it fail until it does (check [network] dns, or give its IP address)", file=sys.stderr)
+
+
 def add(args) -> int:
+    warn_if_unresolvable(args.host)
+
     def mutate(document) -> str:
         if any(str(e.get("ae_title", "")).strip() == args.title.strip() for e in _entries(document)):
             raise edit.Refused(f"a remote AE titled {args.title.strip()!r} exists; use 'remote set'")
@@ -161,6 +195,8 @@ def set_remote(args) -> int:
     if all(v is None for v in (args.new_title, args.host, args.port, args.may, args.tls, args.tls_subject)):
         print("nothing to change: give --title, --host, --port, --may, --tls or --tls-subject", file=sys.stderr)
         return edit.EXIT_USAGE
+    if args.host is not None:
+        warn_if_unresolvable(args.host)
 
     def mutate(document) -> str:
         entry = _find(document, args.title)

@@ -15,6 +15,7 @@ from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.store.summary import archive_and_disk
 from appliance.tls.certificates import status_report as tls_status
+from appliance.units import size
 from service_tool.config_cmd import EXIT_INVALID, load
 from service_tool.logs_cmd import log_files, selected
 
@@ -55,16 +56,8 @@ def _offline(config: Config, why: str) -> dict:
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
               for r in selected(log_files(config), "ERROR")[-_RECENT:]]
     return {"running": False, "why": why, "data_dir": str(directory),
-            **archive_and_disk(directory, config.storage.reserve_bytes), "tls": tls_status(config),
+            **archive_and_disk(directory, config.storage), "tls": tls_status(config),
             "problems": {"recent": recent}}
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float) -> str:
@@ -107,9 +100,45 @@ def _audit(report: dict) -> list[str]:
     waiting = audit["spooled_messages"]
     line = f"audit trail: to {audit['collector']}"
     if waiting:
-        return [line, f"WARNING: {waiting} audit messages ({_size(audit['spooled_bytes'])}) wait in the spool: "
+        return [line, f"WARNING: {waiting} audit messages ({size(audit['spooled_bytes'])}) wait in the spool: "
                       "the collector cannot be reached"]
     return [line]
+
+
+def _level(name: str, percent: int) -> str:
+    return f"{name} below {percent} %" if percent else f"{name} off"
+
+
+def _days(days: float) -> str:
+    return f"{days:.0f} days" if days >= 10 else f"{days:.1f} days"
+
+
+def _ingest(archive: dict) -> str:
+    """MG-04: the rate, and what it is averaged over when the archive is younger than 7 days."""
+    if archive["archive_age_days"] is None:
+        return "ingest: nothing received yet"
+    rate = f"ingest: {size(archive['ingest_bytes_per_day'])} a day"
+    if archive["archive_age_days"] < 1:
+        return f"{rate}, counted over one day: the archive is younger than that"
+    if archive["ingest_days"] < 7:
+        return f"{rate} over the archive's {_days(archive['ingest_days'])}: it is younger than 7 days"
+    return f"{rate} over the last 7 days"
+
+
+def _disk(report: dict) -> list[str]:
+    """Free space against the reserve and the watermarks, the ingest rate and the days until the
+    disk is full at that rate (MG-04); a watermark crossed is a WARNING or ALERT line."""
+    disk, archive = report["disk"], report["archive"]
+    if "error" in disk:
+        return [f"disk: {disk['error']}"]
+    low = " — LOW: below the reserve, C-STOREs are refused (A700)" if disk["free_bytes"] < disk["reserve_bytes"] else ""
+    lines = [f"disk: {size(disk['free_bytes'])} free of {size(disk['total_bytes'])} ({disk['free_percent']:.1f} %; "
+             f"{_level('warning', disk['warn_free_percent'])}, {_level('alert', disk['alert_free_percent'])}), "
+             f"reserve {size(disk['reserve_bytes'])}{low}"]
+    if "error" not in archive:
+        days = disk["days_until_full"]
+        lines.append(_ingest(archive) + (f"; full in about {_days(days)}" if days is not None else "; not growing"))
+    return lines + [f"{p['level']}: {p['message']}" for p in disk["problems"]]
 
 
 def _text(report: dict) -> list[str]:
@@ -136,15 +165,9 @@ def _text(report: dict) -> list[str]:
         lines.append(f"archive: index unreadable: {archive['error']}")
     else:
         lines.append(f"archive: {archive['patients']} patients, {archive['studies']} studies, {archive['series']} "
-                     f"series, {archive['instances']} instances ({_size(archive['instance_bytes'])})")
+                     f"series, {archive['instances']} instances ({size(archive['instance_bytes'])})")
         lines.append(f"pending storage commitment reports: {archive['pending_commitment_reports']}")
-    disk = report["disk"]
-    if "error" in disk:
-        lines.append(f"disk: {disk['error']}")
-    else:
-        low = " — LOW: below the reserve, C-STOREs are refused (A700)" if disk["free_bytes"] < disk["reserve_bytes"] else ""
-        lines.append(f"disk: {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} "
-                     f"(reserve {_size(disk['reserve_bytes'])}){low}")
+    lines += _disk(report)
     problems = report["problems"]
     if report["running"]:
         counts = ", ".join(f"{n} {level}" for level, n in sorted(problems["counts"].items())) or "none"

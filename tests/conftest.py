@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import subprocess
 import sys
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from pydicom import config as pydicom_config
 from pynetdicom.association import Association
 
-from helpers import REPO, Appliance
+from helpers import REPO, SMALL_DISK, SMALL_DISK_INODES, Appliance
 
 # `image` (the image build, which the system and e2e tests use) is a directory of the checkout,
 # not part of the installed package.
@@ -108,6 +109,34 @@ def make_appliance(tmp_path):
     for app in made:
         if app.proc is not None and app.proc.poll() is None:
             app.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory for one appliance, `small_disk(overrides, start=True)`, whose data dir is a real
+    tmpfs of SMALL_DISK bytes and SMALL_DISK_INODES inodes (ST-07, MG-04); stopped and unmounted
+    at the end even when the test or the daemon failed."""
+    made = []
+
+    def make(overrides: dict | None = None, start: bool = True) -> Appliance:
+        assert not made, "one small disk per test"
+        app = Appliance(tmp_path / "appliance", overrides or {})
+        app.data_dir.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},nr_inodes={SMALL_DISK_INODES},mode=0700",
+                        "tmpfs", str(app.data_dir)], check=True)
+        made.append(app)
+        return app.start() if start else app
+
+    yield make
+    for app in made:
+        try:
+            assert app.stop() == 0, app.log()
+        finally:
+            if app.proc is not None and app.proc.poll() is None:
+                app.kill()
+            if subprocess.run(["umount", str(app.data_dir)]).returncode != 0:
+                subprocess.run(["umount", "--lazy", str(app.data_dir)], check=True)
+                raise AssertionError(f"{app.data_dir} was still busy at teardown (lazily unmounted)")
 
 
 @pytest.fixture

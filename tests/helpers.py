@@ -273,6 +273,42 @@ class Appliance:
         return sorted(found)
 
 
+# The real small disk the `small_disk` fixture (conftest.py) mounts as a data directory (tmpfs).
+SMALL_DISK = 24 << 20
+SMALL_DISK_INODES = 400  # the 256 store directories, the index files and a few instances
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def fill_until_free(directory: Path, free: int) -> list[Path]:
+    """Grow or shrink a filler file so that `free` bytes (give or take a page) remain on the
+    file system."""
+    filler = directory / "filler"
+    filler.touch()
+    grow = free_bytes(directory) - free
+    if grow > 0:
+        with open(filler, "ab") as f:
+            f.write(b"\0" * grow)
+    else:
+        os.truncate(filler, max(0, filler.stat().st_size + grow))
+    return [filler]
+
+
+def percent_free(directory: Path) -> float:
+    """The share of the file system free as df counts it: Avail / (Used + Avail) (MG-04)."""
+    st = os.statvfs(directory)
+    return 100 * st.f_bavail / (st.f_blocks - st.f_bfree + st.f_bavail)
+
+
+def fill_until_percent(directory: Path, percent: float) -> None:
+    """`fill_until_free` to a share of the file system, counted as `percent_free` does."""
+    st = os.statvfs(directory)
+    fill_until_free(directory, int((st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize * percent / 100))
+
+
 def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run a DCMTK tool with TCP_NODELAY=1 (Debian's DCMTK leaves Nagle on otherwise)."""
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,

@@ -15,6 +15,7 @@ the same port and must receive every one in that order, after a restart too; a s
 from __future__ import annotations
 
 import base64
+import getpass
 import os
 import re
 import ssl
@@ -402,7 +403,7 @@ def test_a_failed_tls_handshake_gives_a_node_authentication_alert(make_appliance
 
 
 def test_deletion_and_patient_record_messages_follow_the_schema():
-    """AU-01: the builders the study delete and edit commands will call give schema-valid
+    """AU-01: the builders the study delete and edit commands call give schema-valid
     messages with the codes of PS3.15 A.5.3.8 and A.5.3.14; a message without the name or
     query the schema requires is refused, so the schema check can fail."""
     import datetime
@@ -425,3 +426,30 @@ def test_deletion_and_patient_record_messages_follow_the_schema():
     nameless = etree.fromstring(etree.tostring(deleted).replace(b"<ParticipantObjectName>CT CHEST</ParticipantObjectName>",
                                                                 b""))
     assert not SCHEMA.validate(nameless)
+
+
+def test_a_study_edit_and_a_deletion_are_audited(make_appliance, tmp_path):
+    """AU-01, MG-02, MG-03: `service-tool study edit` gives a Patient Record update with the
+    new name, `study delete` a DICOM Study Deleted with what went; both name the operator."""
+    with Collector("udp", free_port()) as collector:
+        app = make_appliance(audited({}, collector.url))
+        files = study_files(tmp_path / "files")
+        result = dcmtk("storescu", "-aec", "EX_STORE_SCP", "127.0.0.1", str(app.storage_port), *map(str, files["A"]))
+        assert result.returncode == 0, result.stderr
+        study_a = "1.2.826.0.1.3680043.9.7433.90.1"
+        result = service_tool(app.config_path, "study", "edit", study_a, "--set", "PatientName=Alpha^Anna")
+        assert result.returncode == 0, result.stderr
+        edited, = wait_event(collector, "110110")
+        assert edited.find("EventIdentification").get("EventActionCode") == "U"
+        assert objects(edited, "2")[0].findtext("ParticipantObjectName") == "Alpha^Anna"
+        result = service_tool(app.config_path, "study", "delete", study_a, "--yes")
+        assert result.returncode == 0, result.stderr
+        deleted, = wait_event(collector, "110105")
+        assert deleted.find("EventIdentification").get("EventActionCode") == "D"
+        study, = objects(deleted, "110180")
+        assert study.get("ParticipantObjectID") == study_a and classes(study) == {datasets.CT: 3, datasets.MR: 1}
+        assert objects(deleted, "2")[0].get("ParticipantObjectID") == "P-A"
+        operator = os.environ.get("SUDO_USER") or getpass.getuser()  # as the tool names who asks
+        for root in (edited, deleted):
+            people = [p for p in root.findall("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+            assert [p.get("UserID") for p in people] == [operator]

@@ -58,6 +58,13 @@ INVALID = [
     ("timeout-zero", {"timeouts": {"connect": 0}}, "timeouts.connect"),
     ("timeout-negative", {"query_retrieve_scp": {"idle_timeout": -1}}, "query_retrieve_scp.idle_timeout"),
     ("reserve-negative", {"storage": {"reserve_bytes": -1}}, "storage.reserve_bytes"),
+    # MG-04: disk watermarks, whole percentages, the alert level the lower one
+    ("warn-percent-high", {"storage": {"warn_free_percent": 101}}, "storage.warn_free_percent"),
+    ("alert-percent-negative", {"storage": {"alert_free_percent": -1}}, "storage.alert_free_percent"),
+    ("warn-percent-fraction", {"storage": {"warn_free_percent": 12.5}}, "storage.warn_free_percent"),
+    ("alert-percent-string", {"storage": {"alert_free_percent": "5%"}}, "storage.alert_free_percent"),
+    ("alert-above-warn", {"storage": {"warn_free_percent": 10, "alert_free_percent": 20}},
+     "storage.alert_free_percent"),
     ("buffer-huge", {"network": {"socket_buffer_size": 2**31}}, "network.socket_buffer_size"),
     ("buffer-negative", {"network": {"socket_buffer_size": -1}}, "network.socket_buffer_size"),
     ("drain-negative", {"timeouts": {"shutdown_drain": -1}}, "timeouts.shutdown_drain"),
@@ -146,6 +153,10 @@ VALID = [
     ("remote-tls", {"remote_aes": [{**REMOTE, "tls": True}]}),
     ("audit-collectors", {"audit": {"collector": "tls://siem.example.org:6514", "source_id": "ARCHIVE-1"}}),
     ("audit-udp-ip", {"audit": {"collector": "udp://[2001:db8::9]:514"}}),
+    # MG-04: 0 turns a watermark off; with the warning off, any alert level
+    ("watermarks-equal", {"storage": {"warn_free_percent": 10, "alert_free_percent": 10}}),
+    ("warning-off", {"storage": {"warn_free_percent": 0, "alert_free_percent": 20}}),
+    ("watermarks-off", {"storage": {"warn_free_percent": 0, "alert_free_percent": 0}}),
 ]
 
 
@@ -200,6 +211,7 @@ def test_defaults_are_the_conformance_statement():
     for local in (s, q):
         assert (local.check_called_ae, local.accepted_calling_aes, local.accepted_addresses) == (True, (), ())
     assert s.exam_types == () and c.remote_aes == ()
+    assert (c.storage.warn_free_percent, c.storage.alert_free_percent) == (15, 5)  # MG-04
     assert c == Config(base_dir=".")
 
 

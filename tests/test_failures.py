@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import uuid
 from io import BytesIO
@@ -22,29 +21,15 @@ from pynetdicom.pdu import P_DATA_TF
 
 import datasets
 from appliance.store import files
-from helpers import Appliance, wait_for
+from helpers import SMALL_DISK_INODES, Appliance, fill_until_free, wait_for
 from scu import associate, echo
 
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
-DISK = 24 << 20
 RESERVE = 4 << 20
-INODES = 400  # the 256 store directories, the index files and a few instances
+RESERVED = {"storage": {"reserve_bytes": RESERVE}}  # on the small disk (conftest.small_disk)
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill_until_free(directory: Path, free: int) -> list[Path]:
-    """Write a filler file so that `free` bytes (give or take a page) remain on the filesystem."""
-    filler = directory / "filler"
-    with open(filler, "ab") as f:
-        f.write(b"\0" * (free_bytes(directory) - free))
-    return [filler]
-
 
 def fill_below_reserve(directory: Path) -> list[Path]:
     return fill_until_free(directory, RESERVE // 2)
@@ -53,14 +38,14 @@ def fill_below_reserve(directory: Path) -> list[Path]:
 def fill_inodes(directory: Path) -> list[Path]:
     """Create empty files until the filesystem has no inode left (bytes stay plentiful)."""
     fillers = []
-    for _ in range(INODES):
+    for _ in range(SMALL_DISK_INODES):
         filler = directory / f"inode-{uuid.uuid4().hex}"
         try:
             filler.touch()
         except OSError:
             return fillers
         fillers.append(filler)
-    raise AssertionError(f"{INODES} files did not exhaust the inodes")
+    raise AssertionError(f"{SMALL_DISK_INODES} files did not exhaust the inodes")
 
 
 def indexed_paths(app: Appliance) -> set[str]:
@@ -108,25 +93,6 @@ def assert_no_debris(app: Appliance) -> None:
 
 # --- full disk (ST-07) -------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """An appliance whose data dir is a 24 MiB tmpfs (400 inodes) with a 4 MiB reserve; unmounted
-    at the end even when the test or the daemon failed."""
-    app = Appliance(tmp_path / "appliance", {"storage": {"reserve_bytes": RESERVE}})
-    app.data_dir.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK},nr_inodes={INODES},mode=0700", "tmpfs",
-                    str(app.data_dir)], check=True)
-    try:
-        yield app.start()
-        assert app.stop() == 0, app.log()
-    finally:
-        if app.proc is not None and app.proc.poll() is None:
-            app.kill()
-        if subprocess.run(["umount", str(app.data_dir)]).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(app.data_dir)], check=True)
-            raise AssertionError(f"{app.data_dir} was still busy at teardown (lazily unmounted)")
-
-
 @pytest.mark.parametrize("fill, reason", [(fill_below_reserve, "disk full: .* below the reserve"),
                                           (fill_inodes, "disk full while receiving")],
                          ids=["bytes-below-reserve", "no-inode-left"])
@@ -136,7 +102,7 @@ def test_full_disk_refuses_with_a700_and_recovers(small_disk, tmp_path, fill, re
     file or index row; earlier instances stay readable, C-ECHO still works, and storing works
     again once space is freed. Without inodes the files made ahead still take instances, each
     stored whole, until they are used up."""
-    app = small_disk
+    app = small_disk(RESERVED)
     before = new_instances(tmp_path, "before", 2)
     assert store(app, *before.values()) == [SUCCESS, SUCCESS]
 
@@ -175,7 +141,7 @@ def test_instance_larger_than_free_space_is_refused_not_aborted(small_disk, tmp_
     starts) fills the disk while it is received. Expected: the whole
     dataset is still read, the C-STORE is answered A700 on the same association (no abort), the
     partial spool file is gone, and the association goes on storing (an instance that fits)."""
-    app = small_disk
+    app = small_disk(RESERVED)
     fill_until_free(app.data_dir, RESERVE + (1 << 20))
     big = new_instance(tmp_path, "big", rows=1536, columns=2048)  # 6 MiB of pixels
     small = new_instance(tmp_path, "small")

@@ -170,3 +170,47 @@ def test_other_names_in_the_spool_are_removed(archive):
     (archive.area.spool / "tmp-received.dcm").write_bytes(b"a partial file of an older release")
     assert archive.recover() == (0, 0)
     assert spool(archive) == []
+
+
+def stored(archive: Archive, tmp_path: Path, count: int) -> list:
+    """`count` instances stored for good (file sealed, row committed, spool name gone)."""
+    made = []
+    for n in range(count):
+        incoming, request = sealed(archive, tmp_path, f"s{n}", study_uid="1.2.3.7", series_uid="1.2.3.7.1")
+        index(archive, incoming, request)
+        incoming.finish()
+        made.append(incoming)
+    return made
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_interrupted_deletion_finishes_or_undoes_each_instance_as_its_row_says(archive, tmp_path, committed):
+    """MG-02: killed after a deletion journaled its files (.old spool names): where the rows'
+    removal was committed the files go, else they stay, and their spool names go either way."""
+    instances = stored(archive, tmp_path, 3)
+    archive.area.retire_all([i.relative for i in instances])
+    if committed:
+        with archive.index.write():
+            Instance.delete().execute()
+
+    assert archive.recover() == (0, 0)
+
+    assert spool(archive) == []
+    assert store_files(archive) == ([] if committed else sorted(i.store_path for i in instances))
+    assert Instance.select().count() == (0 if committed else 3)
+
+
+def test_a_deleted_instance_whose_spool_name_was_left_goes_quietly(archive, tmp_path, caplog):
+    """MG-02: an instance deleted before the flusher took its spool name away (stored moments
+    before): its row and store name are gone, the spool name goes without a warning."""
+    incoming, request = sealed(archive, tmp_path)
+    index(archive, incoming, request)
+    (deleted,) = archive.area.retire_all([incoming.relative])
+    with archive.index.write():
+        Instance.delete().execute()
+    archive.area.remove_retired([deleted])
+
+    assert archive.recover() == (0, 0)
+
+    assert spool(archive) == [] and store_files(archive) == []
+    assert "unacknowledged" not in caplog.text

@@ -203,6 +203,28 @@ def test_access_lists_per_scp(make_appliance):
     assert scu.echo(app.storage_port, "SOMEONE_ELSE") == 0x0000
 
 
+def test_an_address_with_host_bits_is_stored_as_its_network(make_appliance):
+    """Issue 22 item 7: 10.0.4.5/24 is the network 10.0.4.0/24, and the tool says so; a single
+    host is kept without /32."""
+    app = make_appliance()
+    result = edit(app, "access", "allow", "storage-scp", "--address", "10.0.4.5/24", "--address", "127.0.0.1/32")
+    assert result.returncode == 0, result.stderr
+    assert "10.0.4.5/24 as 10.0.4.0/24" in result.stdout
+    stored = tomllib.loads(app.config_path.read_text())["storage_scp"]["accepted_addresses"]
+    assert stored == ["10.0.4.0/24", "127.0.0.1"]
+    assert scu.echo(app.storage_port, "EX_STORE_SCP") == 0x0000
+
+
+def test_a_remote_host_that_does_not_resolve_is_kept_with_a_warning(make_appliance):
+    """Issue 22 item 7: the entry is added (DNS may come later), the installer is told."""
+    app = make_appliance()
+    result = edit(app, "remote", "add", "CT_9", "--host", "nonexistent.invalid", "--port", "104")
+    assert result.returncode == 0, result.stderr
+    assert "warning: host 'nonexistent.invalid' does not resolve now" in result.stderr
+    result = edit(app, "remote", "set", "CT_9", "--host", "127.0.0.1")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_access_refuses_what_is_not_there_and_bad_networks(make_appliance):
     app = make_appliance()
     before = app.config_path.read_bytes()

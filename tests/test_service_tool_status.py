@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import re
+import sqlite3
 import stat
 import time
 from pathlib import Path
 
+import pytest
+
+import datasets
 import scu
+from appliance.store import summary
+from appliance.store.db import Index
 from destinations import move, move_contexts, move_identifier
-from helpers import free_port, service_tool, wait_for
+from helpers import fill_until_percent, free_port, percent_free, service_tool, wait_for
 from query_archive import populate, uid
 
 
@@ -61,6 +70,99 @@ def test_status_of_a_stopped_service_reads_the_index_and_log_itself(make_applian
     instances = app.index_rows("SELECT COUNT(*) FROM instance")[0][0]
     assert instances > 0 and report["archive"]["instances"] == instances
     assert report["problems"]["recent"] == []
+
+
+def received_days_ago(app, *ages: float) -> None:
+    """Set the instances' reception (in the order stored) to that many days ago, in the stopped
+    appliance's index, written as the service writes it (str() of a UTC datetime)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with contextlib.closing(sqlite3.connect(app.data_dir / "index.sqlite")) as db, db:
+        ids = [row[0] for row in db.execute("SELECT id FROM instance ORDER BY id")]
+        assert len(ids) == len(ages)
+        db.executemany("UPDATE instance SET received_at = ? WHERE id = ?",
+                       [(str(now - datetime.timedelta(days=age)), id_) for age, id_ in zip(ages, ids)])
+
+
+def test_status_shows_free_space_watermarks_ingest_rate_and_days_until_full(small_disk, tmp_path):
+    """MG-04, with the service up and down: free space and its share of the disk, the watermark
+    levels and the one crossed (a WARNING line among the problems, as a certificate's expiry),
+    the bytes received a day (over the last 7 days, over the archive's age when it is younger,
+    at least a day) and the days until (free - reserve) is used up at that rate."""
+    reserve = 1 << 20
+    app = small_disk({"storage": {"reserve_bytes": reserve, "warn_free_percent": 50, "alert_free_percent": 25}})
+    paths = [datasets.write(datasets.image(rows=256, columns=256), tmp_path / f"{n}.dcm") for n in range(3)]
+    with scu.association(app.storage_port) as assoc:
+        assert [scu.send_file(assoc, path) for path in paths] == [0x0000] * 3
+    rows = app.index_rows("SELECT path, received_at FROM instance ORDER BY id")
+    # The text form the SQL's range on received_at relies on (peewee's UTC datetime via sqlite3).
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00", at) for _, at in rows), rows
+    sizes = [(app.data_dir / "store" / path).stat().st_size for path, _ in rows]
+
+    def check(report: dict, bytes_per_day: float, days: float) -> None:
+        disk, archive = report["disk"], report["archive"]
+        assert disk["free_percent"] == pytest.approx(percent_free(app.data_dir), abs=0.1)
+        assert (disk["warn_free_percent"], disk["alert_free_percent"]) == (50, 25)
+        assert archive["ingest_bytes_per_day"] == pytest.approx(bytes_per_day, rel=1e-4)
+        assert archive["ingest_days"] == pytest.approx(days, rel=1e-4)
+        if bytes_per_day:
+            assert disk["days_until_full"] == pytest.approx((disk["free_bytes"] - reserve) / bytes_per_day, abs=0.01)
+        else:
+            assert disk["days_until_full"] is None
+
+    code, report = status(app)
+    check(report, sum(sizes), 1)  # the archive is younger than a day: what it holds, over one day
+    assert report["archive"]["archive_age_days"] < 0.01
+    assert (report["disk"]["crossed"], report["disk"]["problems"]) == (None, [])
+
+    fill_until_percent(app.data_dir, 40)
+    code, report = status(app)
+    check(report, sum(sizes), 1)
+    assert report["disk"]["crossed"] == "warning"
+    assert [p["level"] for p in report["disk"]["problems"]] == ["WARNING"]
+    text = service_tool(app.config_path, "status").stdout
+    assert re.search(r"^disk: [\d.]+ MB free of 25\.2 MB \(40\.\d %; warning below 50 %, alert below 25 %\), "
+                     r"reserve 1\.0 MB$", text, re.M), text
+    assert re.search(r"^ingest: [\d.]+ KB a day, counted over one day: the archive is younger than that; "
+                     r"full in about \d+ days$", text, re.M), text
+    assert re.search(r"^WARNING: disk space low: [\d.]+ MB free \(40\.\d %\), below storage\.warn_free_percent "
+                     r"\(50 %\): delete studies", text, re.M), text
+
+    assert app.stop() == 0
+    received_days_ago(app, 3, 0, 0)
+    code, report = status(app)
+    assert code == 3
+    check(report, sum(sizes) / 3, 3)
+    assert report["disk"]["crossed"] == "warning"
+    text = service_tool(app.config_path, "status").stdout
+    assert re.search(r"^ingest: [\d.]+ KB a day over the archive's 3\.0 days: it is younger than 7 days; "
+                     r"full in about \d+ days$", text, re.M), text
+    assert "WARNING: disk space low: " in text
+
+    received_days_ago(app, 10, 3, 0)
+    check(status(app)[1], (sizes[1] + sizes[2]) / 7, 7)
+    assert re.search(r"^ingest: [\d.]+ KB a day over the last 7 days; full in about \d+ days$",
+                     service_tool(app.config_path, "status").stdout, re.M)
+    app.start()
+    code, report = status(app)
+    assert code == 0
+    check(report, (sizes[1] + sizes[2]) / 7, 7)
+    assert app.stop() == 0
+
+    received_days_ago(app, 10, 10, 10)
+    check(status(app)[1], 0, 7)
+    assert re.search(r"^ingest: 0 B a day over the last 7 days; not growing$",
+                     service_tool(app.config_path, "status").stdout, re.M)
+
+
+def test_the_ingest_rate_searches_the_index_on_received_at(tmp_path):
+    """MG-04: the ingest rate's SQL is a range and a MIN on the bare received_at column, so the
+    index schema 5 has on it is searched instead of the instance table scanned (SQLite's own
+    plan, on a real index file)."""
+    Index(tmp_path / "index.sqlite").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
+        for sql, parameters in ((summary.RECEIVED_SINCE, ("2026-01-01 00:00:00+00:00",)), (summary.FIRST_RECEIVED, ())):
+            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)]
+            assert plan and all(line.startswith("SEARCH") and "received_at" in line for line in plan), plan
 
 
 def test_control_socket_is_local_and_owner_and_group_only(make_appliance):
@@ -133,7 +235,7 @@ def test_config_diff_against_defaults_and_the_running_service(make_appliance):
     # An edit by hand that nobody has applied yet.
     app.config_path.write_text(app.config_path.read_text().replace('"ARCHIVE"', '"ARCHIVE_2"'))
     pending = service_tool(app.config_path, "config", "diff", "--running")
-    assert pending.returncode == 1
+    assert pending.returncode == 1 and "in 1 key:" in pending.stdout  # issue 22 item 7: not "1 keys"
     assert 'storage_scp.ae_title: "ARCHIVE" -> "ARCHIVE_2"' in pending.stdout
     app.stop()
     assert service_tool(app.config_path, "config", "diff", "--running").returncode == 2

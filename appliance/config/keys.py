@@ -1,4 +1,4 @@
-"""The configuration as dotted keys: for `config show`, inert-key warnings and the docs check.
+"""The configuration as dotted keys: for `config show`, inert-key warnings, reloads and the docs check.
 
 Walks the model's dataclasses, so a key added to `model.py` appears everywhere without a list
 to keep in step. Array-of-tables keys are written ``remote_aes[].host``.
@@ -71,3 +71,20 @@ def inert_settings(config: Config) -> list[tuple[str, str]]:
 
     walk(config, Config, "")
     return found
+
+
+def kept_for_restart(running, new, prefix: str = "") -> tuple[typing.Any, list[str]]:
+    """(`new` with each key marked `restart` back at its `running` value, the dotted keys that
+    differed): what a reload leaves for the next start."""
+    kept, replaced = [], {}
+    for f in public_fields(type(new)):
+        before, after = getattr(running, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        if f.metadata.get("restart"):
+            replaced[f.name] = before
+            kept.append(prefix + f.name)
+        elif dataclasses.is_dataclass(after):
+            replaced[f.name], inner = kept_for_restart(before, after, f"{prefix}{f.name}.")
+            kept += inner
+    return dataclasses.replace(new, **replaced), kept

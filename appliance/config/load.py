@@ -108,6 +108,11 @@ def _check_whole(config: model.Config) -> None:
             raise ConfigError(f"remote_aes[{i}].ae_title", f"{title!r} is listed twice")
         seen.add(title)
     _check_network(config.network)
+    storage = config.storage
+    if storage.warn_free_percent and storage.alert_free_percent > storage.warn_free_percent:  # MG-04
+        raise ConfigError("storage.alert_free_percent",
+                          f"{storage.alert_free_percent} is above storage.warn_free_percent "
+                          f"({storage.warn_free_percent}): the alert level is the lower one (0 turns either off)")
 
 
 def _check_ports(config: model.Config) -> None:

@@ -44,6 +44,10 @@ def not_empty(v):
     return None if v.strip() else "must not be empty"
 
 
+def percent_or_off(v):
+    return None if 0 <= v <= 100 else "must be a percentage from 0 (off) to 100"
+
+
 def socket_buffer(v):
     # setsockopt takes a C int; the kernel doubles the request, so half of INT_MAX is the ceiling.
     return None if 0 <= v <= 0x3FFFFFFF else "must be 0 (kernel autotuning) or a size up to 1073741823 bytes"
@@ -275,7 +279,8 @@ def da_or_empty(v):
 
 # --- sections --------------------------------------------------------------------------------
 # `inert` names the feature that will act on a key which is validated but not used yet; the
-# service tool warns when such a key is set to something other than its default.
+# service tool warns when such a key is set to something other than its default. `restart`
+# marks a key the running service cannot change: a reload keeps its running value and says so.
 
 
 
@@ -356,8 +361,13 @@ class StorageSCU:
 
 @dataclass(frozen=True)
 class Storage:
-    data_dir: str = field(default="appliance-data", metadata=_check(not_empty))  # relative to the config file
-    reserve_bytes: int = field(default=100 * 1024 * 1024, metadata=_check(non_negative))  # ST-07
+    # Relative to the configuration file's directory.
+    data_dir: str = field(default="appliance-data", metadata=_check(not_empty, restart=True))
+    reserve_bytes: int = field(default=100 * 1024 * 1024, metadata=_check(non_negative, restart=True))  # ST-07
+    # MG-04: percent of the file system free (as df counts it) below which the service logs a
+    # WARNING or an ALERT (store/watermarks.py); 0 = off.
+    warn_free_percent: int = field(default=15, metadata=_check(percent_or_off))
+    alert_free_percent: int = field(default=5, metadata=_check(percent_or_off))
 
 
 @dataclass(frozen=True)

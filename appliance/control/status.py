@@ -43,7 +43,7 @@ def service_status(daemon) -> dict:
              "seconds": round(now - s.started, 1), "instances": s.instances, "queries": s.queries,
              "moves": s.moves, "failures": s.failures}
             for s in (a.session for a in daemon.services.associations())],
-        **archive_and_disk(directory, config.storage.reserve_bytes),
+        **archive_and_disk(directory, config.storage),  # MG-04: with the watermarks and the ingest rate
         "tls": tls_status(config),  # SE-08: the certificate's expiry, missing files, ...
         "audit": audit.status(),  # AU-02: the collector and what waits for it in the spool
         "problems": {"counts": dict(service_log.recent_problems.counts),

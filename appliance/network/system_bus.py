@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
-from dbus_next.errors import AuthError
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import AuthError
 
 CALL_TIMEOUT = 30.0  # s per call; networkd answers in ms, a bus-activated daemon in about 1 s
 JOB_TIMEOUT = 90.0  # s for a unit restart (systemd's own default start timeout)

@@ -84,6 +84,20 @@ def parse(identifier: Dataset, model: Model) -> Query:
     return query
 
 
+def filters(values: dict[str, str], model: Model, level: Level) -> Query:
+    """A query from keyword -> value text, matched exactly as C-FIND matches (wildcards, ranges,
+    case rules), without an identifier's hierarchy and specificity rules: the service tool's
+    `study list` filters (MG-01). Raises DicomStatusError for a value C-FIND would refuse;
+    `unsupported` says what it would not match."""
+    query = Query(model, level)
+    by_keyword = {key.keyword: key for key in BY_TAG.values()}
+    for keyword, text in values.items():
+        condition = _condition(by_keyword[keyword], text, query)
+        if condition is not None:
+            query.conditions.append(condition)
+    return query
+
+
 def elements_of(identifier: Dataset) -> list[DataElement]:
     """The identifier's elements, converted; A900 when the bytes cannot be, or when an element
     of the command or file meta groups is among them (C-FIND and C-MOVE)."""
@@ -162,7 +176,7 @@ def _condition(key: Key, text: str, query: Query) -> Condition | None:
 
 
 def _date_or_time(key: Key, text: str, query: Query) -> Condition | None:
-    valid = _is_date if key.vr == "DA" else _TIME.fullmatch
+    valid = is_date if key.vr == "DA" else _TIME.fullmatch
     parts = text.split("-")
     if len(parts) > 2 or not all(valid(p) for p in parts if p) or not any(parts):
         raise DicomStatusError(status.IDENTIFIER_MISMATCH, f"{key.keyword} {text!r} is not a valid "
@@ -176,7 +190,8 @@ def _date_or_time(key: Key, text: str, query: Query) -> Condition | None:
     return Condition(key, "range", (low, high))
 
 
-def _is_date(text: str) -> bool:
+def is_date(text: str) -> bool:
+    """A valid DA value (YYYYMMDD)."""
     try:
         datetime.datetime.strptime(text, "%Y%m%d")
     except ValueError:

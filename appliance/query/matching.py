@@ -31,7 +31,7 @@ def select(query: Query) -> Select:
     if query.level >= Level.STUDY:
         statement = statement.join_from(Study, Patient)
     for condition in query.conditions:
-        statement = statement.where(_where(condition))
+        statement = statement.where(where(condition))
     return statement
 
 
@@ -47,7 +47,8 @@ def plan(query: Query) -> list[str]:
     return [row[-1] for row in cursor.fetchall()]
 
 
-def _where(condition: Condition) -> Expression:
+def where(condition: Condition) -> Expression:
+    """The SQL condition of one matching key (C-FIND, and `study list` filters)."""
     column, values = condition.key.search, condition.values
     if condition.kind == "equal":
         return column == values[0]

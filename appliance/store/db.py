@@ -14,6 +14,7 @@ from pathlib import Path
 
 from peewee import SqliteDatabase
 
+from appliance.durable import hand_over
 from appliance.store import coercion, models
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,32 @@ def _migration_4(db) -> None:
         model._schema.create_indexes(safe=True)
 
 
+def _migration_5(db) -> None:
+    """Study edits and their history (MG-03); instances by received time (MG-01, MG-04)."""
+    db.create_tables([models.StudyEdit])
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "instance_received_at" ON "instance" ("received_at")')
+
+
 # Append-only: migration N takes the schema from user_version N-1 to N.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """The index at `path` bound to the models for reading only, as the service tool reads a
+    stopped box's index (`study list`): no migration, no write. The -wal and -shm files such a
+    connection may create are handed to the data directory's owner (the tool runs as root)."""
+    if not path.exists():
+        raise FileNotFoundError(f"there is no index at {path}")
+    db = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True, pragmas={"busy_timeout": 30000})
+    models.database.initialize(db)
+    try:
+        with db.connection_context():
+            yield db
+    finally:
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                hand_over(Path(f"{path}{suffix}"), path.parent)
 
 
 class Index:
@@ -96,7 +121,10 @@ class Index:
                 MIGRATIONS[number - 1](self.db)
                 self.db.pragma("user_version", number)
             self.sync()
-            log.info("index %s migrated to schema %d", self.path, number)
+        if version == 0:
+            log.info("index %s created (schema %d)", self.path, len(MIGRATIONS))
+        elif version < len(MIGRATIONS):
+            log.info("index %s migrated from schema %d to %d", self.path, version, len(MIGRATIONS))
         stored = models.SchemaInfo.get().normaliser_version
         if stored != NORMALISER_VERSION:
             raise RuntimeError(f"index {self.path} was built with normaliser {stored}, this release "

@@ -7,7 +7,8 @@ Layout under the data directory::
     spool/<name>.dcm     a second name (hard link) of every store file not yet stored for good:
                          made ahead and unused (empty), being received, or stored but its index
                          row not yet flushed
-    spool/<name>.old     the second name of a stored file that an ST-18 replacement retires
+    spool/<name>.old     the second name of a stored file that an ST-18 replacement or a deletion
+                         (MG-02) retires
     quarantine/          refused datasets kept for diagnosis (ST-13, off by default)
 
 The spool is the journal: while a store file has a spool name, recovery decides about it, and
@@ -26,6 +27,11 @@ directory, two directory fsyncs per batch. The protocol, per instance:
 Recovery (ingest.Archive.recover): an empty file was never used; a file the index names is
 stored; a sealed file the index does not name was stored but its row was lost with the log,
 and is indexed again; anything else was never acknowledged and goes.
+
+Removing stored files (ST-18 replacement, `study delete`) is journaled the same way: each
+file gets its `.old` spool name, made durable, before the transaction that removes its row;
+once that commit is durable the file goes. A crash in between leaves a `.old` name whose file
+the index still names (kept: the spool name goes) or no longer names (the file goes).
 """
 
 from __future__ import annotations
@@ -260,10 +266,33 @@ class StorageArea:
     def retire(self, relative: str) -> InFlight:
         """Journal the removal of a stored file whose index row is being replaced (ST-18): once
         the commit is durable `remove()`; if the transaction failed, `finish()`."""
-        retired = InFlight(self, Path(relative).stem, ".old")
-        os.link(retired.store_path, retired.spool_path)
-        fsync_dir(self.spool)
+        return self.retire_all([relative])[0]
+
+    def retire_all(self, relatives: list[str]) -> list[InFlight]:
+        """`retire` for many files (a deletion, MG-02), their spool names made durable together.
+        On OSError the names made so far are taken back."""
+        retired = []
+        try:
+            for relative in relatives:
+                entry = InFlight(self, Path(relative).stem, ".old")
+                os.link(entry.store_path, entry.spool_path)
+                retired.append(entry)
+            fsync_dir(self.spool)
+        except BaseException:
+            for entry in retired:
+                entry.finish()
+            raise
         return retired
+
+    def remove_retired(self, retired: list[InFlight]) -> None:
+        """The files of rows whose removal is durable go for good: their store names first, made
+        durable, then the spool names (a spool name left by a crash is removed by recovery)."""
+        for entry in retired:
+            entry.store_path.unlink(missing_ok=True)
+        for directory in {entry.store_path.parent for entry in retired}:
+            fsync_dir(directory)
+        for entry in retired:
+            entry.spool_path.unlink(missing_ok=True)
 
     def in_flight(self) -> list[tuple[InFlight, int]]:
         """Every spool name with its file's size, for recovery; anything else in the spool (a

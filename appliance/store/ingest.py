@@ -37,6 +37,7 @@ from appliance.store.flusher import IndexFlusher
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.identical import same_data_set
 from appliance.store.models import Instance, Patient, Series, Study
+from appliance.store.watermarks import DiskWatch
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,13 @@ class AlreadyStored(Exception):
 class Archive:
     """Stores received instances. One per daemon; safe to call from association threads."""
 
-    def __init__(self, policy: StorageSCP, index: Index, area: StorageArea, reserve_bytes: int):
+    def __init__(self, policy: StorageSCP, index: Index, area: StorageArea, reserve_bytes: int,
+                 disk_watch: DiskWatch | None = None):
         self.policy = policy
         self.index = index
         self.area = area
         self.reserve_bytes = reserve_bytes
+        self.disk_watch = disk_watch  # the running service's watermarks (MG-04)
         self.flusher: IndexFlusher | None = None  # from start(); reindex commits durably itself
         # Row ids of recently seen studies and series; touched only under the index write lock.
         # A study by its UID and the patient values EL-06/EL-07 decide from: (study row id,
@@ -113,21 +116,31 @@ class Archive:
     def recover(self) -> tuple[int, int]:
         """Decide every spool name a stopped or killed process left (files.py): (instances
         kept or indexed again, partial or unacknowledged instances removed). Files made ahead
-        and never used go without a word."""
+        and never used go without a word; interrupted removals (ST-18, MG-02) are finished or
+        undone as their rows say, and logged here."""
         kept, removed, lost_rows = 0, 0, []
+        removals = {True: 0, False: 0}  # whether the row was still there (the removal undone)
         for entry, size in self.area.in_flight():
-            if size == 0 and not entry.retired:
+            indexed = Instance.select().where(Instance.path == entry.relative).exists()
+            if entry.retired:
+                entry.finish() if indexed else entry.remove()
+                removals[indexed] += 1
+            elif size == 0:
                 entry.remove()
-            elif Instance.select().where(Instance.path == entry.relative).exists():
+            elif indexed:
                 entry.finish()  # stored (its row exists only once its file was flushed), or kept
                 kept += 1
-            elif not entry.retired and (seal := entry.seal()) is not None:
+            elif not entry.store_path.exists():
+                entry.remove()  # stored, then deleted (MG-02) before its spool name went
+            elif (seal := entry.seal()) is not None:
                 lost_rows.append((seal[1], entry))  # stored, but its row was lost with the log
             else:
                 entry.remove()
                 removed += 1
-                if not entry.retired:
-                    log.warning("recovery: removed unacknowledged partial instance %s", entry.name)
+                log.warning("recovery: removed unacknowledged partial instance %s", entry.name)
+        if removals[False] or removals[True]:
+            log.warning("recovery: %d interrupted file removals (deletions, replacements) completed, %d undone "
+                        "(their index rows were still there)", removals[False], removals[True])
         for stamp, entry in sorted(lost_rows, key=lambda found: found[0]):  # in the order they were stored
             kept += self._index_again(entry, stamp)
         return kept, removed
@@ -202,6 +215,8 @@ class Archive:
     def _store(self, received: Incoming, request: StoreRequest) -> StoreOutcome:
         """The checks, then the file sealed and flushed, then its row committed (files.py)."""
         free = self.area.free_bytes()
+        if self.disk_watch is not None:
+            self.disk_watch.seen(free)
         if free < self.reserve_bytes:
             raise DicomStatusError(status.OUT_OF_RESOURCES,
                                    f"disk full: {free} bytes free, below the reserve of {self.reserve_bytes}")
@@ -267,7 +282,8 @@ class Archive:
         for an identical re-send (ST-25) and DicomStatusError (A900) for a hierarchy conflict
         refused (ST-26), after which the caller rolls the transaction back. Parents are looked
         up through small caches (a series of 500 images hits the database for them once); rows
-        are never deleted, and a failed transaction clears the caches (`forget_cached_rows`).
+        change only under the write lock, where a failed transaction, a deletion or an edit
+        (MG-02, MG-03) clears the caches (`forget_cached_rows`).
         """
         series_id = self._series(v, self._study(v))
         row = dict(series=series_id, sop_class_uid=v.sop_class_uid, instance_number=v.instance_number,

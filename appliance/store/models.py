@@ -82,7 +82,7 @@ class Instance(_Base):
     specific_character_set = CharField(max_length=128, default="")
     path = CharField(max_length=255, unique=True)  # relative to the store root
     size = BigIntegerField()
-    received_at = DateTimeField()
+    received_at = DateTimeField(index=True)  # `study list --received`, the ingest rate (MG-01, MG-04)
     calling_ae = CharField(max_length=16, default="")
 
 
@@ -102,10 +102,23 @@ class CommitmentRequest(_Base):
     next_attempt = FloatField(null=True, index=True)  # time.time()
 
 
+class StudyEdit(_Base):
+    """One value changed by `service-tool study edit` (MG-03): the history `study show` prints.
+    Patient-level values (name, ID, birth date, sex) are recorded on the study they were edited
+    through; the index holds the new value, the stored files keep the received one (D-9)."""
+
+    study = ForeignKeyField(Study, backref="edits", on_delete="CASCADE")
+    edited_at = DateTimeField()
+    keyword = CharField(max_length=64)  # the DICOM keyword, e.g. PatientName
+    old_value = TextField()
+    new_value = TextField()
+    operator = CharField(max_length=64, default="")  # who asked for it, when the tool knows
+
+
 class SchemaInfo(_Base):
     """One row: which normaliser produced the *_folded columns (so a change forces a reindex)."""
 
     normaliser_version = IntegerField()
 
 
-ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest)
+ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest, StudyEdit)

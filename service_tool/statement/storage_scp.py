@@ -15,6 +15,18 @@ from service_tool.statement.common import (CONTEXT_HEADER, SCP, code, context_ro
                                            uid_name)
 
 
+def _watermarks(config: Config) -> str:
+    """MG-04: which disk watermarks are on, as a sentence."""
+    levels = [f"below {percent} % as {name} (storage.{key})"
+              for name, key in (("a warning", "warn_free_percent"), ("an alert", "alert_free_percent"))
+              if (percent := getattr(config.storage, key))]
+    if not levels:
+        return "Free disk space is not watched (storage.warn_free_percent and storage.alert_free_percent are 0)."
+    return (f"Free disk space is logged {' and '.join(levels)}, once each time it falls below the level; the "
+            "service tool's status shows it with the ingest rate of the last 7 days and the days until the disk "
+            "is full.")
+
+
 def specification(config: Config) -> list[Block]:
     scp = config.storage_scp
     accepted = contexts.storage_scp_contexts(scp)
@@ -120,6 +132,7 @@ def specification(config: Config) -> list[Block]:
                if scp.coercion_warning else "0000 is returned even when a value was coerced in the database."),
             f"Free space kept in reserve: {in_bytes(config.storage.reserve_bytes)} (storage.reserve_bytes); below "
             "it instances are refused with A700.",
+            _watermarks(config),
             ("Refused data sets (A900, C000) are kept for diagnosis, at most "
              f"{scp.quarantine_max_files} files (storage_scp.quarantine)." if scp.quarantine else
              "Refused data sets are not kept (storage_scp.quarantine = false)."),

@@ -1,11 +1,9 @@
--- The index's schema 3 (user_version 3), as sqlite3 .schema prints it: the starting point of
--- tests/test_storage_hierarchy.py's migration test. Never changes.
-CREATE TABLE IF NOT EXISTS "patient" ("id" INTEGER NOT NULL PRIMARY KEY, "patient_id" VARCHAR(64) NOT NULL, "original_patient_id" VARCHAR(64) NOT NULL, "last_name" VARCHAR(64) NOT NULL, "first_name" VARCHAR(64) NOT NULL, "name_folded" VARCHAR(129) NOT NULL, "birth_date" VARCHAR(8) NOT NULL, "sex" VARCHAR(1) NOT NULL, "other_patient_ids" VARCHAR(1024) NOT NULL, "other_patient_names" VARCHAR(1024) NOT NULL);
+CREATE TABLE "patient" ("id" INTEGER NOT NULL PRIMARY KEY, "patient_id" VARCHAR(64) NOT NULL, "original_patient_id" VARCHAR(64) NOT NULL, "last_name" VARCHAR(64) NOT NULL, "first_name" VARCHAR(64) NOT NULL, "name_folded" VARCHAR(129) NOT NULL, "birth_date" VARCHAR(8) NOT NULL, "sex" VARCHAR(1) NOT NULL, "other_patient_ids" VARCHAR(1024) NOT NULL, "other_patient_names" VARCHAR(1024) NOT NULL);
 CREATE UNIQUE INDEX "patient_patient_id" ON "patient" ("patient_id");
 CREATE INDEX "patient_original_patient_id" ON "patient" ("original_patient_id");
 CREATE INDEX "patient_name_folded" ON "patient" ("name_folded");
 CREATE INDEX "patient_birth_date" ON "patient" ("birth_date");
-CREATE TABLE IF NOT EXISTS "study" ("id" INTEGER NOT NULL PRIMARY KEY, "patient_id" INTEGER NOT NULL, "study_instance_uid" VARCHAR(64) NOT NULL, "study_date" VARCHAR(8) NOT NULL, "study_time" VARCHAR(16) NOT NULL, "accession_number" VARCHAR(16) NOT NULL, "study_id" VARCHAR(16) NOT NULL, "referring_physician" VARCHAR(324) NOT NULL, "referring_physician_folded" VARCHAR(324) NOT NULL, "study_description" VARCHAR(64) NOT NULL, "exam_type" VARCHAR(64) NOT NULL, FOREIGN KEY ("patient_id") REFERENCES "patient" ("id") ON DELETE RESTRICT);
+CREATE TABLE "study" ("id" INTEGER NOT NULL PRIMARY KEY, "patient_id" INTEGER NOT NULL, "study_instance_uid" VARCHAR(64) NOT NULL, "study_date" VARCHAR(8) NOT NULL, "study_time" VARCHAR(16) NOT NULL, "accession_number" VARCHAR(16) NOT NULL, "study_id" VARCHAR(16) NOT NULL, "referring_physician" VARCHAR(324) NOT NULL, "referring_physician_folded" VARCHAR(324) NOT NULL, "study_description" VARCHAR(64) NOT NULL, "exam_type" VARCHAR(64) NOT NULL, FOREIGN KEY ("patient_id") REFERENCES "patient" ("id") ON DELETE RESTRICT);
 CREATE INDEX "study_patient_id" ON "study" ("patient_id");
 CREATE UNIQUE INDEX "study_study_instance_uid" ON "study" ("study_instance_uid");
 CREATE INDEX "study_study_date" ON "study" ("study_date");
@@ -14,18 +12,18 @@ CREATE INDEX "study_accession_number" ON "study" ("accession_number");
 CREATE INDEX "study_study_id" ON "study" ("study_id");
 CREATE INDEX "study_referring_physician_folded" ON "study" ("referring_physician_folded");
 CREATE INDEX "study_study_description" ON "study" ("study_description");
-CREATE TABLE IF NOT EXISTS "series" ("id" INTEGER NOT NULL PRIMARY KEY, "study_id" INTEGER NOT NULL, "series_instance_uid" VARCHAR(64) NOT NULL, "modality" VARCHAR(16) NOT NULL, "series_number" VARCHAR(12) NOT NULL, "series_description" VARCHAR(64) NOT NULL, "operators_name" VARCHAR(324) NOT NULL, "body_part" VARCHAR(16) NOT NULL, "exam_type" VARCHAR(64) NOT NULL, FOREIGN KEY ("study_id") REFERENCES "study" ("id") ON DELETE RESTRICT);
+CREATE TABLE "series" ("id" INTEGER NOT NULL PRIMARY KEY, "study_id" INTEGER NOT NULL, "series_instance_uid" VARCHAR(64) NOT NULL, "modality" VARCHAR(16) NOT NULL, "series_number" VARCHAR(12) NOT NULL, "series_description" VARCHAR(64) NOT NULL, "operators_name" VARCHAR(324) NOT NULL, "body_part" VARCHAR(16) NOT NULL, "exam_type" VARCHAR(64) NOT NULL, FOREIGN KEY ("study_id") REFERENCES "study" ("id") ON DELETE RESTRICT);
 CREATE INDEX "series_study_id" ON "series" ("study_id");
 CREATE UNIQUE INDEX "series_series_instance_uid" ON "series" ("series_instance_uid");
 CREATE INDEX "series_modality" ON "series" ("modality");
 CREATE INDEX "series_series_number" ON "series" ("series_number");
-CREATE TABLE IF NOT EXISTS "instance" ("id" INTEGER NOT NULL PRIMARY KEY, "series_id" INTEGER NOT NULL, "sop_instance_uid" VARCHAR(64) NOT NULL, "file_sop_instance_uid" VARCHAR(64) NOT NULL, "sop_class_uid" VARCHAR(64) NOT NULL, "instance_number" VARCHAR(12) NOT NULL, "transfer_syntax_uid" VARCHAR(64) NOT NULL, "specific_character_set" VARCHAR(128) NOT NULL, "path" VARCHAR(255) NOT NULL, "size" INTEGER NOT NULL, "received_at" DATETIME NOT NULL, "calling_ae" VARCHAR(16) NOT NULL, FOREIGN KEY ("series_id") REFERENCES "series" ("id") ON DELETE RESTRICT);
+CREATE TABLE "instance" ("id" INTEGER NOT NULL PRIMARY KEY, "series_id" INTEGER NOT NULL, "sop_instance_uid" VARCHAR(64) NOT NULL, "file_sop_instance_uid" VARCHAR(64) NOT NULL, "sop_class_uid" VARCHAR(64) NOT NULL, "instance_number" VARCHAR(12) NOT NULL, "transfer_syntax_uid" VARCHAR(64) NOT NULL, "specific_character_set" VARCHAR(128) NOT NULL, "path" VARCHAR(255) NOT NULL, "size" INTEGER NOT NULL, "received_at" DATETIME NOT NULL, "calling_ae" VARCHAR(16) NOT NULL, FOREIGN KEY ("series_id") REFERENCES "series" ("id") ON DELETE RESTRICT);
 CREATE INDEX "instance_series_id" ON "instance" ("series_id");
 CREATE UNIQUE INDEX "instance_sop_instance_uid" ON "instance" ("sop_instance_uid");
 CREATE INDEX "instance_file_sop_instance_uid" ON "instance" ("file_sop_instance_uid");
 CREATE INDEX "instance_sop_class_uid" ON "instance" ("sop_class_uid");
 CREATE INDEX "instance_instance_number" ON "instance" ("instance_number");
 CREATE UNIQUE INDEX "instance_path" ON "instance" ("path");
-CREATE TABLE IF NOT EXISTS "schema_info" ("id" INTEGER NOT NULL PRIMARY KEY, "normaliser_version" INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS "commitment_request" ("id" INTEGER NOT NULL PRIMARY KEY, "transaction_uid" VARCHAR(64) NOT NULL, "requester" VARCHAR(16) NOT NULL, "received_at" DATETIME NOT NULL, "committed" TEXT NOT NULL, "failed" TEXT NOT NULL, "attempts" INTEGER NOT NULL, "next_attempt" REAL);
+CREATE TABLE "schema_info" ("id" INTEGER NOT NULL PRIMARY KEY, "normaliser_version" INTEGER NOT NULL);
+CREATE TABLE "commitment_request" ("id" INTEGER NOT NULL PRIMARY KEY, "transaction_uid" VARCHAR(64) NOT NULL, "requester" VARCHAR(16) NOT NULL, "received_at" DATETIME NOT NULL, "committed" TEXT NOT NULL, "failed" TEXT NOT NULL, "attempts" INTEGER NOT NULL, "next_attempt" REAL);
 CREATE INDEX "commitment_request_next_attempt" ON "commitment_request" ("next_attempt");
