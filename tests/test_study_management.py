@@ -331,6 +331,31 @@ def test_a_new_patient_id_moves_the_study(box):
     assert [s["instances"] for s in listed(box, "--patient-id", "MG-NEW")] == [3]
 
 
+def test_an_edited_patient_keeps_receiving_its_studies_and_no_other_patient_gets_in(box):
+    """MG-03 with ST-26: after the patient's name was corrected through one of its studies,
+    later instances of both studies, sent with the old name, are stored under them (no other
+    patient: the operator said who it is); one naming another Patient ID is still a conflict
+    (A900, hierarchy_conflict refuse)."""
+    store_study(box, "S545", patient_id="MG-K", patient_name="Wrong^Name")
+    store_study(box, "S546", patient_id="MG-K", patient_name="Wrong^Name")
+    run = tool(box, "study", "edit", uid("S545"), "--set", "PatientName=Right^Name")
+    assert run.returncode == 0, run.stderr
+
+    def late(assoc, study: str, patient_id: str) -> int:
+        ds = datasets.image(rows=8, columns=8, study_uid=uid(study), series_uid=uid(f"{study}.1"),
+                            patient_id=patient_id, patient_name="Wrong^Name")
+        return scu.send_file(assoc, datasets.write(ds, box.files / "late.dcm"))
+
+    with scu.association(box.storage_port, box.storage_title) as assoc:
+        assert late(assoc, "S545", "MG-K") == 0x0000
+        assert late(assoc, "S546", "MG-K") == 0x0000
+        assert late(assoc, "S545", "MG-OTHER") == 0xA900
+    assert [(s["study_instance_uid"], s["patient_name"], s["instances"]) for s in listed(box, "--patient-id", "MG-K")] \
+        == [(uid("S545"), "Right^Name", 3), (uid("S546"), "Right^Name", 3)]
+    box.wait_log(rf"C-STORE .* status 0xA900: Study Instance UID of another patient: {uid('S545')} belongs to "
+                 r"patient MG-K, this instance names patient MG-OTHER\n")
+
+
 @pytest.mark.parametrize("assignment, why", [
     ("PatientBirthDate=19801332", "PatientBirthDate: '19801332' is not a date"),
     ("AccessionNumber=" + "A" * 17, "AccessionNumber: 17 characters, more than the 16 of SH"),

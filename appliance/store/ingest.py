@@ -36,7 +36,7 @@ from appliance.store.files import InFlight, Incoming, StorageArea, Unwritable, w
 from appliance.store.flusher import IndexFlusher
 from appliance.store.header import Header, Unparseable, read_header
 from appliance.store.identical import same_data_set
-from appliance.store.models import Instance, Patient, Series, Study
+from appliance.store.models import Instance, Patient, Series, Study, StudyEdit
 from appliance.store.watermarks import DiskWatch
 
 log = logging.getLogger(__name__)
@@ -333,12 +333,18 @@ class Archive:
 
     def _study_row(self, v: coercion.IndexValues) -> int:
         """ST-26: a Study Instance UID the index holds under another patient is a conflict."""
-        received_id, folded = v.patient_id, coercion.fold_name(v.last_name, v.first_name)
+        received_id, folded, coerced = v.patient_id, coercion.fold_name(v.last_name, v.first_name), len(v.coerced)
         patient = self._patient(v, folded)
         owners = list(Study.select(Study.id, Study.patient).where(
             Study.study_instance_uid == v.study_instance_uid).tuples())
         found = next((study_id for study_id, owner in owners if patient is not None and owner == patient.id), None)
         if found is not None:
+            return found
+        if owners and (edited := _edited_study(owners, received_id)) is not None:
+            del v.coerced[coerced:]  # what EL-06 made of the received values does not apply
+            found, v.patient_id = edited
+            if v.patient_id != received_id:
+                v.coerced.append("PatientID")
             return found
         if owners:
             held_by = Patient.select(Patient.patient_id).where(Patient.id.in_([owner for _, owner in owners]))
@@ -419,6 +425,27 @@ class Archive:
             patient_id=v.patient_id, original_patient_id=original, last_name=v.last_name,
             first_name=v.first_name, name_folded=folded, birth_date=v.birth_date, sex=v.sex,
             other_patient_ids=v.other_patient_ids, other_patient_names=v.other_patient_names)
+
+
+def _edited_study(owners: list[tuple[int, int]], received_id: str) -> tuple[int, str] | None:
+    """MG-03: of the (study, patient) rows holding a Study Instance UID, one whose patient was
+    edited (its Patient ID or name, through this study or another of the patient's) that the
+    received Patient ID names, as it is or as it was before an edit: (its row id, the Patient
+    ID it has now). The operator decided who the study's patient is; the modality goes on
+    sending the values it had, and they are no other patient (ST-26)."""
+    studies, patients = [study for study, _ in owners], [patient for _, patient in owners]
+    edits = list(StudyEdit.select(StudyEdit.study, Study.patient, StudyEdit.keyword, StudyEdit.old_value)
+                 .join(Study).where((StudyEdit.study.in_(studies) | Study.patient.in_(patients))
+                                    & StudyEdit.keyword.in_(("PatientID", "PatientName"))).tuples())
+    edited_studies, edited_patients = {edit[0] for edit in edits}, {edit[1] for edit in edits}
+    for study, patient_row in owners:
+        if study in edited_studies or patient_row in edited_patients:
+            patient = Patient.get_by_id(patient_row)
+            known = {patient.patient_id, patient.original_patient_id}
+            known |= {old for edit_study, _, keyword, old in edits if edit_study == study and keyword == "PatientID"}
+            if received_id in known:
+                return study, patient.patient_id
+    return None
 
 
 class _InstanceInsert:
