@@ -43,6 +43,7 @@ def register(groups) -> None:
     show = commands.add_parser("show", help="one study: its series and its edit history",
                                description="Show one study, its series and every edit made to it.")
     show.add_argument("study", metavar="STUDY_UID")
+    _patient_option(show)
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(run=run_show)
 
@@ -52,6 +53,7 @@ def register(groups) -> None:
                     "service: index rows and files go together, durably, and the space is freed. Asks for "
                     "confirmation unless --yes. Logged and audited.")
     delete.add_argument("study", metavar="STUDY_UID")
+    _patient_option(delete)
     part = delete.add_mutually_exclusive_group()
     part.add_argument("--series", default="", metavar="SERIES_UID", help="only this series of the study")
     part.add_argument("--instance", default="", metavar="SOP_INSTANCE_UID", help="only this instance of the study")
@@ -66,9 +68,16 @@ def register(groups) -> None:
                     "patient shows them; a new PatientID moves the study to that patient), AccessionNumber, "
                     "StudyDescription, ReferringPhysicianName. Each edit is kept and shown by 'study show'.")
     edit.add_argument("study", metavar="STUDY_UID")
+    _patient_option(edit)
     edit.add_argument("--set", dest="changes", action="append", required=True, metavar="KEYWORD=VALUE",
                       type=_assignment, help="a value to set (repeat for several)")
     edit.set_defaults(run=run_edit)
+
+
+def _patient_option(command) -> None:
+    command.add_argument("--patient-id", default="", metavar="ID",
+                         help="the study of this patient, when its UID is filed under several "
+                              "(storage_scp.hierarchy_conflict keep)")
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -102,8 +111,8 @@ def _offline(config, command: str, **arguments) -> dict:
         with read_only(data_dir(config) / INDEX_NAME):
             if command == "study_list":
                 return {"ok": True, "studies": catalog.list_studies(**arguments["filters"])}
-            return {"ok": True, "study": catalog.show_study(arguments["study"])}
-    except (catalog.NotFound, catalog.BadFilter) as exc:
+            return {"ok": True, "study": catalog.show_study(arguments["study"], arguments["patient_id"])}
+    except (catalog.NotFound, catalog.Ambiguous, catalog.BadFilter) as exc:
         return {"ok": False, "error": str(exc)}
     except (OSError, PeeweeException) as exc:
         return {"ok": False, "error": f"cannot read the index: {exc}"}
@@ -141,7 +150,7 @@ def run_list(args) -> int:
 
 
 def run_show(args) -> int:
-    answer = _read(args, "study_show", study=args.study)
+    answer = _read(args, "study_show", study=args.study, patient_id=args.patient_id)
     if not _succeeded(answer):
         return EXIT_FAILED
     study = answer["study"]
@@ -182,7 +191,7 @@ def run_delete(args) -> int:
     what = (f"series {args.series} of study {args.study}" if args.series else
             f"instance {args.instance} of study {args.study}" if args.instance else f"study {args.study}")
     if not args.yes:
-        shown = _ask(config, "study_show", study=args.study)
+        shown = _ask(config, "study_show", study=args.study, patient_id=args.patient_id)
         if shown is None:
             return _not_running("study delete")
         if not _succeeded(shown):
@@ -194,7 +203,7 @@ def run_delete(args) -> int:
             print("nothing deleted", file=sys.stderr)
             return EXIT_FAILED
     answer = _ask(config, "study_delete", study=args.study, series=args.series, instance=args.instance,
-                  operator=_operator())
+                  patient_id=args.patient_id, operator=_operator())
     if answer is None:
         return _not_running("study delete")
     if not _succeeded(answer):
@@ -217,7 +226,8 @@ def run_edit(args) -> int:
     config = load(args.config)
     if config is None:
         return EXIT_FAILED
-    answer = _ask(config, "study_edit", study=args.study, changes=dict(args.changes), operator=_operator())
+    answer = _ask(config, "study_edit", study=args.study, changes=dict(args.changes), patient_id=args.patient_id,
+                  operator=_operator())
     if answer is None:
         return _not_running("study edit")
     if not _succeeded(answer):

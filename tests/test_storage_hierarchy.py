@@ -6,7 +6,7 @@ A900, an Error Comment and a log line naming both parents (storage_scp.hierarchy
 "refuse", the default), or stored under the study and series it names ("keep"). Either way a
 C-FIND or C-MOVE of each study finds exactly the instances acknowledged under it: pynetdicom
 C-FIND at every level of both models, DCMTK movescu to DCMTK storescp for the C-MOVEs. Then a
-reindex decides as the C-STOREs did. (The schema behind "keep": tests/test_index_schema.py.)
+reindex decides as the C-STOREs did. (The schema behind "keep": tests/test_index_migrations.py.)
 """
 
 from __future__ import annotations

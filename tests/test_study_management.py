@@ -371,3 +371,28 @@ def test_invalid_edits_are_refused_naming_the_keyword(box, assignment, why):
     run = tool(box, "study", "edit", uid("S544"), "--set", assignment)
     assert run.returncode == 1 and why in run.stderr, run.stderr
     assert json.loads(tool(box, "study", "show", uid("S544"), "--json").stdout)["edits"] == []
+
+
+def test_a_study_uid_under_two_patients_is_chosen_by_patient_id(make_appliance):
+    """ST-26 keep, MG-01..MG-03: one Study Instance UID filed under two patients; the study
+    commands ask which (--patient-id) instead of taking the first."""
+    app = make_appliance({"storage_scp": {"hierarchy_conflict": "keep"}})
+    app.files = app.root / "files"
+    app.files.mkdir()
+    store_study(app, "S550", patient_id="MG-K1", patient_name="Keep^One")
+    with scu.association(app.storage_port, app.storage_title) as assoc:
+        ds = datasets.image(rows=8, columns=8, study_uid=uid("S550"), series_uid=uid("S550.7"),
+                            sop_instance_uid=uid("S550.7.1"), patient_id="MG-K2", patient_name="Keep^Two")
+        assert scu.send_file(assoc, datasets.write(ds, app.files / "other.dcm")) == 0x0000
+    for args in (("show", uid("S550")), ("delete", uid("S550"), "--yes"),
+                 ("edit", uid("S550"), "--set", "AccessionNumber=X")):
+        run = service_tool(app.config_path, "study", *args)
+        assert run.returncode == 1 and "is filed under 2 patients ('MG-K1', 'MG-K2'" in run.stderr, run.stderr
+    run = service_tool(app.config_path, "study", "edit", uid("S550"), "--patient-id", "MG-K2", "--set", "PatientID=MG-K1")
+    assert run.returncode == 1 and "has a study with this UID already" in run.stderr, run.stderr
+    run = service_tool(app.config_path, "study", "delete", uid("S550"), "--patient-id", "MG-K1", "--yes")
+    assert run.returncode == 0, run.stderr
+    (left,) = listed(app)
+    assert (left["patient_id"], left["instances"]) == ("MG-K2", 1)
+    run = service_tool(app.config_path, "study", "show", uid("S550"), "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["patient_id"] == "MG-K2", run.stderr

@@ -30,13 +30,13 @@ def study_commands(index: Index, area: StorageArea, forget_cached_rows: Callable
 
     def show(request: dict) -> dict:
         with index.db.connection_context():
-            return {"ok": True, "study": catalog.show_study(request["study"])}
+            return {"ok": True, "study": catalog.show_study(request["study"], request.get("patient_id", ""))}
 
     def delete(request: dict) -> dict:
         operator = request.get("operator", "")
         with index.db.connection_context():
             deleted = deletion.delete(index, area, request["study"], request.get("series", ""),
-                                      request.get("instance", ""), forget_cached_rows)
+                                      request.get("instance", ""), forget_cached_rows, request.get("patient_id", ""))
         space_freed()
         log.info("%s, asked by %s", deleted.describe(), operator or "an unknown operator")
         audit.studies_deleted(audit.Patient(deleted.patient_id, deleted.patient_name),
@@ -47,7 +47,8 @@ def study_commands(index: Index, area: StorageArea, forget_cached_rows: Callable
     def edit(request: dict) -> dict:
         operator = request.get("operator", "")
         with index.db.connection_context():
-            result = edits.edit(index, request["study"], request["changes"], operator, forget_cached_rows)
+            result = edits.edit(index, request["study"], request["changes"], operator, forget_cached_rows,
+                                request.get("patient_id", ""))
         for change in result["changes"]:
             log.info("study %s edited by %s: %s %r -> %r", result["study_instance_uid"],
                      operator or "an unknown operator", change["keyword"], change["old_value"], change["new_value"])
@@ -66,6 +67,6 @@ def _answering_refusals(command: Callable[[dict], dict]) -> Callable[[dict], dic
             return command(request)
         except catalog.NotFound as exc:
             return {"ok": False, "not_found": True, "error": str(exc)}
-        except (catalog.BadFilter, edits.BadEdit) as exc:
+        except (catalog.BadFilter, catalog.Ambiguous, edits.BadEdit) as exc:
             return {"ok": False, "error": str(exc)}
     return answer

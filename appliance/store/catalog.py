@@ -28,6 +28,10 @@ class NotFound(LookupError):
     """No such study (or series, or instance, in it)."""
 
 
+class Ambiguous(LookupError):
+    """A Study Instance UID filed under more than one patient, and nothing says which."""
+
+
 _FILTERS = (("--patient-id", "PatientID"), ("--name", "PatientName"), ("--date", "StudyDate"))
 
 
@@ -57,11 +61,28 @@ def list_studies(patient_id: str = "", name: str = "", date: str = "", received:
     return [_study(row, modalities.get(row["id"], [])) for row in rows]
 
 
-def show_study(study_instance_uid: str) -> dict:
+def study_id(study_instance_uid: str, patient_id: str = "") -> int:
+    """The row of the study with this UID (of that patient, when given). NotFound when there is
+    none, Ambiguous when the UID is filed under several patients (ST-26 `keep`) and no patient
+    says which."""
+    rows = Study.select(Study.id, Patient.patient_id).join(Patient).where(
+        Study.study_instance_uid == study_instance_uid)
+    if patient_id:
+        rows = rows.where(Patient.patient_id == patient_id)
+    found = list(rows.tuples())
+    if not found:
+        of = f" of patient {patient_id!r}" if patient_id else ""
+        raise NotFound(f"no study {study_instance_uid}{of} in the archive")
+    if len(found) > 1:
+        raise Ambiguous(f"study {study_instance_uid} is filed under {len(found)} patients "
+                        f"({', '.join(repr(p) for _, p in found)}; storage_scp.hierarchy_conflict keep): "
+                        f"say which with --patient-id")
+    return found[0][0]
+
+
+def show_study(study_instance_uid: str, patient_id: str = "") -> dict:
     """One study with its series and its edit history; NotFound when the index has no such study."""
-    row = _studies().where(Study.study_instance_uid == study_instance_uid).dicts().first()
-    if row is None:
-        raise NotFound(f"no study {study_instance_uid} in the archive")
+    row = _studies().where(Study.id == study_id(study_instance_uid, patient_id)).dicts().first()
     series = (Series.select(Series.series_instance_uid, Series.series_number, Series.modality,
                             Series.series_description, fn.COUNT(Instance.id).alias("instances"),
                             fn.COALESCE(fn.SUM(Instance.size), 0).alias("bytes"),

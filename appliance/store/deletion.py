@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from appliance.store.catalog import NotFound
+from appliance.store.catalog import NotFound, study_id
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.store.models import Instance, Patient, Series, Study
@@ -51,16 +51,16 @@ class Deleted:
 
 
 def delete(index: Index, area: StorageArea, study_instance_uid: str, series_instance_uid: str = "",
-           sop_instance_uid: str = "", forget_cached_rows: Callable[[], None] = lambda: None) -> Deleted:
-    """Remove the study, or one series or instance of it; NotFound when the index has no such
-    thing. `forget_cached_rows`: called inside each transaction, for the ingest's row caches."""
+           sop_instance_uid: str = "", forget_cached_rows: Callable[[], None] = lambda: None,
+           patient_id: str = "") -> Deleted:
+    """Remove the study (of `patient_id`, when its UID is filed under several patients), or one
+    series or instance of it; NotFound when the index has no such thing. `forget_cached_rows`:
+    called inside each transaction, for the ingest's row caches."""
     started = time.monotonic()
     study = (Study.select(Study.id, Study.study_instance_uid, Study.accession_number, Study.study_description,
                           Patient.id.alias("patient_row"), Patient.patient_id, Patient.last_name,
                           Patient.first_name)
-             .join(Patient).where(Study.study_instance_uid == study_instance_uid).dicts().first())
-    if study is None:
-        raise NotFound(f"no study {study_instance_uid} in the archive")
+             .join(Patient).where(Study.id == study_id(study_instance_uid, patient_id)).dicts().first())
     targets = (Instance.select(Instance.id, Instance.path, Instance.size, Instance.sop_class_uid, Instance.series)
                .join(Series).where(Series.study == study["id"]))
     if series_instance_uid:

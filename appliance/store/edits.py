@@ -14,7 +14,7 @@ import logging
 
 from appliance.query.identifier import is_date
 from appliance.store import coercion
-from appliance.store.catalog import NotFound
+from appliance.store.catalog import study_id
 from appliance.store.db import Index
 from appliance.store.models import Patient, Study, StudyEdit
 
@@ -66,15 +66,14 @@ def validate(keyword: str, value: str) -> str:
 
 
 def edit(index: Index, study_instance_uid: str, changes: dict[str, str], operator: str = "",
-         forget_cached_rows=lambda: None) -> dict:
-    """Apply `changes` (keyword -> value, validated here) to the study; what changed, as
-    {"changes": [{keyword, old_value, new_value}], "patient_id", "other_studies"}."""
+         forget_cached_rows=lambda: None, patient_id: str = "") -> dict:
+    """Apply `changes` (keyword -> value, validated here) to the study (of `patient_id`, when
+    its UID is filed under several patients); what changed, as {"changes": [{keyword,
+    old_value, new_value}], "patient_id", "other_studies"}."""
     values = {keyword: validate(keyword, value) for keyword, value in changes.items()}
     now = datetime.datetime.now(datetime.timezone.utc)
     with index.write():
-        study = Study.get_or_none(Study.study_instance_uid == study_instance_uid)
-        if study is None:
-            raise NotFound(f"no study {study_instance_uid} in the archive")
+        study = Study.get_by_id(study_id(study_instance_uid, patient_id))
         done = []
         if "PatientID" in values and values["PatientID"] != study.patient.patient_id:
             done.append(("PatientID", study.patient.patient_id, values["PatientID"]))
@@ -102,6 +101,10 @@ def _move(study: Study, patient_id: str) -> None:
     demographics if there is none; the patient it leaves goes if it has no study left."""
     old = study.patient
     target = Patient.get_or_none(Patient.patient_id == patient_id)
+    if target is not None and Study.select().where(
+            Study.patient == target, Study.study_instance_uid == study.study_instance_uid).exists():
+        raise BadEdit(f"PatientID: patient {patient_id!r} has a study with this UID already (filed apart under "
+                      f"storage_scp.hierarchy_conflict keep); delete one of the two first")
     if target is None:
         target = Patient.create(
             patient_id=patient_id, original_patient_id=patient_id, last_name=old.last_name,
