@@ -37,7 +37,6 @@ from helpers import SERVICE_TOOL, Appliance, merge, service_tool, tool, wait_for
 from query_archive import uid
 
 NOBODY = 65534  # uid and gid of Debian's nobody and nogroup
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python 3.10+ on Linux; spelled out for clarity)
 PIPE_SIZE = 4096  # the smallest pipe Linux makes: a held child blocks soon
 LONE = uid("S901")  # the only study of its patient, with one series of one instance
 
@@ -189,7 +188,7 @@ class Held:
 
     def __init__(self, args: list[str], filled: bool = False, env: dict | None = None):
         read_fd, write_fd = os.pipe()
-        fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if filled:
             os.set_blocking(write_fd, False)
             with contextlib.suppress(BlockingIOError):
@@ -706,6 +705,42 @@ def test_restore_of_a_directory_without_a_backup_is_refused(tmp_path):
     assert refused.stderr == f"restore refused: {tmp_path / 'dir'} holds no backup (there is no " \
                              f"{tmp_path / 'dir' / 'backup.json'})\n"
     assert not box.data_dir.exists() and not box.config_path.exists()
+
+
+def test_restore_refuses_a_manifest_naming_a_file_outside_the_backup(archive, tmp_path):
+    """A manifest on a share can be edited: a restore writes only names a backup makes."""
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    assert backup_full(archive, directory)[0].returncode == 0
+    text = (directory / "backup.json").read_text()
+    name = next(name for name in manifest(directory)["files"] if name.startswith("store/"))
+    (directory / "backup.json").write_text(text.replace(name, "store/../../escaped.dcm"))
+    box = new_box(tmp_path / "box")
+
+    refused = restore(box, directory)
+
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (f"restore refused: {directory / 'backup.json'} names 'store/../../escaped.dcm', "
+                              "which is no file of a backup\n")
+    assert not box.data_dir.exists() and not (tmp_path / "escaped.dcm").exists()
+
+
+def test_an_empty_archive_backs_up_and_restores(make_appliance, tmp_path):
+    """A box that never stored anything: a backup of its configuration and empty index."""
+    app = make_appliance()
+    directory = tmp_path / "dir"
+    directory.mkdir()
+
+    result, summary = backup_full(app, directory)
+
+    assert result.returncode == 0, result.stderr
+    assert (summary["files"], summary["instances"], summary["copied"]) == (0, 0, 0)
+    assert app.stop() == 0
+    box = new_box(tmp_path / "box")
+    restored = restore(box, directory)
+    assert restored.returncode == 0, restored.stderr
+    box.start()
+    assert box.index_rows("SELECT COUNT(*) FROM instance") == [(0,)]
 
 
 def test_help():

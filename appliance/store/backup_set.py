@@ -29,6 +29,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ MANIFEST_NAME = "backup.json"
 FORMAT = 1  # of the manifest; a later one is refused by this release's restore
 STORE = "store"  # the stored files' directory, in DIR as in the data directory
 FILE_MODE = 0o600  # the backup holds patient data, as the store does
+_NAMES = re.compile(rf"{STORE}/[0-9a-f]{{2}}/[0-9a-f]{{32}}\.dcm|config-\d+\.toml|index-\d+\.sqlite")
 _CHUNK = 1 << 20
 
 
@@ -85,6 +87,11 @@ def read_manifest(directory: Path) -> Manifest | None:
         manifest.files = {name: (int(size), str(digest)) for name, (size, digest) in manifest.files.items()}
     except (TypeError, ValueError) as exc:
         raise Unreadable(f"{path} is not a backup manifest: {exc}") from None
+    # Only names a backup makes: a restore writes to them below the data directory.
+    if strange := next((name for name in manifest.files if not _NAMES.fullmatch(name)), None):
+        raise Unreadable(f"{path} names {strange!r}, which is no file of a backup")
+    if not {manifest.config, manifest.index} <= manifest.files.keys():
+        raise Unreadable(f"{path} does not list its configuration and index files")
     return manifest
 
 

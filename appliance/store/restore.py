@@ -32,7 +32,7 @@ from pathlib import Path
 
 import tomlkit
 
-from appliance.config import Config, data_dir, load_dict
+from appliance.config import data_dir, load_dict
 from appliance.config.write import write_document
 from appliance.durable import fsync_dir, hand_over, write_bytes
 from appliance.errors import ConfigError
