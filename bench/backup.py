@@ -46,7 +46,6 @@ from datasets import CT, ELE, image, write  # noqa: E402  (tests/datasets.py)
 from helpers import service_tool  # noqa: E402  (tests/helpers.py)
 
 log = lab.log
-RESULTS = lab.REPO / "bench" / "results"
 STEP_TIMEOUT = 900  # s: no step may take longer
 PER_STUDY = 200
 
@@ -189,19 +188,7 @@ def main(argv=None) -> int:
     for tool in ("storescu", "echoscu", "cp", "sync"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found")
-    previous_path = RESULTS / ("backup-previous-quick.json" if args.quick else "backup-previous.json")
-    previous = lab.load_json(previous_path)
-    bench = Bench(args)
-    record = lab.run_recorded(bench, args.quick)
-    record["results"] = bench.results
-    print(table(bench.results, previous))
-    if previous:
-        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
-    text = json.dumps(record, indent=1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    previous_path.write_text(text)
-    if args.json:
-        args.json.write_text(text)
+    lab.run_and_report(Bench(args), "backup", args.quick, table, args.json)
     return 0
 
 

@@ -465,6 +465,23 @@ def load_json(path: Path) -> dict | None:
     return None
 
 
+def run_and_report(bench, name: str, quick: bool, table, json_path: Path | None = None) -> None:
+    """`bench` run (run_recorded), `table(results, previous run's record)` printed, and the run's
+    record kept as bench/results/<name>-previous[-quick].json (and at `json_path`)."""
+    path = REPO / "bench" / "results" / f"{name}-previous{'-quick' if quick else ''}.json"
+    previous = load_json(path)
+    record = run_recorded(bench, quick)
+    record["results"] = bench.results
+    print(table(bench.results, previous))
+    if previous:
+        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
+    text = json.dumps(record, indent=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if json_path:
+        json_path.write_text(text)
+
+
 def verdict(target: tuple | None, value) -> str:
     """'met' or 'NOT met' against a target (op, value, goal or None, what); '+ goal' if the goal is met."""
     if target is None or value is None:

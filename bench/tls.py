@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import ssl
 import sys
@@ -40,7 +39,6 @@ import store  # noqa: E402  (bench/store.py: the data and the storescu sender)
 from tls_pki import Authority  # noqa: E402  (tests/tls_pki.py)
 
 log = lab.log
-RESULTS = lab.REPO / "bench" / "results"
 RECEIVERS = ("service", "service_tls", "storescp", "storescp_tls")
 NAMES = {"service": "service, plain port", "service_tls": "service, TLS port", "storescp": "storescp",
          "storescp_tls": "storescp +tls"}
@@ -139,18 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.count = args.count or (200 if args.quick else 1000)
-    previous_path = RESULTS / ("tls-previous-quick.json" if args.quick else "tls-previous.json")
-    previous = lab.load_json(previous_path)
-    bench = Bench(args)
-    record = lab.run_recorded(bench, args.quick)
-    record["results"] = bench.results
-    print(table(bench.results, previous))
-    if previous:
-        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
-    text = json.dumps(record, indent=1)
-    previous_path.write_text(text)
-    if args.json:
-        args.json.write_text(text)
+    lab.run_and_report(Bench(args), "tls", args.quick, table, args.json)
     return 0
 
 
