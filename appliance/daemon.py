@@ -32,7 +32,7 @@ from appliance.dicom.commitment_reports import ReportSender
 from appliance.dicom.server import Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
-from appliance.store import INDEX_NAME, lock
+from appliance.store import INDEX_NAME, RESTORE_MARKER, lock
 from appliance.store.db import Index
 from appliance.store.files import StorageArea
 from appliance.store.watermarks import DiskWatch
@@ -83,6 +83,10 @@ class Daemon:
             self._lock = lock.hold(directory, "the appliance service")
         except lock.InUse as exc:
             log.error("cannot start: %s", exc)
+            return 1
+        if (directory / RESTORE_MARKER).exists():  # MG-05: not on a half-restored archive
+            log.error("cannot start: a restore into %s did not finish (%s is there); run service-tool restore "
+                      "again", directory, RESTORE_MARKER)
             return 1
         raise_file_limit()
         audit.start(self.config)  # AU-01..AU-03: what the spool holds from before goes first

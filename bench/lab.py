@@ -458,23 +458,28 @@ def run_recorded(bench, quick: bool, describe=machine) -> dict:
     }
 
 
-def report(record: dict, table: str, previous: dict | None, previous_path: Path, json_path: Path | None) -> None:
-    """Print the run's table (and which previous run it is compared with); keep the record as
-    the next run's previous figures, and at `json_path` if given."""
-    print(table)
-    if previous:
-        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
-    text = json.dumps(record, indent=1)
-    previous_path.write_text(text)
-    if json_path:
-        json_path.write_text(text)
-
-
 def load_json(path: Path) -> dict | None:
     """A previous run's record (results/*-previous.json), or None if there is none readable."""
     with contextlib.suppress(ValueError, OSError):
         return json.loads(path.read_text())
     return None
+
+
+def run_and_report(bench, name: str, quick: bool, table, json_path: Path | None = None) -> None:
+    """`bench` run (run_recorded), `table(results, previous run's record)` printed, and the run's
+    record kept as bench/results/<name>-previous[-quick].json (and at `json_path`)."""
+    path = REPO / "bench" / "results" / f"{name}-previous{'-quick' if quick else ''}.json"
+    previous = load_json(path)
+    record = run_recorded(bench, quick)
+    record["results"] = bench.results
+    print(table(bench.results, previous))
+    if previous:
+        print(f"(previous: {previous.get('date')}, git {previous.get('machine', {}).get('git')})")
+    text = json.dumps(record, indent=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if json_path:
+        json_path.write_text(text)
 
 
 def verdict(target: tuple | None, value) -> str:

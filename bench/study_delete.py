@@ -39,7 +39,6 @@ import lab  # noqa: E402
 from datasets import CT, ELE, image, write  # noqa: E402  (tests/datasets.py)
 
 log = lab.log
-RESULTS = lab.REPO / "bench" / "results"
 SERVICE_TOOL = lab.REPO / ".venv" / "bin" / "service-tool"
 CASES = ("service", "orthanc", "rm")
 
@@ -73,7 +72,8 @@ class Bench:
             write(ds, files / f"{i:05d}.dcm")
         self.files = sorted(files.iterdir())
         self.bytes = sum(f.stat().st_size for f in self.files)
-        self.results: dict = {case: [] for case in CASES}
+        self.runs: dict = {case: [] for case in CASES}
+        self.results: dict = {}  # once run: {"instances", "bytes", and per case its summary}
 
     def fill(self, receiver) -> None:
         """The study into `receiver` over one association (from its namespace, for Orthanc)."""
@@ -98,7 +98,7 @@ class Bench:
                 wall = time.monotonic() - started
                 reported = float(done.stdout.rsplit("(", 1)[1].split(" s)")[0])
                 left = service.stored()
-                self.results["service"].append({"seconds": round(wall, 3), "service_seconds": reported, "left": left})
+                self.runs["service"].append({"seconds": round(wall, 3), "service_seconds": reported, "left": left})
             with OrthancHttp(self.work / "orthanc") as orthanc:
                 self.fill(orthanc)
                 (found,) = json.loads(orthanc.rest("POST", "/tools/lookup", self.study))
@@ -106,14 +106,16 @@ class Bench:
                 started = time.monotonic()
                 orthanc.rest("DELETE", f"/studies/{found['ID']}")
                 wall = time.monotonic() - started
-                self.results["orthanc"].append({"seconds": round(wall, 3), "left": orthanc.stored()})
+                self.runs["orthanc"].append({"seconds": round(wall, 3), "left": orthanc.stored()})
             copy = self.work / "copy"
             shutil.copytree(self.files[0].parent, copy)
             os.sync()
             started = time.monotonic()
             lab.run(["rm", "-rf", str(copy)])
             lab.run(["sync"])
-            self.results["rm"].append({"seconds": round(time.monotonic() - started, 3), "left": 0})
+            self.runs["rm"].append({"seconds": round(time.monotonic() - started, 3), "left": 0})
+        self.results = {"instances": self.args.count, "bytes": self.bytes,
+                        **{case: summary(runs) for case, runs in self.runs.items()}}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -127,16 +129,17 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-def table(results: dict, count: int, previous: dict | None) -> str:
+def table(results: dict, previous: dict | None) -> str:
     rows = []
     for case in CASES:
         s = results[case]
         before = ((previous or {}).get("results", {}).get(case) or {}).get("best_s")
         rows.append((case, s["best_s"], s["median_s"], s.get("service_best_s", ""),
-                     round(count / s["best_s"]), before if before is not None else "-",
+                     round(results["instances"] / s["best_s"]), before if before is not None else "-",
                      max(r["left"] for r in s["runs"])))
-    return lab.text_table(("case", "best s", "median s", "service's own s", "instances/s", "previous best s",
-                           "left after"), rows)
+    head = f"one study of {results['instances']} CT 256x256 instances, {results['bytes'] / 1e6:.0f} MB\n"
+    return head + lab.text_table(("case", "best s", "median s", "service's own s", "instances/s",
+                                  "previous best s", "left after"), rows)
 
 
 def main(argv=None) -> int:
@@ -147,14 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.count = args.count or (200 if args.quick else 1000)
-    previous_path = RESULTS / ("study-delete-previous-quick.json" if args.quick else "study-delete-previous.json")
-    previous = lab.load_json(previous_path)
-    bench = Bench(args)
-    record = lab.run_recorded(bench, args.quick)
-    record["results"] = {case: summary(runs) for case, runs in bench.results.items()}
-    record["instances"], record["bytes"] = args.count, bench.bytes
-    print(f"one study of {args.count} CT 256x256 instances, {bench.bytes / 1e6:.0f} MB")
-    lab.report(record, table(record["results"], args.count, previous), previous, previous_path, args.json)
+    lab.run_and_report(Bench(args), "study-delete", args.quick, table, args.json)
     return 0
 
 

@@ -39,7 +39,6 @@ import store  # noqa: E402  (bench/store.py: the data and the storescu sender)
 from tls_pki import Authority  # noqa: E402  (tests/tls_pki.py)
 
 log = lab.log
-RESULTS = lab.REPO / "bench" / "results"
 RECEIVERS = ("service", "service_tls", "storescp", "storescp_tls")
 NAMES = {"service": "service, plain port", "service_tls": "service, TLS port", "storescp": "storescp",
          "storescp_tls": "storescp +tls"}
@@ -138,12 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.count = args.count or (200 if args.quick else 1000)
-    previous_path = RESULTS / ("tls-previous-quick.json" if args.quick else "tls-previous.json")
-    previous = lab.load_json(previous_path)
-    bench = Bench(args)
-    record = lab.run_recorded(bench, args.quick)
-    record["results"] = bench.results
-    lab.report(record, table(bench.results, previous), previous, previous_path, args.json)
+    lab.run_and_report(Bench(args), "tls", args.quick, table, args.json)
     return 0
 
 

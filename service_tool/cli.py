@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 from appliance import __version__
-from service_tool import (access_cmd, ae_cmd, config_cmd, conformance_cmd, echo_cmd, logs_cmd, maintenance_cmd,
-                          network_cmd, remote_cmd, status_cmd, study_cmd, tls_cmd)
+from service_tool import (access_cmd, ae_cmd, backup_cmd, config_cmd, conformance_cmd, echo_cmd, logs_cmd,
+                          maintenance_cmd, network_cmd, remote_cmd, status_cmd, study_cmd, tls_cmd)
 
 # Where the installed service reads its configuration (system/systemd/appliance.service).
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 
 # In the order an installer meets them.
 GROUPS = (ae_cmd, remote_cmd, access_cmd, network_cmd, tls_cmd, config_cmd, echo_cmd, status_cmd, logs_cmd,
-          conformance_cmd, study_cmd, maintenance_cmd)
+          conformance_cmd, study_cmd, maintenance_cmd, backup_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 `reindex` is offline: it takes the data directory lock the service holds while it runs, so it
 is refused while the service runs (the message names the holder). `backup` is online and
-takes no lock. The work is done in `appliance/store/reindex.py` and `backup.py`.
+takes no lock. The work is done in `appliance/store/reindex.py` and `backup.py`; `backup
+--full` (the whole archive) and `restore` are in backup_cmd.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from appliance.config import data_dir
 from appliance.store import INDEX_NAME, lock
 from appliance.store.backup import BackupFailed, backup
 from appliance.durable import hand_over
+from service_tool import backup_cmd
 from service_tool.config_cmd import load
 
 EXIT_FAILED = 1  # failed or refused; nothing was changed
@@ -38,14 +40,17 @@ def register(groups) -> None:
                          help="a progress line on stderr every N files (default: 1000)")
     command.set_defaults(run=run_reindex)
     command = groups.add_parser(
-        "backup", help="copy the index while the service runs",
+        "backup", help="copy the index, or with --full the whole archive, while the service runs",
         description="Write a consistent copy of the index (SQLite's backup API), checked with "
                     "integrity_check, to DEST, which must not exist; the service may keep running. Exit 0 "
-                    "when written, 1 when it failed (nothing is left at DEST).")
+                    "when written, 1 when it failed (nothing is left at DEST). With --full DIR: the configuration, "
+                    "the index and every stored file into DIR, incrementally, each file verified; DIR always "
+                    "holds one complete backup (exit 1: the previous one, unchanged), which `restore` puts back.")
     command.add_argument("dest", nargs="?", type=Path, metavar="DEST",
                          help="the file to write, or a directory for index-<UTC time>.sqlite in it "
                               "(default: <data_dir>/backups/)")
     command.add_argument("--json", action="store_true", help="print the result as JSON")
+    backup_cmd.add_full_options(command)
     command.set_defaults(run=run_backup)
 
 
@@ -133,6 +138,8 @@ def _reindex_text(s) -> str:
 
 
 def run_backup(args: argparse.Namespace) -> int:
+    if args.full is not None:
+        return backup_cmd.run_full(args)
     config = load(args.config)
     if config is None:
         return EXIT_FAILED

@@ -7,7 +7,8 @@ checked (`integrity_check`), fsync'd and only then given its name, which must be
 backup never replaces a file. It is one self-contained file (rollback journal mode), 0600.
 
 The stored files are not part of it: this protects the index, and `reindex` rebuilds one from
-the files if no backup is at hand.
+the files if no backup is at hand. `backup --full` (full_backup.py) copies them too, with an
+index snapshot taken here.
 """
 
 from __future__ import annotations
@@ -62,17 +63,23 @@ def backup(index: Path, destination: Path) -> Backup:
 
 def _copy(index: Path, target: Path) -> tuple[int, int]:
     """Back `index` up into `target`, check the copy; (instances, studies) in it."""
+    with read_only(index) as source, contextlib.closing(sqlite3.connect(target)) as copy:
+        source.backup(copy)  # pages=-1: every page in one step, one read transaction
+        copy.execute("PRAGMA journal_mode=DELETE")
+        problems = [row[0] for row in copy.execute("PRAGMA integrity_check")]
+        if problems != ["ok"]:
+            raise BackupFailed("the copy fails its integrity check: " + "; ".join(problems[:3]))
+        return (copy.execute("SELECT COUNT(*) FROM instance").fetchone()[0],
+                copy.execute("SELECT COUNT(*) FROM study").fetchone()[0])
+
+
+@contextlib.contextmanager
+def read_only(index: Path):
+    """A read-only connection to the live index, beside the running service."""
     try:
         with contextlib.closing(sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True,
-                                                timeout=30)) as source, \
-                contextlib.closing(sqlite3.connect(target)) as copy:
-            source.backup(copy)  # pages=-1: every page in one step, one read transaction
-            copy.execute("PRAGMA journal_mode=DELETE")
-            problems = [row[0] for row in copy.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                raise BackupFailed("the copy fails its integrity check: " + "; ".join(problems[:3]))
-            return (copy.execute("SELECT COUNT(*) FROM instance").fetchone()[0],
-                    copy.execute("SELECT COUNT(*) FROM study").fetchone()[0])
+                                                timeout=30)) as connection:
+            yield connection
     finally:
         # A read-only connection to a WAL database nobody had open creates its -wal and -shm
         # and leaves them; made by root, the service could not open them.
