@@ -1,8 +1,17 @@
-"""Service log set-up: journald-friendly stderr plus a bounded rotating file (LG-01, LG-10)."""
+"""Service log set-up: journald-friendly stderr plus a bounded rotating file (LG-01, LG-10).
+
+A line's time is ISO 8601 with the local offset, to the millisecond
+(`2026-03-29T02:59:59.120+01:00 INFO appliance.association: ...`): local time alone would be
+ambiguous in the autumn's repeated hour and wrong after `network --time-zone` changes the zone,
+and `service-tool logs --json`, `--since` and `status --json` give the same instants. Lines
+written before (`2026-03-29 02:59:59,120`, local time without an offset) are still read by
+`service-tool logs` (see there).
+"""
 
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import logging.handlers
 import os
@@ -13,6 +22,20 @@ from pathlib import Path
 from appliance.config.model import Logging
 
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def iso_time(created: float) -> str:
+    """A time stamp (time.time()) as ISO 8601 in the local zone with its offset, to the millisecond."""
+    return datetime.datetime.fromtimestamp(created, datetime.timezone.utc).astimezone().isoformat(
+        timespec="milliseconds")
+
+
+class _ZonedFormatter(logging.Formatter):
+    """The file's (and a console's outside systemd) lines, with iso_time's time stamps."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record.created)
+
 
 # LG-09: the conformance statement's "alert to the User Interface" (C-FIND A700, C-MOVE
 # A701/A702) is a record above CRITICAL, logged as ALERT and sent to the journal at syslog
@@ -39,7 +62,7 @@ class _RecentProblems(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with self._count_lock:
             self.counts[record.levelname] += 1
-        self._records.append({"time": record.created, "level": record.levelname, "logger": record.name,
+        self._records.append({"time": iso_time(record.created), "level": record.levelname, "logger": record.name,
                               "message": record.getMessage()})
 
     def recent(self) -> list[dict]:
@@ -71,7 +94,7 @@ def setup(settings: Logging, data_dir: Path) -> None:
     if os.environ.get("JOURNAL_STREAM"):
         console.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))
     else:
-        console.setFormatter(logging.Formatter(_FILE_FORMAT))
+        console.setFormatter(_ZonedFormatter(_FILE_FORMAT))
     root.addHandler(console)
     root.addHandler(recent_problems)
     if settings.file:
@@ -79,7 +102,7 @@ def setup(settings: Logging, data_dir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         rotating = logging.handlers.RotatingFileHandler(
             path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8")
-        rotating.setFormatter(logging.Formatter(_FILE_FORMAT))
+        rotating.setFormatter(_ZonedFormatter(_FILE_FORMAT))
         root.addHandler(rotating)
     # pynetdicom narrates every PDU at INFO; our own lines cover association events (LG-08).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -4,28 +4,52 @@ Each step is reported on its own, so that a failure says where it happened: name
 TCP connect, association (accepted, or the rejection in words), C-ECHO status, each with its
 time. The calling title is the one the appliance itself would use towards that peer:
 STORAGE-SCU's for a C-MOVE destination (default), STORAGE-SCP's for a commitment peer
-(`--as scp`), so a peer that filters calling titles is tested as the service will meet it.
-A remote AE with `tls = true` is echoed over TLS, as the service would reach it (SE-10), with
-the handshake as a step of its own. `--local` echoes the box's own two SCP AEs, on each port
-they listen on (plain and TLS). The running service is not involved.
+(`--as scp`), so a peer that filters calling titles is tested as the service will meet it;
+`--calling` names another. A remote AE with `tls = true` is echoed over TLS, as the service
+would reach it (SE-10), with the handshake as a step of its own. `--local` echoes the box's own
+two SCP AEs, on each port they listen on (plain and TLS), calling as SERVICE_TOOL, which their
+allow-lists admit for C-ECHO from the box itself (admission.local_echo). The running service is
+not involved.
+
+`echo HOST PORT --called TITLE` echoes any peer, as DCMTK's echoscu does, with `--tls` over
+TLS with the box's certificate and CA bundle. The positional arguments are AE titles of the
+table unless `--called` is given, or there are two and the second is a port number (and not
+both are titles of the table): then they are a host and a port.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from appliance import __version__
-from appliance.config.model import Config
+from appliance.config.model import Config, ae_title
 from appliance.codes import status, uids
 from appliance.errors import ConfigError
 from service_tool.config_cmd import load
 
 EXIT_FAILED = 1  # at least one echo failed
 EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
+
+USAGE = ("service-tool echo [-h] [--as {scu,scp}] [--calling TITLE] [--json] (AE_TITLE... | --all | --local)\n"
+         "       service-tool echo [-h] [--calling TITLE] [--tls] [--json] HOST PORT --called TITLE")
+
+
+class Target(NamedTuple):
+    """One echo to make; `listener`: the box's own SCP AE it reaches (`--local`), else ""."""
+
+    title: str  # called
+    host: str
+    port: int
+    calling: str
+    tls: bool = False
+    subject: str = ""  # the certificate subject pinned for it (SE-09), "" none
+    listener: str = ""
 
 
 @dataclass
@@ -54,18 +78,37 @@ class Echo:
 
 def register(groups) -> None:
     command = groups.add_parser(
-        "echo", help="C-ECHO a remote AE (or --all, or --local) and report each step",
-        description="Send a diagnostic C-ECHO and report name resolution, TCP connect, the association "
-                    "result and the C-ECHO status, each with its time. Exit 0 when every echo succeeded, "
-                    "1 when one failed, 2 when there is nothing to echo.")
-    command.add_argument("titles", nargs="*", metavar="AE_TITLE", help="remote AE titles from [[remote_aes]]")
+        "echo", help="C-ECHO a remote AE (or --all, --local, or HOST PORT --called TITLE) and report each step",
+        usage=USAGE,
+        description="Send a diagnostic C-ECHO and report name resolution, TCP connect, the TLS handshake, the "
+                    "association result and the C-ECHO status, each with its time. The targets are remote AEs "
+                    "of the table, the box's own SCP AEs (--local), or any peer: HOST PORT --called TITLE, as "
+                    "DCMTK's echoscu. Exit 0 when every echo succeeded, 1 when one failed, 2 when there is "
+                    "nothing to echo.")
+    command.add_argument("titles", nargs="*", metavar="AE_TITLE", help="remote AE titles from [[remote_aes]], "
+                                                                       "or HOST PORT with --called")
     command.add_argument("--all", action="store_true", help="every remote AE of the table")
     command.add_argument("--local", action="store_true", help="the box's own STORAGE-SCP and QUERY-RETRIEVE-SCP")
     command.add_argument("--as", dest="role", choices=("scu", "scp"), default="scu",
                          help="calling title: STORAGE-SCU's (towards C-MOVE destinations, default) or "
                               "STORAGE-SCP's (towards storage commitment peers)")
+    command.add_argument("--called", type=_title, metavar="TITLE",
+                         help="the AE title of the peer at HOST PORT (echoscu's -aec)")
+    command.add_argument("--calling", type=_title, metavar="TITLE",
+                         help="call with this AE title instead (echoscu's -aet); also with --local, to see "
+                              "whether the allow-lists admit it")
+    command.add_argument("--tls", action="store_true",
+                         help="with HOST PORT: over TLS, presenting tls.certificate and verifying the peer's "
+                              "against tls.ca_bundle (a remote AE of the table has its own tls setting)")
     command.add_argument("--json", action="store_true", help="print JSON")
     command.set_defaults(run=run)
+
+
+def _title(text: str) -> str:
+    """argparse type: an AE title (AE-07)."""
+    if (problem := ae_title(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip()
 
 
 def run(args) -> int:
@@ -74,10 +117,10 @@ def run(args) -> int:
         return EXIT_USAGE
     try:
         targets = _targets(config, args)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError too
         print(f"nothing to echo: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    results = [echo(config, *target) for target in targets]
+    results = [_with_hint(echo(config, target), target) for target in targets]
     if args.json:
         print(json.dumps([{**asdict(r), "ok": r.ok} for r in results], indent=2))
     else:
@@ -85,35 +128,71 @@ def run(args) -> int:
     return 0 if all(r.ok for r in results) else EXIT_FAILED
 
 
-def _targets(config: Config, args) -> list[tuple[str, str, int, str, bool, str]]:
-    """(called title, host, port, calling title, TLS, pinned certificate subject) for each echo
-    asked for."""
-    calling = (config.storage_scp if args.role == "scp" else config.storage_scu).ae_title.strip()
+def _targets(config: Config, args) -> list[Target]:
+    """Each echo asked for; ValueError says why there is none."""
+    from appliance.dicom.admission import SERVICE_TOOL  # here: it imports pydicom (see echo())
+
+    calling = args.calling or (config.storage_scp if args.role == "scp" else config.storage_scu).ae_title.strip()
     remotes = {ae.ae_title.strip(): ae for ae in config.remote_aes}
-    titles = list(remotes) if args.all else [t.strip() for t in args.titles]
-    unknown = [t for t in titles if t not in remotes]
-    if unknown:
-        raise ConfigError("remote_aes", f"no remote AE titled {', '.join(map(repr, unknown))} "
-                          f"(known: {', '.join(remotes) or 'none'})")
-    targets = [(t, remotes[t].host, remotes[t].port, calling, remotes[t].tls, remotes[t].tls_subject) for t in titles]
+    peer = _peer(args, remotes)
+    if peer is not None:
+        targets = [Target(args.called, *peer, calling, args.tls)]
+    else:
+        titles = list(remotes) if args.all else [t.strip() for t in args.titles]
+        unknown = [t for t in titles if t not in remotes]
+        if unknown:
+            raise ConfigError("remote_aes", f"no remote AE titled {', '.join(map(repr, unknown))} "
+                              f"(known: {', '.join(remotes) or 'none'})")
+        targets = [Target(t, remotes[t].host, remotes[t].port, calling, remotes[t].tls, remotes[t].tls_subject)
+                   for t in titles]
     if args.local:
         host = "127.0.0.1" if config.network.bind_address in ("*", "0.0.0.0") else config.network.bind_address
-        targets += [(scp.ae_title.strip(), host, port, "SERVICE_TOOL", tls, "")
-                    for scp in (config.storage_scp, config.query_retrieve_scp)
+        targets += [Target(scp.ae_title.strip(), host, port, args.calling or SERVICE_TOOL, tls, "", name)
+                    for name, scp in (("storage-scp", config.storage_scp), ("qr", config.query_retrieve_scp))
                     for port, tls in ((scp.port, False), (scp.tls_port, True)) if port]
     if not targets:
-        raise ConfigError("remote_aes", "give AE titles, --all or --local")
+        raise ConfigError("remote_aes", "give AE titles, --all, --local or HOST PORT --called TITLE")
     return targets
 
 
-def echo(config: Config, title: str, host: str, port: int, calling: str, tls: bool = False,
-         subject: str = "") -> Echo:
+def _peer(args, remotes: dict) -> tuple[str, int] | None:
+    """(host, port) of `echo HOST PORT --called TITLE`; None when the positional arguments are
+    titles of the table. Two of them whose second is a number are a host and a port (a table
+    whose titles they both are aside), and need --called: no called title is guessed."""
+    given = [t.strip() for t in args.titles]
+    looks = len(given) == 2 and given[1].isdigit() and not all(t in remotes for t in given)
+    if args.called is None:
+        if looks:
+            raise ValueError(f"{given[0]} {given[1]} is a host and a port: give --called TITLE, the AE title "
+                             "the peer answers to")
+        if args.tls:
+            raise ValueError("--tls goes with HOST PORT --called TITLE; a remote AE of the table uses TLS when "
+                             "its tls setting says so (service-tool remote set TITLE --tls on)")
+        return None
+    if len(given) != 2 or not given[1].isdigit() or not 0 < int(given[1]) < 65536:
+        raise ValueError(f"--called goes with HOST PORT (a TCP port 1..65535), not {' '.join(given) or 'nothing'}")
+    if args.all:
+        raise ValueError("--all echoes the table's remote AEs; HOST PORT --called TITLE echoes one peer")
+    return given[0], int(given[1])
+
+
+def _with_hint(result: Echo, target: Target) -> Echo:
+    """A local echo that the box's own calling-AE allow-list refused (only with --calling: the
+    tool's own title passes) says how to admit that title."""
+    if target.listener and result.failure.endswith("(1/1/3)"):
+        result.failure += (f"; to admit {target.calling}: service-tool access allow {target.listener} "
+                           f"--calling {target.calling}")
+    return result
+
+
+def echo(config: Config, target: Target) -> Echo:
     # Imported here: pynetdicom takes 0.3 s to import, which no other command should pay.
     from appliance.dicom import dimse
     from appliance.dicom.pdu import Proposal
     from appliance.dicom.requestor import Association, Failed, Local, connect, secure
     from appliance.tls.contexts import TlsUnavailable, client_context, describe
 
+    title, host, port, calling, tls, subject, _ = target
     result = Echo(title, host, port, calling, tls)
     # AE-11: STORAGE-SCP has its own Implementation Class UID; the others share one.
     implementation_uid = uids.IMPLEMENTATION_UID_SCP if calling == config.storage_scp.ae_title.strip() \

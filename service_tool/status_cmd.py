@@ -8,7 +8,6 @@ Exit codes follow the LSB status convention: 0 running, 3 not running (1: invali
 from __future__ import annotations
 
 import json
-import time
 
 from appliance.config import Config, data_dir
 from appliance.control import socket_path
@@ -17,7 +16,7 @@ from appliance.store.summary import archive_and_disk
 from appliance.tls.certificates import status_report as tls_status
 from appliance.units import size
 from service_tool.config_cmd import EXIT_INVALID, load
-from service_tool.logs_cmd import log_files, selected
+from service_tool.logs_cmd import selected
 
 EXIT_NOT_RUNNING = 3
 _RECENT = 10
@@ -54,7 +53,7 @@ def run(args) -> int:
 def _offline(config: Config, why: str) -> dict:
     directory = data_dir(config)
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
-              for r in selected(log_files(config), "ERROR")[-_RECENT:]]
+              for r in selected(config, "ERROR")[-_RECENT:]]
     return {"running": False, "why": why, "data_dir": str(directory),
             **archive_and_disk(directory, config.storage), "tls": tls_status(config),
             "problems": {"recent": recent}}
@@ -175,7 +174,5 @@ def _text(report: dict) -> list[str]:
     else:
         lines.append("recent errors and alerts (log file):" if problems["recent"] else "no errors in the log file")
     for p in problems["recent"][-_RECENT:]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["time"])) if isinstance(p["time"], float) \
-            else p["time"]
-        lines.append(f"  {when} {p['level']} {p['message'].splitlines()[0]}")
+        lines.append(f"  {p['time']} {p['level']} {p['message'].splitlines()[0]}")
     return lines

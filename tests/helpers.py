@@ -20,14 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"  # the installed console script
 
 
-def tool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`service-tool ARGS...` as an installer runs it."""
-    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=timeout)
+def tool(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`service-tool ARGS...` as an installer runs it (`env`: variables added to ours)."""
+    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
-def service_tool(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def service_tool(config: Path, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     """`service-tool --config CONFIG ARGS...`"""
-    return tool("--config", str(config), *args, timeout=timeout)
+    return tool("--config", str(config), *args, timeout=timeout, env=env)
 READY_TIMEOUT = 30.0
 
 

@@ -19,6 +19,10 @@ import pytest
 
 import datasets
 import pdus
+from appliance.config.model import StorageSCP
+from appliance.dicom.admission import CALLING_AE as CALLING_AE_REJECTION
+from appliance.dicom.admission import Admission, Gate, Slot
+from appliance.dicom.pdu import decode_request
 from helpers import dcmtk, merge, wait_for
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from scu import associate, echo, scu_ae
@@ -301,3 +305,28 @@ def test_dcmtk_echoscu_reads_the_rejections(make_appliance):
     assert "Calling AE Title Not Recognized" in wrong_calling.stdout + wrong_calling.stderr
     allowed = dcmtk("echoscu", "-aet", "MODALITY", "-aec", "EX_STORE_SCP", "127.0.0.1", port)
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_the_service_tools_own_echo_passes_the_allow_lists_from_the_box_itself_only(make_appliance):
+    """SE-02, SE-03 (issue 22 item 3): `service-tool echo --local` calls as SERVICE_TOOL and must
+    get through whatever allow-lists the installer wrote, yet the exception opens nothing: only
+    a request proposing nothing but Verification, from the box itself (loopback, or the
+    connection's own local address), and the called-AE check still applies."""
+    app = make_appliance({"storage_scp": {"accepted_calling_aes": ["MODALITY"], "accepted_addresses": ["192.0.2.0/24"]}})
+    verification = ((datasets.VERIFICATION, (datasets.ILE,)),)
+    assert echo(app.storage_port, "EX_STORE_SCP", calling="SERVICE_TOOL") == SUCCESS
+    assert echo(app.storage_port, "EX_STORE_SCP", calling="SERVICE_TOOL", host="::1") == SUCCESS
+    assert echo(app.storage_port, "EX_STORE_SCP", calling="MODALITY") == NO_REASON  # the lists are on
+    more = verification + ((datasets.CT, (datasets.ILE,)),)
+    assert pdus.rejection(pdus.exchange(app.storage_port, pdus.request("SERVICE_TOOL", contexts=more))) == CALLING_AE
+    rejection_logged(app, "STORAGE-SCP", "SERVICE_TOOL", "EX_STORE_SCP", CALLING_AE, "AS-05")
+    assert echo(app.storage_port, "WRONG", calling="SERVICE_TOOL") == CALLED_AE
+
+    # From elsewhere: the decision itself, for addresses no loopback test can come from.
+    gate = Gate()
+    gate.open()
+    admission = Admission("STORAGE-SCP", gate)
+    admission.configure(StorageSCP(accepted_calling_aes=("MODALITY",)), ("MODALITY",))
+    request = decode_request(pdus.request("SERVICE_TOOL", contexts=verification))
+    assert admission.decide(request, "10.20.0.7", "10.20.0.40", lambda: 1)[0] is CALLING_AE_REJECTION
+    assert isinstance(admission.decide(request, "10.20.0.40", "10.20.0.40", lambda: 1), Slot)  # bind_address

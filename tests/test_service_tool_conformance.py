@@ -163,8 +163,9 @@ jpeg_sop_classes = ["{uids.SC}"]
 
 def test_remote_ae_table_with_what_each_may_do(tmp_path):
     """AE-08, TL-02: address and flags per remote AE; `store` turns STORAGE-SCP's calling-AE
-    allow-list on (AS-05), QUERY-RETRIEVE-SCP's list is its own (AS-14)."""
-    tables = markdown_tables(statement(tmp_path, """
+    allow-list on (AS-05), QUERY-RETRIEVE-SCP's list is its own (AS-14); the service tool's own
+    C-ECHO passes the lists (SE-02, issue 22 item 3)."""
+    text = statement(tmp_path, """
 [query_retrieve_scp]
 accepted_addresses = ["10.0.0.0/8", "2001:db8::/32"]
 [[remote_aes]]
@@ -178,7 +179,10 @@ host = "2001:db8::30"
 port = 11112
 move_destination = false
 commitment = false
-"""))
+""")
+    tables = markdown_tables(text)
+    assert ("One request passes both allow-lists whatever they hold: the diagnostic C-ECHO of the product's own "
+            "service tool (service-tool echo --local), which calls as SERVICE_TOOL from the machine itself") in text
     assert list(tables[REMOTE_AES][0]) == ["AE Title", "Host", "TCP Port", "C-MOVE Destination",
                                            "Receives Commitment Results", "Admitted by STORAGE-SCP",
                                            "Admitted by QUERY-RETRIEVE-SCP"]

@@ -1,5 +1,7 @@
 """`service-tool echo` (TL-05, TL-06, VE-04) through the installed console script, against a
-DCMTK storescp, the real daemon refusing the calling title, and a port where nothing listens."""
+DCMTK storescp, the real daemon refusing the calling title, and a port where nothing listens;
+any peer by host and port, and the box's own SCPs behind the allow-lists an import wrote (issue
+22 item 3; over TLS in test_tls.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tomlkit
 from appliance.codes import uids
 from helpers import accepts, free_port, service_tool, wait_for
 from helpers import storescp as storescp_process
-
+from test_service_tool_edit import DCMQRSCP_CFG
 
 
 def echo(config, *args: str) -> tuple[int, object]:
@@ -120,3 +122,89 @@ def test_local_echoes_both_own_scps(appliance):
 def test_an_unknown_title_is_a_usage_error(table):
     code, message = echo(table, "PACS")
     assert code == 2 and "no remote AE titled 'PACS' (known: VIEWER, EX_STORE_SCP, NOBODY)" in message
+
+
+def called_and_calling(log) -> tuple[str, str]:
+    """The titles of the last association storescp's debug log shows."""
+    text = log.read_text(errors="replace")
+    return (re.findall(r"Called Application Name:\s+(\S+)\n", text)[-1],
+            re.findall(r"Calling Application Name:\s+(\S+)\n", text)[-1])
+
+
+def test_echo_any_peer_by_host_and_port(tmp_path, storescp):
+    """echoscu's way: no remote AE table needed; the called title is given, the calling one is
+    STORAGE-SCU's unless --calling names another; each step timed as for a remote AE."""
+    config = tmp_path / "empty.toml"
+    config.write_text(tomlkit.dumps({"storage": {"data_dir": str(tmp_path / "data")}}))
+    port, log = storescp
+    code, (result,) = echo(config, "localhost", str(port), "--called", "VIEWER")
+    assert code == 0 and result["ok"], result
+    assert (result["title"], result["host"], result["port"], result["calling"]) == ("VIEWER", "localhost", port,
+                                                                                    "EX_STORE_SCU")
+    assert all(result[k] is not None for k in ("resolve_ms", "connect_ms", "association_ms", "echo_ms"))
+    wait_for(lambda: called_and_calling(log) == ("VIEWER", "EX_STORE_SCU"), "storescp to log the titles")
+    text = service_tool(config, "echo", "127.0.0.1", str(port), "--called", "VIEWER", "--calling", "FIELD_ENG")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert text.stdout.startswith(f"VIEWER at 127.0.0.1 port {port}, calling as FIELD_ENG\n") and \
+        text.stdout.endswith("\nOK\n")
+    wait_for(lambda: called_and_calling(log) == ("VIEWER", "FIELD_ENG"), "storescp to log the titles")
+
+
+def test_echo_by_host_and_port_reports_the_peers_rejection(appliance):
+    """A wrong called title, as the real appliance answers it, in words; the right one passes."""
+    port = str(appliance.storage_port)
+    code, (result,) = echo(appliance.config_path, "127.0.0.1", port, "--called", "WRONG")
+    assert code == 1 and result["connect_ms"] is not None
+    assert result["failure"] == ("association: association rejected by WRONG: Rejected (Permanent), "
+                                 "DUL service-user, Called AE title not recognised (1/1/7)")
+    code, (result,) = echo(appliance.config_path, "127.0.0.1", port, "--called", "EX_STORE_SCP")
+    assert code == 0 and result["ok"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (("127.0.0.1", "104"), "127.0.0.1 104 is a host and a port: give --called TITLE"),
+    (("127.0.0.1", "--called", "PACS"), "--called goes with HOST PORT (a TCP port 1..65535), not 127.0.0.1"),
+    (("127.0.0.1", "70000", "--called", "PACS"), "--called goes with HOST PORT (a TCP port 1..65535)"),
+    (("VIEWER", "--tls"), "--tls goes with HOST PORT --called TITLE"),
+    (("--all", "127.0.0.1", "104", "--called", "PACS"), "--all echoes the table's remote AEs"),
+    (("127.0.0.1", "104", "--called", "A_TITLE_LONGER_THAN_16"), "is longer than 16 characters"),
+], ids=["no-called", "no-port", "bad-port", "tls-with-title", "all-with-host", "long-title"])
+def test_host_and_port_usage_errors(table, args, said):
+    result = service_tool(table, "echo", *args)
+    assert result.returncode == 2 and said in result.stderr, result.stderr
+
+
+def test_titles_that_look_like_a_host_and_port_stay_titles(tmp_path):
+    """Two titles of the table, the second all digits: the table's, not a host and a port."""
+    config = tmp_path / "tool.toml"
+    config.write_text(tomlkit.dumps({"storage": {"data_dir": str(tmp_path / "data")}, "remote_aes": [
+        {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()},
+        {"ae_title": "104", "host": "127.0.0.1", "port": free_port()}]}))
+    code, results = echo(config, "PACS", "104")
+    assert code == 1 and [r["title"] for r in results] == ["PACS", "104"]
+
+
+def test_local_echo_passes_the_allow_lists_the_tool_wrote(make_appliance, tmp_path):
+    """SE-02, SE-03: `remote import` turns the calling-AE allow-lists on and `access allow
+    --address` the address lists, without 127.0.0.1; the local echo still passes (it calls as
+    SERVICE_TOOL, admitted for C-ECHO from the box itself). A title the lists refuse, given with
+    --calling, is told how to admit it."""
+    app = make_appliance()
+    cfg = tmp_path / "dcmqrscp.cfg"
+    cfg.write_text(DCMQRSCP_CFG)
+    assert service_tool(app.config_path, "remote", "import", str(cfg)).returncode == 0
+    for ae in ("storage-scp", "qr"):
+        assert service_tool(app.config_path, "access", "allow", ae, "--address", "10.0.0.0/8").returncode == 0
+    shown = json.loads(service_tool(app.config_path, "access", "show", "--json").stdout)
+    assert all(row["accepted_calling_aes"] == ["CT_1"] and row["accepted_addresses"] == ["10.0.0.0/8"]
+               for row in shown)
+    code, results = echo(app.config_path, "--local")
+    assert code == 0, results
+    assert [(r["title"], r["calling"], r["ok"]) for r in results] == [("EX_STORE_SCP", "SERVICE_TOOL", True),
+                                                                      ("EX_QUERY_SCP", "SERVICE_TOOL", True)]
+    code, results = echo(app.config_path, "--local", "--calling", "VIEWER")
+    assert code == 1
+    assert [r["failure"] for r in results] == [
+        f"association: association rejected by {title}: Rejected (Permanent), DUL service-user, Calling AE title "
+        f"not recognised (1/1/3); to admit VIEWER: service-tool access allow {ae} --calling VIEWER"
+        for title, ae in (("EX_STORE_SCP", "storage-scp"), ("EX_QUERY_SCP", "qr"))]

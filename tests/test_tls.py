@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pydicom
 import pytest
+import tomlkit
 from pynetdicom import AE
 
 import datasets
@@ -234,6 +235,28 @@ def test_service_tool_echoes_over_tls(make_appliance, pki):
     assert refused.returncode == 1
     assert "FAILED at TLS: TLS handshake with 127.0.0.1 port" in refused.stdout
     assert "the peer's certificate is not trusted" in refused.stdout, refused.stdout
+
+
+def test_service_tool_echoes_any_peer_over_tls(pki, tmp_path):
+    """SE-10, TL-05 (issue 22 item 3): `echo HOST PORT --called TITLE --tls` reaches a peer that
+    is in no table, DCMTK storescp +tls requiring a client certificate, with the box's
+    certificate and CA bundle; without --tls, or trusting another CA, it fails at that step."""
+    config = tmp_path / "tool.toml"
+    files = {"certificate": str(pki.box.certificate), "key": str(pki.box.key), "ca_bundle": str(pki.ca.certificate)}
+    config.write_text(tomlkit.dumps({"storage": {"data_dir": str(tmp_path / "data")}, "tls": files}))
+    port = free_port()
+    with storescp(port, "TLS_VIEWER", tmp_path, *dcmtk_tls(pki, pki.viewer)):
+        peer = ("127.0.0.1", str(port), "--called", "TLS_VIEWER")
+        done = service_tool(config, "echo", *peer, "--tls")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"  TLS        TLSv1\.[23] \S+, peer certificate CN=viewer in [\d.]+ ms", done.stdout)
+        plain = service_tool(config, "echo", *peer)
+        assert plain.returncode == 1 and "FAILED at association: " in plain.stdout, plain.stdout
+        config.write_text(tomlkit.dumps({"storage": {"data_dir": str(tmp_path / "data")},
+                                         "tls": {**files, "ca_bundle": str(pki.stranger.certificate)}}))
+        refused = service_tool(config, "echo", *peer, "--tls")
+        assert refused.returncode == 1 and "FAILED at TLS: TLS handshake with 127.0.0.1 port" in refused.stdout
+        assert "the peer's certificate is not trusted" in refused.stdout, refused.stdout
 
 
 def test_a_reload_takes_a_renewed_certificate(make_appliance, pki, tmp_path):

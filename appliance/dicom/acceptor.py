@@ -373,8 +373,8 @@ class Listener:
             self._reject(waiting, UNPARSEABLE, called, str(exc))
             return
         session.title = request.calling
-        decision = self.admission.decide(request, waiting.address, lambda: len(self._answer(request)[0]),
-                                         waiting.subject)
+        decision = self.admission.decide(request, waiting.address, waiting.sock.getsockname()[0],
+                                         lambda: len(self._answer(request)[0]), waiting.subject)
         if not isinstance(decision, Slot):
             self._reject(waiting, decision[0], request.called, decision[1])
             return

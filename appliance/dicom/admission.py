@@ -6,6 +6,14 @@ permanent configuration errors first, then transient limits, then the contexts. 
 A-ASSOCIATE-RQ that cannot be parsed (AS-06, first in precedence) never gets this far: the
 acceptor answers it with the same log line, `log_rejection`.
 
+One request passes the calling-AE and IP allow-lists (SE-02, SE-03) whatever they say: the
+service tool's own diagnostic echo (`service-tool echo --local`), which calls as SERVICE_TOOL
+from the box itself and proposes Verification only. An installer's allow-list (a `remote
+import` turns them on) must not lock out the field engineer's first check, and the exception
+opens nothing: such an association can carry C-ECHO and nothing else, and "the box itself" is
+an address a remote host cannot complete a TCP handshake from (loopback, or the connection's
+own local address).
+
 An admitted association holds a slot (counted against max_associations, listed by `status`,
 aborted by `abort_all`) from its admission until it is released or aborted; `active` counts
 those whose thread still runs (a C-MOVE export outlives its association, QM-15), which the
@@ -52,6 +60,8 @@ CONGESTION = Rejection(2, 3, 1, "AS-02")
 NO_CONTEXT = Rejection(1, 1, 1, "AS-07")
 # Refused for who the peer is, not for what it asks: each is audited (AU-01).
 SECURITY_REFUSALS = (CALLED_AE, CALLING_AE, ADDRESS)
+
+SERVICE_TOOL = "SERVICE_TOOL"  # the calling title of `service-tool echo --local`
 
 
 def log_rejection(prefix: str, called: str, rejection: Rejection, why: str) -> None:
@@ -109,14 +119,15 @@ class Admission:
         # one assignment: a request sees the old or the new rules
         self._rules = (policy, networks, calling, dict(pinned or {}))
 
-    def decide(self, request: Request, address: str, acceptable: Callable[[], int],
+    def decide(self, request: Request, address: str, local: str, acceptable: Callable[[], int],
                subject: str | None = None) -> Slot | tuple[Rejection, str]:
         """A slot for the association `request` asks for, or the rejection and why.
-        `acceptable()`: how many proposed contexts negotiation accepts (asked last, AS-07);
-        `subject`: the client certificate's over TLS ("" without one), None over plain TCP."""
+        `address`, `local`: the connection's peer and local IP; `acceptable()`: how many
+        proposed contexts negotiation accepts (asked last, AS-07); `subject`: the client
+        certificate's over TLS ("" without one), None over plain TCP."""
         with self._lock:
             ip = unmapped(address)
-            refusal = self._refusal(request, ip, acceptable, subject)
+            refusal = self._refusal(request, ip, local_echo(request, ip, unmapped(local)), acceptable, subject)
             if refusal is None:
                 slot = Slot(request.calling)
                 self._slots.append(slot)
@@ -155,22 +166,23 @@ class Admission:
             self._running = [a for a in self._running if a.running()]
             return len(self._running)
 
-    def _refusal(self, request: Request, address, acceptable: Callable[[], int],
+    def _refusal(self, request: Request, address, listed: bool, acceptable: Callable[[], int],
                  subject: str | None) -> tuple[Rejection, str] | None:
+        """`listed`: the request passes the allow-lists without being on them (local_echo)."""
         policy, networks, accepted_calling, pinned = self._rules
         if request.application_context != uids.APPLICATION_CONTEXT:
             return APPLICATION_CONTEXT, f"application context {request.application_context} is not supported"
         if policy.check_called_ae and request.called != policy.ae_title.strip():
             return CALLED_AE, f"called AE title is not {policy.ae_title.strip()}"
         calling = request.calling
-        if accepted_calling and calling not in accepted_calling:
+        if accepted_calling and calling not in accepted_calling and not listed:
             return CALLING_AE, (f"calling AE title {calling} is neither in accepted_calling_aes nor a remote AE "
                                 f"allowed to {'store' if self.name == 'STORAGE-SCP' else 'query'}")
         if calling in pinned and (subject is None or not same_subject(subject, pinned[calling])):  # SE-09
             came = "over plain TCP" if subject is None else f"with the certificate {subject or '(none)'}"
             return CALLING_AE, (f"calling AE title {calling} must come over TLS with the certificate "
                                 f"{pinned[calling]} (remote_aes[].tls_subject), it came {came}")
-        if networks and not any(address in network for network in networks):
+        if networks and not any(address in network for network in networks) and not listed:
             return ADDRESS, f"address {address} is not in accepted_addresses"
         if policy.association_limit == "per_calling_ae":
             running = sum(1 for slot in self._slots if slot.calling == calling)
@@ -184,3 +196,10 @@ class Admission:
         if not acceptable():
             return NO_CONTEXT, f"none of the {len(request.contexts)} proposed presentation contexts is acceptable"
         return None
+
+
+def local_echo(request: Request, peer, local) -> bool:
+    """`service-tool echo --local`: its calling title, from the box itself, and nothing but
+    Verification proposed (so nothing but C-ECHO can follow)."""
+    return (request.calling == SERVICE_TOOL and (peer.is_loopback or peer == local) and bool(request.contexts)
+            and all(context.abstract_syntax == uids.VERIFICATION for context in request.contexts))

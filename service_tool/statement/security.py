@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from appliance.config import tls_path
 from appliance.config.model import Config, calling_allow_list
+from appliance.dicom.admission import SERVICE_TOOL
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table
 from service_tool.statement.common import SCU, SECTION
 
@@ -49,6 +50,11 @@ def blocks(config: Config) -> list[Block]:
                   "AE Titles (accepted_calling_aes, plus the remote AEs flagged store or query) and only listed "
                   "IP addresses or networks (accepted_addresses). The lists are separate per AE; an empty list "
                   "admits any peer. Over TLS the same checks apply after the handshake."),
+        Paragraph(f"One request passes both allow-lists whatever they hold: the diagnostic C-ECHO of the "
+                  f"product's own service tool (service-tool echo --local), which calls as {SERVICE_TOOL} from "
+                  "the machine itself (a loopback address, or the address it was called on) and proposes only the "
+                  "Verification SOP Class, so that its association can carry nothing but C-ECHO. The Called AE "
+                  "Title check, the pinned certificates and the limits apply to it as to any peer."),
         Table("Association Level Security", ["Application Entity", "Required Called AE Title",
                                              "Admitted Calling AE Titles", "Admitted IP Addresses"], rows),
     ]
