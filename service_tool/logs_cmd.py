@@ -131,7 +131,10 @@ def run(args) -> int:
         return 1
     keep = matching(args.level, args.peer, args.since)
     stream = records(Tail(path, config.logging.backups).lines(follow=args.follow))
-    found = [r for r in _until_quiet(stream) if keep(r)]
+    try:
+        found = [r for r in _until_quiet(stream) if keep(r)]
+    except KeyboardInterrupt:  # Ctrl-C while a large backlog is read: no traceback
+        return 130
     if args.lines is None:
         shown = found if args.since else found[-_DEFAULT_LINES:]
     else:

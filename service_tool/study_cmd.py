@@ -8,6 +8,7 @@ box's index themselves. Exit 0 when done, 1 when refused, not found or failed.
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import json
 import os
@@ -138,7 +139,7 @@ def run_list(args) -> int:
     rows = [("STUDY DATE", "PATIENT ID", "PATIENT NAME", "MOD", "SERIES", "INSTANCES", "SIZE", "LAST RECEIVED",
              "STUDY INSTANCE UID")]
     rows += [(s["study_date"] or "-", s["patient_id"], s["patient_name"], ",".join(s["modalities"]) or "-",
-              str(s["series_count"]), str(s["instances"]), size(s["bytes"]), (s["last_received"] or "-")[:19],
+              str(s["series_count"]), str(s["instances"]), size(s["bytes"]), _minute(s["last_received"]),
               s["study_instance_uid"]) for s in studies]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -147,6 +148,13 @@ def run_list(args) -> int:
     print(f"{len(studies)} {'study' if len(studies) == 1 else 'studies'}, {total} instances, "
           f"{size(sum(s['bytes'] for s in studies))}")
     return 0
+
+
+def _minute(iso: str | None) -> str:
+    """An index time (UTC) as the box's local time to the minute, with its offset."""
+    if not iso:
+        return "-"
+    return datetime.datetime.fromisoformat(iso).astimezone().isoformat(timespec="minutes")
 
 
 def run_show(args) -> int:
