@@ -13,13 +13,13 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
-import logging.handlers
 import os
 import sys
 import threading
 from pathlib import Path
 
 from appliance.config.model import Logging
+from appliance.log_file import SyncedFileHandler
 
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -100,9 +100,9 @@ def setup(settings: Logging, data_dir: Path) -> None:
     if settings.file:
         path = data_dir / settings.file
         path.parent.mkdir(parents=True, exist_ok=True)
-        rotating = logging.handlers.RotatingFileHandler(
-            path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8")
-        rotating.setFormatter(_ZonedFormatter(_FILE_FORMAT))
-        root.addHandler(rotating)
+        synced = SyncedFileHandler(path, settings.max_bytes, settings.backups)  # power cuts: log_file.py
+        synced.setFormatter(_ZonedFormatter(_FILE_FORMAT))
+        root.addHandler(synced)
+        synced.report_cut()
     # pynetdicom narrates every PDU at INFO; our own lines cover association events (LG-08).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -9,17 +9,22 @@ can rotate more than once between two looks), then the new file. Files are told 
 inode, so a file renamed while the backlog is read is not read twice.
 
 Only whole lines are handed on: the handler writes a record with one write, but a look can
-come in the middle of it.
+come in the middle of it. A run of NUL bytes, where a power cut took the last lines before it
+(the service cuts such a run off its file's end when it starts; files of earlier versions can
+hold several), reads as one line break: no NUL is handed on, and the record after it stays a
+record of its own.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 POLL = 0.2  # seconds between looks at a file that has nothing new
+_CUT = re.compile(rb"\n?\0+\n?")  # a power cut's NUL run, with the line breaks around it
 
 
 class Tail:
@@ -76,7 +81,7 @@ class Tail:
         if not data:
             return
         self._last = _inode(self._file)
-        *whole, self._partial = (self._partial + data).split(b"\n")
+        *whole, self._partial = _CUT.sub(b"\n", self._partial + data).split(b"\n")
         for line in whole:
             yield line.decode("utf-8", errors="replace")
 
@@ -115,7 +120,7 @@ def _open(path: Path) -> BinaryIO | None:
 
 def _whole(f: BinaryIO) -> Iterator[str]:
     """A file that no longer grows, line by line (its last line may lack its newline)."""
-    lines = f.read().split(b"\n")
+    lines = _CUT.sub(b"\n", f.read()).split(b"\n")
     for line in lines if lines[-1] else lines[:-1]:
         yield line.decode("utf-8", errors="replace")
 

@@ -177,3 +177,27 @@ def test_follow_prints_new_records_across_rotations_until_ctrl_c(make_appliance,
         assert b"Traceback" not in err.read_bytes()
     finally:
         terminate(follower)
+
+
+def test_nul_runs_a_power_cut_left_are_skipped(make_appliance):
+    """Files as an earlier version left them after power cuts (issue 22 item 9): a NUL run where
+    the last lines were, in the middle of a backup and at the end of the current file. Each run
+    reads as a line break: no NUL is printed, and the record after it is a record of its own."""
+    app = make_appliance({"logging": {"backups": 2}}, start=False)
+    app.data_dir.mkdir(parents=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def line(minutes: int, message: str) -> bytes:
+        return f"{stamp(now - datetime.timedelta(minutes=minutes))} INFO appliance.test: {message}\n".encode()
+
+    cut_short = line(4, "a line the cut took the end of")[:-12]
+    (app.data_dir / "appliance.log.1").write_bytes(
+        line(5, "first") + cut_short + b"\0" * 5000 + line(3, "after the first cut"))
+    (app.data_dir / "appliance.log").write_bytes(
+        line(2, "with a\nsecond line") + b"\0" * 300 + b"\n" + line(1, "after the second cut") + b"\0" * 4096)
+    result = logs(app, "--json", "-n", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "\\u0000" not in result.stdout
+    assert [r["message"] for r in json.loads(result.stdout)] == [
+        "first", "a line the cut took", "after the first cut", "with a\nsecond line", "after the second cut"]
+    assert "\0" not in logs(app, "-n", "1000").stdout
