@@ -18,11 +18,12 @@ import tomlkit
 
 from appliance.config import Config, load_file
 from appliance.config.model import calling_allow_list
-from appliance.config.write import write_document
+from appliance.config.write import validated
 from appliance.durable import write_text
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.errors import ConfigError
+from service_tool import privileged_port
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -58,12 +59,17 @@ class Written:
 
 def write(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> tuple[Written, str]:
     """Apply `mutate` (returns a one-line description of the change) to the file at `path` and
-    write it; raises ConfigError or Refused with the file untouched."""
+    write it; raises ConfigError or Refused with the file untouched. A new listening port below
+    1024 is made possible first, or refused (privileged_port.py)."""
     running = load_file(path)
     old_text = path.read_text(encoding="utf-8")
     document = tomlkit.parse(old_text)
     described = mutate(document)
-    return Written(running, old_text, write_document(path, document)), described
+    text, new = validated(path, document)
+    if refusal := privileged_port.prepare(running, new):
+        raise Refused(refusal)
+    write_text(path, text)
+    return Written(running, old_text, new), described
 
 
 def put_back(path: Path, written: Written) -> None:

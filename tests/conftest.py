@@ -100,8 +100,8 @@ def make_appliance(tmp_path):
     made = []
 
     def make(overrides: dict | None = None, start: bool = True, name: str = "appliance",
-             env: dict | None = None) -> Appliance:
-        app = Appliance(tmp_path / name, overrides or {}, env or {})
+             env: dict | None = None, prefix: tuple[str, ...] = ()) -> Appliance:
+        app = Appliance(tmp_path / name, overrides or {}, env or {}, prefix)
         made.append(app)
         return app.start() if start else app
 

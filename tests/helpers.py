@@ -30,6 +30,9 @@ def service_tool(config: Path, *args: str, timeout: float = 60, env: dict | None
     """`service-tool --config CONFIG ARGS...`"""
     return tool("--config", str(config), *args, timeout=timeout, env=env)
 READY_TIMEOUT = 30.0
+# An `Appliance.prefix`: the daemon as root without CAP_NET_BIND_SERVICE, as the unit runs it
+# without the drop-in for a port below 1024 (service_tool/privileged_port.py).
+WITHOUT_BIND_CAPABILITY = ("setpriv", "--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service", "--")
 
 
 _handed_out: set[int] = set()

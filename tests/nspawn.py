@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,16 @@ class Container:
 
 
 @contextlib.contextmanager
-def booted(lower: Path, lab: netlab.Lab, work: Path, files: dict[str, str]):
+def booted(lower: Path, lab: netlab.Lab, work: Path, files: dict[str, str],
+           install: Callable[[Path], None] | None = None):
     """`lower` booted in lab.client from a private overlay, made the test box with `files` (path
-    relative to the root -> content) added; yields a running Container and halts it afterwards.
-    What it printed (systemd and its journal) is in work/console.log."""
+    relative to the root -> content) added and `install` run on its root; yields a running
+    Container and halts it afterwards. What it printed (systemd and its journal) is in
+    work/console.log."""
     with debian.writable_copy(lower, work) as root:
         rootfs.prepare(root, files)
+        if install is not None:
+            install(root)
         name = lab.client.removeprefix("nlab-")
         console = work / "console.log"
         with open(console, "wb") as output:

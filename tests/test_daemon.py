@@ -14,7 +14,7 @@ import pytest
 
 import datasets
 import pdus
-from helpers import free_port, merge, wait_for
+from helpers import WITHOUT_BIND_CAPABILITY, free_port, merge, wait_for
 from scu import associate, echo
 
 SUCCESS = 0x0000
@@ -199,6 +199,15 @@ def test_port_in_use_exits_non_zero_with_a_clear_message(make_appliance, section
         blocker.listen()
         assert app.run_to_exit() not in (0, None)
     assert f"{name} " in app.log() and f"cannot listen on port {port}: Address already in use" in app.log()
+
+
+def test_a_port_below_1024_without_the_capability_says_what_to_do(make_appliance):
+    """Issue 22 item 7b: a configuration with port 104 (restored, or edited by hand) and a service
+    without CAP_NET_BIND_SERVICE: exit 1, the message names the fix."""
+    app = make_appliance({"storage_scp": {"port": 104}}, start=False, prefix=WITHOUT_BIND_CAPABILITY)
+    assert app.run_to_exit() == 1
+    assert ("STORAGE-SCP (EX_STORE_SCP) cannot listen on port 104: Permission denied (a port below 1024 takes "
+            "CAP_NET_BIND_SERVICE, which service-tool ae set adds as root)") in app.log()
 
 
 def test_ipv6_loopback_client_echoes_both_aes(appliance):

@@ -4,14 +4,16 @@ atomically and reloaded at once (TL-01, TL-02, TL-04, AE-05..AE-08, SE-01..SE-03
 from __future__ import annotations
 
 import json
+import socket
 import tomllib
 
 import pytest
 
 import scu
 from destinations import Destination, move, move_contexts, move_identifier
-from helpers import accepts, free_port, service_tool
+from helpers import WITHOUT_BIND_CAPABILITY, accepts, free_port, service_tool
 from query_archive import populate, uid
+from service_tool import privileged_port
 
 REJECTED_CALLING = (1, 1, 3)  # AS-05
 REJECTED_CALLED = (1, 1, 7)  # AS-04
@@ -82,6 +84,47 @@ def test_a_port_the_daemon_cannot_take_puts_the_file_back(make_appliance):
     assert "Address already in use" in result.stderr and "is restored" in result.stderr
     assert app.config_path.read_bytes() == before
     assert scu.echo(app.storage_port, "EX_STORE_SCP") == 0x0000
+
+
+def free_port_below_1024() -> int:
+    """A privileged port nothing listens on (the tests run as root)."""
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 901 and 1023")
+
+
+def test_a_port_below_1024_the_service_cannot_bind_is_refused_with_the_fix(make_appliance):
+    """Issue 22 item 7b, off systemd (AE-03, TL-04, SE-06): the service lacks the capability, so
+    the edit is refused before anything is written, saying what to do, word for word."""
+    app = make_appliance(prefix=WITHOUT_BIND_CAPABILITY)
+    before = app.config_path.read_bytes()
+    for args in (("--port", "104"), ("--tls-port", "104")):
+        result = edit(app, "ae", "set", "storage-scp", *args)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.startswith(f"refused: port 104 below 1024: the running service (pid {app.proc.pid}) "
+                                        "lacks CAP_NET_BIND_SERVICE to listen there. Either choose a port of 1024 "
+                                        "or above, or give the service that capability")
+        assert f"{privileged_port.DROP_IN}:\n\n{privileged_port.DROP_IN_TEXT}\n" in result.stderr
+        assert "systemctl daemon-reload && systemctl restart appliance" in result.stderr
+        assert result.stderr.rstrip().endswith("is unchanged")
+    assert app.config_path.read_bytes() == before
+    assert "reload" not in app.log()  # the service was never asked
+    assert scu.echo(app.storage_port, "EX_STORE_SCP") == 0x0000
+
+
+def test_a_port_below_1024_the_service_can_bind_is_listened_on(make_appliance):
+    """The service has CAP_NET_BIND_SERVICE (here: root): the edit goes on as any other."""
+    app = make_appliance()
+    port = free_port_below_1024()
+    result = edit(app, "ae", "set", "qr", "--port", str(port))
+    assert result.returncode == 0, result.stderr
+    assert "the service reloaded the configuration" in result.stdout
+    assert scu.echo(port, "EX_QUERY_SCP") == 0x0000
 
 
 def test_edit_keeps_the_installers_comments(make_appliance):

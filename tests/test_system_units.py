@@ -14,6 +14,7 @@ from appliance.config import data_dir, load_dict, load_file
 from appliance.config.model import Network, Timeouts
 from helpers import REPO
 from image.build import SYSTEM_FILES, install_file
+from service_tool import privileged_port
 from service_tool.cli import DEFAULT_CONFIG
 
 SYSTEM = REPO / "system"
@@ -37,9 +38,11 @@ def directives(path: Path) -> dict[str, list[str]]:
     return found
 
 
-@pytest.fixture
-def unit_root(tmp_path) -> Path:
-    """A root with the unit, stub executables for its commands and stub targets it refers to.
+@pytest.fixture(params=["as installed", "with the privileged-port drop-in"])
+def unit_root(tmp_path, request) -> Path:
+    """A root with the unit (as installed, and with the drop-in `service-tool ae set` adds for a
+    port below 1024: both must stay hardened), stub executables for its commands and stub
+    targets it refers to.
 
     `systemd-analyze verify` checks that ExecStart/ExecReload exist and loads every unit the
     service names, so the root needs them; it never starts anything.
@@ -48,6 +51,10 @@ def unit_root(tmp_path) -> Path:
     units = root / "etc" / "systemd" / "system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units / UNIT.name)
+    if request.param != "as installed":
+        drop_in = root / privileged_port.DROP_IN.relative_to("/")
+        drop_in.parent.mkdir(parents=True)
+        drop_in.write_text(privileged_port.DROP_IN_TEXT)
     unit = directives(UNIT)
     for command in unit["ExecStart"] + unit["ExecReload"]:
         stub = root / command.split()[0].lstrip("/")
@@ -74,6 +81,11 @@ def test_unit_passes_the_security_threshold(unit_root):
                      f"--threshold={EXPOSURE_THRESHOLD}", UNIT.name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"Overall exposure level for appliance\.service: \d\.\d OK", result.stdout)
+    # The drop-in is read, and gives the one capability and nothing more.
+    flagged = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("✗") and "Capabilit" in line}
+    with_drop_in = (unit_root / privileged_port.DROP_IN.relative_to("/")).exists()
+    assert flagged == ({"AmbientCapabilities=", "CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)"}
+                       if with_drop_in else set()), result.stdout
 
 
 def test_unit_runs_the_installed_daemon_as_notify_service():

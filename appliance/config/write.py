@@ -19,9 +19,15 @@ from appliance.durable import write_text
 
 def write_document(path: Path, document) -> Config:
     """Validate `document` (a dict or tomlkit document) and replace `path` with it atomically."""
+    text, config = validated(path, document)
+    write_text(path, text)
+    return config
+
+
+def validated(path: Path, document) -> tuple[str, Config]:
+    """`document` as the text to write at `path` and the configuration it makes; raises
+    ConfigError naming the key when it is invalid."""
     text = tomlkit.dumps(document)
     if text and not text.endswith("\n"):
         text += "\n"  # tomlkit leaves the last appended table without one
-    config = load_dict(tomllib.loads(text), base_dir=str(path.resolve().parent))
-    write_text(path, text)
-    return config
+    return text, load_dict(tomllib.loads(text), base_dir=str(path.resolve().parent))

@@ -24,6 +24,7 @@ answers are kept by request.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
@@ -103,7 +104,10 @@ class Listener:
             self._sock.close()
             where = f"port {port}" if host in ("::", "0.0.0.0") else f"{host} port {port}"
             where = f"TLS {where}" if tls else where
-            raise OSError(exc.errno, f"{self.name} ({title}) cannot listen on {where}: {exc.strerror}") from exc
+            why = exc.strerror
+            if exc.errno == errno.EACCES:  # issue 22 item 7b: what to do about it
+                why += " (a port below 1024 takes CAP_NET_BIND_SERVICE, which service-tool ae set adds as root)"
+            raise OSError(exc.errno, f"{self.name} ({title}) cannot listen on {where}: {why}") from exc
         self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
         self._selector = selectors.DefaultSelector()
