@@ -16,6 +16,9 @@ Then the box is powered on again on the same disk and, once both AEs answer C-EC
 study sent so far: C-FIND (IMAGE level) returns every acknowledged instance, and at most the one
 whose response the cut took; C-MOVE to the host's storescp delivers the same instances, each
 with the pixel data sent; and no file with data is left in the spool after the boot's recovery.
+The service log kept what happened up to the last seconds (LG-01, issue 22 item 9): the
+"stored" line of every instance acknowledged LOG_MARGIN s or more before the cut is in the cut
+boot's journal and in the log file, and the log file has no NUL byte.
 Empty files in the spool are allowed: they are store files made ahead and unused, which recovery
 removes and the running service makes again at once (store/files.py). What recovery logged
 (files indexed again, partial ones removed) is printed, not required: it depends on where the
@@ -56,6 +59,11 @@ PATIENT_ID = "E2E-CUT"
 TRANSFER_TIMEOUT = 120  # s from the association's request to the cut's point (about 5 s here)
 SPOOL = f"{DATA_DIR}/spool"
 SUCCESS = 0x0000
+# What a cut may take of the service log: journald's SyncIntervalSec and the log file's
+# SYNC_INTERVAL (1 s each), and the emulated guest's lag in writing them. Each cut comes at
+# least LOG_MARGIN + 1 s after the first 0x0000, so that some lines must be kept.
+LOG_MARGIN = 3.0
+LOG_FILES = f"{DATA_DIR}/appliance.log*"
 
 
 @dataclass
@@ -66,6 +74,8 @@ class Study:
     series: str
     instances: list[Dataset]
     acknowledged: list[str] = field(default_factory=list)  # SOP Instance UIDs answered 0x0000
+    answered_at: list[float] = field(default_factory=list)  # when each was (time.monotonic())
+    cut_at: float = 0.0  # when the power was cut (time.monotonic())
     refused: dict[str, int] = field(default_factory=dict)  # any other status
     in_flight: str | None = None  # sent, and the cut came before its response
     found: set[str] | None = None  # what C-FIND returned after the study's own cut
@@ -106,6 +116,7 @@ def send_and_cut(box: Box, study: Study, after: int, delay: float) -> float:
                         study.in_flight = None
                         if status == SUCCESS:
                             study.acknowledged.append(ds.SOPInstanceUID)
+                            study.answered_at.append(time.monotonic())
                         else:
                             study.refused[ds.SOPInstanceUID] = status
                         progress.notify_all()
@@ -119,13 +130,17 @@ def send_and_cut(box: Box, study: Study, after: int, delay: float) -> float:
     started = time.monotonic()
     sender = threading.Thread(target=send, name="c-store-sender", daemon=True)
     sender.start()
+    def cut_due() -> bool:
+        return len(study.acknowledged) >= after and time.monotonic() - study.answered_at[0] >= LOG_MARGIN + 1
+
     with progress:
-        progress.wait_for(lambda: len(study.acknowledged) >= after or ended, TRANSFER_TIMEOUT)
+        progress.wait_for(lambda: cut_due() or ended, TRANSFER_TIMEOUT)
     # Should these fail, the box is still on for box.diagnosed(); the fixture ends it.
     assert not ended, f"the transfer ended before the cut, after {len(study.acknowledged)} 0x0000: {ended[0]!r}"
     assert len(study.acknowledged) >= after, \
         f"only {len(study.acknowledged)} of {SENT} instances answered 0x0000 in {TRANSFER_TIMEOUT} s"
     time.sleep(delay)  # where the cut falls within the transfer, not a wait for an event
+    study.cut_at = time.monotonic()
     box.power_cut()
     cut = time.monotonic() - started
     sender.join(60)  # it ends within its association's timeouts
@@ -163,6 +178,31 @@ def check_spool(box: Box) -> int:
     status, empty = box.guest.run(f"find {SPOOL} -type f -size 0 | wc -l")
     assert status == 0, empty
     return int(empty)
+
+
+def logged_as_stored(box: Box, command: str) -> set[str]:
+    """The SOP Instance UIDs of the "stored" lines that `command` prints (service-log lines)."""
+    status, said = box.guest.run(
+        f"{command} | sed -n 's/.*: C-STORE \\([0-9.]*\\) class .* status 0x0000: stored.*/\\1/p'")
+    assert status == 0, said
+    return set(said.split())
+
+
+def check_service_log(box: Box, study: Study) -> dict[str, int]:
+    """After the power-on that followed `study`'s cut: every instance acknowledged LOG_MARGIN s
+    or more before the cut has its "stored" line in that boot's journal and in the log file,
+    which holds no NUL byte. Returns how many of all acknowledged each kept."""
+    status, nuls = box.guest.run(f"cat {LOG_FILES} | tr -dc '\\000' | wc -c")
+    assert (status, nuls.strip()) == (0, "0"), f"NUL bytes in {LOG_FILES}: {nuls}"
+    settled = {uid for uid, at in zip(study.acknowledged, study.answered_at) if at <= study.cut_at - LOG_MARGIN}
+    assert settled, "no instance was acknowledged long enough before the cut to test the log"
+    kept = {"journal": logged_as_stored(box, "journalctl -b -1 -u appliance --no-pager -o cat"),
+            "file": logged_as_stored(box, f"cat {LOG_FILES}")}
+    for where, found in kept.items():
+        lost = settled - found
+        assert not lost, (f"{where}: the stored lines of {len(lost)} of the {len(settled)} instances acknowledged "
+                          f"{LOG_MARGIN} s or more before the cut are missing: {sorted(lost)}")
+    return {"settled": len(settled)} | {where: len(found & set(study.acknowledged)) for where, found in kept.items()}
 
 
 def check_study(box: Box, study: Study, received: Path) -> set[str]:
@@ -226,6 +266,7 @@ def test_every_acknowledged_instance_survives_power_cuts_mid_transfer(box, tmp_p
             print(f"power-on to both AEs answering after cut {number}: {boot:.1f} s; recovery said:\n  "
                   + "\n  ".join(recovered["lines"] or ["(nothing)"]))
             empty = check_spool(box)
+            logged = check_service_log(box, study)
             for earlier in studies:
                 found = check_study(box, earlier, tmp_path / "received")
                 if earlier.found is None:
@@ -238,5 +279,7 @@ def test_every_acknowledged_instance_survives_power_cuts_mid_transfer(box, tmp_p
         summary.append(f"cut {number}: {len(study.acknowledged)}/{SENT} acknowledged, {len(study.found)} found "
                        f"({in_flight}), "
                        f"{recovered['indexed again']} indexed again, {recovered['partial removed']} partial removed, "
-                       f"{empty} empty files made ahead in the spool, boot {boot:.0f} s")
+                       f"{empty} empty files made ahead in the spool, boot {boot:.0f} s; stored lines kept: "
+                       f"journal {logged['journal']}, file {logged['file']} (all {logged['settled']} acknowledged "
+                       f"{LOG_MARGIN:g} s or more before the cut)")
     print("\n".join(summary))
