@@ -1,9 +1,9 @@
 """Listening ports below 1024 (DICOM's 104; issue 22 item 7b): binding one takes
 CAP_NET_BIND_SERVICE, and the unit gives the service no capability at all (SE-06).
 
-Before an edit that makes the box listen on such a port is written, the running service is
-asked for its process (the control socket's `status`) and its effective capabilities are read
-(/proc/PID/status, CapEff). If it lacks the one it needs: as root on a box whose service
+Before an edit is written whose configuration has such a port that the service does not
+listen on yet, the running service is asked for its process (the control socket's `status`)
+and its effective capabilities are read (/proc/PID/status, CapEff). If it lacks the one it needs: as root on a box whose service
 systemd runs, a drop-in gives the unit that capability and no other, systemd reloads it and
 the service restarts (its running associations drained first), and then the edit goes on as
 usual; anywhere else the edit is refused, saying exactly what to do.
@@ -57,17 +57,21 @@ def can_bind(pid: int) -> bool:
 
 def prepare(running: Config, new: Config) -> str | None:
     """Before `new` replaces `running`, make sure the service can listen on the ports below 1024
-    that `new` adds (with the drop-in and a restart, when it takes them); why not, if it cannot."""
-    ports = sorted(privileged_ports(new) - privileged_ports(running))
-    if not ports:
+    of `new` it does not listen on yet (with the drop-in and a restart, when it takes them); why
+    not, if it cannot. With the service stopped, that is every such port (after a restore, too)."""
+    if not privileged_ports(new):
         return None
-    named = f"port{'s' if len(ports) > 1 else ''} {' and '.join(map(str, ports))} below {unprivileged_port_start()}"
     try:
-        pid = ask(socket_path(running), "status")["pid"]
+        status = ask(socket_path(running), "status")
     except NotRunning:
-        pid = None
+        status = None
     except PermissionError:
         return None  # the reload that follows says how to reach the service
+    ports = sorted(privileged_ports(new) - {listener["port"] for listener in (status or {}).get("listeners", [])})
+    if not ports:
+        return None
+    pid = status["pid"] if status else None
+    named = f"port{'s' if len(ports) > 1 else ''} {' and '.join(map(str, ports))} below {unprivileged_port_start()}"
     unit = _unit(pid)
     if pid is not None:
         able = can_bind(pid)
@@ -96,12 +100,12 @@ def prepare(running: Config, new: Config) -> str | None:
 
 def _unit(pid: int | None) -> dict[str, str] | None:
     """The appliance unit's properties on a systemd box where it is the service answering
-    (`pid`), or will be when it starts (`pid` None); else None."""
+    (`pid`), or will be when it starts (`pid` None: stopped, or failing to start); else None."""
     if not _SYSTEMD_RUNNING.is_dir():
         return None
     shown = _systemctl("show", "--property=LoadState,MainPID,AmbientCapabilities", UNIT)
     properties = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
-    if properties.get("LoadState") != "loaded" or properties.get("MainPID") != str(pid or 0):
+    if properties.get("LoadState") != "loaded" or pid is not None and properties.get("MainPID") != str(pid):
         return None
     return properties
 

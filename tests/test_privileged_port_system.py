@@ -3,11 +3,14 @@ SE-06): the box's rootfs with the service installed as the image installs it (im
 boots as a container (tests/nspawn.py). The unit gives the service no capability; the tool adds
 the drop-in for CAP_NET_BIND_SERVICE, has systemd reload and restart the service, applies the
 edit, and the service answers C-ECHO on port 104, holding that one capability and no other.
-Building the wheels and the service's venv takes about a minute."""
+After a restore that names port 104, the service cannot start and says why; the next edit as
+root adds the capability, and systemd's next restart of the failing service listens there.
+Building the wheels takes about 10 s, each container with the service's venv about 20 s."""
 
 from __future__ import annotations
 
 import pytest
+import tomlkit
 
 import nspawn
 from netlab import lab  # noqa: F401  (the fixture)
@@ -20,6 +23,7 @@ from test_network_system import DHCP, NETWORK_FILE
 pytestmark = pytest.mark.debian_tree
 
 START_TIMEOUT = 60.0  # s for the service to be active after the boot (its first start: about 5 s)
+CONFIG = "etc/appliance/appliance.toml"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_port_104_as_root_adds_the_capability_restarts_and_listens(box):
         f"port 104 below 1024: the service needs CAP_NET_BIND_SERVICE, now given by {DROP_IN}",
         "restarting the service to give it the capability: running associations are drained first "
         "(up to timeouts.shutdown_drain, 30 s)",
-        f"STORAGE-SCP: port 104; saved to /etc/appliance/appliance.toml",
+        "STORAGE-SCP: port 104; saved to /etc/appliance/appliance.toml",
         "the service reloaded the configuration"], result.stdout
     assert box.run("cat", str(DROP_IN)).stdout == DROP_IN_TEXT
     assert capabilities(box) == 1 << CAP_NET_BIND_SERVICE
@@ -70,3 +74,25 @@ def test_port_104_as_root_adds_the_capability_restarts_and_listens(box):
     result = box.run("service-tool", "ae", "set", "qr", "--port", "105", timeout=60)
     assert result.returncode == 0 and "restarting" not in result.stdout, result.stdout + result.stderr
     assert box.run("systemctl", "show", "-P", "MainPID", "appliance").stdout == pid
+
+
+def test_after_a_restore_naming_port_104_the_next_edit_as_root_adds_the_capability(box):
+    """A restored configuration (its drop-in is not in a backup) names port 104: the service,
+    restarted on it, fails and its log says what to do; `ae set` as root adds the drop-in, and
+    systemd's next restart of the failing service (RestartSec=5) listens on 104."""
+    config = box.root / CONFIG
+    document = tomlkit.parse(config.read_text())
+    document["storage_scp"] = {"port": 104}
+    config.write_text(tomlkit.dumps(document))  # as service-tool restore writes it
+    assert box.run("systemctl", "restart", "appliance", timeout=120).returncode != 0
+    journal = box.run("journalctl", "-u", "appliance", "-o", "cat", "--no-pager").stdout
+    assert ("cannot listen on port 104: Permission denied (a port below 1024 takes CAP_NET_BIND_SERVICE, which "
+            "service-tool ae set adds as root)") in journal, journal[-3000:]
+    result = box.run("service-tool", "ae", "set", "storage-scp", "--title", "RAD_ARCHIVE", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"port 104 below 1024: the service needs CAP_NET_BIND_SERVICE, now given by {DROP_IN}" in result.stdout
+    wait_for(lambda: box.run("systemctl", "is-active", "appliance").stdout.strip() == "active",
+             "systemd to restart the service with the capability", START_TIMEOUT, interval=0.5)
+    assert capabilities(box) == 1 << CAP_NET_BIND_SERVICE
+    echoed = box.run("service-tool", "echo", "--local", timeout=60)
+    assert echoed.returncode == 0 and "port 104" in echoed.stdout, echoed.stdout + echoed.stderr
