@@ -86,7 +86,9 @@ def prepare(running: Config, new: Config) -> str | None:
         return _how_to(named, pid)
     DROP_IN.parent.mkdir(parents=True, exist_ok=True)
     write_text(DROP_IN, DROP_IN_TEXT)
-    _systemctl("daemon-reload")
+    reloaded = _systemctl("daemon-reload")
+    if reloaded.returncode != 0:
+        return f"systemctl daemon-reload failed: {reloaded.stderr.strip()}"
     print(f"{named}: the service needs CAP_NET_BIND_SERVICE, now given by {DROP_IN}")
     if pid is None:
         return None  # it has it when it starts

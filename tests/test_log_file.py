@@ -42,14 +42,15 @@ def unwritten_pages(path: Path) -> int:
 
 def test_stored_lines_are_on_the_disk_within_a_second(make_appliance, tmp_path):
     """Each C-STORE's line is written at once; the file's pages are clean within SYNC_INTERVAL
-    of the last one (plus a margin for a busy machine), where the kernel alone takes 30 s."""
+    of the last one (plus a margin for a busy disk), where the kernel alone takes 30 s
+    (vm.dirty_expire_centisecs)."""
     app = make_appliance()
     log_file = app.data_dir / "appliance.log"
     paths = [datasets.write(datasets.image(), tmp_path / f"{n}.dcm") for n in range(20)]
     with scu.association(app.storage_port) as assoc:
         for path in paths:
             assert scu.send_file(assoc, path) == 0x0000
-    wait_for(lambda: unwritten_pages(log_file) == 0, "the log file's pages on the disk", SYNC_INTERVAL + 2)
+    wait_for(lambda: unwritten_pages(log_file) == 0, "the log file's pages on the disk", SYNC_INTERVAL + 5)
     text = log_file.read_text()
     assert text.count("status 0x0000: stored") == len(paths)
 
