@@ -41,7 +41,10 @@ def register(groups) -> None:
         "set", help="change an AE's title or port, then reload the service",
         description="Change an AE's title and/or port. The file is validated first (AE-05..AE-07) and "
                     "left unchanged when invalid; the running service reloads and listens on the new "
-                    "port at once. Exit 0 when saved (and applied, if the service runs), 1 when refused.")
+                    "port at once. A port below 1024 (104) takes CAP_NET_BIND_SERVICE, which the service "
+                    "lacks as installed: run as root, this adds it (a unit drop-in) and restarts the service "
+                    "once; else it is refused, saying how. Exit 0 when saved (and applied, if the service "
+                    "runs), 1 when refused.")
     set_cmd.add_argument("ae", type=ae_name, metavar="AE", help=", ".join(SECTIONS))
     set_cmd.add_argument("--title", help="the new AE title (1-16 characters, no backslash)")
     set_cmd.add_argument("--port", type=int, help="the new listening port (not for STORAGE-SCU, which never listens); "
