@@ -1,7 +1,8 @@
 """`service-tool config validate|show|diff`: check the configuration file and print what is in effect.
 
-Both load through the daemon's own loader (`appliance.config.load_file`), so a file this tool
-accepts is one the service accepts, and a refusal names the same dotted key (TL-04).
+They load through the daemon's own loader (`appliance.config.load_file`), so a file this tool
+accepts is one the service accepts, and a refusal names the same dotted keys (TL-04): every
+invalid one, not only the first.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def register(groups) -> None:
                               description="Validate or show the appliance configuration file.")
     commands = group.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     validate_cmd = commands.add_parser(
-        "validate", help="check the file as the service would; exit 1 naming the first invalid key",
+        "validate", help="check the file as the service would; exit 1 naming every invalid key",
         description="Check the configuration file with the service's loader. Exit 0 when valid, "
-                    "1 with a message naming the offending key otherwise.")
+                    "1 with a line naming each offending key otherwise.")
     validate_cmd.set_defaults(run=validate)
     show_cmd = commands.add_parser(
         "show", help="print the effective configuration, defaults included",
@@ -45,11 +46,12 @@ def register(groups) -> None:
 
 
 def load(path):
-    """The configuration at `path`, or None after printing why it is refused."""
+    """The configuration at `path`, or None after printing every problem that refuses it."""
     try:
         return load_file(path)
     except ConfigError as exc:
-        print(f"configuration invalid: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"configuration invalid: {problem}", file=sys.stderr)
         return None
 
 

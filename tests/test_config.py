@@ -130,6 +130,31 @@ def test_invalid_value_is_refused_naming_the_key(document, key):
     assert str(caught.value).startswith(f"{key}: ")
 
 
+def test_every_invalid_key_is_listed_and_the_error_reads_as_the_first():  # TL-04, issue 22 item 4
+    document = {"storage_scpp": {}, "storage_scp": {"port": 70000, "default_values": {"sex": "F"}},
+                "timeouts": {"artim": "soon"},
+                "remote_aes": [{**REMOTE, "host": "pacs example"}, {"ae_title": "WS", "port": 104}, "x"]}
+    with pytest.raises(ConfigError) as caught:
+        load_dict(document)
+    assert [p.key for p in caught.value.problems] == [
+        "storage_scpp", "storage_scp.port", "storage_scp.default_values.sex", "timeouts.artim",
+        "remote_aes[0].host", "remote_aes[1].host", "remote_aes[2]"]
+    assert (caught.value.key, str(caught.value)) == ("storage_scpp", "storage_scpp: unknown key")
+
+
+def test_rules_between_keys_are_all_listed_once_every_key_is_valid():
+    shared = {"storage_scp": {"ae_title": "EX_QUERY_SCP"}, "query_retrieve_scp": {"port": 4000},
+              "storage": {"warn_free_percent": 5, "alert_free_percent": 10}}
+    with pytest.raises(ConfigError) as caught:
+        load_dict(shared)
+    assert [p.key for p in caught.value.problems] == [
+        "storage_scp.ae_title", "query_retrieve_scp.port", "storage.alert_free_percent"]
+    # An invalid value stands in as its default, which the rules between keys would misjudge.
+    with pytest.raises(ConfigError) as caught:
+        load_dict({**shared, "timeouts": {"artim": -1}})
+    assert [p.key for p in caught.value.problems] == ["timeouts.artim"]
+
+
 VALID = [
     # AE-05: Q/R and SCU may share a title
     ("qr-shares-scu", {"storage_scu": {"ae_title": "EX_QUERY_SCP"}}),

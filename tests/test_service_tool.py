@@ -45,6 +45,17 @@ def test_validate_refuses_naming_the_key(tmp_path, text, key):
     assert result.stderr.startswith(f"configuration invalid: {key}: ")
 
 
+def test_validate_lists_every_invalid_key(tmp_path):  # TL-04, issue 22 item 4
+    path = tmp_path / "appliance.toml"
+    path.write_text('[storage_scp]\nport = 70000\nae_title = "A\\\\B"\n\n[timeouts]\nartim = "soon"\n')
+    result = run("--config", str(path), "config", "validate")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert [line.split(": ")[1] for line in result.stderr.splitlines()] == [
+        "storage_scp.ae_title", "storage_scp.port", "timeouts.artim"]
+    assert all(line.startswith("configuration invalid: ") for line in result.stderr.splitlines())
+
+
 def test_validate_reports_a_missing_file(tmp_path):
     result = run("--config", str(tmp_path / "none.toml"), "config", "validate")
     assert result.returncode == 1
