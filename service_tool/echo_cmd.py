@@ -31,7 +31,7 @@ from appliance import __version__
 from appliance.config.model import Config, ae_title
 from appliance.codes import status, uids
 from appliance.errors import ConfigError
-from service_tool.config_cmd import load
+from service_tool.configuration import reading
 
 EXIT_FAILED = 1  # at least one echo failed
 EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
@@ -112,7 +112,7 @@ def _title(text: str) -> str:
 
 
 def run(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_USAGE
     try:

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import tomlkit
 
+from appliance.config.model import QueryRetrieveSCP, Storage, StorageSCP
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"  # the installed console script
 
 
-def tool(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`service-tool ARGS...` as an installer runs it (`env`: variables added to ours)."""
-    return subprocess.run([str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def tool(*args: str, timeout: float = 60, env: dict | None = None, cwd: Path | None = None,
+         prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`service-tool ARGS...` as an installer runs it (`env`: variables added to ours; in `cwd`,
+    under `prefix` as Appliance's)."""
+    return subprocess.run([*prefix, str(SERVICE_TOOL), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def service_tool(config: Path, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -129,20 +133,28 @@ def merge(base: dict, overrides: dict) -> dict:
 
 @dataclass
 class Appliance:
-    """A running `python -m appliance serve` with its own config, data dir and free ports."""
+    """A running `python -m appliance serve` with its own config, data dir and free ports; or,
+    with `built_in_defaults`, as the README starts it: no --config, run in `root`, so data in
+    root/appliance-data and the conformance statement's ports (4000, 5000)."""
 
     root: Path
     overrides: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     # What the daemon is run under, e.g. ("ip", "netns", "exec", NS): it execs, so proc is the daemon.
     prefix: tuple[str, ...] = ()
+    built_in_defaults: bool = False
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path = self.root / "appliance.toml"
-        self.data_dir = self.root / "data"
         self.stderr_path = self.root / "stderr.log"
+        if self.built_in_defaults:
+            self.data_dir = self.root / Storage().data_dir
+            self.config = {"storage_scp": {"port": StorageSCP().port},
+                           "query_retrieve_scp": {"port": QueryRetrieveSCP().port}}
+            return
+        self.data_dir = self.root / "data"
         base = {
             "storage_scp": {"port": free_port()},
             "query_retrieve_scp": {"port": free_port()},
@@ -182,17 +194,22 @@ class Appliance:
         self._notify.bind(str(notify_path))
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1", **self.env}
         self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
-            cwd=REPO, env=env, stdout=self._stderr, stderr=self._stderr)
+        self.proc = subprocess.Popen(self._command(), cwd=self._cwd(), env=env, stdout=self._stderr,
+                                     stderr=self._stderr)
         return self
+
+    def _command(self) -> list[str]:
+        config = () if self.built_in_defaults else ("--config", str(self.config_path))
+        return [*self.prefix, sys.executable, "-m", "appliance", "serve", *config]
+
+    def _cwd(self) -> Path:
+        return self.root if self.built_in_defaults else REPO
 
     def run_to_exit(self, timeout: float = READY_TIMEOUT) -> int:
         """Start the daemon expecting it to give up (bad config, port in use); its exit code."""
         with open(self.stderr_path, "ab") as out:
             return subprocess.run(
-                [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
-                cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                self._command(), cwd=self._cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
                 stdout=out, stderr=out, timeout=timeout).returncode
 
     def wait_notify(self, wanted: str, timeout: float) -> str:

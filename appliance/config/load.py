@@ -34,6 +34,14 @@ def load_file(path: str | Path) -> model.Config:
     return load_dict(data, base_dir=str(path.resolve().parent))
 
 
+def load_or_defaults(path: Path | None) -> model.Config:
+    """The file at `path`, or for None the built-in defaults, whose relative paths resolve
+    against the working directory (`appliance serve` without --config: data in ./appliance-data)."""
+    if path is None:
+        return load_dict({}, base_dir=str(Path.cwd()))
+    return load_file(path)
+
+
 def load_dict(data: dict, base_dir: str = ".") -> model.Config:
     problems: list[ConfigError] = []
     config = _build(model.Config, data, "", problems)
@@ -193,4 +201,4 @@ def data_dir(config: model.Config) -> Path:
     return Path(config.base_dir, config.storage.data_dir)
 
 
-__all__ = ["load_file", "load_dict", "data_dir", "tls_path", "ConfigError"]
+__all__ = ["load_file", "load_or_defaults", "load_dict", "data_dir", "tls_path", "ConfigError"]
