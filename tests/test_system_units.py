@@ -4,6 +4,7 @@ sysctl drop-in (CF-08), config file. The booted image is tested in tests/e2e/.""
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 
 from appliance.config import data_dir, load_dict, load_file
 from appliance.config.model import Network, Timeouts
-from helpers import REPO
-from image.build import SYSTEM_FILES, install_file
+from helpers import REPO, SERVICE_TOOL
+from image.build import SYSTEM_FILES, VENV, install_file
 from service_tool.cli import DEFAULT_CONFIG
 
 SYSTEM = REPO / "system"
@@ -24,6 +25,7 @@ SYSCTL = SYSTEM / "sysctl.d" / "60-appliance-net.conf"
 EXPOSURE_THRESHOLD = 15
 # Units every service depends on implicitly (DefaultDependencies=yes).
 DEFAULT_DEPENDENCIES = ("sysinit.target", "basic.target", "shutdown.target")
+INSTALLED_BIN = Path("/", VENV, "bin")  # where image/build.py installs the service and the tool
 
 
 def directives(path: Path) -> dict[str, list[str]]:
@@ -78,8 +80,10 @@ def test_unit_passes_the_security_threshold(unit_root):
 def test_unit_runs_the_installed_daemon_as_notify_service():
     unit = directives(UNIT)
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
-    assert unit["ExecStart"] == [f"/opt/appliance/venv/bin/appliance serve --config {DEFAULT_CONFIG}"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["ExecStart"] == [f"{INSTALLED_BIN}/appliance serve --config {DEFAULT_CONFIG}"]
+    # Issue 22 item 4: the file is validated before the service is signalled (as sshd -t).
+    assert unit["ExecReload"] == [f"{INSTALLED_BIN}/service-tool --config {DEFAULT_CONFIG} config validate",
+                                  "/bin/kill -HUP $MAINPID"]
     assert unit["StateDirectory"] == ["appliance"]
     assert unit["User"] == unit["Group"] == ["appliance"]
     assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX AF_NETLINK"]
@@ -89,6 +93,31 @@ def test_unit_runs_the_installed_daemon_as_notify_service():
     assert float(unit["TimeoutStopSec"][0]) > Timeouts().shutdown_drain
     # UL-02: a thousand waiting connections and more, each a descriptor.
     assert int(unit["LimitNOFILE"][0]) >= 16384
+
+
+def reload_as_systemd(app) -> list[subprocess.CompletedProcess]:
+    """The unit's ExecReload lines as systemd runs them, for `app`: in order, each only once the
+    one before succeeded. The installed venv is this checkout's, the file app's, $MAINPID its pid."""
+    done = []
+    for line in directives(UNIT)["ExecReload"]:
+        line = (line.replace(f"{INSTALLED_BIN}/", f"{SERVICE_TOOL.parent}/")
+                .replace(str(DEFAULT_CONFIG), str(app.config_path)).replace("$MAINPID", str(app.proc.pid)))
+        done.append(subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=60))
+        if done[-1].returncode != 0:
+            break
+    return done
+
+
+def test_reload_refuses_a_broken_file_before_signalling_the_service(appliance):  # TL-04, issue 22 item 4
+    good = appliance.config_path.read_text()
+    with open(appliance.config_path, "a") as f:
+        f.write('garbage = [\n[storage_scp]\nport = 70000\n')
+    [validation] = reload_as_systemd(appliance)  # the signal is not sent
+    assert validation.returncode == 1
+    assert "is not valid TOML" in validation.stderr, validation.stderr
+    appliance.config_path.write_text(good + '[storage_scu]\nae_title = "NEW_SCU"\n')
+    assert [r.returncode for r in reload_as_systemd(appliance)] == [0, 0]
+    appliance.wait_log("configuration reloaded")
 
 
 def sysctl_values() -> dict[str, str]:
