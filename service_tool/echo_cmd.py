@@ -232,7 +232,9 @@ def echo(config: Config, target: Target) -> Echo:
         association = Association.over(sock, title, local, [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))],
                                          config.timeouts)  # VER/ILE (F.4.2.1.3.1.2)
     except Failed as exc:
-        result.failure = f"association: {exc}"
+        # A TLS listener drops a plain A-ASSOCIATE-RQ as a failed handshake (SE-07).
+        hint = "" if tls or "connection lost" not in str(exc) else "; if this is a TLS port, echo it with TLS"
+        result.failure = f"association: {exc}{hint}"
         return result
     result.association_ms = _since(step)
     try:

@@ -313,6 +313,8 @@ def test_tls_port_and_remote_tls_are_set_with_the_tool(make_appliance, tmp_path)
     assert ("STORAGE-SCP", tls_port, True) in {(l["ae"], l["port"], l["tls"]) for l in report["listeners"]}
     assert report["tls"]["problems"] == []  # verify_clients off: no CA bundle needed
     assert f"port {app.storage_port}, TLS port {tls_port}" in service_tool(app.config_path, "ae", "show").stdout
+    plain = service_tool(app.config_path, "echo", "127.0.0.1", str(tls_port), "--called", "EX_STORE_SCP")
+    assert plain.returncode == 1 and "if this is a TLS port, echo it with TLS" in plain.stdout + plain.stderr
     refused = service_tool(app.config_path, "ae", "set", "storage-scu", "--tls-port", "2762")
     assert refused.returncode == 2 and "never listens" in refused.stderr
     added = service_tool(app.config_path, "remote", "add", "PACS", "--host", "127.0.0.1", "--port", "2762",
