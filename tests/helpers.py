@@ -313,3 +313,11 @@ def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run a DCMTK tool with TCP_NODELAY=1 (Debian's DCMTK leaves Nagle on otherwise)."""
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def says_why(comment: str | None, reason: str) -> bool:
+    """UL-05: an Error Comment gives the reason its log line gives: all of it, or, beyond the 64
+    characters an LO holds, its start and "..."; "/" for each backslash, which an LO cannot hold."""
+    reason = reason.replace("\\", "/")
+    return bool(comment) and len(comment) <= 64 and (
+        comment == reason or comment.endswith("...") and reason.startswith(comment[:-3]))
