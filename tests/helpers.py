@@ -212,9 +212,10 @@ class Appliance:
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match:
+        """The first match of `pattern` in the log from character `since` on (a len(log()) taken earlier)."""
         try:
-            return wait_for(lambda: re.search(pattern, self.log()), f"a log line matching {pattern!r}", timeout)
+            return wait_for(lambda: re.search(pattern, self.log()[since:]), f"a log line matching {pattern!r}", timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}:\n{self.log()}") from None
 
@@ -321,3 +322,9 @@ def says_why(comment: str | None, reason: str) -> bool:
     reason = reason.replace("\\", "/")
     return bool(comment) and len(comment) <= 64 and (
         comment == reason or comment.endswith("...") and reason.startswith(comment[:-3]))
+
+
+def dcmtk_error_comment(output: str) -> str | None:
+    """The Error Comment of the response a DCMTK tool run with -d printed (its "Status Detail")."""
+    found = re.search(r"^D: \(0000,0902\) LO \[(.*)\] +#", output, re.M)
+    return found.group(1) if found else None
