@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 
 
 class DicomStatusError(Exception):
-    """A service failure that the protocol adapter turns into exactly this DIMSE status."""
+    """A refusal that the protocol adapter turns into exactly this DIMSE status; `why`, the reason
+    its log line gives, goes back as the response's Error Comment (UL-05)."""
 
     def __init__(self, status: int, why: str):
         super().__init__(f"0x{status:04X}: {why}")

@@ -104,6 +104,11 @@ class Modality:
 
 
 def n_action(assoc, ds: Dataset | None, action_type: int = 1, msg_id: int = 1) -> int:
+    return n_action_status(assoc, ds, action_type, msg_id).Status
+
+
+def n_action_status(assoc, ds: Dataset | None, action_type: int = 1, msg_id: int = 1) -> Dataset:
+    """As `n_action`, the whole status of the N-ACTION-RSP (Status, and ErrorComment on a failure)."""
     status, _ = assoc.send_n_action(ds, action_type, SCPM, SCPM_INSTANCE, msg_id=msg_id)
     assert "Status" in status, "no N-ACTION-RSP"
-    return status.Status
+    return status

@@ -117,6 +117,7 @@ class Response:
     failed: int | None
     warning: int | None
     failed_uids: list[str] | None = None  # None: no identifier, or none with the list
+    comment: str | None = None  # its Error Comment (UL-05)
 
     @property
     def counts(self) -> tuple:
@@ -146,7 +147,7 @@ def move(assoc, identifier: Dataset, destination: str, model: str = "S", on_resp
         responses.append(Response(status.Status, status.get("NumberOfRemainingSuboperations"),
                                   status.get("NumberOfCompletedSuboperations"),
                                   status.get("NumberOfFailedSuboperations"),
-                                  status.get("NumberOfWarningSuboperations"), failed))
+                                  status.get("NumberOfWarningSuboperations"), failed, status.get("ErrorComment")))
         if on_response is not None and on_response(assoc, responses):
             break
     assert responses, "no C-MOVE response"

@@ -230,9 +230,10 @@ class Appliance:
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match:
+        """The first match of `pattern` in the log from character `since` on (a len(log()) taken earlier)."""
         try:
-            return wait_for(lambda: re.search(pattern, self.log()), f"a log line matching {pattern!r}", timeout)
+            return wait_for(lambda: re.search(pattern, self.log()[since:]), f"a log line matching {pattern!r}", timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}:\n{self.log()}") from None
 
@@ -331,3 +332,17 @@ def dcmtk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run a DCMTK tool with TCP_NODELAY=1 (Debian's DCMTK leaves Nagle on otherwise)."""
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def says_why(comment: str | None, reason: str) -> bool:
+    """UL-05: an Error Comment gives the reason its log line gives: all of it, or, beyond the 64
+    characters an LO holds, its start and "..."; "/" for each backslash, which an LO cannot hold."""
+    reason = reason.replace("\\", "/")
+    return bool(comment) and len(comment) <= 64 and (
+        comment == reason or comment.endswith("...") and reason.startswith(comment[:-3]))
+
+
+def dcmtk_error_comment(output: str) -> str | None:
+    """The Error Comment of the response a DCMTK tool run with -d printed (its "Status Detail")."""
+    found = re.search(r"^D: \(0000,0902\) LO \[(.*)\] +#", output, re.M)
+    return found.group(1) if found else None

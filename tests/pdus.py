@@ -134,13 +134,13 @@ def p_data(message, context_id: int = 1, max_pdu: int = 16384, message_class=Non
     return encoded
 
 
-def c_echo(message_id: int = 1) -> list[bytes]:
+def c_echo(message_id: int = 1, context_id: int = 1) -> list[bytes]:
     from pynetdicom.dimse_primitives import C_ECHO
 
     message = C_ECHO()
     message.MessageID = message_id
     message.AffectedSOPClassUID = datasets.VERIFICATION
-    return p_data(message)
+    return p_data(message, context_id)
 
 
 def c_find(sop_class: str, identifier, message_id: int = 1) -> "object":

@@ -126,8 +126,12 @@ def query_contexts() -> list:
 
 def find(assoc, sop_class: str, identifier) -> list[tuple[int, object]]:
     """Every C-FIND response as (status, identifier or None), the final one included."""
-    responses = [(status.Status, found) for status, found in assoc.send_c_find(identifier, sop_class)
-                 if "Status" in status]
+    return [(status.Status, found) for status, found in find_statuses(assoc, sop_class, identifier)]
+
+
+def find_statuses(assoc, sop_class: str, identifier) -> list[tuple[Dataset, object]]:
+    """As `find`, with each response's whole status (Status, and ErrorComment on a failure)."""
+    responses = [(status, found) for status, found in assoc.send_c_find(identifier, sop_class) if "Status" in status]
     assert responses, "no C-FIND response"
     return responses
 

@@ -17,8 +17,8 @@ from pynetdicom.pdu import P_DATA_TF
 import datasets
 import pdus
 import scu
-from commitment_peer import SCPM, SCPM_INSTANCE, Modality, n_action, request
-from helpers import dcmtk, free_port
+from commitment_peer import SCPM, SCPM_INSTANCE, Modality, n_action, n_action_status, request
+from helpers import dcmtk, free_port, says_why
 from query_archive import uid
 
 MODALITY = "MODALITY1"
@@ -114,17 +114,39 @@ def test_an_instance_stored_after_the_request_is_not_committed(make_appliance, t
 ], ids=["action-type", "no-transaction", "empty-transaction", "no-sequence", "empty-sequence", "no-instance",
         "empty-class"])
 def test_invalid_requests_are_refused_and_not_kept(make_appliance, tmp_path, change, code, why):
-    """SC-01, SC-04, SC-05: the status, an ERROR line, and no report."""
+    """SC-01, SC-04, SC-05: the status with the reason in its Error Comment (UL-05), a line with
+    that reason (a WARNING: the requester's mistake, issue 22), and no report."""
     app, modality, references = commit_archive(make_appliance, tmp_path, count=2)
     ds = request("1.2.3.103", references)
     change(ds)
     assoc = modality.associate(app.storage_port)
     try:
-        assert n_action(assoc, ds, action_type=2 if code == 0x0123 else 1) == code
+        refused = n_action_status(assoc, ds, action_type=2 if code == 0x0123 else 1)
     finally:
         assoc.release()
-    app.wait_log(rf"ERROR appliance.commitment: .*N-ACTION #1 \(Storage Commitment\) status 0x{code:04X}: {why}")
+    assert refused.Status == code
+    logged = app.wait_log(rf"WARNING appliance.commitment: .*N-ACTION #1 \(Storage Commitment\) status 0x{code:04X}: "
+                          rf"({why}.*)")
+    assert says_why(refused.get("ErrorComment"), logged.group(1)), (refused.get("ErrorComment"), logged.group(1))
     assert app.index_rows("SELECT COUNT(*) FROM commitment_request") == [(0,)] and modality.received == []
+
+
+def test_a_request_the_index_cannot_keep_is_0110_with_an_alert(make_appliance, tmp_path):
+    """SC-03, LG-09: the index file removed under the running service: 0110, an ALERT naming
+    the cause (the service's own problem), the same reason in the Error Comment (UL-05)."""
+    app, modality, references = commit_archive(make_appliance, tmp_path, count=1)
+    for suffix in ("", "-wal", "-shm"):
+        (app.data_dir / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    assoc = modality.associate(app.storage_port)
+    try:
+        refused = n_action_status(assoc, request("1.2.3.104", references))
+    finally:
+        assoc.release()
+    assert refused.Status == 0x0110
+    logged = app.wait_log(r"ALERT appliance.commitment: .*N-ACTION #1 \(Storage Commitment\) transaction 1.2.3.104 "
+                          r"status 0x0110: (the request cannot be kept: .*)")
+    assert says_why(refused.get("ErrorComment"), logged.group(1)), (refused.get("ErrorComment"), logged.group(1))
+    assert modality.received == []
 
 
 @pytest.mark.parametrize("release_at", ["after-the-response", "instead-of-answering"])

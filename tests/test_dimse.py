@@ -235,3 +235,23 @@ def test_a_response_echoes_the_request_s_uid_bytes_whatever_they_are():
                 dimse.AFFECTED_SOP_CLASS: b"1.2.840.10008.1.\xff", dimse.DATA_SET_TYPE: dimse.us(dimse.NO_DATA_SET)}
     answer = Command.decode(dimse.response(Command.decode(dimse.encode_command(elements)), 0x0000))
     assert answer.elements[dimse.AFFECTED_SOP_CLASS] == b"1.2.840.10008.1.\xff\0"
+
+
+@pytest.mark.parametrize("reason, comment", [
+    ("disk full", "disk full"),  # odd: padded with a space
+    ("x" * 64, "x" * 64),
+    ("the index cannot answer: OperationalError: " + "database is locked " * 3,
+     "the index cannot answer: OperationalError: database is locked..."),
+    ("x" * 60 + " and more", "x" * 60 + "..."),  # the space before the cut goes
+    ("StudyInstanceUID '1.2\\3' is not a valid UID", "StudyInstanceUID '1.2/3' is not a valid UID"),
+    ("PatientName 'Müller' cannot be read:\nline two\x00", "PatientName 'M?ller' cannot be read: line two"),
+], ids=["short", "64", "long", "cut-at-a-space", "backslash", "not-ascii"])
+def test_the_error_comment_says_the_reason_as_lo_holds_it(reason, comment):
+    """UL-05: a failure's Error Comment (0000,0902, LO) is its logged reason in the default
+    repertoire, at most 64 characters, no backslash (LO's separator), no control characters; a
+    longer reason keeps its start. The command set is the one pynetdicom writes for that comment."""
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = 7, datasets.CT, 0xA900
+    rsp.AffectedSOPInstanceUID, rsp.ErrorComment = "1.2.3.45", comment
+    command, _ = pynetdicom_bytes(C_STORE_RSP, rsp)
+    assert dimse.response(request(dimse.C_STORE_RQ, 7, datasets.CT, "1.2.3.45"), 0xA900, comment=reason) == command

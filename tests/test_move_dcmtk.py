@@ -29,7 +29,7 @@ from pydicom.filereader import read_file_meta_info
 import datasets
 import query_archive
 from destinations import Response
-from helpers import dcmtk, wait_for
+from helpers import dcmtk, dcmtk_error_comment, says_why, wait_for
 from helpers import storescp as storescp_process
 from query_archive import uid
 
@@ -292,15 +292,17 @@ def test_a_move_without_matches_opens_no_association(move_archive, destination):
 def test_an_unknown_destination_gets_A801_and_nothing_is_sent(move_archive, destination):
     """QM-04: a Move Destination not in remote_aes: final A801 without pending responses or
     counts, movescu exits with its C-MOVE error code, nothing is sent anywhere; the refusal is
-    logged as an error (LG-06)."""
+    logged (LG-06) as a WARNING, the requester's mistake (issue 22), and its reason is the A801's
+    Error Comment, which movescu -d prints (UL-05)."""
     start = len(move_archive.log())
     moved = movescu(move_archive, "-S", "STUDY", [f"StudyInstanceUID={S1}"], destination="NOWHERE")
     assert moved.responses == [Response(DESTINATION_UNKNOWN, None, None, None, None)], moved.output
     assert "Refused: MoveDestinationUnknown" in moved.output, moved.output
     assert moved.returncode == EXIT_CMOVE_ERROR, moved.output
     assert destination.files() == [] and associations(destination.log()) == [], destination.log()
-    move_archive.wait_log(rf"ERROR appliance\.qr_scp: QUERY-RETRIEVE-SCP #\d+ {REQUESTER}@127\.0\.0\.1:\d+: "
-                          r"C-MOVE #\d+ to NOWHERE status 0xA801")
+    logged = move_archive.wait_log(rf"WARNING appliance\.qr_scp: QUERY-RETRIEVE-SCP #\d+ {REQUESTER}@127\.0\.0\.1:\d+: "
+                                   r"C-MOVE #\d+ to NOWHERE status 0xA801: (.*)", since=start)
+    assert says_why(dcmtk_error_comment(moved.output), logged.group(1)), moved.output
     assert "STORAGE-SCU" not in move_archive.log()[start:], move_archive.log()[start:]
 
 
@@ -309,7 +311,8 @@ def test_a_destination_that_does_not_listen_gets_A702_and_an_alert(move_archive,
     (Remaining 3, QM-07) the final response is A702 with Completed 0 and all 3 instances
     failed and listed in Failed SOP Instance UID List (QM-11; never B000, QM-10), movescu
     exits with its C-MOVE error code; the appliance raises an alert naming the destination
-    (LG-09) and logs the A702 as an error (LG-06). SU-04: no open retries by default."""
+    (LG-09) and logs the A702 as an error (LG-06), its reason in the A702's Error Comment too
+    (UL-05). SU-04: no open retries by default."""
     start = len(move_archive.log())
     moved = movescu(move_archive, "-S", "STUDY", [f"StudyInstanceUID={S1}"], destination="DOWN")
     assert moved.responses == [Response(PENDING, 3, 0, 0, 0), Response(SUBOPERATIONS_FAILED, None, 0, 3, 0)], \
@@ -320,8 +323,10 @@ def test_a_destination_that_does_not_listen_gets_A702_and_an_alert(move_archive,
     assert failed_list and labels(failed_list.group(1).split("\\")) == ["S1.1.1", "S1.1.2", "S1.2.1"], moved.output
     assert moved.returncode == EXIT_CMOVE_ERROR, moved.output
     port = move_archive.destination_ports["DOWN"]
-    move_archive.wait_log(rf"ERROR appliance\.qr_scp: QUERY-RETRIEVE-SCP #\d+ {REQUESTER}@127\.0\.0\.1:\d+: "
-                          r"C-MOVE #\d+ to DOWN: .*status 0xA702")
+    logged = move_archive.wait_log(rf"ERROR appliance\.qr_scp: QUERY-RETRIEVE-SCP #\d+ {REQUESTER}@127\.0\.0\.1:\d+: "
+                                   r"C-MOVE #\d+ to DOWN: .*status 0xA702: (no association: cannot connect .*)",
+                                   since=start)
+    assert says_why(dcmtk_error_comment(moved.output), logged.group(1)), moved.output
     log = move_archive.log()[start:]
     alerts = [line for line in log.splitlines() if " ALERT " in line]
     assert len(alerts) == 1 and f"{STORE_SCU}->DOWN@127.0.0.1:{port}" in alerts[0], log

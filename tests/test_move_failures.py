@@ -13,7 +13,7 @@ from pynetdicom.presentation import build_context
 import datasets
 import scu
 from destinations import Destination, cancel, move, move_contexts, move_identifier
-from helpers import free_port, unread_bytes, wait_for
+from helpers import free_port, says_why, unread_bytes, wait_for
 from query_archive import uid
 
 PID_1 = [uid("S1.1.1"), uid("S1.1.2"), uid("S1.2.1"), uid("S2.1.1")]  # move order of patient PID-1
@@ -42,7 +42,8 @@ def destinations():
 
 def test_a_failed_instance_stops_the_export_with_a702(move_archive, requester, destinations):
     """QM-11, SU-08: the 3rd C-STORE answered A700: nothing more is sent; A702 with Completed 2
-    and Failed 2 (the failed one and the one never attempted), listed by UID; an ALERT line."""
+    and Failed 2 (the failed one and the one never attempted), listed by UID; an ALERT line.
+    UL-05: the A702's Error Comment gives the reason the service log gives."""
     dest = destinations("DEST", move_archive.destination_ports["DEST"], answer=lambda n: 0xA700 if n == 3 else 0)
     responses = move(requester, PATIENT_1, "DEST", "P")
     assert [(r.status, r.counts) for r in responses] == [
@@ -51,7 +52,11 @@ def test_a_failed_instance_stops_the_export_with_a702(move_archive, requester, d
     assert [a.sop_instance for a in dest.arrivals] == PID_1[:3]
     assert dest.released.wait(5)  # SU-08: released, not aborted
     move_archive.wait_log(rf"ALERT appliance.storage_scu: STORAGE-SCU #\d+ EX_STORE_SCU->DEST@127.0.0.1:\d+: export "
-                          rf"stopped after 2 of 4 instances: {PID_1[2]}: the destination answered C-STORE status 0xA700")
+                          rf"stopped after 2 of 4 instances: the destination answered C-STORE status 0xA700 to "
+                          rf"{PID_1[2]}")
+    logged = move_archive.wait_log(r"ERROR appliance.qr_scp: .*VIEWER@.*C-MOVE #\d+ to DEST: 2 sent .* status 0xA702: "
+                                   rf"(the destination answered C-STORE status 0xA700 to {PID_1[2]})")
+    assert says_why(responses[-1].comment, logged.group(1)), (responses[-1].comment, logged.group(1))
 
 
 def test_destination_that_aborts_is_a702(move_archive, requester, destinations):
@@ -269,7 +274,8 @@ def test_a_missing_file_is_a702_and_an_alert(make_appliance, destinations, tmp_p
 
 
 def test_index_that_cannot_answer_is_a701(appliance):
-    """QM-13: the index is gone: A701 with an ALERT line; the service goes on (C-ECHO)."""
+    """QM-13: the index is gone: A701 with an ALERT line; the service goes on (C-ECHO). UL-05:
+    the A701's Error Comment gives the cause."""
     for suffix in ("", "-wal", "-shm"):
         (appliance.data_dir / f"index.sqlite{suffix}").unlink(missing_ok=True)
     appliance.write_config({**appliance.config, "remote_aes": [{"ae_title": "DEST", "host": "127.0.0.1", "port": 1}]})
@@ -279,5 +285,7 @@ def test_index_that_cannot_answer_is_a701(appliance):
         responses = move(assoc, move_identifier("STUDY", StudyInstanceUID="1.2.3"), "DEST")
         assert [r.status for r in responses] == [0xA701]
         assert scu.echo_status(assoc) == 0
-    appliance.wait_log(r"ALERT appliance.qr_scp: .*C-MOVE #\d+ to DEST Study Root STUDY \(1 StudyInstanceUID\): "
-                       r"status 0xA701: the index cannot list the matches: OperationalError")
+    logged = appliance.wait_log(r"ALERT appliance.qr_scp: .*C-MOVE #\d+ to DEST Study Root STUDY "
+                                r"\(1 StudyInstanceUID\): status 0xA701: (the index cannot list the matches: "
+                                r"OperationalError.*)")
+    assert says_why(responses[0].comment, logged.group(1)), (responses[0].comment, logged.group(1))

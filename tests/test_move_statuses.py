@@ -10,6 +10,7 @@ import datasets
 import scu
 from conftest import MOVE_DESTINATIONS
 from destinations import Destination, move, move_contexts, move_identifier
+from helpers import says_why
 from query_archive import uid
 
 STUDY_S1 = [uid("S1.1.1"), uid("S1.1.2"), uid("S1.2.1")]  # two series, in instance-number order
@@ -96,11 +97,13 @@ def test_zero_matches_is_a_pending_then_success_and_no_association(requester, de
 
 
 def test_unknown_destination_is_a801_before_the_identifier(move_archive, requester):
-    """QM-04, QM-18: A801 even for an identifier that would be A900; logged; nothing sent."""
+    """QM-04, QM-18: A801 even for an identifier that would be A900; logged; nothing sent.
+    UL-05: the Error Comment says why; issue 22: the requester's mistake is a WARNING."""
     responses = move(requester, move_identifier("NOLEVEL"), "NOWHERE")
     assert [r.status for r in responses] == [0xA801]
-    move_archive.wait_log(r"ERROR appliance.qr_scp: .*VIEWER@.*C-MOVE #\d+ to NOWHERE status 0xA801: "
-                          r"move destination unknown")
+    logged = move_archive.wait_log(r"WARNING appliance.qr_scp: .*VIEWER@.*C-MOVE #\d+ to NOWHERE status 0xA801: "
+                                   r"(no remote AE NOWHERE with move_destination = true)")
+    assert says_why(responses[0].comment, logged.group(1)), (responses[0].comment, logged.group(1))
 
 
 @pytest.mark.parametrize("identifier, why", [
@@ -116,14 +119,18 @@ def test_unknown_destination_is_a801_before_the_identifier(move_archive, request
     (dict(level="PATIENT", PatientID="PID-1"), r"Query/Retrieve Level PATIENT is not part of Study Root"),
 ], ids=["no-level", "no-key", "empty-key", "wildcard", "no-parent", "parent-list", "below-level", "patient-in-sr"])
 def test_identifier_errors_are_a900_and_logged(move_archive, requester, dest, identifier, why):
-    """QM-05, QM-06: A900 with the reason in the service log, and nothing sent."""
+    """QM-05, QM-06: A900 with the reason in the service log (a WARNING: the requester's mistake,
+    issue 22) and in the Error Comment (UL-05), and nothing sent."""
     level = identifier.pop("level", None)
     ds = move_identifier(level, **identifier) if level else move_identifier("", **identifier)
     if not level:
         del ds.QueryRetrieveLevel
+    start = len(move_archive.log())
     responses = move(requester, ds, "DEST")
     assert [r.status for r in responses] == [0xA900]
-    move_archive.wait_log(r"ERROR appliance.qr_scp: .*C-MOVE #\d+ to DEST status 0xA900: " + why)
+    logged = move_archive.wait_log(rf"WARNING appliance.qr_scp: .*C-MOVE #\d+ to DEST status 0xA900: ({why}.*)",
+                                   since=start)
+    assert says_why(responses[0].comment, logged.group(1)), (responses[0].comment, logged.group(1))
     assert dest.proposals == []
 
 

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 
 import query_archive
-from helpers import Appliance
+from helpers import Appliance, dcmtk, dcmtk_error_comment, says_why
 from query_archive import uid
 
 CALLED = "EX_QUERY_SCP"
@@ -201,10 +201,25 @@ REFUSED = {
 def test_findscu_reads_the_refusals(archive_appliance, tmp_path, model, keys, reported, code, calling):
     """QF-17 (A900 for an identifier that does not fit the model: QF-02, QF-03) and QF-15/QF-16
     (C001 for a top-level query that names nobody, D-8): findscu gets no pending response and
-    reads the final status as meant; the appliance logs the refusal as an error (QF-17, LG-06,
-    LG-07: AE, peer, association, status)."""
+    reads the final status as meant; the appliance logs the refusal (QF-17, LG-06, LG-07: AE,
+    peer, association, status) as a WARNING: the requester's mistake, not the service's (issue 22)."""
     found = findscu(archive_appliance, tmp_path / "out", model, keys, calling=calling)
     assert found.final == reported, found.output
     assert found.pending == [] and found.identifiers == [], found.output
     archive_appliance.wait_log(
-        rf"ERROR [\w.]+: QUERY-RETRIEVE-SCP #\d+ {calling}@127\.0\.0\.1:\d+: C-FIND #1 status {code}: ")
+        rf"WARNING [\w.]+: QUERY-RETRIEVE-SCP #\d+ {calling}@127\.0\.0\.1:\d+: C-FIND #1 status {code}: ")
+
+
+def test_findscu_shows_why_a_query_is_refused(archive_appliance):
+    """Issue 22 item 2, UL-05: `findscu -S -k PatientName=*` printed nothing, and with -v only
+    "Failed: UnableToProcess". The C001 carries the reason of its log line in its Error Comment,
+    which findscu -d prints."""
+    start = len(archive_appliance.log())
+    run = dcmtk("findscu", "-d", "-S", "-aet", "FIND_C001_WHY", "-aec", CALLED, "-k", "QueryRetrieveLevel=STUDY",
+                "-k", "PatientName=*", "127.0.0.1", str(archive_appliance.qr_port))
+    output = run.stdout + run.stderr
+    assert re.search(r"^D: DIMSE Status +: 0xc001: Failed: Unable to process$", output, re.M), output
+    logged = archive_appliance.wait_log(r"WARNING appliance\.qr_scp: QUERY-RETRIEVE-SCP #\d+ FIND_C001_WHY@"
+                                        r"127\.0\.0\.1:\d+: C-FIND #1 status 0xC001: (no value for PatientID, "
+                                        r"PatientName .*)", since=start)
+    assert says_why(dcmtk_error_comment(output), logged.group(1)), output

@@ -7,6 +7,7 @@ import pytest
 import scu
 from datasets import PATIENT_ROOT_FIND as PR
 from datasets import STUDY_ROOT_FIND as SR
+from helpers import says_why
 from query_archive import uid
 from test_query_matching import identifier
 
@@ -41,24 +42,29 @@ REFUSED = [
                              "SeriesNumber": "one"}, A900, "'one' is not an integer string"),
     # D-8: the Patient-ID-or-Name rules answer C001 (QF-15, QF-16)
     ("pr-patient-empty", PR, {"QueryRetrieveLevel": "PATIENT", "PatientID": "", "PatientName": ""}, C001,
-     "needs a value for PatientID or PatientName"),
+     "no value for PatientID or PatientName: a Patient Root PATIENT query needs one"),
     ("pr-patient-only-stars", PR, {"QueryRetrieveLevel": "PATIENT", "PatientID": "*", "PatientName": "**"},
-     C001, "needs a value for PatientID or PatientName"),
+     C001, "no value for PatientID or PatientName"),
     ("pr-patient-other-key", PR, {"QueryRetrieveLevel": "PATIENT", "PatientBirthDate": "19700101"}, C001,
-     "needs a value for PatientID or PatientName"),
+     "no value for PatientID or PatientName"),
     ("sr-study-empty", SR, {"QueryRetrieveLevel": "STUDY", "PatientName": "", "StudyDate": ""}, C001,
-     "needs a value for PatientID or PatientName or a study key"),
+     "no value for PatientID, PatientName or a study key: a Study Root STUDY query needs one"),
     ("sr-study-sex-only", SR, {"QueryRetrieveLevel": "STUDY", "PatientSex": "F"}, C001,
-     "needs a value for PatientID or PatientName or a study key"),
+     "no value for PatientID, PatientName or a study key"),
 ]
 
 
 @pytest.mark.parametrize("model,keys,status,reason", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 def test_refused(archive_appliance, qr, model, keys, status, reason):
-    """QF-02, QF-03, QF-15..QF-17, LG-06: one failure response, no pending, an error log line."""
-    assert scu.find(qr, model, scu.identifier(keys)) == [(status, None)]
-    archive_appliance.wait_log(rf"ERROR appliance.qr_scp: QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: C-FIND #\d+ "
-                               rf"status 0x{status:04X}: .*{reason}")
+    """QF-02, QF-03, QF-15..QF-17, LG-06: one failure response, no pending, a log line with the
+    reason; UL-05: the response's Error Comment gives that reason. Issue 22: the requester's
+    mistake is a WARNING, not an error of the service."""
+    start = len(archive_appliance.log())
+    [(final, found)] = scu.find_statuses(qr, model, scu.identifier(keys))
+    assert (final.Status, found) == (status, None)
+    logged = archive_appliance.wait_log(rf"WARNING appliance.qr_scp: QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: C-FIND #\d+ "
+                                        rf"status 0x{status:04X}: (.*{reason}.*)", since=start)
+    assert says_why(final.get("ErrorComment"), logged.group(1)), (final.get("ErrorComment"), logged.group(1))
 
 
 ACCEPTED = [

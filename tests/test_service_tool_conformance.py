@@ -261,3 +261,16 @@ def test_help():
     assert result.returncode == 0
     assert result.stdout.startswith("usage: service-tool conformance")
     assert "--format {markdown,html}" in result.stdout and "--output FILE" in result.stdout
+
+
+def test_each_table_of_statuses_returned_says_that_a_refusal_says_why(tmp_path):
+    """UL-05: after the tables of the statuses the SCPs return (C-STORE, N-ACTION, C-FIND,
+    C-MOVE) the statement says that failures and warnings carry an Error Comment; not after the
+    tables of statuses the service reads (N-EVENT-REPORT, STORAGE-SCU's C-STORE)."""
+    text = statement(tmp_path, "")
+    after = dict(re.findall(r"^Table: (.*)\n\n(?:\|.*\n)+\n(?=(.*)$)", text, re.M))  # caption: what follows
+    says = "Every failure and warning response carries an Error Comment (0000,0902) with the reason the service log"
+    assert {caption for caption, paragraph in after.items() if paragraph.startswith(says)} == {
+        "STORAGE-SCP C-STORE Response Status Return Reasons", "STORAGE-SCP N-ACTION Response Status Return Reasons",
+        "QUERY-RETRIEVE-SCP C-FIND Response Status Return Behaviour",
+        "QUERY-RETRIEVE-SCP C-MOVE Response Status Return Behaviour"}

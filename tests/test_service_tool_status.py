@@ -13,11 +13,15 @@ import stat
 from pathlib import Path
 
 import pytest
+from pynetdicom.presentation import build_context
 
 import datasets
+import pdus
 import scu
 from appliance.store import summary
 from appliance.store.db import Index
+from commitment_peer import SCPM, n_action
+from commitment_peer import request as commitment_request
 from destinations import move, move_contexts, move_identifier
 from helpers import fill_until_percent, free_port, percent_free, service_tool
 from query_archive import populate, uid
@@ -90,6 +94,37 @@ def test_status_of_a_stopped_service_reads_the_index_and_log_itself(make_applian
     instances = app.index_rows("SELECT COUNT(*) FROM instance")[0][0]
     assert instances > 0 and report["archive"]["instances"] == instances
     assert report["problems"]["recent"] == []
+
+
+def test_the_requesters_mistakes_are_not_errors_of_the_service(make_appliance, tmp_path):
+    """Issue 22 item 2, TL-07: requests refused for what the requester sent (C-FIND C001 and
+    A900, C-MOVE to an unknown destination A801, a C-STORE data set without its Study Instance UID
+    A900, an N-ACTION without Transaction UID 0120, a PDU on a context never accepted, a wrong
+    called AE title) are WARNING lines in the log; `status` counts no error and lists no problem."""
+    app = make_appliance()
+    with scu.association(app.qr_port, "EX_QUERY_SCP", move_contexts()) as assoc:
+        assert scu.find(assoc, datasets.STUDY_ROOT_FIND, scu.identifier(
+            {"QueryRetrieveLevel": "STUDY", "PatientName": "*"})) == [(0xC001, None)]
+        assert scu.find(assoc, datasets.STUDY_ROOT_FIND, scu.identifier({"QueryRetrieveLevel": "FOO"})) == [
+            (0xA900, None)]
+        assert [r.status for r in move(assoc, move_identifier("STUDY", StudyInstanceUID="1.2.3"), "NOWHERE")] == [
+            0xA801]
+    no_study = datasets.image()
+    del no_study.StudyInstanceUID
+    with scu.association(app.storage_port) as assoc:
+        assert scu.send_file(assoc, datasets.write(no_study, tmp_path / "no-study.dcm")) == 0xA900
+    no_transaction = commitment_request("1.2.3", [(datasets.CT, "1.2.3.4")])
+    del no_transaction.TransactionUID
+    with scu.association(app.storage_port, contexts=[build_context(SCPM)]) as assoc:
+        assert n_action(assoc, no_transaction) == 0x0120
+    with contextlib.closing(pdus.associated(app.storage_port)) as sock:
+        sock.sendall(b"".join(pdus.c_echo(context_id=99)))
+        assert pdus.closed_by_peer(sock)
+    assert scu.echo(app.storage_port, "WRONG_TITLE") != 0x0000
+    wait_for(lambda: len(re.findall(r" WARNING appliance\.\w+: ", app.log())) == 7, "seven WARNING lines")
+    code, report = status(app)
+    assert report["problems"] == {"counts": {}, "recent": []}, app.log()
+    assert "errors and alerts since start: none" in service_tool(app.config_path, "status").stdout
 
 
 def received_days_ago(app, *ages: float) -> None:

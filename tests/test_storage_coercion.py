@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 import datasets
 import scu
 from datasets import CT, US
-from helpers import Appliance, wait_for
+from helpers import Appliance, dcmtk, dcmtk_error_comment, says_why, wait_for
 
 SUCCESS, COERCED = 0x0000, 0xB000
 DEFAULTS = {"patient_name": "UNKNOWN^PATIENT", "patient_id": "NOID", "patient_birth_date": "19000101",
@@ -164,12 +164,33 @@ def test_no_coercion_warning_when_nothing_coerced(configured, tmp_path):
 
 
 def test_coercion_warning_for_patient_id(configured, tmp_path):
-    """ST-14 with EL-06: a coerced Patient ID gives B000 when enabled."""
+    """ST-14 with EL-06: a coerced Patient ID gives B000 when enabled. UL-05: the warning's Error
+    Comment names what was coerced, as its log line does."""
     pid = "PID-" + generate_uid()[-12:]
     assert store(configured, tmp_path, datasets.image(CT, patient_name="A^B", patient_id=pid))[0] == SUCCESS
     ds = datasets.image(CT, patient_name="C^D", patient_id=pid)
-    assert store(configured, tmp_path, ds)[0] == COERCED
+    with scu.association(configured.storage_port) as assoc:
+        response = scu.store_response(assoc, datasets.write(ds, tmp_path / "coerced.dcm"))
+    assert response.Status == COERCED
     assert indexed(configured, ds.SOPInstanceUID)[0]["patient_id"] == f"{pid}_2"
+    logged = configured.wait_log(rf"INFO appliance\.storage_scp: .*C-STORE {ds.SOPInstanceUID} class [\d.]+ "
+                                 r"status 0xB000: (stored; coerced PatientID)\n")
+    assert says_why(response.get("ErrorComment"), logged.group(1)), response
+
+
+def test_storescu_reads_what_was_coerced(configured, tmp_path):
+    """ST-14, EL-02, UL-05 with DCMTK: storescu -d prints the B000's Error Comment, the elements
+    given their default value, as the service log names them."""
+    ds = datasets.image(US)
+    for keyword in ("StudyDate", "AccessionNumber"):
+        delattr(ds, keyword)
+    run = dcmtk("storescu", "-d", "-aec", configured.storage_title, "127.0.0.1", str(configured.storage_port),
+                str(datasets.write(ds, tmp_path / "defaults.dcm")))
+    assert run.returncode == 0 and re.search(r"^D: DIMSE Status +: 0xb000: Warning", run.stdout + run.stderr, re.M), \
+        run.stdout + run.stderr
+    logged = configured.wait_log(rf"INFO appliance\.storage_scp: .*C-STORE {ds.SOPInstanceUID} class [\d.]+ "
+                                 r"status 0xB000: (stored; coerced StudyDate, AccessionNumber)\n")
+    assert says_why(dcmtk_error_comment(run.stdout + run.stderr), logged.group(1)), run.stdout + run.stderr
 
 
 def duplicate_pair():

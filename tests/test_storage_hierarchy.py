@@ -22,7 +22,7 @@ from pydicom.filereader import read_file_meta_info
 
 import datasets
 import scu
-from helpers import Appliance, free_port, service_tool, wait_for
+from helpers import Appliance, free_port, says_why, service_tool, wait_for
 from helpers import storescp as storescp_process
 from query_archive import label, uid
 from test_move_dcmtk import DESTINATION, StoreSCP, assert_progress, movescu
@@ -108,15 +108,16 @@ def as_rows(sent: list[Sent]) -> list[tuple[str, str, str, str]]:
 
 
 def test_conflicts_are_refused_or_filed_where_the_instance_says(app):
-    """ST-26: "refuse": A900 with an Error Comment that begins with the conflict, one log line
-    naming both parents, nothing stored. "keep": 0000, a warning, and the instance under the
-    study and series it names. EL-07: ALPHA's name in other case is no conflict."""
+    """ST-26: "refuse": A900 with an Error Comment that begins with the conflict (UL-05), one
+    log line naming both parents (a WARNING: the sender's data, issue 22), nothing stored.
+    "keep": 0000, a warning, and the instance under the study and series it names. EL-07:
+    ALPHA's name in other case is no conflict."""
     for sent in SENT:
         response = app.responses[sent.instance]
         if sent.conflict and app.policy == "refuse":
             assert response.Status == MISMATCH, sent.instance
-            assert response.ErrorComment == sent.conflict[:64], sent.instance
-            app.wait_log(rf"ERROR appliance\.storage_scp: .*C-STORE {re.escape(uid(sent.instance))} class "
+            assert says_why(response.ErrorComment, sent.conflict), (response.ErrorComment, sent.conflict)
+            app.wait_log(rf"WARNING appliance\.storage_scp: .*C-STORE {re.escape(uid(sent.instance))} class "
                          rf"{re.escape(datasets.CT)} status 0xA900: {re.escape(sent.conflict)}\n")
         else:
             assert response.Status == SUCCESS and "ErrorComment" not in response, sent.instance

@@ -1,8 +1,10 @@
 """STORAGE-SCP C-STORE statuses (F.4.2.3.4.1.4, Annex F.8.1.1), sent with pynetdicom.
 
 Each refused dataset travels on an association that first stored a good instance: the refusal
-is logged with its status in hex (LG-05/LG-07), leaves nothing in store/, spool/ or the index
-(ST-08..ST-12), keeps the earlier instance, and the service still answers C-ECHO.
+is logged with its status in hex and its reason (LG-05/LG-07), as a WARNING (the sender's data,
+not the service's problem: issue 22), the reason also in the response's Error Comment (UL-05);
+it leaves nothing in store/, spool/ or the index (ST-08..ST-12), keeps the earlier instance, and
+the service still answers C-ECHO.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydicom.uid import generate_uid
 import datasets
 import scu
 from datasets import CT, ELE, ILE, MR
-from helpers import Appliance
+from helpers import Appliance, says_why
 
 SUCCESS, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC000
 
@@ -69,9 +71,12 @@ def assert_refused(app, tmp_path, path, uid, expected):
     files_before = set(app.stored_files())
     with scu.association(app.storage_port) as assoc:
         assert scu.send_file(assoc, good) == SUCCESS
-        assert scu.send_file(assoc, path) == expected
+        refused = scu.store_response(assoc, path)
+        assert refused.Status == expected
         assert scu.echo_status(assoc) == SUCCESS
-    app.wait_log(rf"C-STORE {re.escape(uid)} class [\d.]+ status 0x{expected:04X}: \S")
+    logged = app.wait_log(rf"WARNING appliance\.storage_scp: .*C-STORE {re.escape(uid)} class [\d.]+ "
+                          rf"status 0x{expected:04X}: (\S.*)")
+    assert says_why(refused.get("ErrorComment"), logged.group(1)), (refused.get("ErrorComment"), logged.group(1))
     [kept] = datasets.stored_paths(app, good_ds.SOPInstanceUID)
     assert set(app.stored_files()) - files_before == {kept}
     assert datasets.dataset_bytes(kept) == datasets.dataset_bytes(good)

@@ -9,20 +9,24 @@ import ast
 import contextlib
 import json
 import os
+import re
 import resource
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_CANCEL
+from pynetdicom.dsutils import decode
 
 import datasets
 import pdus
 import query_archive
 import scu
-from helpers import REPO, Appliance, service_tool, wait_for
+from helpers import REPO, Appliance, says_why, service_tool, wait_for
 
 SUCCESS, CANCEL = 0x0000, 0xFE00
 SILENT = 1000
@@ -186,6 +190,33 @@ def test_rejected_released_and_aborted_associations_leave_nothing_behind(applian
     assert appliance.log().count("association rejected") == REJECTED + 200
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a peer that gives up hard does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_connections_that_end_before_their_association_is_used_are_not_errors(appliance):
+    """Issue 22 item 10, LG-08: peers that close or reset the connection before any PDU, or right
+    after their A-ASSOCIATE-RQ (they gave up waiting, or only tried the port), leave an INFO
+    line each and no ERROR; `status` counts no error, its errors being the service's problems."""
+    port = appliance.storage_port
+    pdus.connect(port).close()
+    _reset(pdus.connect(port))
+    for end in (socket.socket.close, _reset):  # the A-ASSOCIATE-RQ sent, the A-ASSOCIATE-AC not waited for
+        sock = pdus.connect(port)
+        sock.sendall(pdus.request())
+        end(sock)
+    pdus.associated(port).close()  # the A-ASSOCIATE-AC read, nothing sent on the association
+    ended = (r"INFO appliance\.association: STORAGE-SCP #\d+ \S+: connection (closed by the peer before an association "
+             r"request|lost[^\n]*; nothing came after the A-ASSOCIATE-RQ \(the peer gave up, or only tried the port\); "
+             r"0 instances stored)")
+    wait_for(lambda: len(re.findall(ended, appliance.log())) == 5, "an INFO line for each connection")
+    assert "nothing came after the A-ASSOCIATE-RQ" in appliance.log() and " ERROR " not in appliance.log(), \
+        appliance.log()
+    assert status(appliance)["problems"] == {"counts": {}, "recent": []}
+
+
 def test_a_cancel_already_in_the_socket_stops_a_c_find_before_its_first_match(make_appliance):
     """UL-04, QF-19: a C-CANCEL-RQ that arrives with the C-FIND-RQ, before the first Pending is
     sent, stops a query of 150 matches at once: FE00 and no Pending."""
@@ -209,6 +240,21 @@ def test_a_cancel_already_in_the_socket_stops_a_c_find_before_its_first_match(ma
                     statuses.append(int.from_bytes(fragment[-2:], "little"))  # Status is the last element
     assert statuses == [CANCEL]
     app.wait_log(r"C-FIND #7 Study Root IMAGE [^\n]*: cancelled by the peer after 0 matches, status 0xFE00")
+
+
+def test_an_operation_not_offered_on_its_context_is_0211_saying_so(appliance):
+    """UL-05: a C-FIND-RQ on the Verification context is answered 0211 (unrecognised operation)
+    with the reason in its Error Comment; the requester's mistake is a WARNING (issue 22)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    with contextlib.closing(pdus.associated(appliance.qr_port, called="EX_QUERY_SCP")) as sock:
+        sock.sendall(b"".join(pdus.p_data(pdus.c_find(datasets.STUDY_ROOT_FIND, query))))
+        [(_, command)] = pdus.pdvs(pdus.read_pdu(sock))
+    answer = decode(BytesIO(command), True, True)
+    assert answer.Status == 0x0211
+    logged = appliance.wait_log(r"WARNING appliance\.association: QUERY-RETRIEVE-SCP #\d+ TEST_SCU@\S+: C-FIND-RQ #1 "
+                                r"status 0x0211: (.*)")
+    assert says_why(answer.get("ErrorComment"), logged.group(1)), (answer.get("ErrorComment"), logged.group(1))
 
 
 # --- no library internals (UL-01) -----------------------------------------------------------
