@@ -74,7 +74,7 @@ new inputs to the first corpus directory, so fuzz into a scratch directory and m
     .venv/bin/python tests/fuzz/fuzz_protocol.py seeds      # rewrite the seed-* files
 
 A run works in a fuzz-protocol-* directory under $TMPDIR (storage area and index), removed at
-exit; one that ends in a crash leaves it behind. tests/test_fuzz.py replays the corpus through
+exit; one that ends in a crash leaves it behind. tests/daemon/test_fuzz.py replays the corpus through
 the same methods and runs each target briefly.
 """
 

@@ -1,6 +1,6 @@
 """C-FIND matching rules (QF-07..QF-12, CS-02, D-15), table-driven, against the real daemon.
 
-Each case is a query and the exact set of entities it must find in tests/query_archive.py's
+Each case is a query and the exact set of entities it must find in tests/support/query_archive.py's
 archive: studies, series and instances by label (S1, S1.2, S1.2.1), patients by Patient ID.
 """
 

@@ -6,7 +6,7 @@ A900, an Error Comment and a log line naming both parents (storage_scp.hierarchy
 "refuse", the default), or stored under the study and series it names ("keep"). Either way a
 C-FIND or C-MOVE of each study finds exactly the instances acknowledged under it: pynetdicom
 C-FIND at every level of both models, DCMTK movescu to DCMTK storescp for the C-MOVEs. Then a
-reindex decides as the C-STOREs did. (The schema behind "keep": tests/test_index_migrations.py.)
+reindex decides as the C-STOREs did. (The schema behind "keep": tests/unit/test_index_migrations.py.)
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ MOVES = {
 def test_c_move_of_each_study_sends_exactly_what_was_acknowledged_under_it(app, storescp, model, level, fixed):
     """ST-26, QM-01: movescu asks for a study, series or images (at IMAGE level every instance
     sent with the series' UID, in whichever study); storescp receives exactly the instances
-    acknowledged under what was named, or nothing. (tests/test_move_dcmtk.py checks the bytes;
+    acknowledged under what was named, or nothing. (tests/daemon/test_move_dcmtk.py checks the bytes;
     here EL-06's coerced Patient IDs go out overlaid, SU-14.)"""
     destination = storescp.reset()
     keys = [f"PatientID={fixed['pid']}"] if "pid" in fixed else []

@@ -1,6 +1,6 @@
 """DCMTK movescu asks QUERY-RETRIEVE-SCP for C-MOVEs; STORAGE-SCU sends to DCMTK storescp (QM-*, SU-*, PC-*).
 
-The module's move_archive (tests/conftest.py) holds the studies of tests/query_archive.py and
+The module's move_archive (tests/conftest.py) holds the studies of tests/support/query_archive.py and
 knows the Move Destinations DEST, STORESCP and DOWN. One storescp listens, for the whole
 module, on STORESCP's port as AE title STORESCP; each test empties its output directory and
 reads only the part of its log written since the test began. storescp runs with:

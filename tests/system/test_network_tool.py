@@ -1,5 +1,5 @@
 """`service-tool network` against real systemd daemons (TL-03, NW-03, NW-06, NW-12, NW-13): the
-box's rootfs boots as a container in a lab with dnsmasq (tests/nspawn.py, tests/netlab.py); the tool writes the
+box's rootfs boots as a container in a lab with dnsmasq (tests/support/nspawn.py, tests/support/netlab.py); the tool writes the
 files into the container's root, runs netplan's generator there and tells networkd, timesyncd,
 hostnamed and timedated over the container's bus. `network try` without a confirmation puts
 everything back; with one, the new settings stay.

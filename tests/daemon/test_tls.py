@@ -1,6 +1,6 @@
 """DICOM over TLS against the real daemon (SE-07, SE-09, SE-10): DCMTK's tools with +tls,
 pynetdicom with an ssl context and a raw TLS client, all with certificates made here by
-`openssl` (tests/tls_pki.py). A refused connection must be logged with the peer's
+`openssl` (tests/support/tls_pki.py). A refused connection must be logged with the peer's
 address and the reason and never become an association; the service keeps serving."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The box as a container: the cached rootfs booted with systemd-nspawn --boot (systemd as
 its PID 1, with the real networkd, resolved, timesyncd, hostnamed and D-Bus) in the box
-namespace of a tests/netlab.py lab, where dnsmasq on the other side of the veth pair serves
+namespace of a tests/support/netlab.py lab, where dnsmasq on the other side of the veth pair serves
 DHCPv4, DHCPv6 and router advertisements with DNS and NTP options.
 
 The host reaches the container's system bus through /proc/<its PID 1>/root. Nothing leaves

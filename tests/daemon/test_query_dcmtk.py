@@ -1,6 +1,6 @@
 """DCMTK findscu against QUERY-RETRIEVE-SCP: both information models, every level (QF-*, CS-*).
 
-One appliance per module holds the archive of tests/query_archive.py, stored through the real
+One appliance per module holds the archive of tests/support/query_archive.py, stored through the real
 STORAGE-SCP. findscu writes each pending response's identifier to rspNNNN.dcm (-X), read back
 with pydicom; its -v log names the status of every response and of the final one. findscu is
 run with its arguments as Latin-1 bytes and its output read as Latin-1 (helpers.dcmtk works on

@@ -12,9 +12,9 @@ import pytest
 from peewee import IntegrityError
 
 from appliance.store.db import MIGRATIONS, Index
+from helpers import RESOURCES
 from appliance.store.models import Patient, Series, Study
 
-RESOURCES = Path(__file__).parent / "resources"
 
 
 def schema(path: Path) -> set[tuple]:

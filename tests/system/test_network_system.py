@@ -1,7 +1,7 @@
 """The box's network settings reach the real systemd daemons (NW-03, NW-05, NW-06, NW-08,
 NW-09, NW-12, NW-13, TL-03): the rootfs boots as a container in a lab with dnsmasq, and
 everything is set and read back through appliance.network.system_bus over the container's
-system bus. Needs root. The first run builds the Debian tree (about 2-3 min, see tests/rootfs.py);
+system bus. Needs root. The first run builds the Debian tree (about 2-3 min, see tests/support/rootfs.py);
 after that each test boots its own container in about 1 s.
 """
 

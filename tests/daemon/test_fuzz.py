@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-HARNESS = Path(__file__).resolve().parent / "fuzz" / "fuzz_protocol.py"
+from helpers import TESTS
+
+HARNESS = TESTS / "fuzz" / "fuzz_protocol.py"
 _spec = importlib.util.spec_from_file_location("fuzz_protocol", HARNESS)
 fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)

@@ -1,6 +1,6 @@
 """The IHE ATNA audit trail (AU-01..AU-03): the real service, a real syslog collector, DCMTK clients.
 
-A collector (tests/syslog_collector.py) listens on loopback over UDP, TCP (octet counting) or
+A collector (tests/support/syslog_collector.py) listens on loopback over UDP, TCP (octet counting) or
 TLS (certificates made here with the `openssl` command); each test provokes an event with a
 DICOM client and waits for its message. Every DICOM+RFC3881 message received is checked
 against the RELAX NG schema of DICOM PS3.15 A.5.1 (tests/resources/audit-message.rng) and
@@ -28,11 +28,11 @@ from lxml import etree
 from pynetdicom.dsutils import decode
 
 import datasets
-from helpers import dcmtk, free_port, service_tool, storescp, wait_for
+from helpers import RESOURCES, dcmtk, free_port, service_tool, storescp, wait_for
 from syslog_collector import Collector, Message
 from tls_pki import Authority
 
-SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parent / "resources" / "audit-message.rng")))
+SCHEMA = etree.RelaxNG(etree.parse(str(RESOURCES / "audit-message.rng")))
 AUDIT = "DICOM+RFC3881"
 ZONED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)\Z")  # A.5.2.5, RFC 5424 6.2.3
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"

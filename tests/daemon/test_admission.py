@@ -4,7 +4,7 @@ Every rejection is checked on the wire (A-ASSOCIATE-RJ result, source, reason) a
 service log (AS-10: AE, calling AE, address, called AE, codes and the rule that fired, which
 tells AS-07 from AS-08 where the codes coincide). Requests pynetdicom's AE would never send
 (wrong application context, missing items, garbage) are encoded with pynetdicom's PDU classes
-and sent on a raw socket (tests/pdus.py).
+and sent on a raw socket (tests/support/pdus.py).
 """
 
 from __future__ import annotations

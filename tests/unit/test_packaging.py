@@ -12,7 +12,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 DEPENDENCIES = [Requirement(text) for text in
                 tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
 # Distribution name -> the module the code imports it as.

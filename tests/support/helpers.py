@@ -18,7 +18,9 @@ import tomlkit
 
 from appliance.config.model import QueryRetrieveSCP, Storage, StorageSCP
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+RESOURCES = TESTS / "resources"  # files the tests read (schemas, SQL of released index schemas)
 SERVICE_TOOL = REPO / ".venv" / "bin" / "service-tool"  # the installed console script
 
 
