@@ -189,11 +189,11 @@ class Daemon:
                 self._answer(waiters, self.reload())
 
     def _shutdown(self) -> int:
-        systemd.notify("STOPPING=1")
         # From here an address going away is the box shutting down, not a lease refused.
         self.lease_watch.stop()
         self._answer(self._take_reload_waiters(), (False, "the service is stopping"))
         self.services.gate.drain()
+        systemd.notify("STOPPING=1")  # once new requests are refused: what it tells is already true
         log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
                  self.config.timeouts.shutdown_drain, self._active())
         deadline = time.monotonic() + self.config.timeouts.shutdown_drain
@@ -224,16 +224,23 @@ class Daemon:
     # --- reload ---------------------------------------------------------------------------
 
     def reload(self) -> tuple[bool, str]:
-        """(applied, what happened): the outcome also goes to the log."""
+        """(applied, what happened): the outcome also goes to the log, and to systemd as the
+        STATUS= of the READY=1 that ends the reload (`systemctl status` shows it)."""
         systemd.notify("RELOADING=1")
+        refusal = "the reload failed unexpectedly"  # until _apply has said otherwise
         try:
             if self.config_path is None:
-                return False, "the service runs on built-in defaults (no --config file): nothing to reload"
-            refusal = self._apply(load_file(self.config_path))
+                refusal = "the service runs on built-in defaults (no --config file): nothing to reload"
+            else:
+                refusal = self._apply(load_file(self.config_path))
         except ConfigError as exc:
             refusal = str(exc)
         finally:
-            systemd.notify("READY=1")
+            status = (f"reload refused, running the previous configuration: {refusal}" if refusal
+                      else self._status_line(data_dir(self.config)))
+            systemd.notify("READY=1", f"STATUS={status}")
+        if self.config_path is None:
+            return False, refusal
         if refusal:
             log.error("reload refused, keeping the running configuration: %s", refusal)
             return False, refusal

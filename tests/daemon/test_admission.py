@@ -199,8 +199,7 @@ def test_associations_from_before_a_reload_still_count(make_appliance):
     held = [associate(app.storage_port, "EX_STORE_SCP") for _ in range(2)]
     try:
         app.write_config(merge(app.config, {"storage_scp": {"idle_timeout": 600}}))
-        app.signal(signal.SIGHUP)
-        app.wait_log("configuration reloaded")
+        app.reload()
         assert echo(app.storage_port, "EX_STORE_SCP") == LIMIT
     finally:
         for assoc in held:
@@ -216,7 +215,7 @@ def test_limit_comes_before_draining_and_draining_before_contexts(make_appliance
     try:
         assert held.is_established
         app.signal(signal.SIGTERM)
-        app.wait_log(r"stopping: new associations refused")
+        app.wait_notify("STOPPING=1", 10)  # sent once new requests are refused
         data = pdus.request(called="EX_STORE_SCP", contexts=nothing)
         assert pdus.rejection(pdus.exchange(app.storage_port, data)) == LIMIT
         data = pdus.request(called="EX_QUERY_SCP", contexts=nothing)

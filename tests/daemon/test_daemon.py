@@ -46,8 +46,7 @@ def test_sigterm_lets_a_running_transfer_finish(appliance, tmp_path, reload_firs
     assoc = associate(appliance.storage_port, appliance.storage_title, datasets.CT)
     if reload_first:
         appliance.write_config(merge(appliance.config, {"storage_scp": {"ae_title": "NEW_STORE_SCP"}}))
-        appliance.signal(signal.SIGHUP)
-        appliance.wait_log("configuration reloaded")
+        appliance.reload()
     statuses = []
     first_stored = threading.Event()
 
@@ -104,10 +103,7 @@ def test_sighup_applies_a_valid_change(appliance, key):
     old_title, old_port = appliance.storage_title, appliance.storage_port
     new_value = "NEW_STORE_SCP" if key == "ae_title" else free_port()
     appliance.write_config(merge(appliance.config, {"storage_scp": {key: new_value}}))
-    appliance.signal(signal.SIGHUP)
-    appliance.wait_notify("RELOADING=1", 10)
-    appliance.wait_notify("READY=1", 10)
-    appliance.wait_log("configuration reloaded")
+    assert appliance.reload().startswith("appliance ")  # what it runs now, on sd_notify STATUS=
     if key == "ae_title":
         assert echo(old_port, new_value) == SUCCESS
         assert echo(old_port, old_title) == CALLED_AE_NOT_RECOGNIZED
@@ -124,8 +120,8 @@ def test_sighup_refuses_an_invalid_config_and_keeps_serving(appliance, bad, key)
     """An invalid file on SIGHUP is refused with a log line naming the key; the running
     configuration keeps serving (AE-06, AE-07)."""
     appliance.write_config(merge(appliance.config, bad))
-    appliance.signal(signal.SIGHUP)
-    appliance.wait_notify("READY=1", 10)
+    status = appliance.reload(refused=True)  # systemctl status says so too (sd_notify STATUS=)
+    assert status.startswith(f"reload refused, running the previous configuration: {key}:"), status
     appliance.wait_log(rf"reload refused, keeping the running configuration: {key}:")
     assert echo(appliance.storage_port, "EX_STORE_SCP") == SUCCESS
     assert echo(appliance.qr_port, "EX_QUERY_SCP") == SUCCESS
@@ -140,8 +136,7 @@ def test_sighup_to_a_port_in_use_keeps_the_running_listeners(appliance):
         blocker.bind(("::", port))
         blocker.listen()
         appliance.write_config(merge(appliance.config, {"storage_scp": {"port": port}}))
-        appliance.signal(signal.SIGHUP)
-        appliance.wait_notify("READY=1", 10)
+        appliance.reload(refused=True)
     appliance.wait_log(rf"reload refused, keeping the running configuration: STORAGE-SCP \(EX_STORE_SCP\) "
                        rf"cannot listen on port {port}: Address already in use")
     assert echo(appliance.storage_port, appliance.storage_title) == SUCCESS

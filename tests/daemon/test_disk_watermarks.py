@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -119,8 +118,7 @@ def test_a_reload_applies_new_levels_at_once(small_disk):
     app = small_disk()
     fill_until_percent(app.data_dir, 40)  # above the default levels (15 %, 5 %)
     app.write_config(merge(app.config, {"storage": {"warn_free_percent": 60, "reserve_bytes": 1 << 20}}))
-    app.signal(signal.SIGHUP)
-    app.wait_log("configuration reloaded")
+    app.reload()
     assert lines(app, LOW + r".*below storage\.warn_free_percent \(60 %\)") == 1, app.log()
     assert "reload: changes to storage.reserve_bytes take effect at the next restart" in app.log()
 

@@ -117,7 +117,7 @@ def test_reload_refuses_a_broken_file_before_signalling_the_service(appliance): 
     assert "is not valid TOML" in validation.stderr, validation.stderr
     appliance.config_path.write_text(good + '[storage_scu]\nae_title = "NEW_SCU"\n')
     assert [r.returncode for r in reload_as_systemd(appliance)] == [0, 0]
-    appliance.wait_log("configuration reloaded")
+    appliance.wait_reloaded()
 
 
 def sysctl_values() -> dict[str, str]:

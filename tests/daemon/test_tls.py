@@ -277,8 +277,7 @@ def test_a_reload_takes_a_renewed_certificate(make_appliance, pki, tmp_path):
     renewed = pki.ca.issue("archive-renewed")
     shutil.copy(renewed.certificate, files / "box.crt")
     shutil.copy(renewed.key, files / "box.key")
-    app.signal(signal.SIGHUP)
-    app.wait_log("configuration reloaded")
+    app.reload()
     assert served_name() == "archive-renewed"
 
 

@@ -229,6 +229,36 @@ class Appliance:
                 return message
         raise AssertionError(f"no {wanted} from the appliance within {timeout} s:\n{self.log()}")
 
+    def status(self) -> dict:
+        """The control socket's answer to `status`, as `service-tool status --json` gets it."""
+        from appliance.control.client import ask
+
+        return ask(self.data_dir / "control.sock", "status", timeout=10)
+
+    def wait_associations(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """The daemon's established associations, once its control socket reports `count`."""
+        found: list[dict] = []
+
+        def reported() -> bool:
+            found[:] = self.status()["associations"]
+            return len(found) == count
+
+        wait_for(reported, f"{count} associations in the service's status", timeout)
+        return found
+
+    def reload(self, refused: bool = False) -> str:
+        """SIGHUP, as `systemctl reload` sends it, and the daemon's answer (`wait_reloaded`)."""
+        self.signal(signal.SIGHUP)
+        return self.wait_reloaded(refused)
+
+    def wait_reloaded(self, refused: bool = False) -> str:
+        """The end of a reload on sd_notify: RELOADING=1, then READY=1 with a STATUS= that says
+        what the daemon runs now, or why it refused the reload (as `refused` expects)."""
+        self.wait_notify("RELOADING=1", 10)
+        status = self.wait_notify("READY=1", 10).split("STATUS=", 1)[-1].split("\n", 1)[0]
+        assert status.startswith("reload refused") == refused, status
+        return status
+
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 

@@ -176,7 +176,7 @@ class DhcpClient:
             lab.client, str(DHCP_CLIENT), BOX, "--hook", "netlab_dhcp.configure", "--hook", "netlab_dhcp.unconfigure",
             "--log-level", "DEBUG",  # what it did, should it not exit when asked (release)
             cwd=lab.root,  # its lease file
-            env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)},  # netlab_dhcp, beside this
             stdout=subprocess.DEVNULL, stderr=lab.log_file(self.log_path.name))
 
     def wait_bound(self, timeout: float = 15) -> str:

@@ -48,8 +48,15 @@ def header(pdu_type: int, length: int) -> bytes:
     return struct.pack(">BxL", pdu_type, length)
 
 
-def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
+def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+            receive_buffer: int | None = None) -> socket.socket:
+    """A TCP connection, Nagle off; `receive_buffer`: SO_RCVBUF set before connecting, so that
+    the window it advertises stays that small (a peer that reads slowly fills it at once)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.settimeout(timeout)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -174,9 +181,9 @@ def c_store(path, context_id: int, message_id: int = 1) -> list[bytes]:
 
 
 def associated(port: int, *contexts, called: str = "EX_STORE_SCP", host: str = "127.0.0.1",
-               calling: str = "TEST_SCU") -> socket.socket:
+               calling: str = "TEST_SCU", receive_buffer: int | None = None) -> socket.socket:
     """A raw socket with an accepted association (contexts as for `request`; IDs 1, 3, 5, …)."""
-    sock = connect(port, host)
+    sock = connect(port, host, receive_buffer=receive_buffer)
     sock.sendall(request(calling=calling, called=called,
                          contexts=contexts or ((datasets.VERIFICATION, (datasets.ILE,)),)))
     answer = read_pdu(sock)
