@@ -23,7 +23,7 @@ from appliance.store.db import Index
 from commitment_peer import SCPM, n_action
 from commitment_peer import request as commitment_request
 from destinations import move, move_contexts, move_identifier
-from helpers import fill_until_percent, free_port, percent_free, service_tool
+from helpers import fill_until_percent, free_port, percent_free, service_tool, wait_for
 from query_archive import populate, uid
 
 
