@@ -21,11 +21,11 @@ from pathlib import Path
 
 from appliance import __version__, audit, systemd
 from appliance import log as service_log
-from appliance.config import Config, data_dir, load_dict, load_file
+from appliance.config import Config, data_dir, load_file, load_or_defaults
 from appliance.config.keys import inert_settings, kept_for_restart, to_dict
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
-from appliance.control.status import service_status
+from appliance.control.status import running_config, service_status
 from appliance.control.studies import study_commands
 from appliance.dicom.acceptor import Listener
 from appliance.dicom.commitment_reports import ReportSender
@@ -55,7 +55,9 @@ def _tls_ports(config: Config) -> bool:
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None):
         self.config = config
-        self.config_path = config_path
+        # Absolute, so that `status` and `config` on the control socket name the file wherever
+        # the service tool runs (control/discovery.py finds the service by it).
+        self.config_path = config_path.absolute() if config_path is not None else None
         self.listeners: list[Listener] = []
         self._wake = Wake()  # not a threading.Event: signal handlers ring it (see appliance.wake)
         self._stop = False
@@ -129,7 +131,8 @@ class Daemon:
         the socket cannot be made."""
         try:
             self.control = ControlServer(socket_path(self.config), {
-                "status": lambda _: service_status(self), "reload": self._reload_request,
+                "status": lambda _: service_status(self), "config": lambda _: running_config(self),
+                "reload": self._reload_request,
                 **study_commands(self.index, self.archive.area, self.archive.forget_cached_rows,
                                  self.disk_watch.check)})
         except OSError as exc:
@@ -164,7 +167,8 @@ class Daemon:
 
     def _status_line(self, directory: Path) -> str:
         ports = ", ".join(f"{l.name} {l.title} on {'TLS ' if l.tls else ''}port {l.port}" for l in self.listeners)
-        return f"appliance {__version__}: {ports}; data in {directory}"
+        source = self.config_path or "built-in defaults (no --config)"
+        return f"appliance {__version__}: {ports}; configuration {source}, data in {directory}"
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -185,11 +189,11 @@ class Daemon:
                 self._answer(waiters, self.reload())
 
     def _shutdown(self) -> int:
-        systemd.notify("STOPPING=1")
         # From here an address going away is the box shutting down, not a lease refused.
         self.lease_watch.stop()
         self._answer(self._take_reload_waiters(), (False, "the service is stopping"))
         self.services.gate.drain()
+        systemd.notify("STOPPING=1")  # once new requests are refused: what it tells is already true
         log.info("stopping: new associations refused (2/3/1); waiting up to %.0f s for %d running",
                  self.config.timeouts.shutdown_drain, self._active())
         deadline = time.monotonic() + self.config.timeouts.shutdown_drain
@@ -220,16 +224,23 @@ class Daemon:
     # --- reload ---------------------------------------------------------------------------
 
     def reload(self) -> tuple[bool, str]:
-        """(applied, what happened): the outcome also goes to the log."""
+        """(applied, what happened): the outcome also goes to the log, and to systemd as the
+        STATUS= of the READY=1 that ends the reload (`systemctl status` shows it)."""
         systemd.notify("RELOADING=1")
+        refusal = "the reload failed unexpectedly"  # until _apply has said otherwise
         try:
             if self.config_path is None:
-                return False, "the service runs on built-in defaults (no --config file): nothing to reload"
-            refusal = self._apply(load_file(self.config_path))
+                refusal = "the service runs on built-in defaults (no --config file): nothing to reload"
+            else:
+                refusal = self._apply(load_file(self.config_path))
         except ConfigError as exc:
             refusal = str(exc)
         finally:
-            systemd.notify("READY=1")
+            status = (f"reload refused, running the previous configuration: {refusal}" if refusal
+                      else self._status_line(data_dir(self.config)))
+            systemd.notify("READY=1", f"STATUS={status}")
+        if self.config_path is None:
+            return False, refusal
         if refusal:
             log.error("reload refused, keeping the running configuration: %s", refusal)
             return False, refusal
@@ -298,15 +309,9 @@ def warn_inert(config: Config) -> None:
         log.warning("configuration key %s is set but not enforced yet: %s", key, why)
 
 
-def load_or_default(config_path: Path | None) -> Config:
-    if config_path is None:
-        return load_dict({}, base_dir=str(Path.cwd()))
-    return load_file(config_path)
-
-
 def serve(config_path: Path | None) -> int:
     try:
-        config = load_or_default(config_path)
+        config = load_or_defaults(config_path)
     except ConfigError as exc:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         log.error("configuration refused: %s", exc)

@@ -51,7 +51,9 @@ def alert(logger: logging.Logger, message: str, *args) -> None:
 
 
 class _RecentProblems(logging.Handler):
-    """The last ERROR, CRITICAL and ALERT records, for `service-tool status` (TL-07, LG-09)."""
+    """The last ERROR, CRITICAL and ALERT records, for `service-tool status` (TL-07, LG-09): the
+    service's own problems. A request refused for what the requester sent is a WARNING, a
+    connection that ends before its association is used an INFO (issue 22)."""
 
     def __init__(self, size: int = 20):
         super().__init__(logging.ERROR)

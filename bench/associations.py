@@ -3,7 +3,7 @@
 to DCMTK storescp.
 
 A benchmark script, not a test. It starts the real daemon (bench/lab.py Service:
-tests/helpers.Appliance, temporary data dir, free ports, sd_notify READY) and DCMTK storescp
+tests/support/helpers.Appliance, temporary data dir, free ports, sd_notify READY) and DCMTK storescp
 (bench/lab.py StoreSCP: TCP_NODELAY=1, --max-pdu 131072, free loopback port), fresh for each
 case, and talks to them from raw sockets with pre-encoded PDUs (one A-ASSOCIATE-RQ for
 Verification with Implicit VR LE, one C-ECHO-RQ), so the figures are the servers' cost, not a
@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402  (bench/lab.py: the receivers, CPU and memory accounting, tables)
-import pdus  # noqa: E402  (tests/pdus.py, on the path bench/lab.py sets up: encoded PDUs, a PDU reader)
+import pdus  # noqa: E402  (tests/support/pdus.py, on the path bench/lab.py sets up: encoded PDUs, a PDU reader)
 
 log = lab.log
 PREVIOUS = lab.REPO / "bench" / "results" / "associations-previous.json"  # --quick: ...-previous-quick.json

@@ -3,7 +3,7 @@
 `cp -a` + `sync` (and `rsync -a` + `sync` where rsync is installed) of the same store, one run.
 
 A benchmark script, not a test. It fills a fresh appliance (bench/lab.py's Service: the real
-daemon through tests/helpers.Appliance) with about 1 GB of CT instances (512x512x16, ~525 KB
+daemon through tests/support/helpers.Appliance) with about 1 GB of CT instances (512x512x16, ~525 KB
 each) sent by DCMTK storescu over two associations, and with the service still running times:
 
   first      backup --full into an empty directory: every file copied, fsync'd, read back
@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
 import store  # noqa: E402  (bench/store.py: the storescu sender)
-from datasets import CT, ELE, image, write  # noqa: E402  (tests/datasets.py)
-from helpers import service_tool  # noqa: E402  (tests/helpers.py)
+from datasets import CT, ELE, image, write  # noqa: E402  (tests/support/datasets.py)
+from helpers import service_tool  # noqa: E402  (tests/support/helpers.py)
 
 log = lab.log
 STEP_TIMEOUT = 900  # s: no step may take longer

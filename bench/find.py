@@ -4,7 +4,7 @@
 A benchmark script, not a test. Study Root C-FIND at STUDY level, timed from the client side
 over loopback (a pynetdicom SCU and a raw-socket one, below), against
 
-  appliance  the real daemon (tests/helpers.Appliance: temporary data dir, free ports, sd_notify
+  appliance  the real daemon (tests/support/helpers.Appliance: temporary data dir, free ports, sd_notify
              READY) on an index of 1,000,000 instances: 100,000 studies x 2 series x 5 instances,
              40,000 patients. The first 20 studies (200 instances, 8x8 pixels) go through the
              real ingest path (DCMTK storescu -> STORAGE-SCP); the daemon is stopped and the
@@ -48,7 +48,7 @@ Each query is measured with two SCUs, each on its own association, with the same
               as a viewer written with pynetdicom would; TCP_NODELAY set on its socket (as DCMTK
               with TCP_NODELAY=1: otherwise the RQ's second P-DATA-TF waits ~40 ms for a delayed
               ACK). --nagle leaves pynetdicom's default.
-  raw         the servers' share: the same RQ PDUs (tests/pdus.py) on a plain socket; only each
+  raw         the servers' share: the same RQ PDUs (tests/support/pdus.py) on a plain socket; only each
               response's Status is parsed in the timed part.
 One unmeasured warm-up request, then --reps repetitions (default 50; after --budget seconds
 (default 45) a query stops, but never before 3 measured). The time of one is from sending the
@@ -94,8 +94,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import store  # noqa: E402  (bench/store.py: log, run, machine description, quiet-machine wait)
-import helpers  # noqa: E402  (tests/helpers.py, on the path bench/store.py sets up)
-import pdus  # noqa: E402  (tests/pdus.py: A-ASSOCIATE-RQ and C-FIND-RQ PDUs, encoded by pynetdicom)
+import helpers  # noqa: E402  (tests/support/helpers.py, on the path bench/store.py sets up)
+import pdus  # noqa: E402  (tests/support/pdus.py: A-ASSOCIATE-RQ and C-FIND-RQ PDUs, encoded by pynetdicom)
 from datasets import CR, CT, ELE, ILE, MR, SC, US, image  # noqa: E402
 
 sys.path.insert(0, str(store.REPO))
@@ -636,7 +636,7 @@ class PynetdicomSCU:
 
 
 class RawSCU:
-    """The servers' share: a socket that sends the pre-encoded C-FIND-RQ PDUs (tests/pdus.py,
+    """The servers' share: a socket that sends the pre-encoded C-FIND-RQ PDUs (tests/support/pdus.py,
     pynetdicom's encoders) and reads the responses' PDVs without decoding them: only each
     command's Status is parsed; identifiers are kept as bytes and decoded after the clock stops."""
 

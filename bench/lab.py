@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
-import helpers  # noqa: E402  (tests/helpers.py: free ports; the daemon's Popen, see NetnsPopen)
+import helpers  # noqa: E402  (tests/support/helpers.py: free ports; the daemon's Popen, see NetnsPopen)
 from helpers import terminate  # noqa: E402  (also for the scripts, as lab.terminate)
 
 DCMTK_PDU = "131072"  # storescp advertises the same maximum PDU as the service (CF-01/D-1)
@@ -147,7 +147,7 @@ class Receiver:
 
 
 class Service(Receiver):
-    """The appliance (`python -m appliance serve` through tests/helpers.Appliance): default
+    """The appliance (`python -m appliance serve` through tests/support/helpers.Appliance): default
     configuration, fresh data dir, free ports, ready at sd_notify READY."""
 
     kind = "service"
@@ -295,7 +295,7 @@ def wait_for_echo(proc: subprocess.Popen, title: str, host: str, port: int, log:
 
 
 class NetnsPopen:
-    """While active, tests/helpers starts the daemon through `ip netns exec NS` (same PID)."""
+    """While active, tests/support/helpers starts the daemon through `ip netns exec NS` (same PID)."""
 
     def __init__(self, netns: str | None):
         self.netns = netns

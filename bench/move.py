@@ -6,7 +6,7 @@ moved with DCMTK `movescu` (Study Root, QueryRetrieveLevel=STUDY, StudyInstanceU
 `storescp` (move destination DEST, its own empty output directory per move, on /dev/shm so
 that the destination's disk is not what is measured), from
 
-  appliance  the real daemon (tests/helpers.Appliance: temporary data dir, free ports, sd_notify
+  appliance  the real daemon (tests/support/helpers.Appliance: temporary data dir, free ports, sd_notify
              READY), filled once with DCMTK storescu through its STORAGE-SCP; the same data dir
              is then served with DEST in [[remote_aes]]. QUERY-RETRIEVE-SCP answers the C-MOVE,
              STORAGE-SCU (EX_STORE_SCU) sends the sub-operations.
@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab  # noqa: E402  (bench/lab.py: DCMTK processes, quiet wait, py-spy, the 100 Mbit/s link)
 from lab import (Link, NetnsPopen, StoreSCP, dcmtk_env, log, profiled, run, terminate,  # noqa: E402
                  wait_for_echo, wait_quiet)
-import helpers  # noqa: E402  (tests/helpers.py, on the path bench/lab.py sets up)
+import helpers  # noqa: E402  (tests/support/helpers.py, on the path bench/lab.py sets up)
 from datasets import CT, ELE, image, write  # noqa: E402
 
 RESULTS = lab.REPO / "bench" / "results"

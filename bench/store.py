@@ -2,7 +2,7 @@
 """STORAGE-SCP throughput benchmark: the appliance next to DCMTK storescp and Orthanc, same data,
 same run.
 
-A benchmark script, not a test. It starts the real daemon through tests/helpers.Appliance
+A benchmark script, not a test. It starts the real daemon through tests/support/helpers.Appliance
 (temporary data dir, free ports, sd_notify READY), sends with DCMTK storescu and compares
 with DCMTK storescp (no fsync, no index) and Orthanc (fsyncs every file, SQLite index: the
 durable peer) receiving the same files; see bench/lab.py for how each receiver is started.
@@ -54,7 +54,7 @@ from lab import (CF08_BUFFER, REPO, Link, Orthanc, Service, StoreSCP, cpu_second
                  load_json, log, machine, machine_busy, machine_cpu_seconds, own_cpu_seconds, profiled, run,
                  run_recorded, target_text, terminate, text_table, tree_cpu_seconds, verdict, vm_hwm_kib,
                  wait_for_echo, wait_quiet)
-import helpers  # noqa: E402,F401  (tests/helpers.py, on the path bench/lab.py sets up)
+import helpers  # noqa: E402,F401  (tests/support/helpers.py, on the path bench/lab.py sets up)
 from datasets import CT, ELE, US_MULTIFRAME, image, write  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

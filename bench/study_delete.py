@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lab  # noqa: E402
-from datasets import CT, ELE, image, write  # noqa: E402  (tests/datasets.py)
+from datasets import CT, ELE, image, write  # noqa: E402  (tests/support/datasets.py)
 
 log = lab.log
 SERVICE_TOOL = lab.REPO / ".venv" / "bin" / "service-tool"

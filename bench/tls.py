@@ -3,8 +3,8 @@
 storescp with and without +tls, same data, same run.
 
 A benchmark script, not a test. Every receiver is started fresh for each case (bench/lab.py:
-the service through tests/helpers.Appliance, storescp with TCP_NODELAY=1 and 128 KiB PDUs);
-the certificates (EC P-256, one test CA) are made with openssl by tests/tls_pki.py.
+the service through tests/support/helpers.Appliance, storescp with TCP_NODELAY=1 and 128 KiB PDUs);
+the certificates (EC P-256, one test CA) are made with openssl by tests/support/tls_pki.py.
 TLS clients present a certificate the CA signed, and both servers verify it. Cases:
 
   store  200 CT 512x512x16 (~525 KB) over one association with DCMTK storescu (+tls towards
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import associations  # noqa: E402  (bench/associations.py: the raw-socket association client)
 import lab  # noqa: E402
-import pdus  # noqa: E402  (tests/pdus.py)
+import pdus  # noqa: E402  (tests/support/pdus.py)
 import store  # noqa: E402  (bench/store.py: the data and the storescu sender)
-from tls_pki import Authority  # noqa: E402  (tests/tls_pki.py)
+from tls_pki import Authority  # noqa: E402  (tests/support/tls_pki.py)
 
 log = lab.log
 RECEIVERS = ("service", "service_tls", "storescp", "storescp_tls")

@@ -17,7 +17,8 @@ import tomlkit
 from appliance.config.model import calling_allow_list
 from service_tool import edit
 from service_tool.ae_cmd import LISTENING, SECTIONS, ae_name
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import reading
 
 
 def listening_ae(text: str) -> str:
@@ -56,7 +57,7 @@ def register(groups) -> None:
 
 
 def show(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     rows = []

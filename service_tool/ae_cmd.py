@@ -12,7 +12,8 @@ import json
 import sys
 
 from service_tool import edit
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import reading
 
 # The AE names of the conformance statement -> configuration sections.
 SECTIONS = {"STORAGE-SCP": "storage_scp", "QUERY-RETRIEVE-SCP": "query_retrieve_scp", "STORAGE-SCU": "storage_scu"}
@@ -57,7 +58,7 @@ def register(groups) -> None:
 
 
 def show(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     rows = [{"ae": name, "ae_title": getattr(config, section).ae_title.strip(),

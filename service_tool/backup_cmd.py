@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from service_tool.config_cmd import load
+from service_tool.configuration import DEFAULT_CONFIG, load
 
 EXIT_FAILED = 1  # refused or failed: DIR holds the previous backup, the box is as it was
 EXIT_USAGE = 2
@@ -86,6 +86,10 @@ def run_full(args: argparse.Namespace) -> int:
     if args.dest is not None:
         print("backup: DEST and --full DIR exclude each other", file=sys.stderr)
         return EXIT_USAGE
+    if args.config is None:  # the built-in defaults: a backup holds the file a restore writes back
+        print(f"backup refused: there is no configuration file to back up (no --config and no {DEFAULT_CONFIG}); "
+              "start the service with --config FILE", file=sys.stderr)
+        return EXIT_FAILED
     config = load(args.config)
     if config is None:
         return EXIT_FAILED
@@ -132,15 +136,16 @@ def run_restore(args: argparse.Namespace) -> int:
     from appliance.store.restore import Incomplete, Refused, restore
     from appliance.tls.certificates import tls_use
 
+    config_file = args.config or DEFAULT_CONFIG  # written by the restore, also where there is none yet
     try:
-        summary = restore(args.directory, args.config, Lines("restore", args.progress_every), args.data_dir)
+        summary = restore(args.directory, config_file, Lines("restore", args.progress_every), args.data_dir)
     except Refused as exc:
         print(f"restore refused: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Incomplete as exc:
         print(f"restore failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    config = load_file(args.config)
+    config = load_file(config_file)
     missing = [str(path) for path in (tls_path(config, key) for key in ("certificate", "key", "ca_bundle"))
                if not path.exists()]
     tls = {"used": bool(tls_use(config)), "missing": missing}

@@ -1,7 +1,9 @@
 """`service-tool config validate|show|diff`: check the configuration file and print what is in effect.
 
-Both load through the daemon's own loader (`appliance.config.load_file`), so a file this tool
-accepts is one the service accepts, and a refusal names the same dotted key (TL-04).
+They load through the daemon's own loader (`appliance.config.load_file`), so a file this tool
+accepts is one the service accepts, and a refusal names the same dotted keys (TL-04): every
+invalid one, not only the first. `show` only reads, so for a file that does not load it shows
+what the service started with it runs (service_tool/configuration.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import sys
 
 import tomlkit
 
-from appliance.config import load_dict, load_file
+from appliance.config import load_dict
 from appliance.config.keys import inert_settings, to_dict
-from appliance.errors import ConfigError
+from service_tool.configuration import announced, in_use, load, named
 
 EXIT_INVALID = 1
 
@@ -24,13 +26,14 @@ def register(groups) -> None:
                               description="Validate or show the appliance configuration file.")
     commands = group.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     validate_cmd = commands.add_parser(
-        "validate", help="check the file as the service would; exit 1 naming the first invalid key",
+        "validate", help="check the file as the service would; exit 1 naming every invalid key",
         description="Check the configuration file with the service's loader. Exit 0 when valid, "
-                    "1 with a message naming the offending key otherwise.")
+                    "1 with a line naming each offending key otherwise.")
     validate_cmd.set_defaults(run=validate)
     show_cmd = commands.add_parser(
         "show", help="print the effective configuration, defaults included",
-        description="Print the effective configuration (every key, defaults included) as TOML.")
+        description="Print the effective configuration (every key, defaults included) as TOML. When the "
+                    "file does not load, the running service's configuration, after a WARNING.")
     show_cmd.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show_cmd.set_defaults(run=show)
     diff_cmd = commands.add_parser(
@@ -44,34 +47,25 @@ def register(groups) -> None:
     diff_cmd.set_defaults(run=diff)
 
 
-def load(path):
-    """The configuration at `path`, or None after printing why it is refused."""
-    try:
-        return load_file(path)
-    except ConfigError as exc:
-        print(f"configuration invalid: {exc}", file=sys.stderr)
-        return None
-
-
 def validate(args: argparse.Namespace) -> int:
     config = load(args.config)
     if config is None:
         return EXIT_INVALID
     for key, why in inert_settings(config):
         print(f"warning: {key} is set but has no effect yet: {why}", file=sys.stderr)
-    print(f"configuration valid: {args.config}")
+    print(f"configuration valid: {named(args.config)}")
     return 0
 
 
 def show(args: argparse.Namespace) -> int:
-    config = load(args.config)
-    if config is None:
+    used = in_use(args.config)
+    if used is None:
         return EXIT_INVALID
-    values = to_dict(config)
+    values = to_dict(announced(used).config)
     if args.json:
         print(json.dumps(values, indent=2))
     else:
-        print(f"# effective configuration of {args.config} (defaults included)")
+        print(f"# effective configuration of {used.source} (defaults included)")
         print(tomlkit.dumps(values), end="")
     return 0
 
@@ -100,7 +94,7 @@ def diff(args: argparse.Namespace) -> int:
         from appliance.control.client import NotRunning, ask
 
         try:
-            base = ask(socket_path(config), "status", timeout=15)["config"]
+            base = ask(socket_path(config), "config", timeout=15)["config"]
         except (NotRunning, OSError) as exc:
             print(f"cannot compare with the running service: {exc}", file=sys.stderr)
             return 2
@@ -114,9 +108,9 @@ def diff(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(changes, indent=2))
     elif not changes:
-        print(f"{args.config} is the same as {what}")
+        print(f"{named(args.config)} is the same as {what}")
     else:
-        print(f"{args.config} differs from {what} in {len(changes)} key{'s' if len(changes) > 1 else ''}:")
+        print(f"{named(args.config)} differs from {what} in {len(changes)} key{'s' if len(changes) > 1 else ''}:")
         for c in changes:
             print(f"  {c['key']}: {_value(c['from'])} -> {_value(c['to'])}")
     return 1 if changes else 0

@@ -1,8 +1,9 @@
 """`service-tool conformance`: the DICOM Conformance Statement of this box as configured now.
 
 The statement is generated from the configuration file the service reads, loaded by the
-service's own loader, so a file the service would refuse gets no statement (exit 1, naming the
-key) and an accepted one is described with the values the service uses.
+service's own loader, so an accepted file is described with the values the service uses. A file
+the service would refuse gets no statement of its own (exit 1, naming the keys), unless a
+service started with it runs: then the statement is that service's, after a WARNING.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from appliance.durable import write_text
 from service_tool import render
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import announced, in_use
 
 EXIT_UNWRITABLE = 2  # --output FILE cannot be written
 FORMATS = {"markdown": render.to_markdown, "html": render.to_html}
@@ -34,12 +36,12 @@ def register(groups) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(args.config)
-    if config is None:
+    used = in_use(args.config)
+    if used is None:
         return EXIT_INVALID
     from service_tool import statement  # imported here: it loads pydicom's dictionaries (0.3 s)
 
-    text = FORMATS[args.format](statement.build(config, str(Path(args.config).resolve())))
+    text = FORMATS[args.format](statement.build(announced(used).config, used.source))
     if args.output is None:
         sys.stdout.write(text)
         return 0

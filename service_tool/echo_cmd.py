@@ -31,7 +31,7 @@ from appliance import __version__
 from appliance.config.model import Config, ae_title
 from appliance.codes import status, uids
 from appliance.errors import ConfigError
-from service_tool.config_cmd import load
+from service_tool.configuration import reading
 
 EXIT_FAILED = 1  # at least one echo failed
 EXIT_USAGE = 2  # nothing to echo: an unknown title, an invalid configuration file
@@ -112,7 +112,7 @@ def _title(text: str) -> str:
 
 
 def run(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_USAGE
     try:
@@ -232,7 +232,9 @@ def echo(config: Config, target: Target) -> Echo:
         association = Association.over(sock, title, local, [Proposal(1, uids.VERIFICATION, (uids.IMPLICIT_LE,))],
                                          config.timeouts)  # VER/ILE (F.4.2.1.3.1.2)
     except Failed as exc:
-        result.failure = f"association: {exc}"
+        # A TLS listener drops a plain A-ASSOCIATE-RQ as a failed handshake (SE-07).
+        hint = "" if tls or "connection lost" not in str(exc) else "; if this is a TLS port, echo it with TLS"
+        result.failure = f"association: {exc}{hint}"
         return result
     result.association_ms = _since(step)
     try:

@@ -4,7 +4,8 @@ The file is parsed with tomlkit, so the installer's comments and order survive; 
 validated by the daemon's own loader and written atomically (`appliance.config.write`); an
 invalid result is refused naming the key, and the file is left as it was. Then the running
 service is asked to reload over its control socket. If it refuses (e.g. a new port is taken),
-the previous file is put back, so the file always says what the box runs.
+the previous file is put back, so the file always says what the box runs. A file that does not
+load is refused as it is, never replaced, and so are the built-in defaults: there is no file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.errors import ConfigError
 from service_tool import privileged_port
+from service_tool.configuration import DEFAULT_CONFIG
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -57,10 +59,13 @@ class Written:
     new: Config
 
 
-def write(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> tuple[Written, str]:
+def write(path: Path | None, mutate: Callable[[tomlkit.TOMLDocument], str]) -> tuple[Written, str]:
     """Apply `mutate` (returns a one-line description of the change) to the file at `path` and
     write it; raises ConfigError or Refused with the file untouched. A new listening port below
     1024 is made possible first, or refused (privileged_port.py)."""
+    if path is None:
+        raise Refused(f"there is no configuration file to change: no --config and no {DEFAULT_CONFIG}, so the "
+                      "built-in defaults apply; write a file and start the service with --config FILE")
     running = load_file(path)
     old_text = path.read_text(encoding="utf-8")
     document = tomlkit.parse(old_text)
@@ -72,6 +77,10 @@ def write(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> tuple[Wr
     return Written(running, old_text, new), described
 
 
+def unchanged(path: Path | None) -> str:
+    return f"{path} is unchanged" if path is not None else "nothing was written"
+
+
 def put_back(path: Path, written: Written) -> None:
     write_text(path, written.old_text)
 
@@ -81,7 +90,7 @@ def change(path: Path, mutate: Callable[[tomlkit.TOMLDocument], str]) -> int:
     try:
         written, described = write(path, mutate)
     except (ConfigError, Refused) as exc:
-        print(f"refused: {exc}; {path} is unchanged", file=sys.stderr)
+        print(f"refused: {exc}; {unchanged(path)}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"{described}; saved to {path}")
     for line in allow_list_changes(written.running, written.new):

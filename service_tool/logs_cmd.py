@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from appliance.config import Config, data_dir
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import reading
 from service_tool.log_tail import Tail
 from service_tool.since import FORMS, since
 
@@ -120,7 +121,7 @@ def selected(config: Config, level: str = "DEBUG", peer: str | None = None) -> l
 
 
 def run(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     path = log_path(config)

@@ -23,7 +23,7 @@ from appliance.store import INDEX_NAME, lock
 from appliance.store.backup import BackupFailed, backup
 from appliance.durable import hand_over
 from service_tool import backup_cmd
-from service_tool.config_cmd import load
+from service_tool.configuration import load, reading
 
 EXIT_FAILED = 1  # failed or refused; nothing was changed
 
@@ -140,7 +140,7 @@ def _reindex_text(s) -> str:
 def run_backup(args: argparse.Namespace) -> int:
     if args.full is not None:
         return backup_cmd.run_full(args)
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_FAILED
     directory = data_dir(config)

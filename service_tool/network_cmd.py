@@ -27,7 +27,8 @@ import tomlkit
 from appliance.config import Config
 from appliance.errors import ConfigError
 from service_tool import edit
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import load, reading
 
 _LISTS = {"dns": "dns_servers", "search": "search_domains", "ntp": "ntp_servers", "address": "addresses"}
 _VALUES = {"gateway4": "gateway4", "gateway6": "gateway6", "hostname": "hostname", "time_zone": "time_zone",
@@ -135,7 +136,7 @@ def _change(args, confirm_within: float | None) -> int:
     try:
         written, described = edit.write(args.config, _mutate(args))
     except (ConfigError, edit.Refused) as exc:
-        print(f"refused: {exc}; {args.config} is unchanged", file=sys.stderr)
+        print(f"refused: {exc}; {edit.unchanged(args.config)}", file=sys.stderr)
         return edit.EXIT_REFUSED
     try:
         interface = _interface(written.new, args)  # after the edit: it may name another one
@@ -214,7 +215,7 @@ def _report(warnings: list[str]) -> None:
 
 
 def show(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     net = config.network

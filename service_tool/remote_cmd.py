@@ -21,7 +21,8 @@ import tomlkit
 from appliance.config.model import RemoteAE
 from appliance.durable import write_text
 from service_tool import dcmqrscp_cfg, edit
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import reading
 
 # --may names -> RemoteAE flags, in the order they are shown.
 MAY = {"move": "move_destination", "commitment": "commitment", "store": "store", "query": "query"}
@@ -106,7 +107,7 @@ def register(groups) -> None:
 
 
 def list_remotes(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     if args.json:
@@ -256,7 +257,7 @@ def import_cfg(args) -> int:
 
 
 def export_cfg(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     try:

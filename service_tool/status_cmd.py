@@ -1,7 +1,11 @@
 """`service-tool status`: is the service up, what it serves, what it holds, what went wrong (TL-07, LG-09).
 
 With the service up, it answers on the control socket; with it down, the tool reads the index
-and the log file itself, so the field engineer still sees the archive and the last problems.
+and the log file itself, so the field engineer still sees the archive and the last problems,
+and it names the appliance services it finds running elsewhere on the machine (a service
+started without --config in another directory, another --config). It says which configuration
+it used: the file, the built-in defaults, or the running service's when the file does not load
+(service_tool/configuration.py), with a WARNING line for each of the file's problems.
 Exit codes follow the LSB status convention: 0 running, 3 not running (1: invalid config).
 """
 
@@ -9,13 +13,15 @@ from __future__ import annotations
 
 import json
 
-from appliance.config import Config, data_dir
+from appliance.config import data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
+from appliance.control.discovery import running_services
 from appliance.store.summary import archive_and_disk
 from appliance.tls.certificates import status_report as tls_status
 from appliance.units import size
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import InUse, in_use, named
 from service_tool.logs_cmd import selected
 
 EXIT_NOT_RUNNING = 3
@@ -33,16 +39,18 @@ def register(groups) -> None:
 
 
 def run(args) -> int:
-    config = load(args.config)
-    if config is None:
+    used = in_use(args.config)
+    if used is None:
         return EXIT_INVALID
     try:
-        report = ask(socket_path(config), "status", timeout=15)
+        report = ask(socket_path(used.config), "status", timeout=15)
         report["running"] = True
     except NotRunning as exc:
-        report = _offline(config, str(exc))
+        report = _offline(used, str(exc))
     except (PermissionError, OSError) as exc:
-        report = _offline(config, f"cannot reach the control socket: {exc}")
+        report = _offline(used, f"cannot reach the control socket: {exc}")
+    report["configuration"] = {"used": used.source, "file": named(used.file) if used.file else None,
+                               "problems": [str(p) for p in used.problems]}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -50,13 +58,40 @@ def run(args) -> int:
     return 0 if report["running"] else EXIT_NOT_RUNNING
 
 
-def _offline(config: Config, why: str) -> dict:
+def _offline(used: InUse, why: str) -> dict:
+    config = used.config
     directory = data_dir(config)
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
               for r in selected(config, "ERROR")[-_RECENT:]]
-    return {"running": False, "why": why, "data_dir": str(directory),
+    elsewhere = [{"pid": s.pid, "config_path": str(s.config_path) if s.config_path else None,
+                  "base_dir": str(s.base_dir), "data_dir": str(s.data_dir)} for s in running_services()]
+    return {"running": False, "why": why, "data_dir": str(directory), "running_elsewhere": elsewhere,
             **archive_and_disk(directory, config.storage), "tls": tls_status(config),
             "problems": {"recent": recent}}
+
+
+def _configuration(report: dict) -> list[str]:
+    """Issue 22: which configuration the service and the tool use, and what is wrong with the file."""
+    used = report["configuration"]
+    if report["running"]:
+        lines = [f"configuration: {report['config_path'] or 'built-in defaults (no --config)'}"]
+    else:
+        lines = [f"configuration: {used['used']}"]
+    lines += [f"WARNING: {used['file']} does not load: {p}" for p in used["problems"]]
+    if used["problems"]:
+        lines.append("WARNING: the service runs on what it read before; it would not start with the file as it is")
+    return lines
+
+
+def _elsewhere(report: dict) -> list[str]:
+    """The services found running with another configuration or in another directory, and how
+    to reach each."""
+    lines = []
+    for s in report["running_elsewhere"]:
+        how = f"service-tool --config {s['config_path']}" if s["config_path"] else \
+            f"built-in defaults: run service-tool in {s['base_dir']}"
+        lines.append(f"  pid {s['pid']}, data in {s['data_dir']} ({how})")
+    return ["appliance services running elsewhere on this machine:", *lines] if lines else []
 
 
 def _duration(seconds: float) -> str:
@@ -145,7 +180,7 @@ def _text(report: dict) -> list[str]:
         lines = [f"service: running, appliance {report['version']} (pid {report['pid']}, up "
                  f"{_duration(report['uptime_s'])}){'' if report['state'] == 'open' else ', ' + report['state']}",
                  f"  {report['libraries']}",
-                 f"configuration: {report['config_path'] or 'built-in defaults'}",
+                 *_configuration(report),
                  "listening: " + "; ".join(map(_listener, report["listeners"])),
                  f"STORAGE-SCU: {report['storage_scu']} (calls out only)",
                  f"associations: {len(report['associations'])} active" + _waiting(report)]
@@ -155,7 +190,7 @@ def _text(report: dict) -> list[str]:
             lines.append(f"  {a['ae']} #{a['number']} {a['calling'] or '?'}@{a['peer']} {a['stage']} "
                          f"{a['seconds']:.0f} s, {work}")
     else:
-        lines = [f"service: NOT RUNNING ({report['why']})"]
+        lines = [f"service: NOT RUNNING ({report['why']})", *_configuration(report), *_elsewhere(report)]
     lines += _tls(report)
     lines += _audit(report)
     lines.append(f"data directory: {report['data_dir']}")

@@ -18,7 +18,7 @@ from appliance.config import data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.units import size
-from service_tool.config_cmd import load
+from service_tool.configuration import reading
 
 EXIT_FAILED = 1
 _LONG = 3600.0  # a deletion of a large study is bounded by the disk, not by a fixed wait
@@ -120,7 +120,7 @@ def _offline(config, command: str, **arguments) -> dict:
 
 
 def _read(args, command: str, **arguments) -> dict | None:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return None
     answer = _ask(config, command, **arguments)
@@ -193,7 +193,7 @@ def _study_text(s: dict) -> list[str]:
 
 
 def run_delete(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_FAILED
     what = (f"series {args.series} of study {args.study}" if args.series else
@@ -231,7 +231,7 @@ def _confirmed(question: str) -> bool:
 
 
 def run_edit(args) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_FAILED
     answer = _ask(config, "study_edit", study=args.study, changes=dict(args.changes), patient_id=args.patient_id,
@@ -262,7 +262,7 @@ def _not_running(command: str) -> int:
 
 def _succeeded(answer: dict | None) -> bool:
     if answer is None:
-        return False  # load() said why
+        return False  # reading() said why
     if not answer.get("ok"):
         print(f"refused: {answer.get('error')}", file=sys.stderr)
         return False

@@ -34,7 +34,8 @@ from appliance.config.model import dns_name
 from appliance.durable import write_bytes
 from appliance.tls import certificates
 from appliance.tls.certificates import CertificateError
-from service_tool.config_cmd import EXIT_INVALID, load
+from service_tool.config_cmd import EXIT_INVALID
+from service_tool.configuration import load, reading
 
 EXIT_FAILED = 1  # refused or failed; no file was changed
 SERVICE_USER = "appliance"  # system/sysusers.d/appliance.conf: the user the service runs as
@@ -444,7 +445,7 @@ def _text(r: dict) -> list[str]:
 
 
 def show(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = reading(args.config)
     if config is None:
         return EXIT_INVALID
     result = report(config)

@@ -1,4 +1,12 @@
-"""Fixtures: the real daemon on free loopback ports."""
+"""Fixtures: the real daemon on free loopback ports. The tiers, one folder each:
+
+- unit/    no daemon, no root: the loader, the index, the protocol codecs, the tool's offline
+           commands (seconds);
+- daemon/  the real daemon on loopback, DCMTK and pynetdicom clients (minutes);
+- system/  network namespaces, dnsmasq, systemd-nspawn; e2e/ boots the image under QEMU.
+
+Each test gets its tier as a marker too (`-m unit`). The helpers every tier shares are in support/.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +15,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pydicom import config as pydicom_config
 from pynetdicom.association import Association
 
-from helpers import REPO, SMALL_DISK, SMALL_DISK_INODES, Appliance
-
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "support"))
 # `image` (the image build, which the system and e2e tests use) is a directory of the checkout,
 # not part of the installed package.
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(TESTS.parent))
 
 import rootfs  # noqa: E402 (needs `image` on the path)
+from helpers import SMALL_DISK, SMALL_DISK_INODES, Appliance  # noqa: E402
+
+TIERS = {"unit": "unit", "daemon": "daemon", "system": "system", "e2e": "system"}  # folder -> tier
 
 
 def pytest_configure(config):
@@ -31,8 +43,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests marked `debian_tree` (the system tier and the booted image) run last, and the tree
-    they share starts building now if it is not cached, while the others run."""
+    """Each test's tier as a marker, from its folder. Tests marked `debian_tree` (the system
+    tier and the booted image) run last, and the tree they share starts building now if it is
+    not cached, while the others run."""
+    for item in items:
+        folder = Path(item.path).relative_to(TESTS).parts[0]
+        item.add_marker(TIERS[folder])
     needing = [item for item in items if item.get_closest_marker("debian_tree")]
     if needing:
         last = set(needing)
@@ -150,7 +166,7 @@ def modalities():
 
 @pytest.fixture(scope="module")
 def archive_appliance(tmp_path_factory):
-    """One appliance per test module, holding tests/query_archive.py's studies (read-only use)."""
+    """One appliance per test module, holding tests/support/query_archive.py's studies (read-only use)."""
     import query_archive
 
     root = tmp_path_factory.mktemp("archive")
@@ -166,7 +182,7 @@ MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
 
 @pytest.fixture(scope="module")
 def move_archive(tmp_path_factory):
-    """An appliance holding tests/query_archive.py's studies, with MOVE_DESTINATIONS in its
+    """An appliance holding tests/support/query_archive.py's studies, with MOVE_DESTINATIONS in its
     remote AE table on free ports (`move_archive.destination_ports`); nothing listens on them
     until a test starts a destination there."""
     import query_archive

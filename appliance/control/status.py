@@ -1,4 +1,4 @@
-"""The running service's status, as the control socket answers it (TL-07, LG-09)."""
+"""The running service's status and configuration, as the control socket answers them (TL-07, LG-09)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,30 @@ def _libraries() -> str:
     return f"Python {platform.python_version()}, {versions}, SQLite {sqlite3.sqlite_version}"
 
 
+def running_config(daemon) -> dict:
+    """The configuration the service runs and where it came from (`config_path` None: the
+    built-in defaults). Cheap, unlike `status`: the service tool asks every control socket it
+    finds for it (control/discovery.py), and falls back on it when the file does not load."""
+    config = daemon.config  # once: a reload may replace it meanwhile
+    return {
+        "ok": True,
+        "pid": os.getpid(),
+        "config_path": str(daemon.config_path) if daemon.config_path else None,
+        "base_dir": config.base_dir,  # what its relative paths (data_dir, [tls]) resolve against
+        "data_dir": str(data_dir(config)),
+        "config": to_dict(config),
+    }
+
+
 def service_status(daemon) -> dict:
     config = daemon.config
     directory = data_dir(config)
     now = time.monotonic()
     return {
-        "ok": True,
+        **running_config(daemon),
         "version": __version__,
         "libraries": _libraries(),
-        "pid": os.getpid(),
         "uptime_s": round(now - daemon.started, 1),
-        "config_path": str(daemon.config_path) if daemon.config_path else None,
-        "data_dir": str(directory),
         "state": daemon.services.gate.state,  # "open", or "draining" while stopping
         # SE-07: whether the listener is a TLS one (the AE's tls_port).
         "listeners": [{"ae": l.name, "ae_title": l.title, "port": l.port, "tls": l.tls,
@@ -48,5 +60,4 @@ def service_status(daemon) -> dict:
         "audit": audit.status(),  # AU-02: the collector and what waits for it in the spool
         "problems": {"counts": dict(service_log.recent_problems.counts),
                      "recent": service_log.recent_problems.recent()},
-        "config": to_dict(config),
     }

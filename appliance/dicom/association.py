@@ -117,9 +117,13 @@ class Association:
         except TimedOut as exc:
             self.abort(str(exc))
         except ProtocolError as exc:
-            self.abort(str(exc), source=pdu.PROVIDER)
+            self._broken(exc)
         except Closed as exc:
-            self._end(str(exc))
+            if self.transport.received:
+                self._end(str(exc))
+            else:  # issue 22: a peer that gave up (or probed the port) and used nothing
+                self._end(f"{exc}; nothing came after the A-ASSOCIATE-RQ (the peer gave up, or only tried the port)",
+                          logging.INFO)
         except Exception:
             log.exception("%s: unexpected failure serving the association", self.session.prefix())
             self.abort("unexpected failure (see the traceback above)")
@@ -184,10 +188,10 @@ class Association:
             message.discard()
             if command.field not in dimse.REQUESTS:
                 raise ProtocolError(f"a command set with Command Field 0x{command.field:04X}")
-            log.warning("%s: %s #%d on a context for %s: not offered there, status 0x%04X", self.session.prefix(),
-                        command.name, command.message_id, self.accepted[message.context_id][0],
-                        UNRECOGNIZED_OPERATION)
-            self.respond(message, UNRECOGNIZED_OPERATION)
+            why = f"{command.name} is not offered on a context for {self.accepted[message.context_id][0]}"
+            log.warning("%s: %s #%d status 0x%04X: %s", self.session.prefix(), command.name, command.message_id,
+                        UNRECOGNIZED_OPERATION, why)
+            self.respond(message, UNRECOGNIZED_OPERATION, comment=why)  # UL-05
             return
         handler(self, message)
 
@@ -245,7 +249,7 @@ class Association:
                         break
                     self._take_all(self.transport.buffered_pdu(_IN_SESSION))
             except ProtocolError as exc:
-                self.abort(str(exc), source=pdu.PROVIDER)
+                self._broken(exc)
             except Closed as exc:
                 self._end(str(exc))
         for item in self._incoming:
@@ -285,7 +289,7 @@ class Association:
                 self.abort(str(exc))
                 return "gone"
             except ProtocolError as exc:
-                self.abort(str(exc), source=pdu.PROVIDER)
+                self._broken(exc)
                 return "gone"
             except Closed as exc:
                 self._end(str(exc))
@@ -293,11 +297,15 @@ class Association:
 
     # --- ending -------------------------------------------------------------------------------
 
-    def abort(self, why: str = "", source: int = pdu.USER, separator: str = ": ") -> None:
+    def abort(self, why: str = "", source: int = pdu.USER, separator: str = ": ", level: int = logging.ERROR) -> None:
         """A-ABORT now, from any thread; `why` goes into the log line. Ended first, so that the
         association's own thread, woken by the abort, does not log it as a lost connection."""
-        if self._end(f"association aborted by the appliance (A-ABORT){separator + why if why else ''}"):
+        if self._end(f"association aborted by the appliance (A-ABORT){separator + why if why else ''}", level):
             self.transport.abort(source, owner=threading.current_thread() is self.thread)
+
+    def _broken(self, exc: ProtocolError) -> None:
+        """The peer broke PS3.8: its mistake, not the service's (issue 22), so a WARNING."""
+        self.abort(str(exc), source=pdu.PROVIDER, level=logging.WARNING)
 
     def _drop(self, why: str) -> None:
         """A send the peer did not take (CF-06): the connection goes without an A-ABORT, which

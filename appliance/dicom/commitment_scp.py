@@ -55,25 +55,23 @@ class CommitmentSCP:
         request = message.command
         prefix = f"{session.prefix()}: N-ACTION #{request.message_id} (Storage Commitment)"
         action_type = request.us(dimse.ACTION_TYPE)
-        if action_type != REQUEST_STORAGE_COMMITMENT:  # SC-01
-            log.error("%s status 0x%04X: Action Type ID %s is not 1 (Request Storage Commitment)", prefix,
-                      status.NO_SUCH_ACTION, action_type)
-            association.respond(message, status.NO_SUCH_ACTION)
-            return None
         try:
+            if action_type != REQUEST_STORAGE_COMMITMENT:  # SC-01
+                raise DicomStatusError(status.NO_SUCH_ACTION,
+                                       f"Action Type ID {action_type} is not 1 (Request Storage Commitment)")
             transaction_uid, references = parse(_action_information(message, association.accepted[message.context_id][1]))
-        except DicomStatusError as exc:  # SC-03..SC-05
-            log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
-            association.respond(message, exc.status)
+        except DicomStatusError as exc:  # SC-03..SC-05: the requester's mistake; UL-05: the reason goes back
+            log.warning("%s status 0x%04X: %s", prefix, exc.status, exc.why)
+            association.respond(message, exc.status, comment=exc.why)
             return None
         started = time.monotonic()
         try:
             report = self.services.commitments.accept(transaction_uid, references, session.title,
                                                       held=self.services.reporter.on_same_association)
         except (DatabaseError, OSError, MemoryError) as exc:  # SC-03
-            alert(log, "%s transaction %s status 0x%04X: the request cannot be kept: %s: %s", prefix, transaction_uid,
-                  status.PROCESSING_FAILURE, type(exc).__name__, exc)
-            association.respond(message, status.PROCESSING_FAILURE)
+            why = f"the request cannot be kept: {type(exc).__name__}: {exc}"
+            alert(log, "%s transaction %s status 0x%04X: %s", prefix, transaction_uid, status.PROCESSING_FAILURE, why)
+            association.respond(message, status.PROCESSING_FAILURE, comment=why)
             return None
         log.info("%s transaction %s: %d instances, %d committed, %d not (%s), decided and kept in %.0f ms, "
                  "status 0x0000", prefix, transaction_uid, len(references), len(report.committed), len(report.failed),

@@ -13,6 +13,7 @@ kept in memory up to MESSAGE_LIMIT.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -41,6 +42,10 @@ MOVE_ORIGINATOR_TITLE, MOVE_ORIGINATOR_ID = 0x1030, 0x1031
 NO_DATA_SET = 0x0101
 _DATA_SET_PRESENT = 0x0001  # anything but 0x0101 (PS3.7 E.1-1); pynetdicom and DCMTK write 1
 _MEDIUM_PRIORITY = 0x0000
+# Error Comment is LO (PS3.7 Annex C, PS3.5 6.2): at most 64 characters of the default
+# repertoire (command sets have no Specific Character Set), no backslash, no control characters.
+_COMMENT_LIMIT = 64
+_NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f]+")
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
 
@@ -69,6 +74,16 @@ def text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
+def error_comment(reason: str) -> bytes:
+    """The Error Comment that says `reason` (UL-05): characters outside ASCII become "?", a
+    backslash (LO's value separator) "/", control characters a space. A longer reason keeps its
+    start, which names the problem, and ends in "..."; the whole of it is in the service log."""
+    raw = _NOT_IN_LO.sub(" ", reason.replace("\\", "/")).strip().encode("ascii", "replace")
+    if len(raw) > _COMMENT_LIMIT:
+        raw = raw[:_COMMENT_LIMIT - 3].rstrip() + b"..."
+    return raw + b" " if len(raw) % 2 else raw
+
+
 def encode_command(elements: dict[int, bytes]) -> bytes:
     """The command set of `elements` (element number -> encoded value), in tag order, with its
     Command Group Length."""
@@ -79,7 +94,8 @@ def encode_command(elements: dict[int, bytes]) -> bytes:
 def response(request: "Command", status: int, *, data_set: bool = False, comment: str = "",
              extra: dict[int, bytes] | None = None) -> bytes:
     """The command set of the response to `request` with `status`: its Affected SOP Class (and
-    Instance) UID as the request named them, `extra` elements (counts, Action Type ID)."""
+    Instance) UID as the request named them, the Error Comment that says `comment` (a warning or
+    failure's reason, UL-05), `extra` elements (counts, Action Type ID)."""
     field = request.field | RESPONSE
     elements = {COMMAND_FIELD: us(field), RESPONDED_TO: us(request.message_id),
                 DATA_SET_TYPE: us(_DATA_SET_PRESENT if data_set else NO_DATA_SET), STATUS: us(status)}
@@ -91,7 +107,7 @@ def response(request: "Command", status: int, *, data_set: bool = False, comment
     if instance and field in (C_STORE_RQ | RESPONSE, N_ACTION_RQ | RESPONSE, N_EVENT_REPORT_RQ | RESPONSE):
         elements[AFFECTED_SOP_INSTANCE] = _even(instance)
     if comment:
-        elements[ERROR_COMMENT] = text(comment[:64])
+        elements[ERROR_COMMENT] = error_comment(comment)
     elements.update(extra or {})
     return encode_command(elements)
 

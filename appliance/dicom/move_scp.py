@@ -54,7 +54,7 @@ class MoveSCP:
             session.failures += 1
             log.exception("%s: C-MOVE #%d: unexpected failure, status 0x%04X", session.prefix(),
                           message.command.message_id, status.SUBOPERATIONS_FAILED)
-            answer.final(status.SUBOPERATIONS_FAILED, Progress())
+            answer.final(status.SUBOPERATIONS_FAILED, Progress(), "unexpected failure")
 
     def move(self, association, message: Message, answer: "_Answer") -> None:
         session = association.session
@@ -64,27 +64,24 @@ class MoveSCP:
         destination_title = request.text(dimse.MOVE_DESTINATION)
         prefix = f"{session.prefix()}: C-MOVE #{request.message_id} to {destination_title or '(none)'}"
         destination = self.services.remote_aes.get(destination_title)
-        if destination is None:  # QM-04, QM-18: before anything else
-            session.failures += 1
-            log.error("%s status 0x%04X: move destination unknown (no remote AE of that title with move_destination = true)", prefix,
-                      status.MOVE_DESTINATION_UNKNOWN)
-            answer.final(status.MOVE_DESTINATION_UNKNOWN, Progress())
-            return
         abstract_syntax, syntax = association.accepted[message.context_id]
         try:
-            wanted = retrieve.parse(request_identifier(message, syntax), MODELS[abstract_syntax])
-        except DicomStatusError as exc:  # QM-05, QM-06
+            if destination is None:  # QM-04, QM-18: before anything else
+                why = f"no remote AE {destination_title or '(none)'} with move_destination = true"
+                raise DicomStatusError(status.MOVE_DESTINATION_UNKNOWN, why)
+            wanted = retrieve.parse(request_identifier(message, syntax), MODELS[abstract_syntax])  # QM-05, QM-06
+        except DicomStatusError as exc:  # the requester's mistake (LG-06)
             session.failures += 1
-            log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
-            answer.final(exc.status, Progress())
+            log.warning("%s status 0x%04X: %s", prefix, exc.status, exc.why)
+            answer.final(exc.status, Progress(), exc.why)
             return
         try:
             items = retrieve.instances(wanted)
         except (DatabaseError, MemoryError) as exc:  # QM-13
             session.failures += 1
-            alert(log, "%s %s: status 0x%04X: the index cannot list the matches: %s: %s", prefix, wanted.describe(),
-                  status.UNABLE_TO_CALCULATE_MATCHES, type(exc).__name__, exc)
-            answer.final(status.UNABLE_TO_CALCULATE_MATCHES, Progress())
+            why = f"the index cannot list the matches: {type(exc).__name__}: {exc}"
+            alert(log, "%s %s: status 0x%04X: %s", prefix, wanted.describe(), status.UNABLE_TO_CALCULATE_MATCHES, why)
+            answer.final(status.UNABLE_TO_CALCULATE_MATCHES, Progress(), why)
             return
         ignored = f"; keys not used: {', '.join(wanted.ignored)}" if wanted.ignored else ""
         log.info("%s %s: %d instances to send%s", prefix, wanted.describe(), len(items), ignored)
@@ -107,11 +104,12 @@ class MoveSCP:
             code = status.SUBOPERATIONS_FAILED
         else:
             code = status.SUCCESS
-        answer.final(code, progress)
+        answer.final(code, progress, progress.failure)
         log.log(logging.ERROR if code == status.SUBOPERATIONS_FAILED else logging.INFO,
-                "%s: %d sent (%d with warnings), %d failed or not sent, in %.2f s, status 0x%04X%s", prefix,
+                "%s: %d sent (%d with warnings), %d failed or not sent, in %.2f s, status 0x%04X%s%s", prefix,
                 progress.completed, progress.warnings, len(progress.failed_uids), time.monotonic() - started, code,
-                "" if answer.delivered else " (the requester's association is gone: not delivered)")
+                "" if answer.delivered else " (the requester's association is gone: not delivered)",
+                f": {progress.failure}" if progress.failure else "")
 
 
 class _Answer:
@@ -128,13 +126,14 @@ class _Answer:
     def pending(self, progress: Progress) -> None:
         self._send(status.PENDING, progress, remaining=True)
 
-    def final(self, code: int, progress: Progress) -> None:
+    def final(self, code: int, progress: Progress, why: str = "") -> None:
+        """The final response; `why` a failure's reason, as logged, for its Error Comment (UL-05)."""
         # PS3.4 C.4.2.1.5/6: Remaining only in Pending and Cancel responses; the Failed SOP
         # Instance UID List with a failure or a cancel (empty then: a cancel fails nothing).
         failed_list = code in (status.SUBOPERATIONS_FAILED, status.CANCEL)
-        self._send(code, progress, remaining=code == status.CANCEL, failed_list=failed_list)
+        self._send(code, progress, remaining=code == status.CANCEL, failed_list=failed_list, why=why)
 
-    def _send(self, code: int, progress: Progress, remaining: bool, failed_list: bool = False) -> None:
+    def _send(self, code: int, progress: Progress, remaining: bool, failed_list: bool = False, why: str = "") -> None:
         counted = code in (status.PENDING, status.CANCEL, status.SUCCESS, status.SUBOPERATIONS_FAILED)
         counts = dimse.move_counts(progress.remaining if remaining else None, progress.completed,
                                    len(progress.failed_uids), progress.warnings) if counted else {}
@@ -144,5 +143,5 @@ class _Answer:
             dataset.FailedSOPInstanceUIDList = progress.failed_uids
             identifier = encode(dataset, True, True)
         # QM-15: when the requester's association is gone, nothing is sent; the export goes on.
-        if not self.association.respond(self.message, code, identifier, extra=counts):
+        if not self.association.respond(self.message, code, identifier, comment=why, extra=counts):
             self.delivered = False

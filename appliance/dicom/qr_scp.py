@@ -32,16 +32,20 @@ MODELS = {uids.PATIENT_ROOT_FIND: PATIENT_ROOT, uids.STUDY_ROOT_FIND: STUDY_ROOT
 
 def on_find(association, message: Message) -> None:
     """The handler: `find`, with a last resort, so that a bug neither ends the association
-    thread nor leaves the requester without a final response."""
+    thread nor leaves the requester without a final response. UL-05: a failure's Error Comment
+    is the reason its log line gives."""
+    comment = ""
     try:
         code = find(association, message)
+    except DicomStatusError as exc:  # refused, and logged by `find`
+        code, comment = exc.status, exc.why
     except Exception:
         association.session.failures += 1
         log.exception("%s: C-FIND #%d: unexpected failure, status 0x%04X", association.session.prefix(),
                       message.command.message_id, status.UNEXPECTED_FIND_FAILURE)
-        code = status.UNEXPECTED_FIND_FAILURE
+        code, comment = status.UNEXPECTED_FIND_FAILURE, "unexpected failure"
     if code is not None:
-        association.respond(message, code)
+        association.respond(message, code, comment=comment)
     # AU-01: a Query message per C-FIND, after its answer; a refused identifier is a minor failure.
     if audit.active():
         abstract_syntax, syntax = association.accepted[message.context_id]
@@ -51,7 +55,8 @@ def on_find(association, message: Message) -> None:
 
 
 def find(association, message: Message) -> int | None:
-    """Send the Pendings; the final status (None: the association has gone meanwhile)."""
+    """Send the Pendings; the final status (None: the association has gone meanwhile), or
+    DicomStatusError for a failure, logged."""
     session = association.session
     session.queries += 1
     started = time.monotonic()
@@ -60,10 +65,10 @@ def find(association, message: Message) -> int | None:
     abstract_syntax, syntax = association.accepted[message.context_id]
     try:
         query = identifier.parse(request_identifier(message, syntax), MODELS[abstract_syntax])
-    except DicomStatusError as exc:  # A900 (QF-17), C001 (QF-15/16): LG-06
+    except DicomStatusError as exc:  # A900 (QF-17), C001 (QF-15/16), LG-06: the requester's mistake
         session.failures += 1
-        log.error("%s status 0x%04X: %s", prefix, exc.status, exc.why)
-        return exc.status
+        log.warning("%s status 0x%04X: %s", prefix, exc.status, exc.why)
+        raise
     code = status.PENDING_UNSUPPORTED_KEYS if query.unsupported else status.PENDING
     pending = dimse.response(request, code, data_set=True)
     responses = Responses(query)
@@ -79,9 +84,10 @@ def find(association, message: Message) -> int | None:
             matches += 1
     except (DatabaseError, MemoryError) as exc:  # QF-18: the index cannot answer now
         session.failures += 1
-        alert(log, "%s %s: status 0x%04X after %d matches: the index cannot answer: %s: %s", prefix,
-              query.describe(), status.OUT_OF_RESOURCES, matches, type(exc).__name__, exc)
-        return status.OUT_OF_RESOURCES
+        why = f"the index cannot answer: {type(exc).__name__}: {exc}"
+        alert(log, "%s %s: status 0x%04X after %d matches: %s", prefix, query.describe(), status.OUT_OF_RESOURCES,
+              matches, why)
+        raise DicomStatusError(status.OUT_OF_RESOURCES, why) from exc
     unsupported = f"; not used for matching (0x{code:04X}): {'; '.join(query.unsupported)}" \
         if query.unsupported else ""
     log.info("%s %s: %d matches in %.1f ms, status 0x%04X%s", prefix, query.describe(), matches,

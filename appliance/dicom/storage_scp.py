@@ -19,6 +19,10 @@ from appliance.store.ingest import StoreRequest
 
 log = logging.getLogger("appliance.storage_scp")
 
+# Refused for what the sender sent, not for the box's state: WARNING, not among the errors
+# `status` counts (issue 22). A700 (disk, index) is the service's own problem: ERROR.
+_REFUSED_FOR_THE_DATA_SET = (status.DATASET_MISMATCH, status.CANNOT_UNDERSTAND)
+
 
 def _request(association, context_id: int, command: Command) -> StoreRequest:
     transfer_syntax = association.accepted[context_id][1]
@@ -45,10 +49,10 @@ class StorageSCP:
             log.exception("%s: C-STORE %s: unexpected failure, status 0x%04X", session.prefix(),
                           request.sop_instance_uid, status.UNEXPECTED_FAILURE)
             session.failures += 1
-            association.respond(message, status.UNEXPECTED_FAILURE)
+            association.respond(message, status.UNEXPECTED_FAILURE, comment="unexpected failure")
             return
         level = logging.INFO if outcome.status in (status.SUCCESS, status.COERCION_OF_DATA_ELEMENTS) \
-            else logging.ERROR
+            else logging.WARNING if outcome.status in _REFUSED_FOR_THE_DATA_SET else logging.ERROR
         if level == logging.INFO:
             session.instances += 1
             session.bytes += outcome.size
@@ -60,7 +64,8 @@ class StorageSCP:
         if outcome.sop_instance_uid != uid:
             uid = f"{uid} (indexed as {outcome.sop_instance_uid})"
         # FL-04: a response that cannot be sent leaves the instance stored; the end is logged.
-        # UL-05: a failure says why in its Error Comment (ST-26: the conflict, in its first words).
-        association.respond(message, outcome.status, comment=outcome.detail if level == logging.ERROR else "")
+        # UL-05: a warning or failure says why in its Error Comment, as the log line does (ST-26:
+        # the conflict, in its first words; B000: the elements coerced).
+        association.respond(message, outcome.status, comment=outcome.detail if outcome.status != status.SUCCESS else "")
         log.log(level, "%s: C-STORE %s class %s status 0x%04X: %s", session.prefix(), uid,
                 request.sop_class_uid, outcome.status, outcome.detail)

@@ -141,7 +141,7 @@ class StorageSCU:
                 self._log_store(prefix, item, current, code)
                 association.release_quietly()
                 return self._failed(progress, job.items, index,
-                                    f"{item.sop_instance_uid}: the destination answered C-STORE status 0x{code:04X}",
+                                    f"the destination answered C-STORE status 0x{code:04X} to {item.sop_instance_uid}",
                                     prefix)
             sent_bytes += size
             progress.completed += 1
@@ -254,8 +254,8 @@ class StorageSCU:
         code = answer.us(dimse.STATUS)
         if (answer.field, answer.message_id) != (dimse.C_STORE_RQ | dimse.RESPONSE, message_id) \
                 or code is None:
-            raise Failed(f"{item.sop_instance_uid}: the destination answered with something other than a C-STORE-RSP "
-                         f"with a status for message {message_id}")
+            raise Failed(f"the destination answered with something other than a C-STORE-RSP with a status for "
+                         f"message {message_id} ({item.sop_instance_uid})")
         return code
 
     @staticmethod
@@ -282,8 +282,8 @@ class StorageSCU:
                 for context_id, accepted in association.accepted.items():
                     if accepted == (sop_class, syntax):
                         return context_id, sop_class, syntax
-        raise Failed(f"{item.sop_instance_uid}: the destination accepted no presentation context for class "
-                     f"{item.sop_class_uid} in {stored} or a lossless alternative")
+        raise Failed(f"the destination accepted no presentation context for class {item.sop_class_uid} in {stored} "
+                     f"or a lossless alternative ({item.sop_instance_uid})")
 
     @staticmethod
     def _failed(progress: Progress, items: list[Item], index: int, why: str, prefix: str) -> Progress:

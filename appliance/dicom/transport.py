@@ -89,7 +89,7 @@ class Transport:
         self._state_lock = threading.Lock()  # abort() and close() against each other
         self.aborted = False
         self.closed = False
-        self.received_at = time.monotonic()  # the peer's last bytes
+        self.received = len(initial)  # bytes from the peer, `initial` (what followed its A-ASSOCIATE-RQ) included
 
     # --- reading --------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class Transport:
         if not got:
             raise PeerClosed()
         self._end += got
-        self.received_at = time.monotonic()
+        self.received += got
 
     def _make_room(self) -> None:
         """Room after the unread bytes for the PDU they begin, and for a read worth a system

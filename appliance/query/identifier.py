@@ -225,7 +225,7 @@ def _check_specific_enough(query: Query, values: dict[str, str]) -> None:
         needed = _STUDY_KEYS + ("PatientID", "PatientName")
     else:
         return
-    if not any(partial(keyword) for keyword in needed):
-        raise DicomStatusError(status.UNABLE_TO_PROCESS, f"a {query.model.name} {query.level.name} query needs a "
-                               f"value for {' or '.join(needed[-2:])}"
-                               + (" or a study key" if len(needed) > 2 else ""))
+    if not any(partial(keyword) for keyword in needed):  # what is missing first: UL-05 sends 64 characters
+        keys = "PatientID, PatientName or a study key" if len(needed) > 2 else "PatientID or PatientName"
+        raise DicomStatusError(status.UNABLE_TO_PROCESS, f"no value for {keys}: a {query.model.name} "
+                               f"{query.level.name} query needs one")

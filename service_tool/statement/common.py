@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydicom.uid import UID
 
 from appliance.config.model import ListeningAE
-from service_tool.render import Table
+from service_tool.render import Block, Paragraph, Table
 
 PRODUCT = "DICOM archive appliance"
 SCU, QR, SCP = "STORAGE-SCU", "QUERY-RETRIEVE-SCP", "STORAGE-SCP"
@@ -87,3 +87,10 @@ def context_rows(pairs, role: str) -> list[list[str]]:
 
 def status_table(caption: str, rows: list[tuple[str, str, str]]) -> Table:
     return Table(caption, ["Service Status", "Status Code", "Behaviour"], [list(row) for row in rows])
+
+
+def returned_statuses(caption: str, rows: list[tuple[str, str, str]]) -> list[Block]:
+    """The status table of the responses an AE sends, and how a refusal says why (UL-05)."""
+    return [status_table(caption, rows),
+            Paragraph("Every failure and warning response carries an Error Comment (0000,0902) with the reason the "
+                      "service log gives, at most 64 characters: the start of a longer reason.")]

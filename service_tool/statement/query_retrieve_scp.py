@@ -11,8 +11,8 @@ from appliance.dicom import contexts
 from appliance.query.keys import KEYS, PATIENT_ROOT, STUDY_ROOT
 from service_tool.render import Block, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections
-from service_tool.statement.common import (QR, SCU, code, limit_text, listed, ports_text, seconds, sop_class_table,
-                                           status_table)
+from service_tool.statement.common import (QR, SCU, code, limit_text, listed, ports_text, returned_statuses, seconds,
+                                           sop_class_table)
 
 
 def _query_keys() -> Table:
@@ -71,7 +71,7 @@ def specification(config: Config) -> list[Block]:
                   "matching NONE, or a matching type the table does not list, restricts nothing and makes the "
                   "Pending status FF01. Specific Character Set is accepted and returned when needed."),
         _query_keys(),
-        status_table(f"{QR} C-FIND Response Status Return Behaviour", [
+        *returned_statuses(f"{QR} C-FIND Response Status Return Behaviour", [
             ("Success", code(status.SUCCESS), "Matching is complete."),
             ("Pending", code(status.PENDING), "A match; every key was supported as used."),
             ("Pending", code(status.PENDING_UNSUPPORTED_KEYS), "A match; some keys were not used for matching."),
@@ -88,7 +88,7 @@ def specification(config: Config) -> list[Block]:
                   f"{SCU} sends all matching instances over one association; the first failure stops the export "
                   "and the final status is A702. B000 is never returned. If the requester's association goes "
                   "away, the export still completes."),
-        status_table(f"{QR} C-MOVE Response Status Return Behaviour", [
+        *returned_statuses(f"{QR} C-MOVE Response Status Return Behaviour", [
             ("Success", code(status.SUCCESS), "Every instance was sent (some perhaps with warnings)."),
             ("Pending", code(status.PENDING), "First with the number of instances, then after each one sent."),
             ("Cancel", code(status.CANCEL), "Stopped by a C-CANCEL after the instance being sent."),

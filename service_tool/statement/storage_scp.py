@@ -11,8 +11,8 @@ from appliance.store import ingest
 from service_tool.render import Block, BulletList, Heading, Paragraph, Table
 from service_tool.statement.association import accepted_contexts, association_policies, rejections
 from service_tool.statement.common import (CONTEXT_HEADER, SCP, code, context_rows, in_bytes, limit_text,
-                                           listed, ports_text, retries, seconds, sop_class_table, status_table,
-                                           uid_name)
+                                           listed, ports_text, retries, returned_statuses, seconds, sop_class_table,
+                                           status_table, uid_name)
 
 
 def _watermarks(config: Config) -> str:
@@ -137,7 +137,7 @@ def specification(config: Config) -> list[Block]:
              f"{scp.quarantine_max_files} files (storage_scp.quarantine)." if scp.quarantine else
              "Refused data sets are not kept (storage_scp.quarantine = false)."),
         ]),
-        status_table(f"{SCP} C-STORE Response Status Return Reasons", [
+        *returned_statuses(f"{SCP} C-STORE Response Status Return Reasons", [
             ("Success", code(status.SUCCESS), "Stored, or already stored (an identical resend)."),
             *([("Warning", code(status.COERCION_OF_DATA_ELEMENTS), "Stored; a value was coerced in the database.")]
               if scp.coercion_warning else []),
@@ -164,7 +164,7 @@ def specification(config: Config) -> list[Block]:
                                 f"{code(status.SOP_CLASS_NOT_SUPPORTED)}): "
                                 + "; ".join(f"{uid_name(c)} ({c})" for c in uncommittable) + "."))
     blocks += [
-        status_table(f"{SCP} N-ACTION Response Status Return Reasons", [
+        *returned_statuses(f"{SCP} N-ACTION Response Status Return Reasons", [
             ("Success", code(status.SUCCESS), "The request is kept and will be reported."),
             ("Failure", code(status.PROCESSING_FAILURE), "The request cannot be read or kept; alert."),
             ("Failure", code(status.MISSING_ATTRIBUTE), "Transaction UID, Referenced SOP Sequence or an item's "

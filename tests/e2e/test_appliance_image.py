@@ -3,7 +3,8 @@ host as a hospital network would use it (SE-06, VE-01, VE-02, TL-07, LG-10).
 
 The image is built once for tests/e2e and boots in about a minute under TCG (conftest.py).
 The tests run in order on the one box: power-on and echo, what runs inside, store/find/move,
-status on the console, then a reboot; test_power_cut.py goes on with the same box afterwards.
+status on the console, a reload of a broken file, then a reboot; test_power_cut.py goes on
+with the same box afterwards.
 Each failure prints `systemctl --failed` and the service's journal from the guest; each boot's
 whole serial console is in a console-N.log, whose path the test prints.
 """
@@ -106,6 +107,22 @@ def test_the_field_engineers_echo_reaches_both_scp_aes(box):  # VE-01, VE-02 fro
         status, said = box.guest.run("service-tool echo --local")
         assert status == 0, said
         assert len(re.findall(r"C-ECHO +status 0x0000", said)) == 2, said
+
+
+def test_a_reload_of_a_broken_file_fails_at_once_and_the_tool_still_diagnoses(box):  # TL-04, TL-07; issue 22
+    config = "/etc/appliance/appliance.toml"
+    with box.diagnosed():
+        status, pid = box.guest.run("systemctl show -P MainPID appliance")
+        assert box.guest.run(f"cp {config} /root/appliance.toml.good && echo 'garbage = [' >> {config}")[0] == 0
+        status, said = box.guest.run("systemctl reload appliance")
+        assert status != 0, said  # ExecReload validated the file first, and sent no SIGHUP
+        status, journal = box.guest.run("journalctl -b -u appliance --no-pager -o cat -n 20")
+        assert f"configuration invalid: (file): {config} is not valid TOML" in journal, journal
+        assert box.guest.run("systemctl show -P MainPID appliance") == (0, pid)
+        status, report = box.guest.run("service-tool status")
+        assert status == 0 and "service: running" in report, report
+        assert f"WARNING: {config} does not load" in report, report
+        assert box.guest.run(f"cp /root/appliance.toml.good {config} && systemctl reload appliance")[0] == 0
 
 
 def test_a_static_address_and_name_set_on_the_console(box):  # NW-03, NW-05

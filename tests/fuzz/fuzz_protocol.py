@@ -74,7 +74,7 @@ new inputs to the first corpus directory, so fuzz into a scratch directory and m
     .venv/bin/python tests/fuzz/fuzz_protocol.py seeds      # rewrite the seed-* files
 
 A run works in a fuzz-protocol-* directory under $TMPDIR (storage area and index), removed at
-exit; one that ends in a crash leaves it behind. tests/test_fuzz.py replays the corpus through
+exit; one that ends in a crash leaves it behind. tests/daemon/test_fuzz.py replays the corpus through
 the same methods and runs each target briefly.
 """
 
@@ -141,6 +141,7 @@ REQUESTED = {1: (uids.VERIFICATION, uids.IMPLICIT_LE), 3: (uids.CT, uids.EXPLICI
 SOP_INSTANCE = "1.2.826.0.1.3680043.9.3811.2.1"  # of the seed datasets, so the header seeds pass check_required
 CALLING = "MODALITY1"  # the seeds' calling AE title
 PEER = ("192.0.2.1", 11112)  # where the requests come from
+LOCAL = "192.0.2.9"  # the box's address they reach (not loopback: the service tool's own echo is no case here)
 DEFAULTS = DefaultValues(patient_name="UNKNOWN", patient_id="NOID", study_date="19700101", modality="OT")  # EL-02
 QUIET_LOGGERS = ("pynetdicom", "pydicom")
 EXAM_TYPES = ("CHEST", "HEAD", "AXIAL")  # so that coercion's EL-12 lookup has work to do
@@ -252,7 +253,7 @@ class Service:
             pdu.requested_titles(data)  # for the rejection's log line
             _reject(UNPARSEABLE)
             return
-        decision = self.admission.decide(request, PEER[0], lambda: len(self.listener._answer(request)[0]))
+        decision = self.admission.decide(request, PEER[0], LOCAL, lambda: len(self.listener._answer(request)[0]))
         if not isinstance(decision, Slot):
             _reject(decision[0])
             return
