@@ -148,10 +148,24 @@ def backup_full(app: Appliance, directory: Path, *args: str) -> tuple[subprocess
     return result, json.loads(result.stdout) if result.returncode == 0 else None
 
 
+_new_boxes: list[Appliance] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_new_boxes():
+    """The boxes a test made with new_box and started are stopped when it ends, passed or failed."""
+    yield
+    while _new_boxes:
+        box = _new_boxes.pop()
+        if box.proc is not None and box.proc.poll() is None:
+            assert box.stop() == 0, box.log()
+
+
 def new_box(root: Path) -> Appliance:
     """A box with a fresh configuration path (no file there yet) and no data directory."""
     app = Appliance(root)
     app.config_path.unlink()
+    _new_boxes.append(app)
     return app
 
 
