@@ -80,3 +80,13 @@ def hand_over(path: Path, directory: Path) -> None:
     if os.geteuid() == 0:
         owner = directory.stat()
         os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def hand_over_wal_files(index: Path) -> None:
+    """A read-only connection to a WAL database nobody had open creates its -wal and -shm and
+    leaves them; made by root, the service could not open them: they go to its user."""
+    for suffix in ("-wal", "-shm"):
+        try:
+            hand_over(Path(f"{index}{suffix}"), index.parent)
+        except FileNotFoundError:
+            pass

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.durable import fsync_dir, fsync_file, hand_over
+from appliance.durable import fsync_dir, fsync_file, hand_over_wal_files
 
 
 class BackupFailed(Exception):
@@ -81,8 +81,4 @@ def read_only(index: Path):
                                                 timeout=30)) as connection:
             yield connection
     finally:
-        # A read-only connection to a WAL database nobody had open creates its -wal and -shm
-        # and leaves them; made by root, the service could not open them.
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                hand_over(Path(f"{index}{suffix}"), index.parent)
+        hand_over_wal_files(index)

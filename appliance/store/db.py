@@ -14,7 +14,7 @@ from pathlib import Path
 
 from peewee import SqliteDatabase
 
-from appliance.durable import hand_over
+from appliance.durable import hand_over_wal_files
 from appliance.store import coercion, models
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration
 def read_only(path: Path):
     """The index at `path` bound to the models for reading only, as the service tool reads a
     stopped box's index (`study list`): no migration, no write. The -wal and -shm files such a
-    connection may create are handed to the data directory's owner (the tool runs as root)."""
+    connection may create are handed to the data directory's owner (durable.hand_over_wal_files)."""
     if not path.exists():
         raise FileNotFoundError(f"there is no index at {path}")
     db = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True, pragmas={"busy_timeout": 30000})
@@ -93,9 +93,7 @@ def read_only(path: Path):
         with db.connection_context():
             yield db
     finally:
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                hand_over(Path(f"{path}{suffix}"), path.parent)
+        hand_over_wal_files(path)
 
 
 class Index:

@@ -53,12 +53,7 @@ def acknowledged(app, modality: Modality, transaction_uid: str, references: list
 def test_all_committed_is_reported_on_the_same_association(make_appliance, tmp_path):
     """SC-02, SC-06, SC-08, SC-11: N-ACTION-RSP 0000, then event type 1 on that association."""
     app, modality, references = commit_archive(make_appliance, tmp_path)
-    assoc = modality.associate(app.storage_port)
-    try:
-        assert n_action(assoc, request("1.2.3.100", references)) == 0x0000
-        (report,) = modality.wait_for(1)
-    finally:
-        assoc.release()
+    report = modality.commit(app.storage_port, "1.2.3.100", references)
     assert (report.event_type, report.transaction_uid, report.own_association) == (1, "1.2.3.100", True)
     assert report.committed == references and report.failed == []
     app.wait_log(r"STORAGE-SCP to MODALITY1: N-EVENT-REPORT transaction 1.2.3.100 \(event type 1, 3 committed, "
@@ -74,12 +69,7 @@ def test_failures_carry_their_reasons(make_appliance, tmp_path):
     path.unlink()
     asked = [references[0], (datasets.CT, "1.2.3.404"), (datasets.MR, references[1][1]),
              ("1.2.840.10008.5.1.4.1.1.481.1", references[1][1]), references[2]]
-    assoc = modality.associate(app.storage_port)
-    try:
-        assert n_action(assoc, request("1.2.3.101", asked)) == 0x0000
-        (report,) = modality.wait_for(1)
-    finally:
-        assoc.release()
+    report = modality.commit(app.storage_port, "1.2.3.101", asked)
     assert report.event_type == 2 and report.committed == [references[0]]
     assert report.failed == [(datasets.CT, "1.2.3.404", 0x0112), (datasets.MR, references[1][1], 0x0119),
                              ("1.2.840.10008.5.1.4.1.1.481.1", references[1][1], 0x0122),

@@ -19,7 +19,7 @@ import pytest
 
 import datasets
 import scu
-from commitment_peer import Modality, n_action, request
+from commitment_peer import Modality
 from helpers import Appliance, dcmtk, free_port, service_tool, storescp, wait_for
 from query_archive import uid
 
@@ -180,13 +180,7 @@ def test_a_commitment_request_for_a_deleted_instance_answers_0112(box):
     """MG-02, SC-08: the commitment decision after a deletion finds no such instance."""
     references = store_study(box, "S512", calling=MODALITY)
     assert tool(box, "study", "delete", uid("S512"), "--instance", references[0][1], "--yes").returncode == 0
-    modality = Modality(MODALITY, box.ports[MODALITY])
-    assoc = modality.associate(box.storage_port)
-    try:
-        assert n_action(assoc, request("1.2.3.512", references)) == 0x0000
-        (report,) = modality.wait_for(1)
-    finally:
-        assoc.release()
+    report = Modality(MODALITY, box.ports[MODALITY]).commit(box.storage_port, "1.2.3.512", references)
     assert report.committed == references[1:]
     assert report.failed == [(*references[0], 0x0112)]
 

@@ -98,6 +98,17 @@ class Modality:
         assert assoc.is_established, assoc.acse_result if hasattr(assoc, "acse_result") else "rejected"
         return assoc
 
+    def commit(self, port: int, transaction_uid: str, references: list[tuple[str, str]]) -> Received:
+        """One N-ACTION on an association of its own, answered 0000, and the report that comes
+        back on that association; then the association is released."""
+        assoc = self.associate(port)
+        try:
+            assert n_action(assoc, request(transaction_uid, references)) == 0x0000
+            (report,) = self.wait_for(1)
+        finally:
+            assoc.release()
+        return report
+
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         wait_for(lambda: len(self.received) >= count, f"{count} reports at {self.title}", timeout)
         return self.received
