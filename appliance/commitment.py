@@ -9,7 +9,9 @@ sent, so an acknowledged request is reported even after a crash or restart (SC-2
 goes when the report has been delivered or abandoned.
 
 When each report goes is `Reporter`'s: on the N-ACTION's association first (SC-11), else
-over new associations, retried and at last abandoned (SC-12..SC-20). How a report goes over
+over new associations, retried and at last abandoned (SC-12..SC-20). Boxes sharing one index
+(IX-02) share the kept requests: a box delivering reports over a new association claims their
+rows first, so exactly one box delivers each. How a report goes over
 the network is the sender's (dicom/commitment_reports.py), which the daemon hands in.
 """
 
@@ -35,6 +37,9 @@ log = logging.getLogger("appliance.commitment")
 
 COMMITTABLE_CLASSES = frozenset(uids.DEFAULT_STORAGE_CLASSES)  # SC-10: the 8 storage classes
 DELIVERED = {status.SUCCESS: logging.INFO, status.ATTRIBUTE_LIST_ERROR: logging.WARNING}  # SC-18
+# IX-02: how long a claimed report is another box's to deliver; longer than any delivery takes
+# (an association's timeouts), so only a box that died while delivering leaves it to the others.
+CLAIM = 600.0
 
 
 @dataclass
@@ -56,9 +61,10 @@ class Report:
 class Commitments:
     """Decides and keeps commitment requests. One per daemon; safe from association threads."""
 
-    def __init__(self, index: Index, store_root: Path):
+    def __init__(self, index: Index, store_root: Path, node: str = ""):
         self.index = index
         self.store_root = store_root
+        self.node = node  # this box's name (store/node.py): its requests' rows carry it
 
     def accept(self, transaction_uid: str, references: list[tuple[str, str]], requester: str,
                held: bool) -> Report:
@@ -76,7 +82,7 @@ class Commitments:
             row = CommitmentRequest.create(
                 transaction_uid=transaction_uid, requester=requester,
                 received_at=datetime.datetime.now(datetime.timezone.utc), committed=json.dumps(committed),
-                failed=json.dumps(failed), next_attempt=None if held else time.time())
+                failed=json.dumps(failed), next_attempt=None if held else time.time(), node=self.node)
         return Report(row.id, transaction_uid, requester, committed, failed)
 
     def _failure(self, sop_class: str, sop_instance: str) -> int | None:
@@ -102,15 +108,24 @@ class Commitments:
     # --- what the reporter reads and records ----------------------------------------------
 
     def recover(self) -> int:
-        """At start: reports an association was holding when the service stopped are due now."""
+        """At start: reports this box's associations were holding when it stopped are due now
+        (those of a release before IX-02 carry no box)."""
         with self.index.write():
             return CommitmentRequest.update(next_attempt=time.time()).where(
-                CommitmentRequest.next_attempt.is_null()).execute()
+                CommitmentRequest.next_attempt.is_null() & CommitmentRequest.node.in_((self.node, ""))).execute()
 
-    def due(self, now: float) -> list[Report]:
-        """Reports waiting for a new association whose time has come, oldest first."""
-        rows = CommitmentRequest.select().where(CommitmentRequest.next_attempt <= now).order_by(
-            CommitmentRequest.id)
+    def due(self, now: float, requester: str | None = None) -> list[Report]:
+        """Reports waiting for a new association whose time has come (for `requester`, or all),
+        oldest first, claimed for this box: no other box sharing the index takes them for CLAIM
+        seconds, unless this one postpones them meanwhile (IX-02)."""
+        with self.index.write():
+            query = CommitmentRequest.select().where(CommitmentRequest.next_attempt <= now)
+            if requester is not None:
+                query = query.where(CommitmentRequest.requester == requester)
+            rows = list(query.order_by(CommitmentRequest.id))
+            if rows:
+                CommitmentRequest.update(next_attempt=now + CLAIM, node=self.node).where(
+                    CommitmentRequest.id.in_([row.id for row in rows])).execute()
         return [_report(row) for row in rows]
 
     def next_due(self) -> float | None:
@@ -126,6 +141,13 @@ class Commitments:
         with self.index.write():
             CommitmentRequest.update(attempts=attempts, next_attempt=until).where(
                 CommitmentRequest.id == report.id).execute()
+
+    def release(self, reports: list[Report]) -> None:
+        """Claimed reports this box will not deliver (it is stopping): due now, for any box."""
+        if reports:
+            with self.index.write():
+                CommitmentRequest.update(next_attempt=time.time()).where(
+                    CommitmentRequest.id.in_([report.id for report in reports])).execute()
 
     def postpone_peer(self, requester: str, until: float) -> None:
         """Every report for `requester` waiting for a new association: not before `until`."""
@@ -259,10 +281,13 @@ class Reporter:
         by_peer: dict[str, list[Report]] = {}
         for report in self.commitments.due(time.time()):
             by_peer.setdefault(report.requester, []).append(report)
+        unsent = {report.id for reports in by_peer.values() for report in reports}
         for requester, reports in by_peer.items():  # SC-17: one association after the other
-            if self._stopping:
+            if self._stopping:  # what this box claimed and will not deliver is due again for any box
+                self.commitments.release([r for waiting in by_peer.values() for r in waiting if r.id in unsent])
                 return
             self._deliver_to(requester, reports)
+            unsent.difference_update(report.id for report in reports)
 
     def _deliver_to(self, requester: str, reports: list[Report]) -> None:
         """SC-16: every report due for `requester`, also those that fall due meanwhile, over one
@@ -291,7 +316,7 @@ class Reporter:
                     log.log(DELIVERED[code], "STORAGE-SCP to %s@%s: N-EVENT-REPORT %s over a new association: "
                             "status 0x%04X, delivered", report.requester, channel.where, describe(report), code)
                     self.commitments.done(report)
-                reports = [r for r in self.commitments.due(time.time()) if r.requester == requester]
+                reports = self.commitments.due(time.time(), requester)
         finally:
             channel.close()
 

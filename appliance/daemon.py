@@ -21,7 +21,9 @@ from pathlib import Path
 
 from appliance import __version__, audit, systemd
 from appliance import log as service_log
-from appliance.config import Config, data_dir, load_file, load_or_defaults
+from peewee import InterfaceError, OperationalError
+
+from appliance.config import Config, data_dir, load_file, load_or_defaults, store_dir
 from appliance.config.keys import inert_settings, kept_for_restart, to_dict
 from appliance.control import socket_path
 from appliance.control.server import ControlServer
@@ -32,9 +34,11 @@ from appliance.dicom.commitment_reports import ReportSender
 from appliance.dicom.server import Services, quiet_libraries, start_listeners, stop_accepting
 from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
-from appliance.store import INDEX_NAME, RESTORE_MARKER, lock
-from appliance.store.db import Index
-from appliance.store.files import StorageArea
+from appliance.store import RESTORE_MARKER, lock
+from appliance.store.db import Index, open_index
+from appliance.store.files import SpoolElsewhere, StorageArea
+from appliance.store.node import node_id
+from appliance.store.postgres import first_line, safe_url
 from appliance.store.watermarks import DiskWatch
 from appliance.commitment import Commitments, Reporter
 from appliance.store.ingest import Archive
@@ -46,6 +50,7 @@ log = logging.getLogger("appliance.daemon")
 # [network] (DHCP, DNS, ...) is the network tool's business, not the listeners'.
 _LISTENER_SECTIONS = ("storage_scp", "query_retrieve_scp", "timeouts")
 _LISTENER_NETWORK_KEYS = ("bind_address", "socket_buffer_size")
+DATABASE_RETRY = 5.0  # seconds between attempts to reach an index database that is down at start
 
 
 def _tls_ports(config: Config) -> bool:
@@ -92,7 +97,12 @@ class Daemon:
             return 1
         raise_file_limit()
         audit.start(self.config)  # AU-01..AU-03: what the spool holds from before goes first
-        area = StorageArea(directory)
+        try:
+            area = StorageArea(directory, store_dir(self.config))
+        except (SpoolElsewhere, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            audit.stop()
+            return 1
         quiet_libraries()
         sender = ReportSender()
         self.services = Services(self.config, area.store, Reporter(sender), sender)
@@ -102,18 +112,29 @@ class Daemon:
             log.error("cannot start: %s", exc.strerror or exc)
             audit.stop()
             return 1
-        self.index = Index(directory / INDEX_NAME)
+        try:
+            self.index = self._open_index(directory)
+        except RuntimeError as exc:  # a schema newer than this release, a database it cannot use
+            log.error("cannot start: %s", exc)
+            stop_accepting(self.listeners)
+            audit.stop()
+            return 1
+        if self.index is None:  # stopped while waiting for the database
+            stop_accepting(self.listeners)
+            audit.stop()
+            return 0
         # MG-04: the disk looked at now, then every few seconds and at each C-STORE.
         self.disk_watch = DiskWatch(directory, self.config.storage).start()
         self.archive = Archive(self.config.storage_scp, self.index, area, self.config.storage.reserve_bytes,
                                self.disk_watch)
+        self.index.on_changed_elsewhere.append(self.archive.forget_cached_rows)
         kept, removed = self.archive.recover()
         if kept or removed:
             log.warning("recovered after an unclean stop: %d placements completed, %d partial files removed",
                         kept, removed)
         self.archive.start()
         self.services.archive = self.archive
-        self.services.commitments = Commitments(self.index, area.store)
+        self.services.commitments = Commitments(self.index, area.store, node_id(directory))
         self.services.reporter.start(self.services.commitments)
         self.services.gate.open()
         warn_inert(self.config)
@@ -125,6 +146,32 @@ class Daemon:
         self.lease_watch = LeaseWatch(self.config.network.interface, self.services.abort_all).start()  # FL-09
         self._main_loop()
         return self._shutdown()
+
+    def _open_index(self, directory: Path) -> Index | None:
+        """The index, once it can be opened. A database server that does not answer (IX-01: it
+        may start after the box) is tried again every few seconds, with one ALERT, while the
+        listeners answer 2/3/1 (AS-02); None when the service is stopped meanwhile."""
+        url, waiting = self.config.index.url, False
+        while True:
+            try:
+                index = open_index(url, directory)
+            except (OperationalError, InterfaceError) as exc:
+                if not url:
+                    raise
+                if not waiting:
+                    service_log.alert(log, "index database %s unreachable: %s; waiting for it (new associations "
+                                      "are answered 2/3/1)", safe_url(url), first_line(exc))
+                    systemd.notify(f"STATUS=waiting for the index database {safe_url(url)}")
+                    waiting = True
+                self._wake.wait(DATABASE_RETRY)
+                if systemd.watchdog_interval():
+                    systemd.notify("WATCHDOG=1")
+                if self._stop:
+                    return None
+                continue
+            if waiting:
+                log.warning("index database %s reachable: starting", safe_url(url))
+            return index
 
     def _start_control(self) -> None:
         """The service tool's reload, status and study commands; DICOM is served without them if

@@ -100,7 +100,7 @@ from datasets import CR, CT, ELE, ILE, MR, SC, US, image  # noqa: E402
 
 sys.path.insert(0, str(store.REPO))
 from appliance.store import coercion  # noqa: E402
-from appliance.store.db import Index  # noqa: E402
+from appliance.store.db import SqliteIndex  # noqa: E402
 from appliance.store.models import Instance, Patient, Series, Study  # noqa: E402
 
 log = store.log
@@ -405,7 +405,7 @@ def insert(model, fields, rows: list) -> None:
 def bulk_fill(path: Path, shape: Shape, studies) -> dict:
     """Insert every study `studies` yields (and all patients not yet indexed) into the index."""
     started = time.monotonic()
-    index = Index(path)  # the real schema; the daemon has already migrated it
+    index = SqliteIndex(path)  # the real schema; the daemon has already migrated it
     db = index.db
     try:
         # This connection only: no fsync per commit and a bigger page cache (the appliance's own

@@ -105,11 +105,11 @@ def _offline(config, command: str, **arguments) -> dict:
     """`list` and `show` on a stopped box: the same catalog, over the index read only."""
     from peewee import PeeweeException
 
-    from appliance.store import INDEX_NAME, catalog
+    from appliance.store import catalog
     from appliance.store.db import read_only
 
     try:
-        with read_only(data_dir(config) / INDEX_NAME):
+        with read_only(config.index.url, data_dir(config)):
             if command == "study_list":
                 return {"ok": True, "studies": catalog.list_studies(**arguments["filters"])}
             return {"ok": True, "study": catalog.show_study(arguments["study"], arguments["patient_id"])}

@@ -201,4 +201,11 @@ def data_dir(config: model.Config) -> Path:
     return Path(config.base_dir, config.storage.data_dir)
 
 
-__all__ = ["load_file", "load_or_defaults", "load_dict", "data_dir", "tls_path", "ConfigError"]
+def store_dir(config: model.Config) -> Path:
+    """Where the stored files live (IX-02: possibly shared by several boxes)."""
+    if config.storage.store_dir:
+        return Path(config.base_dir, config.storage.store_dir)
+    return data_dir(config) / "store"
+
+
+__all__ = ["load_file", "load_or_defaults", "load_dict", "data_dir", "store_dir", "tls_path", "ConfigError"]

@@ -271,6 +271,31 @@ def audit_collector(v):
     return host(parts.hostname)
 
 
+def index_url(v):
+    """IX-01: "" (SQLite in the data directory) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB."""
+    from urllib.parse import urlsplit
+
+    if v == "":
+        return None
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        return f"{_without_password(v)!r} is not a database URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username \
+            or not parts.path.strip("/") or "/" in parts.path.strip("/"):
+        return (f"{_without_password(v)!r} is not a database URL: \"\" (SQLite in storage.data_dir) or "
+                "\"postgresql://USER[:PASSWORD]@HOST[:PORT]/DB\"")
+    return host(parts.hostname)
+
+
+def _without_password(url: str) -> str:
+    """A database URL as a message or a log line may show it."""
+    import re
+
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
 def da_or_empty(v):
     import re
 
@@ -368,6 +393,16 @@ class Storage:
     # WARNING or an ALERT (store/watermarks.py); 0 = off.
     warn_free_percent: int = field(default=15, metadata=_check(percent_or_off))
     alert_free_percent: int = field(default=5, metadata=_check(percent_or_off))
+    # IX-02: where the stored files live; "" = <data_dir>/store. Several boxes sharing one
+    # archive name the same directory (a shared file system) and the same [index] url.
+    store_dir: str = field(default="", metadata=_check(restart=True))
+
+
+@dataclass(frozen=True)
+class Index:
+    """IX-01: the index database. "" = SQLite in storage.data_dir (index.sqlite)."""
+
+    url: str = field(default="", metadata=_check(index_url, restart=True))
 
 
 @dataclass(frozen=True)
@@ -475,6 +510,7 @@ class Config:
     query_retrieve_scp: QueryRetrieveSCP = QueryRetrieveSCP()
     storage_scu: StorageSCU = StorageSCU()
     storage: Storage = Storage()
+    index: Index = Index()
     network: Network = Network()
     timeouts: Timeouts = Timeouts()
     logging: Logging = Logging()

@@ -1,22 +1,22 @@
 """A validated `Query` as one SQL statement at the requested level (Part 4 C.2.2.2).
 
-Every condition is written so that SQLite can use the column's index: equality, IN over a
-json_each() list (one parameter however long the UID list), ranges, and for wildcards a
-GLOB (case-sensitive; `%` and `_` are ordinary characters in it) plus a range on the literal
-prefix. Case-insensitive PN matching (QF-08) compares casefolded forms, computed in Python
-on both sides (`keys.Key.search_form`, the index's *_folded columns), never SQL's ASCII-only
-lower(). No ORDER BY: sorting would make SQLite read every row before the first answer.
+Every condition is written so that the database can use the column's index: equality, a UID
+list as one parameter however long, ranges, and for wildcards a case-sensitive match plus a
+range on the literal prefix (the backends' own SQL for these is in store/dialect.py).
+Case-insensitive PN matching (QF-08) compares casefolded forms, computed in Python on both
+sides (`keys.Key.search_form`, the index's *_folded columns), never SQL's ASCII-only
+lower(). No ORDER BY: sorting would make the database read every row before the first answer.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 from peewee import SQL, Expression, Select
 
 from appliance.query.identifier import Condition, Query
 from appliance.query.keys import TABLES, Level
+from appliance.store import dialect
 from appliance.store.models import Instance, Patient, Series, Study
 
 
@@ -41,10 +41,10 @@ def rows(query: Query) -> Iterator[tuple]:
 
 
 def plan(query: Query) -> list[str]:
-    """SQLite's EXPLAIN QUERY PLAN lines for the statement (tests and bench/find.py)."""
+    """The database's query plan for the statement (tests and bench/find.py); which of its
+    lines read whole tables, `dialect.current().scans` says."""
     sql, params = select(query).sql()
-    cursor = Patient._meta.database.execute_sql("EXPLAIN QUERY PLAN " + sql, params)
-    return [row[-1] for row in cursor.fetchall()]
+    return dialect.current().plan(sql, params)
 
 
 def where(condition: Condition) -> Expression:
@@ -53,7 +53,7 @@ def where(condition: Condition) -> Expression:
     if condition.kind == "equal":
         return column == values[0]
     if condition.kind == "list":
-        return Expression(column, "IN", SQL("(SELECT value FROM json_each(?))", [json.dumps(values)]))
+        return dialect.current().in_list(column, values)
     if condition.kind == "range":
         return _range(column, condition.key.vr, *values)
     where = _wildcard(column, values[0])
@@ -77,9 +77,9 @@ def _range(column, vr: str, low: str, high: str) -> Expression:
 
 
 def _wildcard(column, pattern: str) -> Expression:
-    """`*` any run, `?` one character (QF-09); everything else literal, `[` escaped for GLOB.
-    A pattern without wildcards is an equality (the "DOE" of "DOE^*")."""
-    where = Expression(column, "GLOB", pattern.replace("[", "[[]"))
+    """`*` any run, `?` one character (QF-09); everything else literal. A pattern without
+    wildcards is an equality (the "DOE" of "DOE^*")."""
+    where = dialect.current().matches(column, pattern)
     prefix = _literal_prefix(pattern)
     if prefix:
         where &= column >= prefix
@@ -97,7 +97,7 @@ def _literal_prefix(pattern: str) -> str:
 
 
 def _below_successor(column, prefix: str) -> Expression | None:
-    """`column` below every string that starts with `prefix` (None: no such bound). SQLite
+    """`column` below every string that starts with `prefix` (None: no such bound). The index
     compares UTF-8 bytes, which order as code points do; surrogates cannot be encoded."""
     following = ord(prefix[-1]) + 1
     if 0xD800 <= following <= 0xDFFF:

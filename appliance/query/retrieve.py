@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peewee import fn
 from pydicom.dataset import Dataset
 
 from appliance.codes import status
@@ -20,6 +19,7 @@ from appliance.codes.uids import is_valid_uid
 from appliance.errors import DicomStatusError
 from appliance.query.identifier import elements_of, level_of, text_of
 from appliance.query.keys import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE, Level, Model
+from appliance.store import dialect
 from appliance.store.models import Instance, Patient, Series, Study
 
 _UNIQUE_BY_TAG = {key.tag: level for level, key in UNIQUE.items()}
@@ -126,8 +126,8 @@ def instances(retrieve: Retrieve) -> list[Item]:
         column = _KEY_COLUMNS[level]
         statement = statement.where(column == values[0] if len(values) == 1 else column.in_(list(values)))
     # Instance Number is IS text; a viewer wants images in numeric order, unnumbered ones last.
-    statement = statement.order_by(Study.id, Series.id, fn.COALESCE(
-        fn.NULLIF(Instance.instance_number, ""), 2147483647).cast("INTEGER"), Instance.id)
+    statement = statement.order_by(Study.id, Series.id, dialect.current().numeric_order(Instance.instance_number),
+                                   Instance.id)
     names = list(EXPORTED_COLUMNS)
     items = []
     for row in statement.tuples().iterator():

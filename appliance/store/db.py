@@ -1,7 +1,9 @@
-"""Opening the index database: PRAGMAs, schema migrations, and the single-writer rule.
+"""Opening the index database: schema migrations and the single-writer rule, on SQLite (one
+box, the default) or PostgreSQL (IX-01: several boxes sharing one archive, store/postgres.py).
 
-Everything SQLite-specific lives here; the rest of the code speaks peewee, so a site that
-outgrows one box can bind the same models to PostgreSQL.
+The rest of the code speaks peewee through the models, so both backends hold the same tables;
+what SQL differs between them (C-FIND's wildcards and UID lists, a query plan) is in
+store/dialect.py. `open_index(config)` picks the backend from `[index] url`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
-from peewee import SqliteDatabase
+from peewee import Database, SqliteDatabase
 
 from appliance.durable import hand_over_wal_files
-from appliance.store import coercion, models
+from appliance.store import INDEX_NAME, coercion, models
 
 log = logging.getLogger(__name__)
 
@@ -76,72 +79,128 @@ def _migration_5(db) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "instance_received_at" ON "instance" ("received_at")')
 
 
-# Append-only: migration N takes the schema from user_version N-1 to N.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+def _migration_6(db) -> None:
+    """IX-02, several boxes on one index: the generation that tells a box another one deleted or
+    moved rows (its cached row ids are stale), and which box holds a commitment request. The
+    tables migrations 1 and 3 create from today's models have the columns already; the
+    definitions are the models' (SQL DEFAULT included), so both ways give one schema."""
+    for table, column, definition in (("schema_info", "generation", "INTEGER NOT NULL DEFAULT 0"),
+                                      ("commitment_request", "node", "VARCHAR(64) NOT NULL DEFAULT ''")):
+        if column not in {existing.name for existing in db.get_columns(table)}:
+            db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {definition}')
 
 
-@contextlib.contextmanager
-def read_only(path: Path):
-    """The index at `path` bound to the models for reading only, as the service tool reads a
-    stopped box's index (`study list`): no migration, no write. The -wal and -shm files such a
-    connection may create are handed to the data directory's owner (durable.hand_over_wal_files)."""
-    if not path.exists():
-        raise FileNotFoundError(f"there is no index at {path}")
-    db = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True, pragmas={"busy_timeout": 30000})
-    models.database.initialize(db)
-    try:
-        with db.connection_context():
-            yield db
-    finally:
-        hand_over_wal_files(path)
+# Append-only: migration N takes the schema from version N-1 to N.
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 
 
 class Index:
-    """The open index. Readers use per-thread connections; writes go through `write()`."""
+    """The open index: per-thread connections for readers, writes through `write()`, one
+    writer at a time in the whole archive. The backends below supply the database."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.db = SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
-        models.database.initialize(self.db)
-        # One writer at a time inside the process: SQLite would serialise anyway, but a
-        # Python lock avoids busy-wait retries between association threads.
+    backend = ""
+
+    def __init__(self, db: Database, where: str):
+        self.db = db
+        self.where = where  # for log lines and `status`: the file, or the server and database
+        models.database.initialize(db)
+        # One writer at a time inside the process: the database serialises writers anyway,
+        # but a Python lock spares the threads its busy-waits and retries.
         self._write_lock = threading.Lock()
+        # Called (under the write lock) when another box changed rows this one may have cached.
+        self.on_changed_elsewhere: list[Callable[[], None]] = []
         self.db.connect(reuse_if_open=True)
-        self._migrate()
+        with self._migration_lock():
+            self._migrate()
 
+    # --- what a backend provides -------------------------------------------------------------
+    def _schema_version(self) -> int:
+        raise NotImplementedError
+
+    def _set_schema_version(self, version: int) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _migration_lock(self):
+        yield
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A write transaction holding the archive's writer lock."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Every transaction committed so far survives a power cut when this returns."""
+
+    def describe(self) -> dict:
+        """What `service-tool status` shows of the index: backend, version, where, connection."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------
     def _migrate(self) -> None:
-        version = self.db.pragma("user_version")
+        version = self._schema_version()
         if version > len(MIGRATIONS):
-            raise RuntimeError(f"index {self.path} has schema {version}, newer than this release "
+            raise RuntimeError(f"index {self.where} has schema {version}, newer than this release "
                                f"({len(MIGRATIONS)}); refusing to open it")
         for number in range(version + 1, len(MIGRATIONS) + 1):
             with self.db.atomic():
                 MIGRATIONS[number - 1](self.db)
-                self.db.pragma("user_version", number)
+                self._set_schema_version(number)
             self.sync()
         if version == 0:
-            log.info("index %s created (schema %d)", self.path, len(MIGRATIONS))
+            log.info("index %s created (schema %d)", self.where, len(MIGRATIONS))
         elif version < len(MIGRATIONS):
-            log.info("index %s migrated from schema %d to %d", self.path, version, len(MIGRATIONS))
+            log.info("index %s migrated from schema %d to %d", self.where, version, len(MIGRATIONS))
         stored = models.SchemaInfo.get().normaliser_version
         if stored != NORMALISER_VERSION:
-            raise RuntimeError(f"index {self.path} was built with normaliser {stored}, this release "
+            raise RuntimeError(f"index {self.where} was built with normaliser {stored}, this release "
                                f"uses {NORMALISER_VERSION}: run 'service-tool reindex'")
 
     @contextlib.contextmanager
     def write(self, durable: bool = True):
-        """A write transaction; BEGIN IMMEDIATE so other processes (service tool) queue cleanly.
-        `durable`: on disk when this returns (`sync`), with every transaction committed before."""
+        """A write transaction. `durable`: on disk when this returns (`sync`), with every
+        transaction committed before."""
         with self._write_lock:
             self.db.connect(reuse_if_open=True)
-            with self.db.atomic("IMMEDIATE"):
+            with self._transaction():
                 yield
         if durable:
             self.sync()
 
+    def rows_changed(self) -> None:
+        """Inside `write()`: rows were deleted or moved to another parent (MG-02, MG-03), so
+        other boxes sharing the index forget the row ids they cached (IX-02)."""
+        models.SchemaInfo.update(generation=models.SchemaInfo.generation + 1).execute()
+
+    def close(self) -> None:
+        with self._write_lock:
+            self.db.close()
+
+
+class SqliteIndex(Index):
+    """The index file in the data directory: WAL, flushed by `sync` (see PRAGMAS)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False), str(path))
+
+    def _schema_version(self) -> int:
+        return self.db.pragma("user_version")
+
+    def _set_schema_version(self, version: int) -> None:
+        self.db.pragma("user_version", version)
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        # BEGIN IMMEDIATE: other processes (the service tool) queue on the lock, not on a retry.
+        with self.db.atomic("IMMEDIATE"):
+            yield
+
     def sync(self) -> None:
-        """Flush the write-ahead log: every transaction committed so far survives a power cut.
-        fdatasync applies to the file, whichever descriptor names it: SQLite's frames are in it."""
+        """Flush the write-ahead log. fdatasync applies to the file, whichever descriptor
+        names it: SQLite's frames are in it."""
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:  # no log: everything is in the database file, flushed by SQLite
@@ -151,9 +210,46 @@ class Index:
         finally:
             os.close(fd)
 
+    def describe(self) -> dict:
+        import sqlite3
+
+        return {"backend": "sqlite", "version": sqlite3.sqlite_version, "where": str(self.path), "connected": True}
+
     def close(self) -> None:
         """Checkpoint the WAL so the database file alone is complete, then close."""
         with self._write_lock:
             self.db.connect(reuse_if_open=True)
             self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             self.db.close()
+
+
+def open_index(url: str, data_dir: Path) -> Index:
+    """The index `[index] url` names: "" = index.sqlite in the data directory."""
+    if not url:
+        return SqliteIndex(data_dir / INDEX_NAME)
+    from appliance.store.postgres import PostgresIndex
+
+    return PostgresIndex(url)
+
+
+@contextlib.contextmanager
+def read_only(url: str, data_dir: Path):
+    """The index bound to the models for reading only, as the service tool reads it while the
+    service is stopped (`study list`, `status`): no migration, no write."""
+    if url:
+        from appliance.store.postgres import read_only_database
+
+        db = read_only_database(url)
+    else:
+        path = data_dir / INDEX_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"there is no index at {path}")
+        db = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True, pragmas={"busy_timeout": 30000})
+    models.database.initialize(db)
+    try:
+        with db.connection_context():
+            yield db
+    finally:
+        if not url:
+            # The -wal and -shm files such a connection may create go to the data directory's owner.
+            hand_over_wal_files(data_dir / INDEX_NAME)

@@ -83,6 +83,7 @@ def delete(index: Index, area: StorageArea, study_instance_uid: str, series_inst
             with index.write():
                 Instance.delete().where(Instance.id.in_([row[0] for row in batch])).execute()
                 _remove_empty_parents(deleted, {row[4] for row in batch}, study["id"], study["patient_row"])
+                index.rows_changed()  # other boxes sharing the index forget theirs (IX-02)
                 forget_cached_rows()
         except BaseException:
             for entry in retired:

@@ -89,6 +89,7 @@ def edit(index: Index, study_instance_uid: str, changes: dict[str, str], operato
         for keyword, old, new in done:
             StudyEdit.create(study=study, edited_at=now, keyword=keyword, old_value=old, new_value=new,
                              operator=operator)
+        index.rows_changed()  # other boxes sharing the index forget theirs (IX-02)
         forget_cached_rows()
         other_studies = Study.select().where(Study.patient == patient.id, Study.id != study.id).count()
     return {"study_instance_uid": study_instance_uid, "patient_id": patient.patient_id,

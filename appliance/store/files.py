@@ -194,14 +194,26 @@ def _after(buffers: list[memoryview], count: int) -> list[memoryview]:
     return []
 
 
+class SpoolElsewhere(Exception):
+    """The spool and the store are on two file systems: a store file cannot have a spool name."""
+
+
 class StorageArea:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, store: Path | None = None):
+        """`store`: where the stored files live, `<data_dir>/store` unless the configuration
+        names another directory (storage.store_dir, shared by several boxes, IX-02). The spool
+        stays in the data directory, which must be on the store's file system."""
         self.root = data_dir
         self.spool = data_dir / "spool"
-        self.store = data_dir / "store"
+        self.store = store or data_dir / "store"
         self.quarantine_dir = data_dir / "quarantine"
         for d in (self.spool, self.store):
             d.mkdir(parents=True, exist_ok=True)
+        if self.spool.stat().st_dev != self.store.stat().st_dev:
+            raise SpoolElsewhere(
+                f"storage.store_dir {self.store} is on another file system than the spool ({self.spool}, in "
+                "storage.data_dir): a stored file and its spool name are hard links of one file; put the data "
+                "directory on the store's file system")
         try:
             for i in range(256):
                 (self.store / f"{i:02x}").mkdir(exist_ok=True)

@@ -9,6 +9,7 @@ matching (QF-08); the folding is part of the schema (see NORMALISER_VERSION in d
 from __future__ import annotations
 
 from peewee import (
+    SQL,
     BigIntegerField,
     CharField,
     DatabaseProxy,
@@ -100,6 +101,10 @@ class CommitmentRequest(_Base):
     # Due for delivery over a new association from then; NULL while the N-ACTION's own
     # association is delivering it (SC-11), and after a restart (recover) due at once.
     next_attempt = FloatField(null=True, index=True)  # time.time()
+    # IX-02: the box that holds the request (its `node-id`): it delivers the report, and at
+    # its restart (recover) makes the ones it was delivering due. Others take a request only
+    # once it is due, claiming the row (commitment.py).
+    node = CharField(max_length=64, default="", constraints=[SQL("DEFAULT ''")])
 
 
 class StudyEdit(_Base):
@@ -119,6 +124,9 @@ class SchemaInfo(_Base):
     """One row: which normaliser produced the *_folded columns (so a change forces a reindex)."""
 
     normaliser_version = IntegerField()
+    # IX-02: counts deletions and moves (MG-02, MG-03); a box that sees it change forgets the
+    # row ids it cached (db.Index.rows_changed).
+    generation = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
 
 ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest, StudyEdit)

@@ -47,7 +47,7 @@ from pathlib import Path
 from appliance.config.model import StorageSCP
 from appliance.errors import DicomStatusError
 from appliance.store import INDEX_NAME, coercion
-from appliance.store.db import Index
+from appliance.store.db import SqliteIndex
 from appliance.durable import fsync_dir, fsync_file, hand_over
 from appliance.store.files import InFlight, StorageArea
 from appliance.store.header import Unparseable, read_header
@@ -172,7 +172,7 @@ class _Rebuild:
 
     def run(self, new: Path, progress, every: int) -> None:
         keys, self.summary.ignored = _stored_files(self.area.store)
-        index = Index(new)
+        index = SqliteIndex(new)
         try:
             self.archive = Archive(self.policy, index, self.area, reserve_bytes=0)
             for start in range(0, len(keys), _BATCH):

@@ -19,7 +19,7 @@ import datasets
 import pdus
 import scu
 from appliance.store import summary
-from appliance.store.db import Index
+from appliance.store.db import SqliteIndex
 from commitment_peer import SCPM, n_action
 from commitment_peer import request as commitment_request
 from destinations import move, move_contexts, move_identifier
@@ -213,7 +213,7 @@ def test_the_ingest_rate_searches_the_index_on_received_at(tmp_path):
     """MG-04: the ingest rate's SQL is a range and a MIN on the bare received_at column, so the
     index schema 5 has on it is searched instead of the instance table scanned (SQLite's own
     plan, on a real index file)."""
-    Index(tmp_path / "index.sqlite").close()
+    SqliteIndex(tmp_path / "index.sqlite").close()
     with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
         for sql, parameters in ((summary.RECEIVED_SINCE, ("2026-01-01 00:00:00+00:00",)), (summary.FIRST_RECEIVED, ())):
             plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)]

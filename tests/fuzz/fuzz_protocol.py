@@ -128,7 +128,7 @@ with _instrumented:
     from appliance.query import retrieve
     from appliance.query.keys import PATIENT_ROOT, STUDY_ROOT
     from appliance.store import coercion, files, ingest, models
-    from appliance.store.db import Index
+    from appliance.store.db import SqliteIndex
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CONFIG = Config()
@@ -188,7 +188,7 @@ class Service:
         files.fsync_dir = lambda path: None
         self._storage_scp()
         # QUERY-RETRIEVE-SCP's handlers on an index of a few real rows.
-        self.index = Index(self.work / "index.sqlite")
+        self.index = SqliteIndex(self.work / "index.sqlite")
         _fill(self.index)
         self.answered = 0  # A-ASSOCIATE-ACs encoded
         self.pendings = 0  # Pending responses the C-FIND handler sent
@@ -455,7 +455,7 @@ FIND_FINAL = (status.SUCCESS, status.OUT_OF_RESOURCES, status.IDENTIFIER_MISMATC
               status.CANCEL)
 
 
-def _fill(index: Index) -> None:
+def _fill(index: SqliteIndex) -> None:
     """Two patients (one Latin-1, one Greek), each with a study, a series and an instance."""
     with index.write():
         for n, (last, first, charset) in enumerate([("Müller", "Jörg", "ISO_IR 100"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 import scu
-from appliance.store.db import Index
+from appliance.store.db import SqliteIndex
 from appliance.store import coercion, models
 
 ROOT = "1.2.826.0.1.3680043.9.7433"  # test UIDs only
@@ -88,7 +88,7 @@ def fill_index(app, instances: int) -> None:
     """Study S100 (patient MANY, series S100.1) with `instances` rows written straight into the
     stopped appliance's index, as bench/find.py does: storing that many through C-STORE would
     take minutes. The rows have no files; only C-FIND can use them."""
-    index = Index(app.data_dir / "index.sqlite")
+    index = SqliteIndex(app.data_dir / "index.sqlite")
     with index.write():
         patient = models.Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
                                  name_folded=coercion.fold_name("Many", ""))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from peewee import IntegrityError
 
-from appliance.store.db import MIGRATIONS, Index
+from appliance.store.db import MIGRATIONS, SqliteIndex
 from helpers import RESOURCES
 from appliance.store.models import Patient, Series, Study
 
@@ -43,9 +43,9 @@ def released(path: Path, version: int) -> Path:
 
 def test_schema_3_is_migrated_to_this_release_with_its_rows(tmp_path):
     old = released(tmp_path / "old.sqlite", 3)
-    Index(old).close()
+    SqliteIndex(old).close()
     fresh = tmp_path / "fresh.sqlite"
-    Index(fresh).close()
+    SqliteIndex(fresh).close()
 
     assert schema(old) == schema(fresh)
     with contextlib.closing(sqlite3.connect(old)) as db:
@@ -57,9 +57,9 @@ def test_schema_3_is_migrated_to_this_release_with_its_rows(tmp_path):
 def test_the_log_says_created_for_a_new_index_and_migrated_for_an_old_one(tmp_path, caplog):
     """Issue 22 item 7: a fresh start is not an upgrade from schema 1, 2, 3..."""
     with caplog.at_level("INFO", logger="appliance.store.db"):
-        Index(tmp_path / "fresh.sqlite").close()
-        Index(released(tmp_path / "old.sqlite", 3)).close()
-        Index(tmp_path / "fresh.sqlite").close()  # nothing to do: nothing said
+        SqliteIndex(tmp_path / "fresh.sqlite").close()
+        SqliteIndex(released(tmp_path / "old.sqlite", 3)).close()
+        SqliteIndex(tmp_path / "fresh.sqlite").close()  # nothing to do: nothing said
     assert [r.getMessage().split(" ", 2)[2] for r in caplog.records] == [
         f"created (schema {len(MIGRATIONS)})", f"migrated from schema 3 to {len(MIGRATIONS)}"]
 
@@ -67,7 +67,7 @@ def test_the_log_says_created_for_a_new_index_and_migrated_for_an_old_one(tmp_pa
 def test_after_migration_4_a_uid_may_have_a_second_parent_but_never_twice_the_same(tmp_path):
     """ST-26 (hierarchy_conflict keep): a Study Instance UID is unique per patient and a Series
     Instance UID per study, no longer in the whole index."""
-    index = Index(released(tmp_path / "old.sqlite", 3))
+    index = SqliteIndex(released(tmp_path / "old.sqlite", 3))
     try:
         with index.write():
             other = Patient.create(patient_id="PID2", original_patient_id="PID2")

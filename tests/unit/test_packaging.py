@@ -17,7 +17,7 @@ DEPENDENCIES = [Requirement(text) for text in
                 tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
 # Distribution name -> the module the code imports it as.
 MODULES = {"pynetdicom": "pynetdicom", "pydicom": "pydicom", "peewee": "peewee", "tomlkit": "tomlkit",
-           "pyroute2": "pyroute2", "dbus-fast": "dbus_fast"}
+           "pyroute2": "pyroute2", "dbus-fast": "dbus_fast", "psycopg": "psycopg"}
 
 
 def test_every_dependency_installs_from_a_wheel(tmp_path):

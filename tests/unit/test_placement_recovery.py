@@ -14,7 +14,7 @@ import pytest
 import datasets
 from appliance.config.model import StorageSCP
 from appliance.store import coercion
-from appliance.store.db import Index
+from appliance.store.db import SqliteIndex
 from appliance.store.files import StorageArea
 from appliance.store.header import read_header
 from appliance.store.ingest import Archive, StoreRequest, file_meta
@@ -23,7 +23,7 @@ from appliance.store.models import Instance
 
 @pytest.fixture
 def archive(tmp_path):
-    index = Index(tmp_path / "index.sqlite")
+    index = SqliteIndex(tmp_path / "index.sqlite")
     yield Archive(StorageSCP(), index, StorageArea(tmp_path), reserve_bytes=0)  # not started: recovery first
     index.close()
 

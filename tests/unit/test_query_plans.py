@@ -8,7 +8,7 @@ import pytest
 import scu
 from appliance.query import identifier, matching
 from appliance.query.keys import PATIENT_ROOT, STUDY_ROOT
-from appliance.store.db import Index
+from appliance.store.db import SqliteIndex
 
 RETURN_KEYS = {"PatientName": "", "PatientID": "", "StudyDate": "", "StudyInstanceUID": "",
                "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": ""}
@@ -41,7 +41,7 @@ ANCHORED = [
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    index = Index(tmp_path_factory.mktemp("plans") / "index.sqlite")
+    index = SqliteIndex(tmp_path_factory.mktemp("plans") / "index.sqlite")
     yield index
     index.close()
 

@@ -1,0 +1,83 @@
+"""The SQL that differs between the index's backends (IX-01): C-FIND's UID lists and wildcards,
+the Instance Number order of a C-MOVE, and the query plan the tests and bench/find.py read.
+
+Both backends compare text byte by byte (SQLite always, PostgreSQL through the C collation
+store/postgres.py insists on), so the ranges query/matching.py builds around a wildcard's
+literal prefix, and DA/TM ranges, select the same rows on both.
+"""
+
+from __future__ import annotations
+
+import json
+
+from peewee import SQL, Case, Expression, PostgresqlDatabase, fn
+
+from appliance.store.models import database
+
+
+class SqliteDialect:
+    @staticmethod
+    def in_list(column, values: list[str]) -> Expression:
+        """`column` is one of `values`: one parameter however long the list (SQLite caps them)."""
+        return Expression(column, "IN", SQL("(SELECT value FROM json_each(?))", [json.dumps(values)]))
+
+    @staticmethod
+    def matches(column, pattern: str) -> Expression:
+        """QF-09 `*` and `?`, case-sensitive, everything else literal: GLOB, with `[` escaped."""
+        return Expression(column, "GLOB", pattern.replace("[", "[[]"))
+
+    @staticmethod
+    def numeric_order(column):
+        """IS text as a number for ORDER BY, empty last (SQLite's CAST reads the leading digits)."""
+        return fn.COALESCE(fn.NULLIF(column, ""), 2147483647).cast("INTEGER")
+
+    @staticmethod
+    def plan(sql: str, params: list) -> list[str]:
+        return [row[-1] for row in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+    @staticmethod
+    def scans(plan: list[str]) -> list[str]:
+        """The plan's lines that read a whole table (a json_each list is not one)."""
+        return [line for line in plan if line.startswith("SCAN") and "json_each" not in line]
+
+    @staticmethod
+    def searches(plan: list[str]) -> list[str]:
+        return [line for line in plan if line.startswith("SEARCH")]
+
+
+class PostgresDialect:
+    @staticmethod
+    def in_list(column, values: list[str]) -> Expression:
+        return Expression(column, "=", SQL("ANY(%s)", [list(values)]))
+
+    @staticmethod
+    def matches(column, pattern: str) -> Expression:
+        """LIKE (case-sensitive) with its own wildcards and escape character made literal."""
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return Expression(column, "LIKE", escaped.replace("*", "%").replace("?", "_"))
+
+    @staticmethod
+    def numeric_order(column):
+        """A CAST of text that is not a number fails on PostgreSQL: those sort with the empty."""
+        return Case(None, [(Expression(column, "~", r"^ *[+-]?[0-9]{1,18} *$"), column.cast("BIGINT"))], 2147483647)
+
+    @staticmethod
+    def plan(sql: str, params: list) -> list[str]:
+        """With sequential scans made dear: on a small table the planner scans it anyway, and
+        the question is whether an index *can* serve the condition."""
+        with database.atomic():
+            database.execute_sql("SET LOCAL enable_seqscan = off")
+            return [row[0] for row in database.execute_sql("EXPLAIN " + sql, params).fetchall()]
+
+    @staticmethod
+    def scans(plan: list[str]) -> list[str]:
+        return [line.strip() for line in plan if "Seq Scan" in line]
+
+    @staticmethod
+    def searches(plan: list[str]) -> list[str]:
+        return [line.strip() for line in plan if "Index Scan" in line or "Index Only Scan" in line]
+
+
+def current() -> type[SqliteDialect] | type[PostgresDialect]:
+    """The dialect of the database the models are bound to."""
+    return PostgresDialect if isinstance(database.obj, PostgresqlDatabase) else SqliteDialect
