@@ -8,7 +8,7 @@ the written configuration then names instead.
 
 The data directory must hold no archive: absent, empty, or as a service that never stored an
 instance leaves it (a new box after its first boot: an index without instances, empty store
-directories, its log, lock and audit spool). Anything else there is refused, naming it.
+directories, its log, lock, audit spool and node-id). Anything else there is refused, naming it.
 
 Every file is checked against the manifest as it is copied, and read back after its fsync
 (backup_set.copy_verified); one that differs stops the restore, naming it, and what the
@@ -38,6 +38,7 @@ from appliance.durable import fsync_dir, hand_over, write_bytes
 from appliance.errors import ConfigError
 from appliance.store import INDEX_NAME, RESTORE_MARKER, lock
 from appliance.store.backup import read_only
+from appliance.store.node import NODE_FILE
 from appliance.store.backup_set import (MANIFEST_NAME, STORE, Damaged, Manifest, Unreadable, copy_verified,
                                         error_text, read_manifest)
 from appliance.store.full_backup import Progress
@@ -45,7 +46,7 @@ from appliance.store.full_backup import Progress
 _STAGED_INDEX = f"{INDEX_NAME}.restoring"
 _INDEX_SIDE_FILES = (f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm")
 # What a box's service makes in its data directory besides the archive: kept by a restore.
-_BOX_OWN = {lock.LOCK_NAME, "control.sock", "audit-spool", *_INDEX_SIDE_FILES}
+_BOX_OWN = {lock.LOCK_NAME, "control.sock", "audit-spool", NODE_FILE, *_INDEX_SIDE_FILES}
 _SERVICE_LOG = re.compile(r".+\.log(\.\d+)?")  # logging.file and its rotated backups
 
 
