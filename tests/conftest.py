@@ -93,6 +93,20 @@ for _name in ("send_c_echo", "send_c_store", "send_c_find", "send_c_move", "send
     setattr(Association, _name, _pause_reactor_first(getattr(Association, _name)))
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """The session's PostgreSQL server (support/postgres.py), started when a test first asks for
+    it and stopped, its files removed, when the session ends, whatever happened. No PostgreSQL
+    installed is an error: an install step missed (tests/run.sh), not a reason to skip."""
+    import postgres
+
+    cluster = postgres.PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def appliance(tmp_path):
     """A running appliance with default configuration (reserve 0, short drain)."""
