@@ -153,6 +153,14 @@ def index_url(request, backend: str):
         cluster.drop_database(name)
 
 
+@pytest.fixture(scope="module")
+def new_index_url(request, index_backend):
+    """Factory for a module's own appliance fixtures: the `[index] url` of one more appliance on
+    the module's backend (`index_url`); its databases are dropped when the module ends."""
+    with contextlib.ExitStack() as databases:
+        yield lambda: databases.enter_context(index_url(request, index_backend))
+
+
 @pytest.fixture
 def appliance(tmp_path, request, index_backend):
     """A running appliance with default configuration (reserve 0, short drain)."""
