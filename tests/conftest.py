@@ -251,16 +251,13 @@ def archive_appliance(tmp_path_factory, request, index_backend):
         assert app.stop() == 0, app.log()
 
 
-# Move Destinations every move_archive knows (remote_aes): each test starts the ones it needs.
-MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
-
-
 @pytest.fixture(scope="module")
 def move_archive(tmp_path_factory, request, index_backend):
     """An appliance holding tests/support/query_archive.py's studies, with MOVE_DESTINATIONS in its
     remote AE table on free ports (`move_archive.destination_ports`); nothing listens on them
     until a test starts a destination there."""
     import query_archive
+    from destinations import MOVE_DESTINATIONS
     from helpers import free_port
     root = tmp_path_factory.mktemp("move")
     ports = {title: free_port() for title in MOVE_DESTINATIONS}

@@ -8,7 +8,7 @@ import pytest
 
 import datasets
 import scu
-from conftest import MOVE_DESTINATIONS
+from destinations import MOVE_DESTINATIONS
 from destinations import Destination, move, move_contexts, move_identifier
 from helpers import says_why
 from query_archive import uid
