@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from peewee import Database, PostgresqlDatabase, SqliteDatabase
+from peewee import Database, SqliteDatabase
 
 from appliance.durable import hand_over_wal_files
 from appliance.store import INDEX_NAME, coercion, models
@@ -90,17 +90,8 @@ def _migration_6(db) -> None:
             db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {definition}')
 
 
-def _migration_7(db) -> None:
-    """IX-01: a commitment request's next attempt in DOUBLE PRECISION on PostgreSQL. Migration 3
-    made it REAL there (peewee's FloatField), 4 bytes: a time.time() rounded to 128 s, so a
-    report due now over a new association waited up to a minute, and claims (IX-02) and retry
-    intervals (SC-20) were off as much. SQLite's REAL has 8 bytes: nothing to do there."""
-    if isinstance(db, PostgresqlDatabase):
-        db.execute_sql('ALTER TABLE "commitment_request" ALTER COLUMN "next_attempt" TYPE DOUBLE PRECISION')
-
-
 # Append-only: migration N takes the schema from version N-1 to N.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 
 
 class Index:

@@ -14,7 +14,7 @@ from peewee import (
     CharField,
     DatabaseProxy,
     DateTimeField,
-    DoubleField,
+    FloatField,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -100,9 +100,7 @@ class CommitmentRequest(_Base):
     attempts = IntegerField(default=0)  # failed deliveries over a new association (SC-20)
     # Due for delivery over a new association from then; NULL while the N-ACTION's own
     # association is delivering it (SC-11), and after a restart (recover) due at once.
-    # DOUBLE PRECISION on PostgreSQL: peewee's FloatField is REAL there, 4 bytes, which rounds a
-    # time.time() to 128 s (migration 7); on SQLite both are its 8-byte REAL.
-    next_attempt = DoubleField(null=True, index=True)  # time.time()
+    next_attempt = FloatField(null=True, index=True)  # time.time()
     # IX-02: the box that holds the request (its `node-id`): it delivers the report, and at
     # its restart (recover) makes the ones it was delivering due. Others take a request only
     # once it is due, claiming the row (commitment.py).
