@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Callable
@@ -137,11 +138,23 @@ class Index:
         raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------------
+    def _snapshot(self, version: int) -> None:
+        """Before migrating from schema `version`: a copy a rollback can reopen (SQLite only)."""
+
+    def _restore_snapshot(self, version: int) -> bool:
+        """On an index newer than this release: put back the copy taken before it was migrated
+        from `version`, if there is one (a rollback after an update, issue 21)."""
+        return False
+
     def _migrate(self) -> None:
         version = self._schema_version()
+        if version > len(MIGRATIONS) and self._restore_snapshot(len(MIGRATIONS)):
+            version = self._schema_version()
         if version > len(MIGRATIONS):
             raise RuntimeError(f"index {self.where} has schema {version}, newer than this release "
                                f"({len(MIGRATIONS)}); refusing to open it")
+        if 0 < version < len(MIGRATIONS):
+            self._snapshot(version)
         for number in range(version + 1, len(MIGRATIONS) + 1):
             with self.db.atomic():
                 MIGRATIONS[number - 1](self.db)
@@ -191,6 +204,45 @@ class SqliteIndex(Index):
 
     def _set_schema_version(self, version: int) -> None:
         self.db.pragma("user_version", version)
+
+    def snapshot_path(self, version: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.schema-{version}")
+
+    def _snapshot(self, version: int) -> None:
+        """The index as it was at schema `version`, beside it, before the first boot of a newer
+        release migrates it (SQLite's backup API, then fsync): the previous release, booted again
+        by a rollback, reopens that copy (issue 21). The archive's files are not touched."""
+        target = self.snapshot_path(version)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        copy = sqlite3.connect(str(partial))
+        try:
+            self.db.connection().backup(copy)
+        finally:
+            copy.close()
+        with open(partial, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(partial, target)
+        log.debug("index %s: copy at schema %d kept as %s for a rollback", self.where, version, target.name)
+
+    def _restore_snapshot(self, version: int) -> bool:
+        snapshot = self.snapshot_path(version)
+        if not snapshot.exists():
+            return False
+        newer = self._schema_version()
+        self.db.close()
+        aside = self.path.with_name(f"{self.path.name}.schema-{newer}.rolled-back")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):  # the newer index's log goes with it
+            if Path(f"{self.path}{suffix}").exists():
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        os.replace(snapshot, self.path)
+        self.db.connect()
+        log.warning("index %s had schema %d, newer than this release's %d (a rollback): the copy kept before "
+                    "its migration is back in use, the newer one is %s; instances received since the update "
+                    "are on disk but not in this index: 'service-tool reindex' adds them",
+                    self.where, newer, version, aside.name)
+        return True
 
     @contextlib.contextmanager
     def _transaction(self):

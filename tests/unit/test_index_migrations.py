@@ -79,3 +79,28 @@ def test_after_migration_4_a_uid_may_have_a_second_parent_but_never_twice_the_sa
             Series.create(study=1, series_instance_uid="1.2.3.1")
     finally:
         index.close()
+
+
+def test_a_migration_keeps_a_copy_that_a_rollback_to_the_older_release_reopens(tmp_path, monkeypatch):
+    """Issue 21: the first boot of a newer release migrates the index and keeps the copy from
+    before; the older release, booted again by a rollback, finds the index newer than itself and
+    puts that copy back instead of refusing to start. The newer release is this one with one more
+    (empty) migration."""
+    from appliance.store import db as index_db
+
+    index = released(tmp_path / "index.sqlite", 3)
+    SqliteIndex(index).close()  # this release, from an old index: its schema-3 copy is kept too
+    this_release = len(MIGRATIONS)
+    monkeypatch.setattr(index_db, "MIGRATIONS", MIGRATIONS + (lambda db: None,))  # the update
+    SqliteIndex(index).close()
+    copy = tmp_path / f"index.sqlite.schema-{this_release}"
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (this_release,)
+
+    monkeypatch.setattr(index_db, "MIGRATIONS", MIGRATIONS)  # the rollback
+    SqliteIndex(index).close()
+    with contextlib.closing(sqlite3.connect(index)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (this_release,)
+        assert db.execute("SELECT sop_instance_uid FROM instance").fetchall() == [("1.2.3.1.1",)]
+    assert (tmp_path / f"index.sqlite.schema-{this_release + 1}.rolled-back").exists()
+    assert not copy.exists()
