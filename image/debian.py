@@ -23,10 +23,13 @@ MIRROR = "http://deb.debian.org/debian"
 # network file is written in; tzdata for the time zone key; python3 and python3-venv for the
 # service's own environment; the kernel (its postinst makes the initramfs, with Debian's default
 # zstd when that is present: 30 MB instead of gzip's 36 MB); iproute2 and procps for looking
-# inside from the console; openssl, which `service-tool tls key` and `tls csr` run (SE-08).
+# inside from the console; openssl, which `service-tool tls key` and `tls csr` run (SE-08);
+# rauc for the A/B updates (squashfs-tools: its unsquashfs reads a bundle's manifest), cloud-guest-utils
+# (growpart) and e2fsprogs to grow the data partition
+# (issue 21).
 PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "systemd-timesyncd", "dbus", "udev", "kmod",
             "netplan.io", "tzdata", "python3", "python3-venv", "zstd", "linux-image-amd64", "iproute2", "procps",
-            "openssl")
+            "openssl", "rauc", "squashfs-tools", "cloud-guest-utils", "e2fsprogs")
 DEBOOTSTRAP_TIMEOUT = 900  # s; about 2 min with a good link
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from appliance import __version__
 from service_tool import (access_cmd, ae_cmd, backup_cmd, config_cmd, conformance_cmd, echo_cmd, logs_cmd,
-                          maintenance_cmd, network_cmd, remote_cmd, status_cmd, study_cmd, tls_cmd)
+                          maintenance_cmd, network_cmd, remote_cmd, status_cmd, study_cmd, tls_cmd, update_cmd)
 from service_tool.configuration import DEFAULT_CONFIG, default_file
 
 # In the order an installer meets them.
 GROUPS = (ae_cmd, remote_cmd, access_cmd, network_cmd, tls_cmd, config_cmd, echo_cmd, status_cmd, logs_cmd,
-          conformance_cmd, study_cmd, maintenance_cmd, backup_cmd)
+          conformance_cmd, study_cmd, maintenance_cmd, backup_cmd, update_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,19 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgre
 for tool in ip dnsmasq netplan systemd-nspawn debootstrap qemu-system-x86_64; do
     command -v "$tool" >/dev/null || missing="$missing $tool"
 done
+# The firmware-style image (issue 21): GPT (sfdisk), the EFI system partition (dosfstools, mtools)
+# with Debian's systemd-boot, RAUC bundles (rauc, squashfs-tools), UEFI firmware for QEMU (ovmf).
+for tool in sfdisk mkfs.vfat mcopy rauc mksquashfs resize2fs; do
+    command -v "$tool" >/dev/null || missing="$missing $tool"
+done
+for file in /usr/share/ovmf/OVMF.fd /usr/lib/systemd/boot/efi/systemd-bootx64.efi; do
+    [ -e "$file" ] || missing="$missing $file"
+done
 if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk iperf3 iproute2 systemd \
-        openssl dnsmasq-base netplan.io systemd-container debootstrap qemu-system-x86 postgresql >/dev/null
+        openssl dnsmasq-base netplan.io systemd-container debootstrap qemu-system-x86 postgresql \
+        fdisk dosfstools mtools e2fsprogs systemd-boot-efi rauc squashfs-tools ovmf >/dev/null
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null

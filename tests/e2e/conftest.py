@@ -18,18 +18,42 @@ import rootfs
 from helpers import REPO, free_port
 
 from .guest import Guest
-from .image_box import BUILD_TIMEOUT, DISK_SIZE, QUERY_PORT, STORE_PORT, Box
+from .image_box import BUILD_TIMEOUT, DISK_SIZE, IMAGE_VERSION, QUERY_PORT, STORE_PORT, Box
+
+
+def signing_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed update signing certificate and key, as an installer would make them."""
+    cert, key = directory / f"{name}.cert.pem", directory / f"{name}.key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                           "-subj", f"/O=e2e/CN={name}", "-keyout", str(key), "-out", str(cert)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return cert, key
 
 
 @pytest.fixture(scope="package")
-def image_dir(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("image")
+def signing(tmp_path_factory) -> tuple[Path, Path]:
+    """The certificate the image trusts and its key, which bundles are signed with."""
+    return signing_pair(tmp_path_factory.mktemp("keys"), "e2e-signing")
+
+
+def build(output: Path, signing: tuple[Path, Path], *options: str) -> str:
+    """`python3 -m image.build` into `output` with `options`, signed with `signing`; its output."""
     started = time.monotonic()
+    cert, key = signing
     built = subprocess.run([sys.executable, "-m", "image.build", "--output", str(output),
-                            "--cache", str(rootfs.cache_dir())],
+                            "--cache", str(rootfs.cache_dir()), "--signing-cert", str(cert),
+                            "--signing-key", str(key), *options],
                            cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    print(f"{built.stdout}image built in {time.monotonic() - started:.0f} s")
+    print(f"{built.stdout}built ({' '.join(options)}) in {time.monotonic() - started:.0f} s")
+    return built.stdout
+
+
+@pytest.fixture(scope="package")
+def image_dir(tmp_path_factory, signing) -> Path:
+    output = tmp_path_factory.mktemp("image")
+    build(output, signing, "--version", IMAGE_VERSION)
     return output
 
 
@@ -39,7 +63,7 @@ def box(image_dir, tmp_path_factory):
     store_port, query_port, peer_port = free_port(), free_port(), free_port()
     consoles = tmp_path_factory.mktemp("console")
     os.truncate(image_dir / "appliance.raw", DISK_SIZE)  # a disk larger than the image, as on site
-    box = Box(functools.partial(Guest, image_dir, image_dir / "appliance.raw",
+    box = Box(functools.partial(Guest, image_dir / "appliance.raw",
                                 {store_port: STORE_PORT, query_port: QUERY_PORT}, peer_port),
               consoles, store_port, query_port, peer_port)
     box.power_on()

@@ -1,5 +1,6 @@
-"""The appliance image booted under QEMU (TCG: these machines have no usable KVM), driven like
-a box on a bench: its DICOM ports forwarded to host loopback, its serial console read and typed
+"""The appliance image booted under QEMU (TCG: these machines have no usable KVM) from its own
+disk, as a PC boots it: UEFI firmware (Debian's OVMF), then the disk's systemd-boot, which picks
+the slot (issue 21); driven like a box on a bench: its DICOM ports forwarded to host loopback, its serial console read and typed
 into, one more forward from the guest to a DICOM peer on host loopback.
 
 QEMU's user-mode network runs with restrict=on: the guest gets its DHCP lease from QEMU and
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 RELAY = Path(__file__).with_name("relay.py")
+FIRMWARE = Path("/usr/share/ovmf/OVMF.fd")  # Debian's ovmf: code and variables in one (volatile) image
 PEER_ADDRESS = "10.0.2.100"  # where the guest finds the host's peer (guestfwd)
 SHELL_PROMPT = "guest$ "
 
@@ -27,8 +29,8 @@ class ConsoleTimeout(AssertionError):
 class Guest:
     """A running QEMU; everything its serial console printed is in `console_log`."""
 
-    def __init__(self, image_dir: Path, disk: Path, forwards: dict[int, int], peer_port: int, console_log: Path):
-        command_line = (image_dir / "cmdline").read_text().strip()
+    def __init__(self, disk: Path, forwards: dict[int, int], peer_port: int, console_log: Path,
+                 stick: Path | None = None):
         netdev = ",".join(
             ["user,id=n0,restrict=on"]
             + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forwards.items()]
@@ -36,9 +38,10 @@ class Guest:
             + [f"guestfwd=tcp:{PEER_ADDRESS}:{peer_port}-cmd:{sys.executable} {RELAY} {peer_port}"])
         command = [
             "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
-            "-smp", "2", "-m", "1024", "-kernel", str(image_dir / "vmlinuz"),
-            "-initrd", str(image_dir / "initrd.img"), "-append", command_line,
+            "-smp", "2", "-m", "1024", "-bios", str(FIRMWARE),
             "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
+            # A USB stick with update bundles, as a second (read-only) disk.
+            *(["-drive", f"file={stick},if=virtio,format=raw,readonly=on"] if stick else []),
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
             # A reboot ends QEMU, and the caller powers the box on again: a warm reboot under
             # TCG took 50 s longer in the kernel than a cold start, for no finding about the box.

@@ -29,7 +29,8 @@ PEER_TITLE = "HOST_SCP"  # DCMTK storescp on the host, the C-MOVE destination
 SCU_TITLE = "E2E_SCU"  # the host's tools
 NEW_PASSWORD = "e2e-Changed-1"
 DATA_DIR = "/var/lib/appliance"  # on the box (system/appliance.toml)
-IMAGE_SIZE, DISK_SIZE = 4 << 30, 5 << 30  # the built file system (image.build's default), the disk
+DATA_SIZE, DISK_SIZE = 256 << 20, 5 << 30  # the image's data partition (image.build's PARTITIONS), the disk
+IMAGE_VERSION = "1.0.0"  # the version the e2e image is built as; its update bundles are higher
 BUILD_TIMEOUT = 1800  # s; a cold build (debootstrap) takes about 3 min
 BOOT_TIMEOUT = 600  # s; a boot to the first echo takes about a minute, TCG varies with host load
 
@@ -46,12 +47,20 @@ class Box:
     password: str = DEFAULT_PASSWORD
     password_expired: bool = True  # the image's root password must be changed at the first login
     peer_added: bool = False  # PEER_TITLE is in the box's remote AE table
+    stick: Path | None = None  # a disk image plugged in as a USB stick at the next power-on
 
     def power_on(self) -> None:
         console = self.consoles / f"console-{len(list(self.consoles.iterdir())) + 1}.log"
         print(f"serial console: {console}")
-        self.guest = self.boot(console)
+        self.guest = self.boot(console, stick=self.stick)
         self.logged_in = False
+
+    def shut_down(self) -> None:
+        """A clean power-off from the console."""
+        self.guest.type("systemctl poweroff\r")
+        self.logged_in = False
+        self.guest.wait_for_power_off(180)
+        self.guest.stop()
 
     def power_cut(self) -> None:
         """SIGKILL to QEMU: to the guest, a power cut. Its page cache is lost; what it had
