@@ -6,11 +6,19 @@
 - system/  network namespaces, dnsmasq, systemd-nspawn; e2e/ boots the image under QEMU.
 
 Each test gets its tier as a marker too (`-m unit`). The helpers every tier shares are in support/.
+
+The index backends (IX-01): a test module that says `pytestmark = pytest.mark.index_backends` (or
+a test so marked) runs once per backend, `[sqlite]` and `[postgresql]`; its appliances (the
+fixtures appliance, make_appliance, small_disk, archive_appliance, move_archive) get a fresh
+database of the session's PostgreSQL server (`postgres_cluster`, started on first use) in the
+second run, which is also marked `postgresql` (`-m postgresql`). Other tests run on SQLite only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import signal
 import subprocess
 import sys
@@ -31,6 +39,7 @@ import rootfs  # noqa: E402 (needs `image` on the path)
 from helpers import SMALL_DISK, SMALL_DISK_INODES, Appliance  # noqa: E402
 
 TIERS = {"unit": "unit", "daemon": "daemon", "system": "system", "e2e": "system"}  # folder -> tier
+INDEX_BACKENDS = ("sqlite", "postgresql")
 
 
 def pytest_configure(config):
@@ -40,6 +49,16 @@ def pytest_configure(config):
     then never does. With Python's own handler here, the children start with the default."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked `index_backends` (themselves, their class or module) that use the index
+    backend (the fixture `index_backend` or an appliance fixture) run on each backend, module
+    by module: a module-scoped appliance is built once per backend."""
+    if metafunc.definition.get_closest_marker("index_backends") and "index_backend" in metafunc.fixturenames:
+        metafunc.parametrize("index_backend", [
+            pytest.param(backend, id=backend, marks=[pytest.mark.postgresql] if backend == "postgresql" else [])
+            for backend in INDEX_BACKENDS], scope="module")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -93,12 +112,54 @@ for _name in ("send_c_echo", "send_c_store", "send_c_find", "send_c_move", "send
     setattr(Association, _name, _pause_reactor_first(getattr(Association, _name)))
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """The index backend of the test's appliances: "sqlite", or for tests marked
+    `index_backends`, "sqlite" and then "postgresql" (pytest_generate_tests)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """The session's PostgreSQL server (support/postgres.py), started when a test first asks for
+    it and stopped, its files removed, when the session ends, whatever happened. No PostgreSQL
+    installed is an error: an install step missed (tests/run.sh), not a reason to skip."""
+    import postgres
+
+    cluster = postgres.PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+_index_databases = itertools.count(1)
+
+
+@contextlib.contextmanager
+def index_url(request, backend: str):
+    """The `[index] url` of one appliance on `backend`: "" for SQLite, else the URL of a new
+    database of the session's cluster, dropped on leaving (after the appliance has stopped)."""
+    if backend == "sqlite":
+        yield ""
+        return
+    assert backend == "postgresql", backend
+    cluster = request.getfixturevalue("postgres_cluster")
+    name = f"index_{next(_index_databases)}"
+    url = cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        cluster.drop_database(name)
+
+
 @pytest.fixture
-def appliance(tmp_path):
+def appliance(tmp_path, request, index_backend):
     """A running appliance with default configuration (reserve 0, short drain)."""
-    app = Appliance(tmp_path / "appliance").start()
-    yield app
-    assert app.stop() == 0, app.log()
+    with index_url(request, index_backend) as url:
+        app = Appliance(tmp_path / "appliance", index_url=url).start()
+        yield app
+        assert app.stop() == 0, app.log()
 
 
 @pytest.fixture(scope="module")
@@ -111,48 +172,53 @@ def qr(archive_appliance):
 
 
 @pytest.fixture
-def make_appliance(tmp_path):
+def make_appliance(tmp_path, request, index_backend):
     """Factory for an appliance with config overrides; started ones are stopped at teardown."""
     made = []
+    with contextlib.ExitStack() as databases:
+        def make(overrides: dict | None = None, start: bool = True, name: str = "appliance",
+                 env: dict | None = None, prefix: tuple[str, ...] = ()) -> Appliance:
+            url = databases.enter_context(index_url(request, index_backend))
+            app = Appliance(tmp_path / name, overrides or {}, env or {}, prefix, index_url=url)
+            made.append(app)
+            return app.start() if start else app
 
-    def make(overrides: dict | None = None, start: bool = True, name: str = "appliance",
-             env: dict | None = None, prefix: tuple[str, ...] = ()) -> Appliance:
-        app = Appliance(tmp_path / name, overrides or {}, env or {}, prefix)
-        made.append(app)
-        return app.start() if start else app
-
-    yield make
-    for app in made:
-        if app.proc is not None and app.proc.poll() is None:
-            app.stop()
+        yield make
+        for app in made:
+            if app.proc is not None and app.proc.poll() is None:
+                app.stop()
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, request, index_backend):
     """Factory for one appliance, `small_disk(overrides, start=True)`, whose data dir is a real
     tmpfs of SMALL_DISK bytes and SMALL_DISK_INODES inodes (ST-07, MG-04); stopped and unmounted
-    at the end even when the test or the daemon failed."""
+    at the end even when the test or the daemon failed. On PostgreSQL only the files are on the
+    small disk, not the index."""
     made = []
+    databases = contextlib.ExitStack()
 
     def make(overrides: dict | None = None, start: bool = True) -> Appliance:
         assert not made, "one small disk per test"
-        app = Appliance(tmp_path / "appliance", overrides or {})
+        url = databases.enter_context(index_url(request, index_backend))
+        app = Appliance(tmp_path / "appliance", overrides or {}, index_url=url)
         app.data_dir.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},nr_inodes={SMALL_DISK_INODES},mode=0700",
                         "tmpfs", str(app.data_dir)], check=True)
         made.append(app)
         return app.start() if start else app
 
-    yield make
-    for app in made:
-        try:
-            assert app.stop() == 0, app.log()
-        finally:
-            if app.proc is not None and app.proc.poll() is None:
-                app.kill()
-            if subprocess.run(["umount", str(app.data_dir)]).returncode != 0:
-                subprocess.run(["umount", "--lazy", str(app.data_dir)], check=True)
-                raise AssertionError(f"{app.data_dir} was still busy at teardown (lazily unmounted)")
+    with databases:
+        yield make
+        for app in made:
+            try:
+                assert app.stop() == 0, app.log()
+            finally:
+                if app.proc is not None and app.proc.poll() is None:
+                    app.kill()
+                if subprocess.run(["umount", str(app.data_dir)]).returncode != 0:
+                    subprocess.run(["umount", "--lazy", str(app.data_dir)], check=True)
+                    raise AssertionError(f"{app.data_dir} was still busy at teardown (lazily unmounted)")
 
 
 @pytest.fixture
@@ -165,15 +231,16 @@ def modalities():
 
 
 @pytest.fixture(scope="module")
-def archive_appliance(tmp_path_factory):
+def archive_appliance(tmp_path_factory, request, index_backend):
     """One appliance per test module, holding tests/support/query_archive.py's studies (read-only use)."""
     import query_archive
 
     root = tmp_path_factory.mktemp("archive")
-    app = Appliance(root / "appliance").start()
-    query_archive.populate(app, root / "files")
-    yield app
-    assert app.stop() == 0, app.log()
+    with index_url(request, index_backend) as url:
+        app = Appliance(root / "appliance", index_url=url).start()
+        query_archive.populate(app, root / "files")
+        yield app
+        assert app.stop() == 0, app.log()
 
 
 # Move Destinations every move_archive knows (remote_aes): each test starts the ones it needs.
@@ -181,7 +248,7 @@ MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
 
 
 @pytest.fixture(scope="module")
-def move_archive(tmp_path_factory):
+def move_archive(tmp_path_factory, request, index_backend):
     """An appliance holding tests/support/query_archive.py's studies, with MOVE_DESTINATIONS in its
     remote AE table on free ports (`move_archive.destination_ports`); nothing listens on them
     until a test starts a destination there."""
@@ -190,8 +257,10 @@ def move_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("move")
     ports = {title: free_port() for title in MOVE_DESTINATIONS}
     remote = [{"ae_title": title, "host": "127.0.0.1", "port": port} for title, port in ports.items()]
-    app = Appliance(root / "appliance", {"remote_aes": remote, "storage_scu": {"open_retry_delay": 0.2}}).start()
-    app.destination_ports = ports
-    query_archive.populate(app, root / "files")
-    yield app
-    assert app.stop() == 0, app.log()
+    with index_url(request, index_backend) as url:
+        app = Appliance(root / "appliance", {"remote_aes": remote, "storage_scu": {"open_retry_delay": 0.2}},
+                        index_url=url).start()
+        app.destination_ports = ports
+        query_archive.populate(app, root / "files")
+        yield app
+        assert app.stop() == 0, app.log()

@@ -148,6 +148,9 @@ class Appliance:
     # What the daemon is run under, e.g. ("ip", "netns", "exec", NS): it execs, so proc is the daemon.
     prefix: tuple[str, ...] = ()
     built_in_defaults: bool = False
+    # `[index] url`: "" for the SQLite file in the data dir, or a PostgreSQL database's URL
+    # (IX-01; conftest.py's fixtures make one per appliance for the tests run on PostgreSQL).
+    index_url: str = ""
     proc: subprocess.Popen | None = None
 
     def __post_init__(self):
@@ -155,6 +158,7 @@ class Appliance:
         self.config_path = self.root / "appliance.toml"
         self.stderr_path = self.root / "stderr.log"
         if self.built_in_defaults:
+            assert not self.index_url, "the built-in defaults have no [index] url"
             self.data_dir = self.root / Storage().data_dir
             self.config = {"storage_scp": {"port": StorageSCP().port},
                            "query_retrieve_scp": {"port": QueryRetrieveSCP().port}}
@@ -166,7 +170,10 @@ class Appliance:
             "storage": {"data_dir": str(self.data_dir), "reserve_bytes": 0},
             "timeouts": {"shutdown_drain": 10},
         }
+        if self.index_url:
+            base["index"] = {"url": self.index_url}
         self.config = merge(base, self.overrides)
+        self.index_url = self.config.get("index", {}).get("url", "")  # or the overrides'
         self.write_config(self.config)
 
     # --- configuration ---------------------------------------------------------------------
@@ -298,6 +305,13 @@ class Appliance:
 
     # --- what it stored --------------------------------------------------------------------
     def index_rows(self, sql: str, *params) -> list[tuple]:
+        """The rows `sql` (sqlite3's `?` placeholders) selects from the index, on either backend.
+        PostgreSQL hands back its own types (datetime, bool) where SQLite has text and integers."""
+        if self.index_url:
+            import postgres
+
+            with postgres.connect(self.index_url) as db:
+                return db.execute(postgres.qmark_to_format(sql), params).fetchall()
         import sqlite3
 
         # closing(): sqlite3's own context manager commits but leaves the file open.
