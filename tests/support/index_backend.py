@@ -15,8 +15,24 @@ from pathlib import Path
 from psycopg import sql
 
 import postgres
+from helpers import wait_for
 
 SQLITE_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm")
+
+
+@contextlib.contextmanager
+def module_database(request, backend: str, name: str):
+    """The `[index] url` of an appliance a module-scoped fixture makes itself: "" for SQLite, or
+    the URL of a new database `name` of the session's cluster, dropped on leaving."""
+    if backend == "sqlite":
+        yield ""
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        cluster.drop_database(name)
 
 
 def is_postgresql(app) -> bool:
@@ -74,3 +90,41 @@ def executemany(app, statement: str, rows: list[tuple]) -> None:
         return
     with contextlib.closing(sqlite3.connect(Path(app.data_dir) / "index.sqlite")) as db, db:
         db.executemany(statement, rows)
+
+
+@contextlib.contextmanager
+def set_aside(url: str, keep_as: str):
+    """For a restore onto a new box, whose backed-up configuration names the original's database
+    (`url`; "" for SQLite: nothing to do): for the block, that database is renamed away and an
+    empty one takes its place, as after the loss of the database; after it, the one the block
+    filled is renamed `keep_as` (its URL is yielded) and the original's comes back. Nothing may
+    be connected to either meanwhile."""
+    if not url:
+        yield ""
+        return
+    base, name = url.rsplit("/", 1)
+    aside = f"{name}_aside"
+    with postgres.connect(f"{base}/postgres") as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(aside)))
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'")
+                      .format(sql.Identifier(name)))
+    try:
+        yield f"{base}/{keep_as}"
+    finally:
+        with postgres.connect(f"{base}/postgres") as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(keep_as)))
+            # A tool killed in the block may still have its session, ending.
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            wait_for(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s",
+                                               (name,)).fetchone(), f"the sessions on {name} to end")
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name),
+                                                                          sql.Identifier(keep_as)))
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(aside),
+                                                                          sql.Identifier(name)))
+
+
+def drop(url: str) -> None:
+    """Drop the database `url` names, if it exists."""
+    base, name = url.rsplit("/", 1)
+    with postgres.connect(f"{base}/postgres") as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
