@@ -831,7 +831,8 @@ def test_reindex_and_restore_are_refused_while_another_box_is_connected(archive,
                                                                          index_backend):
     """IX-02: two boxes share one PostgreSQL index. While the other box serves it, a full backup
     works, but reindex and restore, which replace the index's content, are refused, naming where
-    the other box connects from; nothing is changed. Once it stops, reindex works."""
+    the other box connects from; nothing is changed. Once it stops, reindex works, and the other
+    box, started during the reindex, waits to open the index until it is done."""
     if index_backend == "sqlite":
         pytest.skip("one box per SQLite index: its data directory's lock (tested above)")
     other = make_appliance({"index": {"url": archive.index_url}}, name="other")
@@ -857,13 +858,24 @@ def test_reindex_and_restore_are_refused_while_another_box_is_connected(archive,
     assert not box.data_dir.exists() and not box.config_path.exists()
     assert archive.index_rows("SELECT id, path, received_at FROM instance ORDER BY id") == rows
 
+    # Once it stops, reindex runs; the other box, started meanwhile, waits for it to open the index.
     assert other.stop() == 0
-    reindex = service_tool(archive.config_path, "reindex", "--json")
-    assert reindex.returncode == 0, reindex.stderr
-    assert json.loads(reindex.stdout)["carried_instances"] == 10
-    assert archive.index_rows("SELECT id, path, received_at FROM instance ORDER BY id") != []
+    reindexing = Held(tool_args(archive.config_path, "reindex", "--json", "--progress-every", "1"), filled=True)
+    try:
+        reindexing.hold("the reindex's first progress line")
+        other.spawn()
+        wait_for(lambda: other.index_rows("SELECT wait_event FROM pg_stat_activity WHERE application_name = "
+                                          "'appliance' AND datname = current_database()") == [("advisory",)],
+                 "the other box to wait for the index")
+        code, out = reindexing.finish()
+    finally:
+        if reindexing.proc.poll() is None:
+            reindexing.kill()
+    assert code == 0, reindexing.text()
+    assert json.loads(out)["carried_instances"] == 10
     assert sorted(archive.index_rows("SELECT path, received_at FROM instance")) == sorted(r[1:] for r in rows)
-    other.start()  # later inserts get new ids: the sequences went past the copied rows
+    other.wait_notify("READY=1", 60)
+    # Later inserts get new ids: the sequences went past the copied rows.
     store(other, [instance("S906", "S906.1", 1, {"patient_name": "After^Reindex", "patient_id": "PID-AFTER"})],
           tmp_path / "after")
     assert other.index_rows("SELECT COUNT(*) FROM instance") == [(11,)]
