@@ -153,6 +153,14 @@ def index_url(request, backend: str):
         cluster.drop_database(name)
 
 
+@pytest.fixture(scope="module")
+def new_index_url(request, index_backend):
+    """Factory for a module's own appliance fixtures: the `[index] url` of one more appliance on
+    the module's backend (`index_url`); its databases are dropped when the module ends."""
+    with contextlib.ExitStack() as databases:
+        yield lambda: databases.enter_context(index_url(request, index_backend))
+
+
 @pytest.fixture
 def appliance(tmp_path, request, index_backend):
     """A running appliance with default configuration (reserve 0, short drain)."""
@@ -243,16 +251,13 @@ def archive_appliance(tmp_path_factory, request, index_backend):
         assert app.stop() == 0, app.log()
 
 
-# Move Destinations every move_archive knows (remote_aes): each test starts the ones it needs.
-MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
-
-
 @pytest.fixture(scope="module")
 def move_archive(tmp_path_factory, request, index_backend):
     """An appliance holding tests/support/query_archive.py's studies, with MOVE_DESTINATIONS in its
     remote AE table on free ports (`move_archive.destination_ports`); nothing listens on them
     until a test starts a destination there."""
     import query_archive
+    from destinations import MOVE_DESTINATIONS
     from helpers import free_port
     root = tmp_path_factory.mktemp("move")
     ports = {title: free_port() for title in MOVE_DESTINATIONS}

@@ -85,7 +85,7 @@ def show_study(study_instance_uid: str, patient_id: str = "") -> dict:
     row = _studies().where(Study.id == study_id(study_instance_uid, patient_id)).dicts().first()
     series = (Series.select(Series.series_instance_uid, Series.series_number, Series.modality,
                             Series.series_description, fn.COUNT(Instance.id).alias("instances"),
-                            fn.COALESCE(fn.SUM(Instance.size), 0).alias("bytes"),
+                            fn.COALESCE(fn.SUM(Instance.size), 0).cast("BIGINT").alias("bytes"),
                             fn.MIN(Instance.received_at).alias("first_received"),
                             fn.MAX(Instance.received_at).alias("last_received"))
               .join(Instance, JOIN.LEFT_OUTER).where(Series.study == row["id"])
@@ -107,7 +107,7 @@ def _studies():
                          Patient.patient_id, Patient.last_name, Patient.first_name, Patient.birth_date, Patient.sex,
                          fn.COUNT(Series.id.distinct()).alias("series_count"),
                          fn.COUNT(Instance.id).alias("instances"),
-                         fn.COALESCE(fn.SUM(Instance.size), 0).alias("bytes"),
+                         fn.COALESCE(fn.SUM(Instance.size), 0).cast("BIGINT").alias("bytes"),
                          fn.MIN(Instance.received_at).alias("first_received"),
                          fn.MAX(Instance.received_at).alias("last_received"))
             .join(Patient).switch(Study).join(Series, JOIN.LEFT_OUTER).join(Instance, JOIN.LEFT_OUTER)
@@ -162,7 +162,10 @@ def _received_range(text: str) -> tuple[str, str]:
 
 
 def _iso(value) -> str | None:
-    """An index time as ISO 8601 with its offset (peewee hands back text or a datetime)."""
+    """An index time as ISO 8601 with its offset: SQLite hands back text with the offset,
+    PostgreSQL a datetime without one (the column and the session are UTC)."""
     if value is None:
         return None
-    return value.isoformat() if isinstance(value, datetime.datetime) else str(value).replace(" ", "T", 1)
+    if isinstance(value, datetime.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).isoformat()
+    return str(value).replace(" ", "T", 1)

@@ -94,7 +94,21 @@ class PostgresDialect:
 
     @staticmethod
     def scans(plan: list[str]) -> list[str]:
-        return [line.strip() for line in plan if "Seq Scan" in line]
+        """Sequential scans, and index scans without an Index Cond: with sequential scans made
+        dear, the planner reads a whole table along some index instead."""
+        scans = []
+        for i, line in enumerate(plan):
+            if "Seq Scan" in line:
+                scans.append(line.strip())
+            elif "Index Scan" in line or "Index Only Scan" in line:
+                details = []
+                for following in plan[i + 1:]:
+                    if "->" in following or following.lstrip().startswith("SubPlan"):
+                        break
+                    details.append(following)
+                if not any("Index Cond" in detail for detail in details):
+                    scans.append(line.strip())
+        return scans
 
     @staticmethod
     def searches(plan: list[str]) -> list[str]:

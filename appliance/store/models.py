@@ -8,13 +8,15 @@ matching (QF-08); the folding is part of the schema (see NORMALISER_VERSION in d
 
 from __future__ import annotations
 
+import datetime
+
 from peewee import (
     SQL,
     BigIntegerField,
     CharField,
     DatabaseProxy,
     DateTimeField,
-    FloatField,
+    DoubleField,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -22,6 +24,17 @@ from peewee import (
 )
 
 database = DatabaseProxy()
+
+
+class UtcDateTimeField(DateTimeField):
+    """A time in UTC, handed back with its offset on both backends: SQLite keeps the offset in
+    the text, PostgreSQL's timestamp column has none (the session's zone is UTC, postgres.py)."""
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if isinstance(value, datetime.datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=datetime.timezone.utc)
+        return value
 
 
 class _Base(Model):
@@ -83,7 +96,7 @@ class Instance(_Base):
     specific_character_set = CharField(max_length=128, default="")
     path = CharField(max_length=255, unique=True)  # relative to the store root
     size = BigIntegerField()
-    received_at = DateTimeField(index=True)  # `study list --received`, the ingest rate (MG-01, MG-04)
+    received_at = UtcDateTimeField(index=True)  # `study list --received`, the ingest rate (MG-01, MG-04)
     calling_ae = CharField(max_length=16, default="")
 
 
@@ -94,13 +107,13 @@ class CommitmentRequest(_Base):
 
     transaction_uid = CharField(max_length=64)
     requester = CharField(max_length=16)  # the N-ACTION's calling AE title: where the report goes
-    received_at = DateTimeField()
+    received_at = UtcDateTimeField()
     committed = TextField()  # JSON [[SOP class UID, SOP instance UID], ...]
     failed = TextField()  # JSON [[SOP class UID, SOP instance UID, failure reason], ...]
     attempts = IntegerField(default=0)  # failed deliveries over a new association (SC-20)
     # Due for delivery over a new association from then; NULL while the N-ACTION's own
     # association is delivering it (SC-11), and after a restart (recover) due at once.
-    next_attempt = FloatField(null=True, index=True)  # time.time()
+    next_attempt = DoubleField(null=True, index=True)  # time.time(): 8 bytes (PostgreSQL REAL has 4)
     # IX-02: the box that holds the request (its `node-id`): it delivers the report, and at
     # its restart (recover) makes the ones it was delivering due. Others take a request only
     # once it is due, claiming the row (commitment.py).
@@ -113,7 +126,7 @@ class StudyEdit(_Base):
     through; the index holds the new value, the stored files keep the received one (D-9)."""
 
     study = ForeignKeyField(Study, backref="edits", on_delete="CASCADE")
-    edited_at = DateTimeField()
+    edited_at = UtcDateTimeField()
     keyword = CharField(max_length=64)  # the DICOM keyword, e.g. PatientName
     old_value = TextField()
     new_value = TextField()

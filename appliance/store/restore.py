@@ -8,8 +8,8 @@ the written configuration then names instead.
 
 The data directory must hold no archive: absent, empty, or as a service that never stored an
 instance leaves it (a new box after its first boot: an index without instances, empty store
-directories, its log, lock and audit spool). Anything else there is refused, naming it. So is a
-`storage.store_dir` elsewhere that holds a stored file.
+directories, its log, lock, audit spool and node-id). Anything else there is refused, naming it.
+So is a `storage.store_dir` elsewhere that holds a stored file.
 
 On PostgreSQL (IX-01) the index goes into the database the restored configuration names: it
 must hold no instances and no storage commitment requests, and no other box's service may be

@@ -21,6 +21,8 @@ from commitment_peer import SCPM, SCPM_INSTANCE, Modality, n_action, n_action_st
 from helpers import dcmtk, free_port, says_why
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # Storage Commitment on SQLite and on PostgreSQL (IX-01)
+
 MODALITY = "MODALITY1"
 FAST_RETRY = {"report_retry_interval": 0.3, "report_attempts": 2}
 
@@ -125,8 +127,7 @@ def test_a_request_the_index_cannot_keep_is_0110_with_an_alert(make_appliance, t
     """SC-03, LG-09: the index file removed under the running service: 0110, an ALERT naming
     the cause (the service's own problem), the same reason in the Error Comment (UL-05)."""
     app, modality, references = commit_archive(make_appliance, tmp_path, count=1)
-    for suffix in ("", "-wal", "-shm"):
-        (app.data_dir / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    app.remove_index()
     assoc = modality.associate(app.storage_port)
     try:
         refused = n_action_status(assoc, request("1.2.3.104", references))

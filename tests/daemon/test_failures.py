@@ -250,6 +250,7 @@ def test_c_store_on_a_context_never_accepted_leaves_nothing(appliance, tmp_path)
 
 # --- SIGKILL during a transfer (ST-06) ---------------------------------------------------------
 
+@pytest.mark.index_backends  # the index rows survive on PostgreSQL as on SQLite (IX-01)
 def test_sigkill_mid_transfer_loses_no_acknowledged_instance(appliance, tmp_path):
     """ST-06, GN-01: every instance answered 0x0000 before a SIGKILL is, after a restart on the
     same data dir, indexed with its file intact; no orphan store file, nothing left in spool/."""

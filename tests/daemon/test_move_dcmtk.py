@@ -33,6 +33,8 @@ from helpers import dcmtk, dcmtk_error_comment, says_why, wait_for
 from helpers import storescp as storescp_process
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # C-MOVE on SQLite and on PostgreSQL (IX-01)
+
 CALLED = "EX_QUERY_SCP"
 STORE_SCU = "EX_STORE_SCU"  # STORAGE-SCU's default calling AE title (QM-02)
 REQUESTER = "DCMTK_MOVER"  # movescu's calling AE title: the Move Originator (QM-03)

@@ -12,18 +12,20 @@ from destinations import Destination, move, move_contexts, move_identifier
 from helpers import free_port
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # C-MOVE on SQLite and on PostgreSQL (IX-01)
+
 DEFAULTS = {"patient_id": "NO-ID", "patient_name": "Müller^Default"}
 
 
 @pytest.fixture(scope="module")
-def overlay(tmp_path_factory):
+def overlay(tmp_path_factory, new_index_url):
     """An appliance with default values (EL-02), DEST in its remote AE table, and the destination."""
     from helpers import Appliance
     root = tmp_path_factory.mktemp("overlay")
     port = free_port()
     app = Appliance(root / "appliance", {
         "remote_aes": [{"ae_title": "DEST", "host": "127.0.0.1", "port": port}],
-        "storage_scp": {"default_values": DEFAULTS}}).start()
+        "storage_scp": {"default_values": DEFAULTS}}, index_url=new_index_url()).start()
     app.files = root / "files"
     app.files.mkdir()
     destination = Destination("DEST", port)

@@ -8,10 +8,12 @@ import pytest
 
 import datasets
 import scu
-from conftest import MOVE_DESTINATIONS
+from destinations import MOVE_DESTINATIONS
 from destinations import Destination, move, move_contexts, move_identifier
 from helpers import says_why
 from query_archive import uid
+
+pytestmark = pytest.mark.index_backends  # C-MOVE on SQLite and on PostgreSQL (IX-01)
 
 STUDY_S1 = [uid("S1.1.1"), uid("S1.1.2"), uid("S1.2.1")]  # two series, in instance-number order
 

@@ -23,6 +23,8 @@ import query_archive
 from helpers import Appliance, dcmtk, dcmtk_error_comment, says_why
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # C-FIND on SQLite and on PostgreSQL (IX-01)
+
 CALLED = "EX_QUERY_SCP"
 PENDING = "Pending"  # findscu's name for FF00; FF01 is "Pending: WarningUnsupportedOptionalKeys"
 SUCCESS = "Success"

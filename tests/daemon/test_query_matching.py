@@ -15,6 +15,8 @@ from datasets import PATIENT_ROOT_FIND as PR
 from datasets import STUDY_ROOT_FIND as SR
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # C-FIND on SQLite and on PostgreSQL (IX-01)
+
 UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
           "IMAGE": "SOPInstanceUID"}
 ALL_STUDIES = set(query_archive.STUDIES)

@@ -11,6 +11,8 @@ from helpers import says_why
 from query_archive import uid
 from test_query_matching import identifier
 
+pytestmark = pytest.mark.index_backends  # C-FIND on SQLite and on PostgreSQL (IX-01)
+
 A900, C001, FF00, FF01 = 0xA900, 0xC001, 0xFF00, 0xFF01
 
 

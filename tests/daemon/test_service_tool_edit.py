@@ -15,6 +15,8 @@ from helpers import WITHOUT_BIND_CAPABILITY, accepts, free_port, service_tool
 from query_archive import populate, uid
 from service_tool import privileged_port
 
+pytestmark = pytest.mark.index_backends  # content management on SQLite and on PostgreSQL (IX-01)
+
 REJECTED_CALLING = (1, 1, 3)  # AS-05
 REJECTED_CALLED = (1, 1, 7)  # AS-04
 

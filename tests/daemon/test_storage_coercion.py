@@ -16,6 +16,8 @@ import scu
 from datasets import CT, US
 from helpers import Appliance, dcmtk, dcmtk_error_comment, says_why, wait_for
 
+pytestmark = pytest.mark.index_backends  # C-STORE on SQLite and on PostgreSQL (IX-01)
+
 SUCCESS, COERCED = 0x0000, 0xB000
 DEFAULTS = {"patient_name": "UNKNOWN^PATIENT", "patient_id": "NOID", "patient_birth_date": "19000101",
             "study_date": "20000101", "accession_number": "NOACC", "modality": "OT"}
@@ -30,22 +32,22 @@ COLUMNS = {
 }
 
 
-def start(tmp_path_factory, name, overrides=None):
-    app = Appliance(tmp_path_factory.mktemp(name), overrides or {}).start()
+def start(tmp_path_factory, index_url, name, overrides=None):
+    app = Appliance(tmp_path_factory.mktemp(name), overrides or {}, index_url=index_url).start()
     yield app
     assert app.stop() == 0, app.log()
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def app(tmp_path_factory, new_index_url):
     """Default configuration: no default values, B000 off, duplicates get a new UID."""
-    yield from start(tmp_path_factory, "coercion-default")
+    yield from start(tmp_path_factory, new_index_url(), "coercion-default")
 
 
 @pytest.fixture(scope="module")
-def configured(tmp_path_factory):
+def configured(tmp_path_factory, new_index_url):
     """EL-02 default values, ST-14 coercion warning on, ST-18 duplicates replace, EL-12 exam types."""
-    yield from start(tmp_path_factory, "coercion-configured", {"storage_scp": {
+    yield from start(tmp_path_factory, new_index_url(), "coercion-configured", {"storage_scp": {
         "coercion_warning": True, "duplicate_policy": "replace", "default_values": DEFAULTS,
         "exam_types": EXAM_TYPES}})
 

@@ -21,13 +21,15 @@ import scu
 from datasets import CT
 from helpers import Appliance, dcmtk, wait_for
 
+pytestmark = pytest.mark.index_backends  # C-STORE on SQLite and on PostgreSQL (IX-01)
+
 SUCCESS = 0x0000
 
 
 @pytest.fixture(scope="module", params=["new_uid", "replace"])
-def app(request, tmp_path_factory):
+def app(request, tmp_path_factory, new_index_url):
     app = Appliance(tmp_path_factory.mktemp(f"duplicates-{request.param}"),
-                    {"storage_scp": {"duplicate_policy": request.param}}).start()
+                    {"storage_scp": {"duplicate_policy": request.param}}, index_url=new_index_url()).start()
     app.policy = request.param
     yield app
     assert app.stop() == 0, app.log()

@@ -27,6 +27,8 @@ from helpers import storescp as storescp_process
 from query_archive import label, uid
 from test_move_dcmtk import DESTINATION, StoreSCP, assert_progress, movescu
 
+pytestmark = pytest.mark.index_backends  # C-STORE on SQLite and on PostgreSQL (IX-01)
+
 SUCCESS, PENDING, MISMATCH = 0x0000, 0xFF00, 0xA900
 ALPHA = ("Alpha^Ann", "PID-H1")
 BETA = ("Beta^Bob", "PID-H2")
@@ -75,13 +77,14 @@ def acknowledged(policy: str) -> list[Sent]:
 
 
 @pytest.fixture(scope="module", params=["refuse", "keep"])
-def app(request, tmp_path_factory):
+def app(request, tmp_path_factory, new_index_url):
     """An appliance with `hierarchy_conflict` = the param, STORESCP in its remote AE table,
     that stored SENT over one association (`app.responses`: each C-STORE-RSP's status)."""
     root = tmp_path_factory.mktemp(f"hierarchy-{request.param}")
     app = Appliance(root / "appliance", {
         "storage_scp": {"hierarchy_conflict": request.param},
-        "remote_aes": [{"ae_title": DESTINATION, "host": "127.0.0.1", "port": free_port()}]}).start()
+        "remote_aes": [{"ae_title": DESTINATION, "host": "127.0.0.1", "port": free_port()}]},
+        index_url=new_index_url()).start()
     app.policy = request.param
     app.responses = {}
     with scu.association(app.storage_port, app.storage_title) as assoc:

@@ -19,12 +19,14 @@ import scu
 from datasets import CT, ELE, ILE, MR
 from helpers import Appliance, says_why
 
+pytestmark = pytest.mark.index_backends  # C-STORE on SQLite and on PostgreSQL (IX-01)
+
 SUCCESS, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC000
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    app = Appliance(tmp_path_factory.mktemp("statuses")).start()
+def app(tmp_path_factory, new_index_url):
+    app = Appliance(tmp_path_factory.mktemp("statuses"), index_url=new_index_url()).start()
     yield app
     assert app.stop() == 0, app.log()
 

@@ -23,16 +23,19 @@ from commitment_peer import Modality
 from helpers import Appliance, dcmtk, free_port, service_tool, storescp, wait_for
 from query_archive import uid
 
+pytestmark = pytest.mark.index_backends  # content management on SQLite and on PostgreSQL (IX-01)
+
 MODALITY = "MODALITY1"
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory):
+def box(tmp_path_factory, new_index_url):
     """An appliance that knows a DCMTK storescp ("STORESCP") and a modality for commitment."""
     root = tmp_path_factory.mktemp("studies")
     ports = {"STORESCP": free_port(), MODALITY: free_port()}
     app = Appliance(root / "appliance", {"remote_aes": [
-        {"ae_title": title, "host": "127.0.0.1", "port": port} for title, port in ports.items()]}).start()
+        {"ae_title": title, "host": "127.0.0.1", "port": port} for title, port in ports.items()]},
+        index_url=new_index_url()).start()
     app.ports = ports
     app.files = root / "files"
     app.files.mkdir()

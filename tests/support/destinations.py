@@ -20,6 +20,9 @@ from pynetdicom.sop_class import register_uid, uid_to_service_class
 import datasets
 from helpers import wait_for
 
+# Move Destinations every move_archive (tests/conftest.py) knows (remote_aes): each test starts the ones it needs.
+MOVE_DESTINATIONS = ("DEST", "STORESCP", "DOWN")
+
 # pynetdicom's table lacks the retired US classes; without them its SCP aborts such a C-STORE.
 for _retired in (datasets.US_RETIRED, datasets.US_MULTIFRAME_RETIRED):
     if uid_to_service_class(_retired) is not StorageServiceClass:

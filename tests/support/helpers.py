@@ -318,6 +318,20 @@ class Appliance:
         with contextlib.closing(sqlite3.connect(self.data_dir / "index.sqlite")) as db:
             return db.execute(sql, params).fetchall()
 
+    def remove_index(self) -> None:
+        """Take the index from under the running service, so that a new connection finds no
+        tables: SQLite's files removed, or the PostgreSQL database's tables dropped."""
+        if self.index_url:
+            import postgres
+
+            with postgres.connect(self.index_url) as db:
+                tables = [name for (name,) in db.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()]
+                db.execute("DROP TABLE " + ", ".join(f'"{name}"' for name in tables) + " CASCADE")
+            return
+        for suffix in ("", "-wal", "-shm"):
+            (self.data_dir / f"index.sqlite{suffix}").unlink(missing_ok=True)
+
     def stored_files(self) -> list[Path]:
         """Files in store/ that hold a stored instance, once the spool has settled: each stored
         file keeps its spool name until the index row is flushed, a few tens of ms later

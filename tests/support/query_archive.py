@@ -12,7 +12,9 @@ from pathlib import Path
 
 import datasets
 import scu
-from appliance.store.db import SqliteIndex
+from peewee import chunked
+
+from appliance.store.db import open_index
 from appliance.store import coercion, models
 
 ROOT = "1.2.826.0.1.3680043.9.7433"  # test UIDs only
@@ -88,15 +90,16 @@ def fill_index(app, instances: int) -> None:
     """Study S100 (patient MANY, series S100.1) with `instances` rows written straight into the
     stopped appliance's index, as bench/find.py does: storing that many through C-STORE would
     take minutes. The rows have no files; only C-FIND can use them."""
-    index = SqliteIndex(app.data_dir / "index.sqlite")
+    index = open_index(app.index_url, app.data_dir)
     with index.write():
         patient = models.Patient.create(patient_id="MANY", original_patient_id="MANY", last_name="Many",
                                  name_folded=coercion.fold_name("Many", ""))
         study = models.Study.create(patient=patient, study_instance_uid=uid("S100"))
         series = models.Series.create(study=study, series_instance_uid=uid("S100.1"))
         now = datetime.datetime.now(datetime.timezone.utc)
-        models.Instance.insert_many([
-            dict(series=series, sop_instance_uid=uid(f"S100.1.{n}"), file_sop_instance_uid=uid(f"S100.1.{n}"),
-                 sop_class_uid=datasets.CT, instance_number=str(n), transfer_syntax_uid=datasets.ILE,
-                 path=f"none/{n}", size=0, received_at=now) for n in range(1, instances + 1)]).execute()
+        rows = [dict(series=series, sop_instance_uid=uid(f"S100.1.{n}"), file_sop_instance_uid=uid(f"S100.1.{n}"),
+                     sop_class_uid=datasets.CT, instance_number=str(n), transfer_syntax_uid=datasets.ILE,
+                     path=f"none/{n}", size=0, received_at=now) for n in range(1, instances + 1)]
+        for batch in chunked(rows, 5000):  # PostgreSQL takes at most 65,535 parameters a statement
+            models.Instance.insert_many(batch).execute()
     index.close()

@@ -14,16 +14,19 @@ import pytest
 import datasets
 from appliance.config.model import StorageSCP
 from appliance.store import coercion
-from appliance.store.db import SqliteIndex
+from appliance.store.db import open_index
 from appliance.store.files import StorageArea
 from appliance.store.header import read_header
 from appliance.store.ingest import Archive, StoreRequest, file_meta
 from appliance.store.models import Instance
 
 
+pytestmark = pytest.mark.index_backends  # recovery decides from the index, on either backend (IX-01)
+
+
 @pytest.fixture
-def archive(tmp_path):
-    index = SqliteIndex(tmp_path / "index.sqlite")
+def archive(tmp_path, new_index_url):
+    index = open_index(new_index_url(), tmp_path)
     yield Archive(StorageSCP(), index, StorageArea(tmp_path), reserve_bytes=0)  # not started: recovery first
     index.close()
 
