@@ -169,11 +169,12 @@ class PostgresIndex(Index):
 
     @contextlib.contextmanager
     def alone(self):
-        """No other box may be connected: each service has a connection open while it runs
-        (application_name "appliance"), so one found names a box that serves the archive, or
-        one starting. Meanwhile this session holds the migration lock, which a box takes while
-        it opens the index: one that starts now waits there (answering 2/3/1) until the
-        command is done."""
+        """No other box may be connected: a running service keeps connections open (application
+        name "appliance"), so one found names a box that serves the archive, or one starting.
+        (A guard, not a proof: after the server restarted, an idle box's connections are back
+        only at its next request. The documented procedure stops every box first.) Meanwhile
+        this session holds the migration lock, which a box takes while it opens the index: one
+        that starts now waits there (answering 2/3/1) until the command is done."""
         self.db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             others = self.db.execute_sql(
