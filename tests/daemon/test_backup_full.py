@@ -82,15 +82,10 @@ def store(app: Appliance, instances, directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory, request, index_backend):
+def stored(tmp_path_factory, new_index_url):
     """A stopped appliance holding `sent_instances`, with its C-FIND answers."""
-    with backend.module_database(request, index_backend, "backup_full_stored") as url:
-        yield _stored(tmp_path_factory, url)
-
-
-def _stored(tmp_path_factory, url: str) -> Appliance:
     root = tmp_path_factory.mktemp("backup-full")
-    app = Appliance(root / "appliance", index_url=url).start()
+    app = Appliance(root / "appliance", index_url=new_index_url()).start()
     try:
         store(app, (instance(*sent) for sent in sent_instances()), root / "sent")
         app.answers = answers(app)

@@ -88,15 +88,10 @@ def instance_rows(app: Appliance) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory, request, index_backend):
+def stored(tmp_path_factory, new_index_url):
     """A stopped appliance that stored `sent_instances`, with its C-FIND answers and index rows."""
-    with backend.module_database(request, index_backend, "maintenance_stored") as url:
-        yield _stored(tmp_path_factory, url)
-
-
-def _stored(tmp_path_factory, url: str) -> Appliance:
     root = tmp_path_factory.mktemp("maintenance")
-    app = Appliance(root / "appliance", POLICY, index_url=url).start()
+    app = Appliance(root / "appliance", POLICY, index_url=new_index_url()).start()
     try:
         with scu.association(app.storage_port, app.storage_title, calling="MODALITY1") as assoc:
             for n, (name, ds) in enumerate(sent_instances()):

@@ -20,21 +20,6 @@ from helpers import wait_for
 SQLITE_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm")
 
 
-@contextlib.contextmanager
-def module_database(request, backend: str, name: str):
-    """The `[index] url` of an appliance a module-scoped fixture makes itself: "" for SQLite, or
-    the URL of a new database `name` of the session's cluster, dropped on leaving."""
-    if backend == "sqlite":
-        yield ""
-        return
-    cluster = request.getfixturevalue("postgres_cluster")
-    url = cluster.create_database(name)
-    try:
-        yield url
-    finally:
-        cluster.drop_database(name)
-
-
 def is_postgresql(app) -> bool:
     return bool(app.index_url)
 
