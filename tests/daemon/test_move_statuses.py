@@ -84,6 +84,7 @@ def test_only_the_classes_of_the_move_set_are_proposed_one_syntax_each(requester
 ], ids=["patient", "p-study", "p-series", "p-image", "study-list", "series-list", "image-list", "wrong-parent"])
 def test_levels_and_uid_lists(requester, dest, model, identifier, expected):
     """Both models at every level; UID lists at the level's unique key (QM-05)."""
+    identifier = dict(identifier)  # the parameter is shared by both backends' runs
     level = identifier.pop("level")
     responses = move(requester, move_identifier(level, **identifier), "DEST", model)
     assert responses[0].counts == (len(expected), 0, 0, 0)
@@ -123,6 +124,7 @@ def test_unknown_destination_is_a801_before_the_identifier(move_archive, request
 def test_identifier_errors_are_a900_and_logged(move_archive, requester, dest, identifier, why):
     """QM-05, QM-06: A900 with the reason in the service log (a WARNING: the requester's mistake,
     issue 22) and in the Error Comment (UL-05), and nothing sent."""
+    identifier = dict(identifier)
     level = identifier.pop("level", None)
     ds = move_identifier(level, **identifier) if level else move_identifier("", **identifier)
     if not level:

@@ -88,12 +88,12 @@ class Modality:
             self.server.shutdown()
             self.server = None
 
-    def associate(self, port: int, contexts: list | None = None):
-        """An association to STORAGE-SCP proposing SCPM (and the storage classes)."""
+    def associate(self, port: int, contexts: list | None = None, called: str = "EX_STORE_SCP"):
+        """An association to STORAGE-SCP (called `called`) proposing SCPM (and the storage classes)."""
         ae = AE(ae_title=self.title)
         ae.requested_contexts = contexts or [build_context(SCPM, [datasets.ILE, datasets.ELE]),
                                              build_context(datasets.CT, [datasets.ELE])]
-        assoc = ae.associate("127.0.0.1", port, ae_title="EX_STORE_SCP",
+        assoc = ae.associate("127.0.0.1", port, ae_title=called,
                              evt_handlers=[(evt.EVT_N_EVENT_REPORT, lambda event: self._on_report(event, own=True))])
         assert assoc.is_established, assoc.acse_result if hasattr(assoc, "acse_result") else "rejected"
         return assoc
