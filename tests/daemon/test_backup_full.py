@@ -802,11 +802,10 @@ def test_an_empty_archive_backs_up_and_restores(make_appliance, tmp_path):
     assert box.index_rows("SELECT COUNT(*) FROM instance") == [(0,)]
 
 
-def test_restore_into_a_database_that_holds_an_archive_is_refused(archive, tmp_path, index_backend):
+@pytest.mark.index_backends("postgresql")  # SQLite's index file is the data directory's (tested above)
+def test_restore_into_a_database_that_holds_an_archive_is_refused(archive, tmp_path):
     """IX-01: on PostgreSQL the restore goes into the database the backed-up configuration names,
     which must hold no archive: here the original's, still holding it."""
-    if index_backend == "sqlite":
-        pytest.skip("PostgreSQL's database; SQLite's index file is the data directory's (tested above)")
     directory = tmp_path / "dir"
     directory.mkdir()
     assert backup_full(archive, directory)[0].returncode == 0
@@ -822,14 +821,13 @@ def test_restore_into_a_database_that_holds_an_archive_is_refused(archive, tmp_p
     assert archive.index_rows("SELECT id, path FROM instance ORDER BY id") == rows
 
 
-def test_reindex_and_restore_are_refused_while_another_box_is_connected(archive, make_appliance, tmp_path,
-                                                                         index_backend):
+@pytest.mark.index_backends("postgresql")
+def test_reindex_and_restore_are_refused_while_another_box_is_connected(archive, make_appliance, tmp_path):
     """IX-02: two boxes share one PostgreSQL index. While the other box serves it, a full backup
     works, but reindex and restore, which replace the index's content, are refused, naming where
     the other box connects from; nothing is changed. Once it stops, reindex works, and the other
-    box, started during the reindex, waits to open the index until it is done."""
-    if index_backend == "sqlite":
-        pytest.skip("one box per SQLite index: its data directory's lock (tested above)")
+    box, started during the reindex, waits to open the index until it is done. (SQLite: one box
+    per index, its data directory's lock, tested above.)"""
     other = make_appliance({"index": {"url": archive.index_url}}, name="other")
     rows = archive.index_rows("SELECT id, path, received_at FROM instance ORDER BY id")
     directory = tmp_path / "dir"

@@ -175,9 +175,8 @@ def test_reindex_run_by_root_leaves_the_archive_to_the_services_user(archive, tm
         shutil.rmtree(outside)
 
 
-def test_reindex_over_a_corrupted_index_keeps_it_aside(archive, stored, index_backend):
-    if index_backend == "postgresql":
-        pytest.skip("an index file's damage: SQLite's")
+@pytest.mark.index_backends("sqlite")  # an index file's damage
+def test_reindex_over_a_corrupted_index_keeps_it_aside(archive, stored):
     garbage = os.urandom(8192)
     index_files(archive)[0].write_bytes(garbage)
 
