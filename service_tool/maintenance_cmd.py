@@ -60,7 +60,8 @@ def run_reindex(args: argparse.Namespace) -> int:
     from peewee import PeeweeException
 
     from appliance.store import reindex
-    from appliance.store.postgres import OtherBoxes, first_line
+    from appliance.store.db import first_line
+    from appliance.store.postgres import OtherBoxes
 
     config = load(args.config)
     if config is None:

@@ -24,6 +24,7 @@ from peewee import PeeweeException, SqliteDatabase
 
 from appliance.durable import fsync_dir, fsync_file
 from appliance.store import snapshot
+from appliance.store.db import first_line
 from appliance.store.models import Instance, Study
 
 
@@ -57,7 +58,7 @@ def backup(url: str, data_dir: Path, destination: Path) -> Backup:
         tmp.unlink()
         fsync_dir(destination.parent)
     except (PeeweeException, OSError) as exc:
-        raise BackupFailed(_text(exc)) from exc
+        raise BackupFailed(first_line(exc)) from exc
     finally:
         for leftover in (tmp, *(Path(f"{tmp}{suffix}") for suffix in ("-journal", "-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
@@ -74,9 +75,3 @@ def _check(copy: Path) -> tuple[int, int]:
             raise BackupFailed("the copy fails its integrity check: " + "; ".join(problems[:3]))
         return Instance.select().count(db), Study.select().count(db)
 
-
-def _text(exc: Exception) -> str:
-    """libpq's messages run over several lines; the first says what happened."""
-    from appliance.store.postgres import first_line
-
-    return first_line(exc)

@@ -248,6 +248,13 @@ def describe_sqlite(path: Path) -> dict:
     return {"backend": "sqlite", "version": sqlite3.sqlite_version, "where": str(path), "connected": True}
 
 
+def first_line(exc: Exception) -> str:
+    """What an index error says, for a log line or a status: libpq's messages run over several
+    lines, and the first says what happened."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def open_index(url: str, data_dir: Path, application_name: str = "appliance", check_normaliser: bool = True) -> Index:
     """The index `[index] url` names: "" = index.sqlite in the data directory. The service tool
     opens it for writing (reindex, restore) as application "service-tool" (PostgreSQL's

@@ -44,7 +44,7 @@ from appliance.config import Config, data_dir, store_dir
 from appliance.durable import fsync_dir, fsync_file
 from appliance.store import INDEX_NAME, lock
 from appliance.store.backup import BackupFailed, backup
-from appliance.store.db import read_only
+from appliance.store.db import first_line, read_only
 from appliance.store.backup_set import (STORE, Damaged, Manifest, Unreadable, copy_verified, error_text,
                                         hash_file, read_manifest, write_manifest)
 from appliance.store.models import ALL_MODELS, Instance, Patient, Series, Study
@@ -113,7 +113,7 @@ def back_up(config_file: Path, config: Config, directory: Path, progress: Progre
             summary = _Run(config_file, config.index.url, data, store, directory, previous, progress,
                            verify_all).run(Path(work) / INDEX_NAME)
     except (BackupFailed, OSError, Damaged, PeeweeException) as exc:
-        text = error_text(exc) if isinstance(exc, OSError) else _first_line(exc)
+        text = error_text(exc) if isinstance(exc, OSError) else first_line(exc)
         raise BackupFailed(f"{text}; {directory} holds the previous backup as it was") from None
     finally:
         held.close()
@@ -288,11 +288,6 @@ def _still_indexed(url: str, data: Path, gone: list[str]) -> list[str]:
                  for path in Instance.select(Instance.path).where(Instance.path.in_(chunk)).scalars(live)}
     return [f"{STORE}/{path}" for path in gone if path in named]
 
-
-def _first_line(exc: Exception) -> str:
-    from appliance.store.postgres import first_line  # libpq's messages run over several lines
-
-    return first_line(exc)
 
 
 def _sweep(directory: Path, files: dict) -> tuple[int, list[str]]:

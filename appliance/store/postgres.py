@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from appliance.log import alert
 from appliance.store import models
-from appliance.store.db import Index
+from appliance.store.db import Index, first_line
 
 log = logging.getLogger("appliance.store.db")
 
@@ -50,12 +50,6 @@ def safe_url(url: str) -> str:
     """The URL without its password, for log lines and `status` (as libpq reads it)."""
     parts = conninfo_to_dict(url)
     return f"postgresql://{parts.get('user', '')}@{parts.get('host', '')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
-
-
-def first_line(exc: Exception) -> str:
-    """libpq's messages run over several lines; the first says what happened."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Database(PostgresqlDatabase):

@@ -45,7 +45,7 @@ from appliance.config.write import write_document
 from appliance.durable import fsync_dir, hand_over, write_bytes
 from appliance.errors import ConfigError
 from appliance.store import INDEX_NAME, RESTORE_MARKER, lock, snapshot
-from appliance.store.db import Index, SqliteIndex, open_index, read_only
+from appliance.store.db import Index, SqliteIndex, first_line, open_index, read_only
 from appliance.store.models import CommitmentRequest, Instance
 from appliance.store.node import NODE_FILE
 from appliance.store.backup_set import (MANIFEST_NAME, STORE, Damaged, Manifest, Unreadable, copy_verified,
@@ -123,7 +123,7 @@ def restore(directory: Path, config_file: Path, progress: Progress, data_overrid
         if created:
             shutil.rmtree(data, ignore_errors=True)
         if isinstance(exc, (OSError, Damaged, ConfigError, PeeweeException)):
-            text = error_text(exc) if isinstance(exc, OSError) else _first_line(exc)
+            text = error_text(exc) if isinstance(exc, OSError) else first_line(exc)
             raise Refused(f"{text}; the restore was undone") from None
         raise
     finally:
@@ -141,7 +141,7 @@ def _database(url: str, data: Path):
     if not url:
         yield None
         return
-    from appliance.store.postgres import OtherBoxes, first_line
+    from appliance.store.postgres import OtherBoxes
 
     try:
         index = open_index(url, data, application_name="service-tool", check_normaliser=False)
@@ -155,11 +155,6 @@ def _database(url: str, data: Path):
     finally:
         index.close()
 
-
-def _first_line(exc: Exception) -> str:
-    from appliance.store.postgres import first_line  # libpq's messages run over several lines
-
-    return first_line(exc)
 
 
 def _configuration(directory: Path, manifest: Manifest, config_file: Path, data_override: Path | None):

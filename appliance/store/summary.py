@@ -15,7 +15,7 @@ from peewee import Database, PeeweeException, fn
 
 from appliance.config.model import Storage
 from appliance.store import dialect, watermarks
-from appliance.store.db import Index, describe, read_only
+from appliance.store.db import Index, describe, first_line, read_only
 from appliance.store.models import CommitmentRequest, Instance, Patient, Series, Study
 from appliance.store.node import known_node_id
 
@@ -74,12 +74,6 @@ def _disk(directory: Path, storage: Storage, bytes_per_day: float | None) -> dic
             "days_until_full": round(left / bytes_per_day, 2) if bytes_per_day else None}
 
 
-def _error(exc: Exception) -> str:
-    from appliance.store.postgres import first_line  # libpq's messages run over several lines
-
-    return first_line(exc)
-
-
 def archive_and_disk(directory: Path, storage: Storage, url: str, index: Index | None = None) -> dict:
     """`index` (backend, version, where, connected, this box's node id), `archive` (counts, or
     the error that kept the index from answering) and `disk` of a data directory. `index`: the
@@ -89,7 +83,7 @@ def archive_and_disk(directory: Path, storage: Storage, url: str, index: Index |
         try:
             archive = archive_counts(index.db)
         except PeeweeException as exc:
-            archive = {"error": _error(exc)}
+            archive = {"error": first_line(exc)}
     else:
         described, archive = _offline(url, directory)
     described["node"] = known_node_id(directory)
@@ -107,11 +101,11 @@ def _offline(url: str, directory: Path) -> tuple[dict, dict]:
             try:
                 return described, archive_counts(db)
             except PeeweeException as exc:
-                return described, {"error": _error(exc)}
+                return described, {"error": first_line(exc)}
     except (PeeweeException, OSError) as exc:  # no index file, no server
         described = describe(url, directory) if not url else {
-            "backend": "postgresql", "where": _where(url), "version": None, "connected": False, "error": _error(exc)}
-        return described, {"error": _error(exc)}
+            "backend": "postgresql", "where": _where(url), "version": None, "connected": False, "error": first_line(exc)}
+        return described, {"error": first_line(exc)}
 
 
 def _where(url: str) -> str:

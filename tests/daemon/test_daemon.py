@@ -286,3 +286,11 @@ def test_associations_leave_no_descriptors_or_threads_behind(appliance):
                  f"descriptors and threads back to {before}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; now {counts()}") from None
+
+
+@pytest.mark.index_backends
+def test_the_postgresql_driver_is_loaded_only_for_a_postgresql_index(appliance, index_backend):
+    """IX-01 and the peak RSS target (docs/performance.md): peewee would load psycopg (16 MiB)
+    into every daemon; a box whose index is SQLite does without it."""
+    maps = Path(f"/proc/{appliance.proc.pid}/maps").read_text()
+    assert ("psycopg" in maps) == (index_backend == "postgresql")
