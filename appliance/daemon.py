@@ -36,7 +36,7 @@ from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
 from appliance.store import RESTORE_MARKER, lock
 from appliance.store.db import Index, first_line, open_index
-from appliance.store.files import SpoolElsewhere, StorageArea
+from appliance.store.files import StorageArea, StoreUnusable
 from appliance.store.node import node_id
 from appliance.store.watermarks import DiskWatch
 from appliance.commitment import Commitments, Reporter
@@ -97,8 +97,8 @@ class Daemon:
         raise_file_limit()
         audit.start(self.config)  # AU-01..AU-03: what the spool holds from before goes first
         try:
-            area = StorageArea(directory, store_dir(self.config))
-        except (SpoolElsewhere, OSError) as exc:
+            area = StorageArea(directory, store_dir(self.config) if self.config.storage.store_dir else None)
+        except (StoreUnusable, OSError) as exc:
             log.error("cannot start: %s", exc)
             audit.stop()
             return 1
