@@ -35,10 +35,9 @@ from appliance.dicom.server import Services, quiet_libraries, start_listeners, s
 from appliance.errors import ConfigError
 from appliance.network.lease_watch import LeaseWatch
 from appliance.store import RESTORE_MARKER, lock
-from appliance.store.db import Index, open_index
-from appliance.store.files import SpoolElsewhere, StorageArea
+from appliance.store.db import Index, first_line, open_index
+from appliance.store.files import StorageArea, StoreUnusable
 from appliance.store.node import node_id
-from appliance.store.postgres import first_line, safe_url
 from appliance.store.watermarks import DiskWatch
 from appliance.commitment import Commitments, Reporter
 from appliance.store.ingest import Archive
@@ -98,8 +97,8 @@ class Daemon:
         raise_file_limit()
         audit.start(self.config)  # AU-01..AU-03: what the spool holds from before goes first
         try:
-            area = StorageArea(directory, store_dir(self.config))
-        except (SpoolElsewhere, OSError) as exc:
+            area = StorageArea(directory, store_dir(self.config) if self.config.storage.store_dir else None)
+        except (StoreUnusable, OSError) as exc:
             log.error("cannot start: %s", exc)
             audit.stop()
             return 1
@@ -158,6 +157,8 @@ class Daemon:
             except (OperationalError, InterfaceError) as exc:
                 if not url:
                     raise
+                from appliance.store.postgres import safe_url
+
                 if not waiting:
                     service_log.alert(log, "index database %s unreachable: %s; waiting for it (new associations "
                                       "are answered 2/3/1)", safe_url(url), first_line(exc))
@@ -170,7 +171,7 @@ class Daemon:
                     return None
                 continue
             if waiting:
-                log.warning("index database %s reachable: starting", safe_url(url))
+                log.warning("index database %s reachable: starting", index.where)
             return index
 
     def _start_control(self) -> None:

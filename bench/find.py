@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""QUERY-RETRIEVE-SCP C-FIND benchmark: the appliance at 1,000,000 instances next to DCMTK dcmqrscp.
+"""QUERY-RETRIEVE-SCP C-FIND benchmark: the appliance at 1,000,000 instances, its index on SQLite
+and on PostgreSQL, next to DCMTK dcmqrscp.
 
 A benchmark script, not a test. Study Root C-FIND at STUDY level, timed from the client side
 over loopback (a pynetdicom SCU and a raw-socket one, below), against
@@ -15,6 +16,15 @@ over loopback (a pynetdicom SCU and a raw-socket one, below), against
              4 minutes). Every column is filled; the *_folded columns through
              appliance.store.coercion. Files for the bulk rows do not exist (C-FIND does not read
              them). Nothing is cached between runs.
+  appliance-pg  the same daemon with its index on PostgreSQL (IX-01, [index] url): one server for
+             the run (bench/lab.postgres_cluster: tests/support/postgres.PostgresCluster, Debian's
+             binaries, 127.0.0.1 on a free port, fsync and synchronous_commit on, shared_buffers
+             512MB), a new database (UTF8, C) the daemon creates its tables in at its first start.
+             The same 20 studies through STORAGE-SCP, the daemon stopped, the same generated rows
+             (the generator and bulk_fill are shared) loaded with psycopg's COPY ... FROM STDIN per
+             table and batch; then the id sequences set past them (setval), VACUUM ANALYZE and a
+             CHECKPOINT, so that neither autovacuum nor the load's checkpoint runs during the
+             measurements. Its queries ask for the same values as the SQLite appliance's.
   dcmqrscp   DCMTK dcmqrscp (TCP_NODELAY=1; one process per association: Debian's 3.6.7
              segfaults after the first association with --single-process) on the same shape
              scaled down 250x: 4,000 instances, 400 studies, 160 patients, as real 8x8 files
@@ -57,15 +67,20 @@ nearest-rank (with few repetitions p95 is the maximum). Matches are counted from
 responses and compared with what the generator put in; in the first two requests every
 returned identifier is decoded (after the clock stops) and its matching key checked. Target:
 exact-key queries (patient_id, accession) p95 < 20 ms at 1,000,000 instances. The plan SQLite
-chooses for each query is printed through appliance.query.matching.plan. The index file is in
-the OS page cache (it was just written): these are warm-cache figures.
+chooses for each query is printed through appliance.query.matching.plan; PostgreSQL's as EXPLAIN
+(ANALYZE, BUFFERS) of the same statement (the plan the server runs, with its times), and which
+tables matching.plan finds read whole (dialect.scans). The index is in the OS page cache (SQLite's
+file) or in shared_buffers and the page cache (PostgreSQL's, just loaded): warm-cache figures.
+With the index on PostgreSQL the server's CPU is the daemon's and PostgreSQL's (postmaster and
+backends) together; PostgreSQL's share is recorded as index_server_cpu_percent.
 
 Usage (from the repository):
-  .venv/bin/python bench/find.py [--quick] [--json out.json] [--only appliance,dcmqrscp]
+  .venv/bin/python bench/find.py [--quick] [--json out.json] [--only appliance,appliance-pg,dcmqrscp]
                                  [--reps 50] [--budget 45] [--nagle]
 
 --quick: 10,000 / 1,000 instances, 10 repetitions: a sanity run (its figures are kept in
-find-previous-quick.json). A full run takes about 10 minutes on 2 cores. Traffic goes only to
+find-previous-quick.json). A full run takes about 15 minutes on 2 cores. PostgreSQL must be
+installed (Debian's `postgresql`, as tests/run.sh installs it) for appliance-pg. Traffic goes only to
 127.0.0.1; every subprocess has a timeout; every loop is bounded; temporary dirs are removed
 and processes stopped in `finally`.
 """
@@ -80,6 +95,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import sqlite3
@@ -402,19 +418,99 @@ def insert(model, fields, rows: list) -> None:
     model._meta.database.cursor().executemany(sql, rows)
 
 
-def bulk_fill(path: Path, shape: Shape, studies) -> dict:
-    """Insert every study `studies` yields (and all patients not yet indexed) into the index."""
-    started = time.monotonic()
-    index = SqliteIndex(path)  # the real schema; the daemon has already migrated it
-    db = index.db
-    try:
+class SqliteBulk:
+    """Where bulk_fill writes on SQLite: the index file through appliance.store.db.SqliteIndex,
+    peewee insert_many's statements run with executemany, a transaction per batch."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path):
+        self.index = SqliteIndex(path)  # the real schema; the daemon has already migrated it
+        db = self.index.db
         # This connection only: no fsync per commit and a bigger page cache (the appliance's own
         # connections keep their PRAGMAs; the file is checkpointed and closed at the end).
         db.execute_sql("PRAGMA synchronous=OFF")
         db.execute_sql("PRAGMA cache_size=-524288")
-        next_id = {m: (m.select(m.id).order_by(m.id.desc()).scalar() or 0) + 1
-                   for m in (Patient, Study, Series, Instance)}
-        patient_rows = dict(Patient.select(Patient.patient_id, Patient.id).tuples())
+
+    def next_ids(self) -> dict:
+        return {m: (m.select(m.id).order_by(m.id.desc()).scalar() or 0) + 1 for m in (Patient, Study, Series, Instance)}
+
+    def patient_ids(self) -> dict:
+        return dict(Patient.select(Patient.patient_id, Patient.id).tuples())
+
+    def write(self, tables: list[tuple]) -> None:
+        """[(model, fields, rows)] in one transaction."""
+        with self.index.db.atomic():
+            for model, fields, rows in tables:
+                insert(model, fields, rows)
+
+    def close(self) -> dict:
+        self.index.close()  # wal_checkpoint(TRUNCATE): the database file alone is complete
+        return {}
+
+
+class PostgresBulk:
+    """Where bulk_fill writes on PostgreSQL: the database the daemon created, over psycopg, one
+    COPY ... FROM STDIN per table and batch, a transaction per batch (this session only:
+    synchronous_commit off, as SQLite's synchronous=OFF above). At the end the id sequences
+    are set past the rows written (the daemon's next INSERT must not collide), VACUUM ANALYZE
+    (statistics for the planner, and the visibility map and hint bits a live archive's
+    autovacuum would have set, so that no autovacuum starts during the measurements) and a
+    CHECKPOINT (the load's dirty buffers are written now, not during the queries)."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str):
+        import psycopg
+        self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+        self.conn.execute("SET synchronous_commit = off")
+        self.conn.commit()
+
+    def next_ids(self) -> dict:
+        return {m: self.conn.execute(f'SELECT COALESCE(MAX(id), 0) + 1 FROM "{m._meta.table_name}"').fetchone()[0]
+                for m in (Patient, Study, Series, Instance)}
+
+    def patient_ids(self) -> dict:
+        return dict(self.conn.execute("SELECT patient_id, id FROM patient").fetchall())
+
+    def write(self, tables: list[tuple]) -> None:
+        with self.conn.cursor() as cur:
+            for model, fields, rows in tables:
+                if not rows:
+                    continue
+                columns = ", ".join(f'"{f.column_name}"' for f in fields)
+                with cur.copy(f'COPY "{model._meta.table_name}" ({columns}) FROM STDIN') as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        self.conn.commit()
+
+    def close(self) -> dict:
+        figures = {}
+        try:
+            for model in (Patient, Study, Series, Instance):
+                table = model._meta.table_name
+                self.conn.execute(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
+                                  f'(SELECT MAX(id) FROM "{table}"))')
+            self.conn.commit()
+            self.conn.autocommit = True  # VACUUM runs outside a transaction
+            t = time.monotonic()
+            self.conn.execute("VACUUM ANALYZE")
+            figures["vacuum_analyze_seconds"] = round(time.monotonic() - t, 1)
+            t = time.monotonic()
+            self.conn.execute("CHECKPOINT")
+            figures["checkpoint_seconds"] = round(time.monotonic() - t, 1)
+        finally:
+            self.conn.close()
+        return figures
+
+
+def bulk_fill(target, shape: Shape, studies) -> dict:
+    """Insert every study `studies` yields (and all patients not yet indexed) into the index
+    through `target` (SqliteBulk or PostgresBulk: the same rows either way)."""
+    started = time.monotonic()
+    try:
+        next_id = target.next_ids()
+        patient_rows = target.patient_ids()
         sample_patients = len(patient_rows)
         new = []
         for p in shape.patients:
@@ -425,8 +521,7 @@ def bulk_fill(path: Path, shape: Shape, studies) -> dict:
             new.append((next_id[Patient], p.patient_id, p.patient_id, last, first, coercion.fold_name(last, first),
                         p.birth_date, coercion.normalise_sex(p.sex), p.other_ids, p.other_names))
             next_id[Patient] += 1
-        with db.atomic():
-            insert(Patient, PATIENT_FIELDS, new)
+        target.write([(Patient, PATIENT_FIELDS, new)])
         batch: list[StudyRec] = []
         done = 0
 
@@ -447,10 +542,8 @@ def bulk_fill(path: Path, shape: Shape, studies) -> dict:
                         instances_.append((next_id[Instance], rid, uid, uid, st.sop_class, number, ts,
                                            st.patient.charset, rel, size, received, calling))
                         next_id[Instance] += 1
-            with db.atomic():
-                insert(Study, STUDY_FIELDS, studies_)
-                insert(Series, SERIES_FIELDS, series_)
-                insert(Instance, INSTANCE_FIELDS, instances_)
+            target.write([(Study, STUDY_FIELDS, studies_), (Series, SERIES_FIELDS, series_),
+                          (Instance, INSTANCE_FIELDS, instances_)])
             batch.clear()
 
         last_log = time.monotonic()
@@ -464,30 +557,39 @@ def bulk_fill(path: Path, shape: Shape, studies) -> dict:
                     log(f"   {done} studies inserted ({time.monotonic() - started:.0f} s)")
         done += len(batch)
         flush()
+        inserted = time.monotonic() - started
     finally:
-        index.close()  # wal_checkpoint(TRUNCATE): the database file alone is complete
-    return {"studies": done, "patients": len(new), "sample_patients": sample_patients,
-            "seconds": round(time.monotonic() - started, 1)}
+        after = target.close()
+    return {"studies": done, "patients": len(new), "sample_patients": sample_patients, "backend": target.backend,
+            "insert_seconds": round(inserted, 1), **after, "seconds": round(time.monotonic() - started, 1)}
 
 
-def index_counts(path: Path) -> dict:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("patient", "study", "series", "instance")}
+TABLES = ("patient", "study", "series", "instance")
 
 
-def file_size(path: Path) -> int:
+def index_counts(app) -> dict:
+    """Rows per table of `app`'s index, on either backend (helpers.Appliance.index_rows)."""
+    return {t: app.index_rows(f"SELECT COUNT(*) FROM {t}")[0][0] for t in TABLES}
+
+
+def index_bytes(app) -> int:
+    """The index file and its log on SQLite; on PostgreSQL, the database's size (tables, their
+    indexes and TOAST; the server's WAL not included)."""
+    if app.index_url:
+        return app.index_rows("SELECT pg_database_size(current_database())")[0][0]
+    path = app.data_dir / "index.sqlite"
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-def fill_appliance(root: Path, shape: Shape) -> tuple[dict, Path]:
-    """Start the daemon once (it creates the data dir and index), C-STORE the sample through
-    STORAGE-SCP, stop it, bulk-insert the rest. Returns (figures, data dir)."""
+def fill_appliance(root: Path, shape: Shape, index_url: str = "") -> tuple[dict, Path]:
+    """Start the daemon once (it creates the data dir and index; on the PostgreSQL database
+    `index_url` if given), C-STORE the sample through STORAGE-SCP, stop it, bulk-insert the
+    rest. Returns (figures, data dir)."""
     started = time.monotonic()
     studies = shape.studies()
     sample = [next(studies) for _ in range(min(SAMPLE_STUDIES, shape.n_studies))]
     files = write_files(sample, root / "sample")
-    app = helpers.Appliance(root / "ingest")
+    app = helpers.Appliance(root / "ingest", index_url=index_url)
     app.start()
     try:
         t = time.monotonic()
@@ -505,11 +607,11 @@ def fill_appliance(root: Path, shape: Shape) -> tuple[dict, Path]:
         raise RuntimeError(f"sample ingest: {stored} of {len(files)} instances indexed:\n{app.log()[-3000:]}")
     shutil.rmtree(root / "sample")
     log(f"   {len(files)} sample instances stored through STORAGE-SCP in {ingest_s:.1f} s; bulk insert ...")
-    bulk = bulk_fill(app.data_dir / "index.sqlite", shape, studies)
-    counts = index_counts(app.data_dir / "index.sqlite")
+    target = PostgresBulk(index_url) if index_url else SqliteBulk(app.data_dir / "index.sqlite")
+    bulk = bulk_fill(target, shape, studies)
     figures = {"sample_instances": len(files), "sample_ingest_seconds": round(ingest_s, 2), "bulk": bulk,
-               "seconds": round(time.monotonic() - started, 1), "counts": counts,
-               "index_bytes": file_size(app.data_dir / "index.sqlite")}
+               "seconds": round(time.monotonic() - started, 1), "counts": index_counts(app),
+               "index_bytes": index_bytes(app)}
     return figures, app.data_dir
 
 
@@ -748,17 +850,21 @@ def run_query(scu, query: str, value: str, check: bool) -> dict:
             "pending": sorted({code for code, _ in idents})}
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """The server process and its children (dcmqrscp forks one per association)."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def server_cpu_seconds(server: int | tuple[int, ...]) -> float:
+    """The server processes and their children (dcmqrscp forks one per association; with the
+    index on PostgreSQL, the server is the daemon and the postmaster with its backends)."""
+    pids = []
+    for pid in (server,) if isinstance(server, int) else server:
+        pids.append(pid)
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return sum(store.cpu_seconds(p) or 0.0 for p in pids)
 
 
-def measure_one(scu_class, port: int, title: str, server_pid: int, shape: Shape, query: str, values: list[str],
-                budget: float) -> dict:
-    """WARMUP + len(values) requests over one association, at most `budget` seconds (>= 3 measured)."""
+def measure_one(scu_class, port: int, title: str, server_pid: int | tuple[int, ...], shape: Shape, query: str,
+                values: list[str], budget: float) -> dict:
+    """WARMUP + len(values) requests over one association, at most `budget` seconds (>= 3 measured).
+    `server_pid`: the server's, or (the daemon's, the postmaster's) with the index on PostgreSQL."""
     try:
         scu = scu_class(port, title)
     except (ConnectionError, OSError) as exc:
@@ -767,6 +873,7 @@ def measure_one(scu_class, port: int, title: str, server_pid: int, shape: Shape,
     pending: set[int] = set()
     first_ms = None
     cpu = {}
+    index_pids = server_pid[1:] if isinstance(server_pid, tuple) else ()  # PostgreSQL's postmaster
     try:
         deadline = time.monotonic() + budget
         for rep, value in enumerate(values):
@@ -774,7 +881,8 @@ def measure_one(scu_class, port: int, title: str, server_pid: int, shape: Shape,
                 break
             if rep == WARMUP:  # CPU accounting over the measured requests only
                 cpu = {"wall": time.monotonic(), "machine": store.machine_cpu_seconds(),
-                       "own": store.own_cpu_seconds(), "server": server_cpu_seconds(server_pid)}
+                       "own": store.own_cpu_seconds(), "server": server_cpu_seconds(server_pid),
+                       "index": server_cpu_seconds(index_pids) if index_pids else None}
             r = run_query(scu, query, value, check=rep < WARMUP + 1)
             if r["final"] is None:
                 problems.append(f"no final response (timeout, abort or undecodable) for {value!r}")
@@ -798,9 +906,11 @@ def measure_one(scu_class, port: int, title: str, server_pid: int, shape: Shape,
             server = server_cpu_seconds(server_pid) - cpu["server"]
             own = store.own_cpu_seconds() - cpu["own"]
             others = store.machine_cpu_seconds() - cpu["machine"] - server - own
+            index = server_cpu_seconds(index_pids) - cpu["index"] if index_pids else None
             cpu = {"server_cpu_percent": round(100 * server / wall, 1), "client_cpu_percent": round(100 * own / wall, 1),
                    # everything else on the machine meanwhile, in % of all CPUs: a disturbed run shows here
-                   "others_busy_percent": round(max(100 * others / wall / (os.cpu_count() or 1), 0.0), 1)}
+                   "others_busy_percent": round(max(100 * others / wall / (os.cpu_count() or 1), 0.0), 1),
+                   **({"index_server_cpu_percent": round(100 * index / wall, 1)} if index is not None else {})}
     finally:
         scu.close()
     return {
@@ -816,7 +926,7 @@ def measure_one(scu_class, port: int, title: str, server_pid: int, shape: Shape,
     }
 
 
-def measure(port: int, title: str, server_pid: int, shape: Shape, reps: int, budget: float,
+def measure(port: int, title: str, server_pid: int | tuple[int, ...], shape: Shape, reps: int, budget: float,
             rng: random.Random) -> dict:
     """Each query with the pynetdicom SCU, then with the raw SCU (same values, new association)."""
     out = {}
@@ -839,26 +949,42 @@ def measure(port: int, title: str, server_pid: int, shape: Shape, reps: int, bud
 
 # --- EXPLAIN QUERY PLAN through the appliance's own SQL ------------------------------------------
 
-def query_plans(index_path: Path) -> dict | str:
-    """SQLite's EXPLAIN QUERY PLAN for each query, through appliance.query.matching.plan (the
-    statement the service runs), on a read-only connection to the index after the daemon stopped."""
+def query_plans(index_path: Path | None = None, url: str = "") -> dict | str:
+    """The query plan of each query's statement (appliance.query.matching builds it as the
+    service does), on a read-only connection to the index after the daemon stopped.
+
+    SQLite: EXPLAIN QUERY PLAN through matching.plan. PostgreSQL (`url`): EXPLAIN (ANALYZE,
+    BUFFERS) of the statement with the server's own settings, i.e. the plan it runs, with its
+    times; and, under "scans", what dialect.scans finds in matching.plan's plan (made with
+    sequential scans dear: a table read whole even then has no index for the condition)."""
     try:
         from appliance.query import identifier as parsing, matching
         from appliance.query.keys import STUDY_ROOT
-        from appliance.store import models
+        from appliance.store import dialect, models
         from peewee import SqliteDatabase
     except ImportError as exc:
         return f"appliance.query not importable ({exc})"
     if not callable(getattr(matching, "plan", None)):
         return "appliance.query.matching has no plan() (EXPLAIN QUERY PLAN of an identifier's statement)"
-    db = SqliteDatabase(f"file:{index_path}?mode=ro", uri=True)
+    if url:
+        from appliance.store.postgres import read_only_database
+        db = read_only_database(url)
+    else:
+        db = SqliteDatabase(f"file:{index_path}?mode=ro", uri=True)
     models.database.initialize(db)
     plans = {}
     try:
         for query in QUERIES:
             value = fixed_value(query) or {"patient_id": "00104729", "accession": "AC000031337"}[query]
             try:
-                plans[query] = matching.plan(parsing.parse(identifier(query, value), STUDY_ROOT))
+                parsed = parsing.parse(identifier(query, value), STUDY_ROOT)
+                if not url:
+                    plans[query] = matching.plan(parsed)
+                    continue
+                sql, params = matching.select(parsed).sql()
+                lines = [row[0] for row in db.execute_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()]
+                plans[query] = [line.strip() for line in lines]
+                plans.setdefault("scans", {})[query] = dialect.current().scans(matching.plan(parsed))
             except Exception as exc:  # report, do not lose the run's figures
                 plans[query] = [f"could not explain: {type(exc).__name__}: {exc}"]
     finally:
@@ -901,8 +1027,16 @@ def scale(n) -> str:
     return f"{n / 1e6:g}M" if isinstance(n, int) and n >= 1_000_000 else f"{n / 1e3:g}k" if isinstance(n, int) else "?"
 
 
-def verdict(query: str, results: dict, client: str = "pynetdicom") -> str:
-    app = results.get("appliance") or {}
+ENGINES = {  # results key -> what the table calls it
+    "appliance": "appliance (SQLite)",
+    "appliance-pg": "appliance (PostgreSQL)",
+    "dcmqrscp": "dcmqrscp",
+}
+APPLIANCES = ("appliance", "appliance-pg")
+
+
+def verdict(query: str, results: dict, client: str = "pynetdicom", engine: str = "appliance") -> str:
+    app = results.get(engine) or {}
     r = (app.get("queries") or {}).get(query, {}).get(client) or {}
     if query not in TARGETS or r.get("p95_ms") is None:
         return ""
@@ -911,48 +1045,88 @@ def verdict(query: str, results: dict, client: str = "pynetdicom") -> str:
     return "met" if r["p95_ms"] < TARGETS[query] and not r.get("problems") else "NOT met"
 
 
+def compact(plan: list[str]) -> list[str]:
+    """PostgreSQL's EXPLAIN ANALYZE for the printout (the record keeps it whole): the nodes,
+    their conditions, rows and times, without cost estimates and buffer counts."""
+    keep = ("->", "SubPlan", "Index Cond", "Hash Cond", "Recheck Cond", "Filter", "Execution Time")
+    out = []
+    for i, line in enumerate(plan):
+        if i == 0 or line.startswith(keep):
+            line = re.sub(r"\(cost=[^)]*\) ", "", line).removeprefix("->  ")
+            out.append(re.sub(r"\(actual time=[0-9.]+\.\.([0-9.]+) rows=(\d+) loops=(\d+)\)",
+                              r"(\2 rows x\3, \1 ms)", line))
+    return out
+
+
+def plan_lines(name: str, part: dict) -> list[str]:
+    plans = part.get("plans")
+    if not plans:
+        return []
+    if not isinstance(plans, dict):
+        return [f"{name}: query plans skipped: {plans}"]
+    pg = "scans" in plans
+    lines = [f"{name}: " + ("EXPLAIN (ANALYZE, BUFFERS), the plan the server runs" if pg else "EXPLAIN QUERY PLAN")
+             + f" (appliance.query.matching's statement, {scale(part.get('instances'))} index):"]
+    for query in QUERIES:
+        if query in plans:
+            lines.append(f"  {query}: " + " | ".join(compact(plans[query]) if pg else plans[query]))
+    if pg:
+        lines.append("  whole-table reads with sequential scans made dear (matching.plan, dialect.scans): "
+                     + "; ".join(f"{q}: {', '.join(v) or 'none'}" for q, v in plans["scans"].items()))
+    return lines
+
+
 def table(results: dict, previous: dict | None) -> str:
-    prev = ((previous or {}).get("results") or {}).get("appliance", {}).get("queries", {})
-    app, dq = results.get("appliance") or {}, results.get("dcmqrscp") or {}
-    head = ("query", f"appliance {scale(app.get('instances'))} p50", "p95", "matches", "raw p50", "raw p95",
-            f"dcmqrscp {scale(dq.get('instances'))} p50", "p95", "matches", "raw p50", "raw p95",
-            "prev p50", "prev p95", "target", "verdict")
+    prev_results = (previous or {}).get("results") or {}
+    head = ("query", "engine", "index", "p50", "p95", "matches", "raw p50", "raw p95", "prev p50", "prev p95",
+            "target", "verdict")
     rows = []
     for query, label in QUERIES.items():
-        a, d, p = ((x.get("queries") or {}).get(query) or {} for x in (app, dq, {"queries": prev}))
-        ap, ar, dp, dr, pp = (a.get("pynetdicom") or {}, a.get("raw") or {}, d.get("pynetdicom") or {},
-                              d.get("raw") or {}, p.get("pynetdicom") or {})
-        target = f"p95<{TARGETS[query]:g}ms" if query in TARGETS else ""
-        v = verdict(query, results)
-        if v in ("met", "NOT met"):
-            v += f" (raw: {verdict(query, results, 'raw')})"
-        rows.append((label, ap.get("p50_ms"), ap.get("p95_ms"), matches_cell(ap), ar.get("p50_ms"), ar.get("p95_ms"),
-                     dp.get("p50_ms"), dp.get("p95_ms"), matches_cell(dp), dr.get("p50_ms"), dr.get("p95_ms"),
-                     pp.get("p50_ms"), pp.get("p95_ms"), target, v))
-    rows = [tuple("-" if v is None else v for v in r) for r in rows]
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(head, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        for engine, name in ENGINES.items():
+            part = results.get(engine)
+            if not part:
+                continue
+            q = (part.get("queries") or {}).get(query) or {}
+            py, raw = q.get("pynetdicom") or {}, q.get("raw") or {}
+            pp = (((prev_results.get(engine) or {}).get("queries") or {}).get(query) or {}).get("pynetdicom") or {}
+            target = f"p95<{TARGETS[query]:g}ms" if query in TARGETS and engine in APPLIANCES else ""
+            v = verdict(query, results, engine=engine) if engine in APPLIANCES else ""
+            if v in ("met", "NOT met"):
+                v += f" (raw: {verdict(query, results, 'raw', engine)})"
+            rows.append((label, name, scale(part.get("instances")), py.get("p50_ms"), py.get("p95_ms"),
+                         matches_cell(py), raw.get("p50_ms"), raw.get("p95_ms"), pp.get("p50_ms"), pp.get("p95_ms"),
+                         target, v))
+    lines = [store.text_table(head, [tuple("-" if v is None else v for v in r) for r in rows])]
     lines.append("ms from sending the C-FIND-RQ to the final response on loopback; p50/p95: pynetdicom SCU "
                  "(target and verdict); raw: a socket that decodes only each response's Status (the server's "
                  "share); matches: mean (min-max) over the repetitions; prev: the previous run, pynetdicom SCU")
-    if app:
-        fill = app["fill"]
-        lines.append(f"appliance fill: {fill['seconds']} s: {fill['sample_instances']} instances through STORAGE-SCP "
-                     f"in {fill['sample_ingest_seconds']} s, bulk insert of {fill['bulk']['studies']} studies in "
-                     f"{fill['bulk']['seconds']} s; index {fill['counts']}; index.sqlite "
-                     f"{fill['index_bytes'] / 1e6:.0f} MB; daemon start {app.get('start_seconds')} s, "
-                     f"peak RSS {app.get('peak_rss_mib')} MiB")
-    if app.get("code"):
-        c = app["code"]
-        lines.append(f"appliance code: {c['git']}, {len(c['uncommitted'])} uncommitted file(s) under appliance/, "
-                     f"*.py sha256 {c['appliance_py_sha256']}")
+    for engine in APPLIANCES:
+        app = results.get(engine) or {}
+        if not app:
+            continue
+        fill, bulk = app["fill"], app["fill"]["bulk"]
+        extra = "".join(f", {k.replace('_seconds', '')} {bulk[k]} s"
+                        for k in ("insert_seconds", "vacuum_analyze_seconds", "checkpoint_seconds") if k in bulk)
+        lines.append(f"{engine} fill: {fill['seconds']} s: {fill['sample_instances']} instances through STORAGE-SCP "
+                     f"in {fill['sample_ingest_seconds']} s, bulk insert of {bulk['studies']} studies in "
+                     f"{bulk['seconds']} s ({extra[2:]}); index {fill['counts']}, {fill['index_bytes'] / 1e6:.0f} MB; "
+                     f"daemon start {app.get('start_seconds')} s, peak RSS {app.get('peak_rss_mib')} MiB")
+        if app.get("code"):
+            c = app["code"]
+            lines.append(f"{engine} code: {c['git']}, {len(c['uncommitted'])} uncommitted file(s) under appliance/, "
+                         f"*.py sha256 {c['appliance_py_sha256']}")
+        if app.get("postgres"):
+            pg = app["postgres"]
+            lines.append(f"{engine} server: PostgreSQL {pg.get('server_version')} on 127.0.0.1 (TCP), shared_buffers "
+                         f"{pg.get('shared_buffers')}, fsync {pg.get('fsync')}, synchronous_commit "
+                         f"{pg.get('synchronous_commit')}, jit {pg.get('jit')}")
+    dq = results.get("dcmqrscp") or {}
     if dq:
         fill = dq["fill"]
         lines.append(f"dcmqrscp fill: {fill['seconds']} s ({fill['instances']} files written in "
                      f"{fill['write_seconds']} s, then dcmqridx); index.dat {fill['index_bytes'] / 1e6:.1f} MB")
-    for name, part in (("appliance", app), ("dcmqrscp", dq)):
+    for name in ENGINES:
+        part = results.get(name) or {}
         for query, per_client in (part.get("queries") or {}).items():
             for client in ("pynetdicom", "raw"):
                 r = per_client.get(client) or {}
@@ -960,26 +1134,65 @@ def table(results: dict, previous: dict | None) -> str:
                     lines.append(f"{name} {query} ({client}): {r.get('error') or '; '.join(r['problems'])}")
                 elif r.get("pending_statuses") and r["pending_statuses"] != ["0xFF00"]:
                     lines.append(f"{name} {query} ({client}): pending status {', '.join(r['pending_statuses'])}")
-    for name, part in (("appliance", app), ("dcmqrscp", dq)):
-        busy = [r.get("others_busy_percent") for q in (part.get("queries") or {}).values()
-                for r in (q.get("pynetdicom") or {}, q.get("raw") or {}) if r.get("others_busy_percent") is not None]
+    for name in ENGINES:
+        part = results.get(name) or {}
+        measured = [r for q in (part.get("queries") or {}).values()
+                    for r in (q.get("pynetdicom") or {}, q.get("raw") or {})]
+        busy = [r["others_busy_percent"] for r in measured if r.get("others_busy_percent") is not None]
         if busy:
             lines.append(f"{name}: other processes kept the machine busy during the measurements: median "
                          f"{round(statistics.median(busy), 1)} %, max {max(busy)} % of all CPUs")
-    plans = app.get("plans")
-    if isinstance(plans, dict):
-        lines.append(f"EXPLAIN QUERY PLAN (appliance.query.matching.plan, {scale(app.get('instances'))} index):")
-        for query, plan in plans.items():
-            lines.append(f"  {query}: " + " | ".join(plan))
-    elif plans:
-        lines.append(f"EXPLAIN QUERY PLAN skipped: {plans}")
+        index_cpu = [r["index_server_cpu_percent"] for r in measured if r.get("index_server_cpu_percent") is not None]
+        if index_cpu:
+            lines.append(f"{name}: of the server CPU, PostgreSQL's (postmaster and backends): median "
+                         f"{round(statistics.median(index_cpu), 1)} %, max {max(index_cpu)} % of one CPU")
+    for engine in APPLIANCES:
+        lines += plan_lines(engine, results.get(engine) or {})
     return "\n".join(lines)
+
+
+def run_appliance(engine: str, root: Path, n_studies: int, reps: int, budget: float, cluster=None) -> dict:
+    """Fill an index (SQLite, or with `cluster` a new database on that PostgreSQL server), start
+    the daemon on it, measure every query, stop it, read the plans."""
+    shape = Shape(n_studies)
+    index_url = ""
+    if cluster is not None:
+        _, index_url = cluster.database("find")
+    log(f"{engine}: filling an index with {n_studies * 10} instances ({n_studies} studies)"
+        + (f" on PostgreSQL {cluster.version}" if cluster else ""))
+    fill, data_dir = fill_appliance(root, shape, index_url)
+    log(f"   fill {fill['seconds']} s (bulk {fill['bulk']['seconds']} s), {fill['counts']}, "
+        f"index {fill['index_bytes'] / 1e6:.0f} MB")
+    app = helpers.Appliance(root / "serve", {"storage": {"data_dir": str(data_dir)}}, index_url=index_url)
+    code = code_fingerprint()
+    t = time.monotonic()
+    app.start()
+    start_s = round(time.monotonic() - t, 2)
+    try:
+        log(f"{engine}: started in {start_s} s; {len(QUERIES)} queries, {reps} repetitions each "
+            f"(at most {budget:g} s per query)")
+        title = app.config.get("query_retrieve_scp", {}).get("ae_title", QR_TITLE)
+        server = (app.proc.pid, cluster.proc.pid) if cluster else app.proc.pid
+        # the same values for both appliances (and a value sequence independent of the other engines)
+        queries = measure(app.qr_port, title, server, shape, reps, budget, random.Random(SEED + 1))
+        rss = store.vm_hwm_kib(app.proc.pid)
+    finally:
+        rc = app.stop(timeout=60)
+    if rc != 0:
+        log(f"{engine} exited {rc}; log tail:\n{app.log()[-3000:]}")
+    result = {"instances": fill["counts"]["instance"], "studies": n_studies, "fill": fill, "code": code,
+              "start_seconds": start_s, "peak_rss_mib": rss and round(rss / 1024, 1), "queries": queries,
+              "plans": query_plans(url=index_url) if index_url else query_plans(data_dir / "index.sqlite")}
+    if cluster:
+        result["postgres"] = cluster.settings()
+    return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10,000 / 1,000 instances, 10 repetitions (sanity run)")
-    parser.add_argument("--only", default="appliance,dcmqrscp", help="appliance, dcmqrscp or both (default)")
+    parser.add_argument("--only", default=",".join(ENGINES),
+                        help=f"comma-separated engines of {', '.join(ENGINES)} (default: all)")
     parser.add_argument("--reps", type=int, default=None, help="measured repetitions per query (default 50)")
     parser.add_argument("--budget", type=float, default=None, help="seconds per query and SCU (default 45)")
     parser.add_argument("--json", help="also write the full results to this file")
@@ -987,7 +1200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tmpdir", default=None, help="where the index and files go (default: $TMPDIR or /tmp)")
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if unknown := only - {"appliance", "dcmqrscp"}:
+    if unknown := only - set(ENGINES):
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
     for tool in ("storescu", "echoscu", "dcmqrscp", "dcmqridx"):
         if shutil.which(tool) is None:
@@ -1005,7 +1218,6 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-find-", dir=args.tmpdir))
     started = datetime.datetime.now(datetime.timezone.utc)
     results: dict = {}
-    rng = random.Random(SEED + 1)  # which IDs / accession numbers the repetitions ask for
     try:
         if "dcmqrscp" in only:
             log(f"dcmqrscp: generating {n_dq * 10} instances ({n_dq} studies) and indexing them with dcmqridx")
@@ -1016,32 +1228,16 @@ def main(argv=None) -> int:
             with scp:
                 log(f"dcmqrscp: {len(QUERIES)} queries, {reps} repetitions each (at most {budget:g} s per query)")
                 results["dcmqrscp"] = {"instances": fill["instances"], "studies": n_dq, "fill": fill,
-                                       "queries": measure(scp.port, scp.title, scp.pid, shape, reps, budget, rng)}
+                                       "queries": measure(scp.port, scp.title, scp.pid, shape, reps, budget,
+                                                          random.Random(SEED + 1))}
             shutil.rmtree(work / "dcmqrscp", ignore_errors=True)
         if "appliance" in only:
-            log(f"appliance: filling an index with {n_app * 10} instances ({n_app} studies)")
-            shape = Shape(n_app)
-            fill, data_dir = fill_appliance(work / "appliance", shape)
-            log(f"   fill {fill['seconds']} s (bulk {fill['bulk']['seconds']} s), {fill['counts']}, "
-                f"index {fill['index_bytes'] / 1e6:.0f} MB")
-            app = helpers.Appliance(work / "appliance" / "serve", {"storage": {"data_dir": str(data_dir)}})
-            code = code_fingerprint()
-            t = time.monotonic()
-            app.start()
-            start_s = round(time.monotonic() - t, 2)
-            try:
-                log(f"appliance: started in {start_s} s; {len(QUERIES)} queries, {reps} repetitions each "
-                    f"(at most {budget:g} s per query)")
-                title = app.config.get("query_retrieve_scp", {}).get("ae_title", QR_TITLE)
-                queries = measure(app.qr_port, title, app.proc.pid, shape, reps, budget, rng)
-                rss = store.vm_hwm_kib(app.proc.pid)
-            finally:
-                rc = app.stop(timeout=60)
-            if rc != 0:
-                log(f"appliance exited {rc}; log tail:\n{app.log()[-3000:]}")
-            results["appliance"] = {"instances": fill["counts"]["instance"], "studies": n_app, "fill": fill,
-                                    "code": code, "start_seconds": start_s, "peak_rss_mib": rss and round(rss / 1024, 1),
-                                    "queries": queries, "plans": query_plans(data_dir / "index.sqlite")}
+            results["appliance"] = run_appliance("appliance", work / "appliance", n_app, reps, budget)
+            shutil.rmtree(work / "appliance", ignore_errors=True)
+        if "appliance-pg" in only:
+            with store.postgres_cluster() as cluster:
+                results["appliance-pg"] = run_appliance("appliance-pg", work / "appliance-pg", n_app, reps, budget,
+                                                        cluster)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = {
@@ -1053,7 +1249,9 @@ def main(argv=None) -> int:
         "machine": machine(),
         "results": results,
         "targets": {q: {"p95_ms_below": TARGETS[q], "client": "pynetdicom", "verdict": verdict(q, results),
-                        "verdict_raw_scu": verdict(q, results, "raw")} for q in TARGETS},
+                        "verdict_raw_scu": verdict(q, results, "raw"),
+                        "verdict_postgresql": verdict(q, results, engine="appliance-pg"),
+                        "verdict_postgresql_raw_scu": verdict(q, results, "raw", "appliance-pg")} for q in TARGETS},
     }
     print()
     if previous:

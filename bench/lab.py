@@ -418,6 +418,104 @@ class Link:
         self._cleanup.close()
 
 
+# --- the index on PostgreSQL (IX-01): find.py's appliance-pg, store.py's service-pg ------------
+
+# On top of tests/support/postgres.SETTINGS (fsync and synchronous_commit on, as the service
+# expects of its server). shared_buffers: the tests' 32 MB suits many small clusters at once;
+# a server holding an archive's index gets more (the 1M-instance index is ~0.9 GB). max_wal_size:
+# the bulk load is not checkpointed every GB (find.py checkpoints once after it).
+# pg_stat_statements and track_wal_io_timing: the evidence of what a write costs (round
+# trips, server time per statement, WAL flushes and their time), read per database.
+PG_BENCH_SETTINGS = {
+    "shared_buffers": "512MB",
+    "max_wal_size": "4GB",
+    "shared_preload_libraries": "pg_stat_statements",
+    "track_wal_io_timing": "on",
+}
+PG_SHOWN = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "wal_sync_method", "full_page_writes",
+            "max_wal_size", "checkpoint_timeout", "wal_writer_delay", "commit_delay", "jit", "work_mem",
+            "effective_cache_size", "random_page_cost", "autovacuum")
+
+
+def postgres_cluster(extra: dict | None = None):
+    """tests/support/postgres.PostgresCluster with PG_BENCH_SETTINGS (and `extra`, for
+    experiments): one server on a free loopback port for a whole run (a `with` starts it and
+    stops and removes it); a fresh database per appliance start (`database`)."""
+    import postgres  # tests/support/postgres.py (psycopg, a dependency of the service)
+
+    class BenchCluster(postgres.PostgresCluster):
+        def __init__(self):
+            super().__init__()
+            self.made = 0
+
+        def _init(self) -> None:
+            super()._init()
+            with open(self.data_dir / "postgresql.conf", "a") as conf:
+                conf.write("# bench/lab.py\n")
+                conf.writelines(f"{key} = '{value}'\n" for key, value in {**PG_BENCH_SETTINGS, **(extra or {})}.items())
+
+        def __enter__(self):
+            try:
+                self.start()
+                with self.connect() as admin:
+                    admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            except BaseException:
+                self.stop()
+                raise
+            return self
+
+        def __exit__(self, *exc):
+            self.stop()
+
+        def database(self, prefix: str) -> tuple[str, str]:
+            """A new database as the service requires it: (name, URL)."""
+            self.made += 1
+            name = f"{prefix}_{self.made}"
+            return name, self.create_database(name)
+
+        def settings(self) -> dict:
+            with self.connect() as admin:
+                return {name: admin.execute(f"SHOW {name}").fetchone()[0] for name in (*PG_SHOWN, *(extra or {}))}
+
+        def cpu_seconds(self) -> float | None:
+            """The server's CPU so far: the postmaster, its backends (children: a finished
+            backend's time is in the postmaster's reaped children's)."""
+            return tree_cpu_seconds(self.proc.pid) if self.running else None
+
+        def wal(self) -> dict:
+            """pg_stat_wal, the whole server's (counters: take a difference)."""
+            with self.connect() as admin:
+                cur = admin.execute("SELECT wal_records, wal_bytes, wal_write, wal_sync, wal_write_time, "
+                                    "wal_sync_time FROM pg_stat_wal")
+                return dict(zip([c.name for c in cur.description], map(float, cur.fetchone())))
+
+        def reset_statements(self, database: str) -> None:
+            """pg_stat_statements of `database` from zero (what the daemon's start ran goes)."""
+            with self.connect() as admin:
+                admin.execute("SELECT pg_stat_statements_reset(0, oid, 0) FROM pg_database WHERE datname = %s",
+                              (database,))
+
+        def statements(self, database: str, limit: int = 10) -> dict:
+            """pg_stat_statements of `database`: calls and server time of all statements, and
+            the `limit` statements that took the most time. (A COMMIT's wait for its WAL flush
+            comes after its statement ends: that time is pg_stat_wal's wal_sync_time.)"""
+            with self.connect() as admin:
+                cur = admin.execute(
+                    "SELECT calls, total_exec_time, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 140) "
+                    "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+                    "ORDER BY total_exec_time DESC", (database,))
+                rows = cur.fetchall()
+            return {"calls": sum(r[0] for r in rows), "exec_ms": round(sum(r[1] for r in rows), 1),
+                    "top": [{"calls": calls, "total_ms": round(total, 2), "mean_ms": round(mean, 4), "query": query}
+                            for calls, total, mean, query in rows[:limit]]}
+
+    return BenchCluster()
+
+
+def wal_difference(before: dict, after: dict) -> dict:
+    return {k: round(after[k] - before[k], 3) for k in before}
+
+
 # --- machine description -------------------------------------------------------------------
 
 def machine() -> dict:
@@ -430,6 +528,10 @@ def machine() -> dict:
         with contextlib.suppress(OSError):  # Orthanc is optional for the scripts other than store.py
             text = run([tool, "--version"], check=False).stdout.strip().splitlines()
             versions[tool] = text[0] if text else "?"
+    postgres = sorted((p for p in Path("/usr/lib/postgresql").glob("*/bin/postgres") if p.parent.parent.name.isdigit()),
+                      key=lambda p: int(p.parent.parent.name))
+    if postgres:  # Debian's, as tests/support/postgres.py finds it
+        versions["postgres"] = run([str(postgres[-1]), "--version"], check=False).stdout.strip()
     import pydicom
     import pynetdicom
     git = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()

@@ -6,6 +6,13 @@ A benchmark script, not a test. It starts the real daemon through tests/support/
 (temporary data dir, free ports, sd_notify READY), sends with DCMTK storescu and compares
 with DCMTK storescp (no fsync, no index) and Orthanc (fsyncs every file, SQLite index: the
 durable peer) receiving the same files; see bench/lab.py for how each receiver is started.
+In the cases --pg-cases names (default a and b) the service runs a second time with its index
+on PostgreSQL (IX-01), "service-pg": one server for the run (bench/lab.postgres_cluster,
+127.0.0.1 on a free port, fsync and synchronous_commit on), a new database for each start,
+dropped after it. For those runs the script also records what the server did per instance:
+the statements the daemon ran (pg_stat_statements), the WAL flushes and their time
+(pg_stat_wal, track_wal_io_timing) and the server's CPU (postmaster and backends), which the
+receiver CPU (the daemon's) does not include.
 Cases (see docs/performance.md):
 
   a  200 CT 512x512x16 (~525 KB) over one association on loopback; receiver CPU per 105 MB
@@ -19,7 +26,12 @@ Cases (see docs/performance.md):
 
 Usage (as root: case e and Orthanc run in network namespaces; from the repository):
   .venv/bin/python bench/store.py [--quick] [--only a,b,...] [--json out.json] [--repeat N]
+                                  [--pg-cases a,b] [--pg-setting NAME=VALUE ...]
                                   [--profile /path/to/py-spy --profile-dir DIR]
+
+--pg-setting is for experiments (e.g. synchronous_commit=off: what the per-commit flush costs);
+the setting is recorded and printed with the figures. PostgreSQL comes from Debian's
+`postgresql` package, as tests/run.sh installs it.
 
 Orthanc is Debian's package: `apt-get install -y orthanc`. The package enables a system
 service (port 4242, HTTP 8042, /var/lib/orthanc); this script does not use it and starts its
@@ -51,9 +63,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/lab.py, shared with bench/associations.py and bench/move.py (find.py reaches these as
 # store.X)
 from lab import (CF08_BUFFER, REPO, Link, Orthanc, Service, StoreSCP, cpu_seconds, dcmtk_env,  # noqa: E402,F401
-                 load_json, log, machine, machine_busy, machine_cpu_seconds, own_cpu_seconds, profiled, run,
-                 run_recorded, target_text, terminate, text_table, tree_cpu_seconds, verdict, vm_hwm_kib,
-                 wait_for_echo, wait_quiet)
+                 load_json, log, machine, machine_busy, machine_cpu_seconds, own_cpu_seconds, postgres_cluster,
+                 profiled, run, run_recorded, target_text, terminate, text_table, tree_cpu_seconds, verdict,
+                 vm_hwm_kib, wait_for_echo, wal_difference, wait_quiet)
 import helpers  # noqa: E402,F401  (tests/support/helpers.py, on the path bench/lab.py sets up)
 from datasets import CT, ELE, US_MULTIFRAME, image, write  # noqa: E402
 
@@ -61,7 +73,8 @@ RESULTS = REPO / "bench" / "results"
 PREVIOUS = RESULTS / "store-previous.json"  # --quick runs use store-previous-quick.json
 STEP_TIMEOUT = 600  # no single sender run may take longer than this
 CT_SERIES_BYTES = 105e6  # case a's 200 CT: the unit of the receiver CPU target
-RECEIVERS = ("service", "storescp", "orthanc")
+RECEIVERS = ("service", "service-pg", "storescp", "orthanc")  # service-pg: only in --pg-cases
+PG_CASES = "abcd"  # the cases --pg-cases may name (e runs in namespaces the server does not listen in)
 
 # The issue's targets for the service: key -> (op, value, goal or None, what)
 TARGETS = {
@@ -258,6 +271,8 @@ class Bench:
         self.results: dict = {}
         self.work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.tmpdir))
         self.n = 0
+        self.pg = None  # the PostgreSQL server of the service-pg runs (--pg-cases), started in run()
+        self.pg_database = ""
 
     def tmp(self, name: str) -> Path:
         self.n += 1
@@ -270,6 +285,10 @@ class Bench:
         root = self.tmp(kind)
         if kind == "service":
             return Service(root, buffer_size, netns=netns, bind=bind)
+        if kind == "service-pg":  # a new database on the run's server for each start
+            assert netns is None, "the PostgreSQL server listens on this namespace's loopback only"
+            self.pg_database, url = self.pg.database("store")
+            return Service(root, buffer_size, bind=bind, config={"index": {"url": url}})
         if kind == "storescp":
             return StoreSCP(root, fork=fork, netns=netns, bind=bind)
         return Orthanc(root, netns=netns, bind=bind)
@@ -278,11 +297,43 @@ class Bench:
                 bind=None, profile=None, sample_buffers=False) -> dict:
         """One transfer to a fresh receiver. `fork`: storescp --fork (parallel associations)."""
         with self.receiver(kind, buffer_size, fork, netns_srv, bind) as rx:
+            pg_before = self.pg_counters() if kind == "service-pg" else None
             with profiled(self.args.profile if kind == "service" else None, rx.pid, profile):
                 r = send(rx, groups, netns=netns_cli, sample_buffers=sample_buffers and kind == "service")
-        if kind == "service":
+            if pg_before is not None:
+                r["postgres"] = self.pg_figures(pg_before, r)
+        if kind == "service-pg":
+            self.pg.drop_database(self.pg_database)
+        if kind.startswith("service"):
             r["socket_buffer_size"] = buffer_size
         return r
+
+    def pg_counters(self) -> dict:
+        self.pg.reset_statements(self.pg_database)
+        return {"cpu": self.pg.cpu_seconds(), "wal": self.pg.wal()}
+
+    def pg_figures(self, before: dict, r: dict) -> dict:
+        """What the index server did for one transfer: its CPU (postmaster and backends), its WAL
+        flushes and their time (pg_stat_wal, the whole server's: nothing else uses it meanwhile),
+        and the statements the daemon ran (pg_stat_statements of this database), per instance.
+        The counters are read after the transfer, so they include the daemon's few statements
+        after the last response (the flusher's, the count)."""
+        cpu, wal = self.pg.cpu_seconds(), wal_difference(before["wal"], self.pg.wal())
+        statements = self.pg.statements(self.pg_database)
+        n = max(r["instances"], 1)
+        out = {"cpu_s": round(cpu - before["cpu"], 2), "wal": wal, "statements": statements,
+               "per_instance": {"statements": round(statements["calls"] / n, 2),
+                                "server_exec_ms": round(statements["exec_ms"] / n, 3),
+                                "wal_syncs": round(wal["wal_sync"] / n, 2),
+                                "wal_sync_ms": round(wal["wal_sync_time"] / n, 3),
+                                "wal_write_ms": round(wal["wal_write_time"] / n, 3),
+                                "cpu_ms": round(1000 * (cpu - before["cpu"]) / n, 3),
+                                "daemon_cpu_ms": (round(1000 * r["receiver_cpu_s"] / n, 3)
+                                                  if r.get("receiver_cpu_s") is not None else None)}}
+        if r.get("receiver_cpu_s") is not None:
+            out["receiver_and_index_cpu_s_per_105mb"] = round((r["receiver_cpu_s"] + out["cpu_s"]) * CT_SERIES_BYTES
+                                                              / r["bytes"], 3)
+        return out
 
     def best(self, fn, *a, **kw) -> dict:
         """Median of --repeat runs (by MB/s); all runs kept."""
@@ -293,38 +344,47 @@ class Bench:
             chosen["runs_mbps"] = [r["mbps"] for r in runs]
         return chosen
 
-    def compare(self, groups, repeat: bool = False, **kw) -> dict:
+    def compare(self, groups, repeat: bool = False, case: str = "", **kw) -> dict:
         """The same transfer to each receiver in turn; ratios to storescp (by MB/s, which for the
-        same files is also the ratio of instances/s)."""
+        same files is also the ratio of instances/s). The service on PostgreSQL only in the
+        cases --pg-cases names."""
         out = {}
         for kind in RECEIVERS:
+            if kind == "service-pg" and case not in self.args.pg_cases:
+                continue
             out[kind] = self.best(self.measure, kind, groups, **kw) if repeat else self.measure(kind, groups, **kw)
             r = out[kind]
             log(f"   {kind}: {r['mbps']} MB/s, {r['per_s']} inst/s, receiver CPU {r.get('receiver_cpu_s')} s, "
                 f"peak RSS {r['peak_rss_mib']} MiB, {r['sender_failures']} failed, {r['missing']} missing")
+            if "postgres" in r:
+                pg = r["postgres"]
+                log(f"      PostgreSQL: CPU {pg['cpu_s']} s; per instance: {pg['per_instance']}")
         out["ratio"] = round(out["service"]["mbps"] / out["storescp"]["mbps"], 3)
         out["orthanc_ratio"] = round(out["orthanc"]["mbps"] / out["storescp"]["mbps"], 3)
+        if "service-pg" in out:
+            out["service-pg_ratio"] = round(out["service-pg"]["mbps"] / out["storescp"]["mbps"], 3)
+            out["pg_vs_sqlite"] = round(out["service-pg"]["mbps"] / out["service"]["mbps"], 3)
         return out
 
     def case_a(self, data: Data):
         log(f"a: {len(data.ct)} CT over one association (service with CF-08 buffers)")
-        self.results["a"] = self.compare([data.ct], repeat=True, sample_buffers=True)
+        self.results["a"] = self.compare([data.ct], repeat=True, case="a", sample_buffers=True)
         log(f"   ratio to storescp: service {self.results['a']['ratio']}, orthanc {self.results['a']['orthanc_ratio']}")
 
     def case_b(self, data: Data):
         out = {}
         for n in (4, 10):
             log(f"b: {len(data.ct)} CT over {n} parallel associations (storescp --fork)")
-            out[str(n)] = self.compare(split(data.ct, n), fork=True)
+            out[str(n)] = self.compare(split(data.ct, n), case="b", fork=True)
         self.results["b"] = out
 
     def case_c(self, data: Data):
         log(f"c: one {files_size(data.us) / 1e6:.0f} MB US multi-frame instance")
-        self.results["c"] = self.compare([data.us])
+        self.results["c"] = self.compare([data.us], case="c")
 
     def case_d(self, data: Data):
         log(f"d: {len(data.small)} small CT over one association")
-        self.results["d"] = self.compare([data.small], repeat=True)
+        self.results["d"] = self.compare([data.small], repeat=True, case="d")
 
     def case_e(self, data: Data, with_autotune: bool):
         log("e: 100 Mbit/s link in two network namespaces")
@@ -371,6 +431,12 @@ class Bench:
         }
         if self.args.profile:
             log("profiling the service with py-spy: a and d only (other cases unprofiled)")
+        if set(self.args.pg_cases) & only:
+            self.pg = postgres_cluster(self.args.pg_setting).__enter__()
+            self.results["postgres"] = {"cases": "".join(sorted(set(self.args.pg_cases) & only)),
+                                        "settings": self.pg.settings(), "experiment": self.args.pg_setting}
+            log(f"PostgreSQL {self.pg.version} on 127.0.0.1:{self.pg.port} for the service-pg runs of case(s) "
+                f"{', '.join(self.results['postgres']['cases'])}")
         for case in "abcdef":
             if case not in only:
                 continue
@@ -382,7 +448,11 @@ class Bench:
                 self.measure("service", [data.ct if case == "a" else data.small], profile=self.profile_out(case))
 
     def cleanup(self):
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            if self.pg is not None:
+                self.pg.stop()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -407,6 +477,11 @@ def flatten(results: dict) -> dict:
                     flat[flat_key(prefix, kind, name)] = get(node[kind]) if callable(get) else node[kind].get(get)
 
     a, b, c, d, e, f = (results.get(k) for k in "abcdef")
+    for case, node in (("a", a), ("c", c), ("d", d)):
+        if node and "service-pg" in node:  # the service on PostgreSQL: its ratio, and CPU with the server's
+            flat[f"{case}.service-pg_ratio"] = node["service-pg_ratio"]
+            flat[f"{case}.service-pg_cpu_105mb_with_server"] = node["service-pg"]["postgres"].get(
+                "receiver_and_index_cpu_s_per_105mb")
     if a:
         per_receiver("a", a, {"mbps": "mbps", "seconds": "seconds", "cpu_105mb": "receiver_cpu_s_per_105mb"})
         flat["a.ratio"], flat["a.orthanc_ratio"] = a["ratio"], a.get("orthanc_ratio")
@@ -437,19 +512,24 @@ def table(results: dict, previous: dict | None) -> str:
     a, b, c, d, e, f = (results.get(k) for k in "abcdef")
     rows = []
 
+    pg_prev = any(k.split(".")[-1].startswith("service-pg_") for k in prev)  # a previous run had service-pg
+
     def row(label: str, key: str, unit: str, each: bool = True):
         """One line: the service's `key`, and with `each` the other receivers' same figure."""
         prefix, name = key.rsplit(".", 1)
         values = [flat.get(flat_key(prefix, kind, name)) if each or kind == "service" else "" for kind in RECEIVERS]
         target = TARGETS.get(key)
-        rows.append((label, *("-" if v is None else v for v in values), prev.get(key, "-"), target_text(target),
-                     verdict(target, flat.get(key)), unit))
+        previous_pg = (prev.get(flat_key(prefix, "service-pg", name), "-"),) if pg_prev else ()
+        rows.append((label, *("-" if v is None else v for v in values), prev.get(key, "-"), *previous_pg,
+                     target_text(target), verdict(target, flat.get(key)), unit))
 
     if a:
         row(f"a  {results['data']['ct']['instances']} CT 512x512, 1 assoc, loopback", "a.mbps", "MB/s")
         row("a  seconds", "a.seconds", "s")
         row("a  ratio to storescp", "a.ratio", "x")
         row("a  receiver CPU per 105 MB", "a.cpu_105mb", "s")
+        if "service-pg" in a:
+            row("a  service-pg: with PostgreSQL's CPU", "a.cpu_105mb_with_server", "s")
     for n in b or {}:
         row(f"b  {n} parallel assocs, aggregate", f"b.{n}.mbps", "MB/s")
         row(f"b  {n} parallel: failed + missing", f"b.{n}.failures", "")
@@ -470,7 +550,9 @@ def table(results: dict, previous: dict | None) -> str:
             row("f  e with socket_buffer_size=0", "f.e_autotune_mbps", "MB/s", each=False)
     if f:
         row("f  a with socket_buffer_size=0", "f.a_autotune_mbps", "MB/s", each=False)
-    lines = [text_table(("case", *RECEIVERS, "previous", "target", "verdict", "unit"), rows)]
+    lines = [text_table(("case", *RECEIVERS, "previous", *(("previous pg",) if pg_prev else ()), "target", "verdict",
+                         "unit"), rows)]
+    lines += pg_lines(results)
     if f:
         p = f["probe"]
         lines.append("")
@@ -501,6 +583,31 @@ def table(results: dict, previous: dict | None) -> str:
     return "\n".join(lines)
 
 
+def pg_lines(results: dict) -> list[str]:
+    """What the index server did in each service-pg transfer, per instance."""
+    pg = results.get("postgres")
+    if not pg:
+        return []
+    s = pg["settings"]
+    lines = [f"service-pg: the service with its index on PostgreSQL {s.get('server_version')} (127.0.0.1, TCP; "
+             f"fsync {s.get('fsync')}, synchronous_commit {s.get('synchronous_commit')}, wal_sync_method "
+             f"{s.get('wal_sync_method')}, shared_buffers {s.get('shared_buffers')}), a new database per start. "
+             "Per instance:"]
+    if pg.get("experiment"):
+        lines.insert(1, f"  EXPERIMENT: the server ran with {pg['experiment']} in its configuration")
+    runs = [("a", (results.get("a") or {}).get("service-pg"))]
+    runs += [(f"b.{n}", r.get("service-pg")) for n, r in (results.get("b") or {}).items()]
+    runs += [(case, (results.get(case) or {}).get("service-pg")) for case in "cd"]
+    for where, r in runs:
+        if not r or "postgres" not in r:
+            continue
+        x = r["postgres"]["per_instance"]
+        lines.append(f"  {where}: {x['statements']} statements ({x['server_exec_ms']} ms executing them), "
+                     f"{x['wal_syncs']} WAL flushes ({x['wal_sync_ms']} ms, writes {x['wal_write_ms']} ms), "
+                     f"PostgreSQL CPU {x['cpu_ms']} ms, daemon CPU {x['daemon_cpu_ms']} ms")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a sanity run")
@@ -510,6 +617,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tmpdir", default=None, help="where data and receivers write (default: $TMPDIR or /tmp)")
     parser.add_argument("--wait-quiet", type=float, default=60.0,
                         help="before each measurement wait up to this many seconds for an idle machine")
+    parser.add_argument("--pg-cases", default="a,b",
+                        help="cases that also run the service with its index on PostgreSQL (service-pg): any of "
+                             f"{','.join(PG_CASES)}, '' for none (default a,b)")
+    parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an experiment: this setting in the PostgreSQL server's configuration as well "
+                             "(repeatable; recorded, and shown under the table)")
     parser.add_argument("--profile", help="path of a py-spy binary: also record the service on a and d")
     parser.add_argument("--profile-dir", default=str(RESULTS / "profile"), help="where py-spy raw stacks go")
     args = parser.parse_args(argv)
@@ -518,6 +631,12 @@ def main(argv=None) -> int:
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
     if unknown := args.only - set("abcdef"):
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    args.pg_cases = {c.strip() for c in args.pg_cases.split(",") if c.strip()}
+    if bad := [s for s in args.pg_setting if "=" not in s]:
+        parser.error(f"--pg-setting wants NAME=VALUE: {', '.join(bad)}")
+    args.pg_setting = dict(s.split("=", 1) for s in args.pg_setting)
+    if unknown := args.pg_cases - set(PG_CASES):
+        parser.error(f"--pg-cases: not one of {','.join(PG_CASES)}: {', '.join(sorted(unknown))}")
     if args.only - {"f"} and os.geteuid() != 0:
         parser.error("needs root: Orthanc and case e run in network namespaces")
     link_tools = ("iperf3", "tc", "ethtool") if "e" in args.only else ()

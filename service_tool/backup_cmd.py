@@ -27,8 +27,10 @@ def register(groups) -> None:
         "restore", help="rebuild a box from a whole-archive backup (service stopped)",
         description="Restore a backup made with `backup --full`: the configuration to the file --config names "
                     "(a different file there is kept as <name>.replaced-<UTC time>), the index and the stored "
-                    "files into the data directory that configuration names, every file checked against the "
-                    "backup's SHA-256 checksums. The service must be stopped, and the data directory must hold no "
+                    "files into the data directory that configuration names (a PostgreSQL index: into its database, "
+                    "which must hold no archive; the files into storage.store_dir), every file checked against the "
+                    "backup's SHA-256 checksums. The service must be stopped, on every box that shares a PostgreSQL "
+                    "index, and the data directory must hold no "
                     "archive (absent, empty, or as a new box's service left it). The TLS key and certificates are "
                     "not in a backup. Exit 0 when restored, 1 when refused or failed (nothing is left restored).")
     command.add_argument("directory", type=Path, metavar="DIR", help="the backup's directory")

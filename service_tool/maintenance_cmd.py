@@ -1,9 +1,10 @@
 """`service-tool reindex` and `service-tool backup`: rebuild the index from the files, copy it.
 
 `reindex` is offline: it takes the data directory lock the service holds while it runs, so it
-is refused while the service runs (the message names the holder). `backup` is online and
-takes no lock. The work is done in `appliance/store/reindex.py` and `backup.py`; `backup
---full` (the whole archive) and `restore` are in backup_cmd.py.
+is refused while the service runs (the message names the holder); on a PostgreSQL index it is
+also refused while the service of any other box sharing the index is connected to it (IX-02).
+`backup` is online and takes no lock. The work is done in `appliance/store/reindex.py` and
+`backup.py`; `backup --full` (the whole archive) and `restore` are in backup_cmd.py.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import argparse
 import json
 import logging
 import os
-import sqlite3
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from appliance.config import data_dir
-from appliance.store import INDEX_NAME, lock
-from appliance.store.backup import BackupFailed, backup
+from appliance.store import lock
 from appliance.durable import hand_over
 from service_tool import backup_cmd
 from service_tool.configuration import load, reading
@@ -32,8 +31,10 @@ def register(groups) -> None:
     command = groups.add_parser(
         "reindex", help="rebuild the index from the stored files (service stopped)",
         description="Rebuild the index from the stored files, with the configured storage policy, for an "
-                    "index that is lost or damaged. The service must be stopped. The old index is kept "
-                    "as index.sqlite.replaced-<UTC time>; unreadable files are reported and left in place. "
+                    "index that is lost or damaged. The service must be stopped, on every box that shares a "
+                    "PostgreSQL index. The old index is kept as index.sqlite.replaced-<UTC time> in the data "
+                    "directory (on PostgreSQL: a snapshot of its content); unreadable files are reported and "
+                    "left in place. "
                     "Exit 0 when the index was rebuilt, 1 when refused or failed (the old index unchanged).")
     command.add_argument("--json", action="store_true", help="print the summary as JSON")
     command.add_argument("--progress-every", type=int, default=1000, metavar="N",
@@ -41,8 +42,8 @@ def register(groups) -> None:
     command.set_defaults(run=run_reindex)
     command = groups.add_parser(
         "backup", help="copy the index, or with --full the whole archive, while the service runs",
-        description="Write a consistent copy of the index (SQLite's backup API), checked with "
-                    "integrity_check, to DEST, which must not exist; the service may keep running. Exit 0 "
+        description="Write a consistent copy of the index, one SQLite file whichever backend the index is on, "
+                    "checked with integrity_check, to DEST, which must not exist; the service may keep running. Exit 0 "
                     "when written, 1 when it failed (nothing is left at DEST). With --full DIR: the configuration, "
                     "the index and every stored file into DIR, incrementally, each file verified; DIR always "
                     "holds one complete backup (exit 1: the previous one, unchanged), which `restore` puts back.")
@@ -59,6 +60,8 @@ def run_reindex(args: argparse.Namespace) -> int:
     from peewee import PeeweeException
 
     from appliance.store import reindex
+    from appliance.store.db import first_line
+    from appliance.store.postgres import OtherBoxes
 
     config = load(args.config)
     if config is None:
@@ -76,9 +79,12 @@ def run_reindex(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:
         hand_over(directory / lock.LOCK_NAME, directory)
-        summary = reindex.rebuild(directory, config.storage_scp, _progress, max(args.progress_every, 1))
-    except (reindex.Refused, OSError, sqlite3.Error, PeeweeException, RuntimeError) as exc:
-        print(f"reindex failed, the index is unchanged: {exc}", file=sys.stderr)
+        summary = reindex.rebuild(config, _progress, max(args.progress_every, 1))
+    except OtherBoxes as exc:
+        print(f"reindex refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (reindex.Refused, OSError, PeeweeException, RuntimeError) as exc:
+        print(f"reindex failed, the index is unchanged: {first_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         _give_back(directory)
@@ -140,6 +146,8 @@ def _reindex_text(s) -> str:
 def run_backup(args: argparse.Namespace) -> int:
     if args.full is not None:
         return backup_cmd.run_full(args)
+    from appliance.store.backup import BackupFailed, backup  # here: peewee takes a while to import
+
     config = reading(args.config)
     if config is None:
         return EXIT_FAILED
@@ -150,7 +158,7 @@ def run_backup(args: argparse.Namespace) -> int:
             destination.mkdir(mode=0o700, exist_ok=True)
         if destination.is_dir():
             destination = destination / f"index-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
-        result = backup(directory / INDEX_NAME, destination)
+        result = backup(config.index.url, directory, destination)
     except (BackupFailed, OSError) as exc:
         print(f"backup failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -17,7 +17,6 @@ from appliance.config import data_dir
 from appliance.control import socket_path
 from appliance.control.client import NotRunning, ask
 from appliance.control.discovery import running_services
-from appliance.store.summary import archive_and_disk
 from appliance.tls.certificates import status_report as tls_status
 from appliance.units import size
 from service_tool.config_cmd import EXIT_INVALID
@@ -59,6 +58,8 @@ def run(args) -> int:
 
 
 def _offline(used: InUse, why: str) -> dict:
+    from appliance.store.summary import archive_and_disk  # here: peewee takes a while to import
+
     config = used.config
     directory = data_dir(config)
     recent = [{"time": r.time, "level": r.level, "logger": r.logger, "message": r.message}
@@ -66,7 +67,7 @@ def _offline(used: InUse, why: str) -> dict:
     elsewhere = [{"pid": s.pid, "config_path": str(s.config_path) if s.config_path else None,
                   "base_dir": str(s.base_dir), "data_dir": str(s.data_dir)} for s in running_services()]
     return {"running": False, "why": why, "data_dir": str(directory), "running_elsewhere": elsewhere,
-            **archive_and_disk(directory, config.storage), "tls": tls_status(config),
+            **archive_and_disk(directory, config.storage, config.index.url), "tls": tls_status(config),
             "problems": {"recent": recent}}
 
 
@@ -92,6 +93,22 @@ def _elsewhere(report: dict) -> list[str]:
             f"built-in defaults: run service-tool in {s['base_dir']}"
         lines.append(f"  pid {s['pid']}, data in {s['data_dir']} ({how})")
     return ["appliance services running elsewhere on this machine:", *lines] if lines else []
+
+
+def _index(report: dict) -> list[str]:
+    """IX-01: the index's backend, its version, where it is, whether its server answers (an
+    ERROR line when it does not), and this box's name among the boxes sharing it (IX-02)."""
+    index = report.get("index")
+    if not index:  # a service from before IX-01
+        return []
+    backend = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(index["backend"], index["backend"])
+    version = f" {index['version']}" if index.get("version") else ""
+    state = "" if index["backend"] == "sqlite" else ", connected" if index["connected"] else ", NOT CONNECTED"
+    node = index.get("node") or "none yet (the service names the box at its first start)"
+    lines = [f"index: {backend}{version}, {index['where']}{state}; node {node}"]
+    if index["backend"] != "sqlite" and not index["connected"]:
+        lines.append(f"ERROR: the index database {index['where']} does not answer: {index.get('error', '?')}")
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -194,6 +211,7 @@ def _text(report: dict) -> list[str]:
     lines += _tls(report)
     lines += _audit(report)
     lines.append(f"data directory: {report['data_dir']}")
+    lines += _index(report)
     archive = report["archive"]
     if "error" in archive:
         lines.append(f"archive: index unreadable: {archive['error']}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import signal
 import subprocess
 import sys
@@ -54,11 +53,15 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     """Tests marked `index_backends` (themselves, their class or module) that use the index
     backend (the fixture `index_backend` or an appliance fixture) run on each backend, module
-    by module: a module-scoped appliance is built once per backend."""
-    if metafunc.definition.get_closest_marker("index_backends") and "index_backend" in metafunc.fixturenames:
+    by module: a module-scoped appliance is built once per backend. A test of what only one
+    backend has, in such a module, names it: `@pytest.mark.index_backends("postgresql")`."""
+    marker = metafunc.definition.get_closest_marker("index_backends")
+    if marker and "index_backend" in metafunc.fixturenames:
+        backends = marker.args or INDEX_BACKENDS
+        assert set(backends) <= set(INDEX_BACKENDS), backends
         metafunc.parametrize("index_backend", [
             pytest.param(backend, id=backend, marks=[pytest.mark.postgresql] if backend == "postgresql" else [])
-            for backend in INDEX_BACKENDS], scope="module")
+            for backend in backends], scope="module")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -133,9 +136,6 @@ def postgres_cluster():
         cluster.stop()
 
 
-_index_databases = itertools.count(1)
-
-
 @contextlib.contextmanager
 def index_url(request, backend: str):
     """The `[index] url` of one appliance on `backend`: "" for SQLite, else the URL of a new
@@ -144,13 +144,8 @@ def index_url(request, backend: str):
         yield ""
         return
     assert backend == "postgresql", backend
-    cluster = request.getfixturevalue("postgres_cluster")
-    name = f"index_{next(_index_databases)}"
-    url = cluster.create_database(name)
-    try:
+    with request.getfixturevalue("postgres_cluster").database() as url:
         yield url
-    finally:
-        cluster.drop_database(name)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sqlite3
 import time
 from importlib.metadata import version
 
@@ -16,9 +15,16 @@ from appliance.store.summary import archive_and_disk
 from appliance.tls.certificates import status_report as tls_status
 
 
-def _libraries() -> str:
-    versions = ", ".join(f"{name} {version(name)}" for name in ("pynetdicom", "pydicom", "peewee"))
-    return f"Python {platform.python_version()}, {versions}, SQLite {sqlite3.sqlite_version}"
+def _libraries(index) -> str:
+    """The libraries the service runs on: SQLite's for the SQLite index, psycopg's for PostgreSQL's
+    (whose server's version is in the `index` section)."""
+    names = ("pynetdicom", "pydicom", "peewee", *(("psycopg",) if index.backend == "postgresql" else ()))
+    versions = ", ".join(f"{name} {version(name)}" for name in names)
+    if index.backend == "sqlite":
+        import sqlite3
+
+        versions += f", SQLite {sqlite3.sqlite_version}"
+    return f"Python {platform.python_version()}, {versions}"
 
 
 def running_config(daemon) -> dict:
@@ -43,7 +49,7 @@ def service_status(daemon) -> dict:
     return {
         **running_config(daemon),
         "version": __version__,
-        "libraries": _libraries(),
+        "libraries": _libraries(daemon.index),
         "uptime_s": round(now - daemon.started, 1),
         "state": daemon.services.gate.state,  # "open", or "draining" while stopping
         # SE-07: whether the listener is a TLS one (the AE's tls_port).
@@ -55,7 +61,8 @@ def service_status(daemon) -> dict:
              "seconds": round(now - s.started, 1), "instances": s.instances, "queries": s.queries,
              "moves": s.moves, "failures": s.failures}
             for s in (a.session for a in daemon.services.associations())],
-        **archive_and_disk(directory, config.storage),  # MG-04: with the watermarks and the ingest rate
+        # IX-01: the index; MG-04: the archive's counts, the watermarks and the ingest rate
+        **archive_and_disk(directory, config.storage, config.index.url, daemon.index),
         "tls": tls_status(config),  # SE-08: the certificate's expiry, missing files, ...
         "audit": audit.status(),  # AU-02: the collector and what waits for it in the spool
         "problems": {"counts": dict(service_log.recent_problems.counts),

@@ -101,9 +101,12 @@ class Index:
 
     backend = ""
 
-    def __init__(self, db: Database, where: str):
+    def __init__(self, db: Database, where: str, check_normaliser: bool = True):
         self.db = db
         self.where = where  # for log lines and `status`: the file, or the server and database
+        # False: opened to have its content replaced (reindex, restore), whatever built it.
+        self.check_normaliser = check_normaliser
+        self.found_schema = 0  # the schema version it had when opened; 0: it was created now
         models.database.initialize(db)
         # One writer at a time inside the process: the database serialises writers anyway,
         # but a Python lock spares the threads its busy-waits and retries.
@@ -137,6 +140,19 @@ class Index:
         """What `service-tool status` shows of the index: backend, version, where, connection."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def alone(self):
+        """For the commands that replace the archive's content (reindex, restore): no box may
+        serve it meanwhile. On SQLite the data directory's lock, which the caller holds, says so."""
+        yield
+
+    def _clear_tables(self) -> None:
+        """Inside `write()`: every table emptied (snapshot.replace_content)."""
+        raise NotImplementedError
+
+    def _ids_copied(self) -> None:
+        """Inside `write()`, after rows were copied in with their ids: later inserts get new ones."""
+
     # --- shared ------------------------------------------------------------------------------
     def _snapshot(self, version: int) -> None:
         """Before migrating from schema `version`: a copy a rollback can reopen (SQLite only)."""
@@ -150,6 +166,7 @@ class Index:
         version = self._schema_version()
         if version > len(MIGRATIONS) and self._restore_snapshot(len(MIGRATIONS)):
             version = self._schema_version()
+        self.found_schema = version
         if version > len(MIGRATIONS):
             raise RuntimeError(f"index {self.where} has schema {version}, newer than this release "
                                f"({len(MIGRATIONS)}); refusing to open it")
@@ -165,7 +182,7 @@ class Index:
         elif version < len(MIGRATIONS):
             log.info("index %s migrated from schema %d to %d", self.where, version, len(MIGRATIONS))
         stored = models.SchemaInfo.get().normaliser_version
-        if stored != NORMALISER_VERSION:
+        if self.check_normaliser and stored != NORMALISER_VERSION:
             raise RuntimeError(f"index {self.where} was built with normaliser {stored}, this release "
                                f"uses {NORMALISER_VERSION}: run 'service-tool reindex'")
 
@@ -195,9 +212,10 @@ class SqliteIndex(Index):
 
     backend = "sqlite"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check_normaliser: bool = True):
         self.path = path
-        super().__init__(SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False), str(path))
+        super().__init__(SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False), str(path),
+                         check_normaliser)
 
     def _schema_version(self) -> int:
         return self.db.pragma("user_version")
@@ -263,9 +281,11 @@ class SqliteIndex(Index):
             os.close(fd)
 
     def describe(self) -> dict:
-        import sqlite3
+        return describe_sqlite(self.path)
 
-        return {"backend": "sqlite", "version": sqlite3.sqlite_version, "where": str(self.path), "connected": True}
+    def _clear_tables(self) -> None:
+        for model in reversed(models.ALL_MODELS_BY_PARENT):  # children first: the foreign keys hold
+            model.delete().execute(self.db)
 
     def close(self) -> None:
         """Checkpoint the WAL so the database file alone is complete, then close."""
@@ -275,13 +295,28 @@ class SqliteIndex(Index):
             self.db.close()
 
 
-def open_index(url: str, data_dir: Path) -> Index:
-    """The index `[index] url` names: "" = index.sqlite in the data directory."""
+def describe_sqlite(path: Path) -> dict:
+    import sqlite3
+
+    return {"backend": "sqlite", "version": sqlite3.sqlite_version, "where": str(path), "connected": True}
+
+
+def first_line(exc: Exception) -> str:
+    """What an index error says, for a log line or a status: libpq's messages run over several
+    lines, and the first says what happened."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_index(url: str, data_dir: Path, application_name: str = "appliance", check_normaliser: bool = True) -> Index:
+    """The index `[index] url` names: "" = index.sqlite in the data directory. The service tool
+    opens it for writing (reindex, restore) as application "service-tool" (PostgreSQL's
+    pg_stat_activity tells the boxes from the tool), without the normaliser check."""
     if not url:
-        return SqliteIndex(data_dir / INDEX_NAME)
+        return SqliteIndex(data_dir / INDEX_NAME, check_normaliser)
     from appliance.store.postgres import PostgresIndex
 
-    return PostgresIndex(url)
+    return PostgresIndex(url, application_name, check_normaliser)
 
 
 @contextlib.contextmanager
@@ -305,3 +340,23 @@ def read_only(url: str, data_dir: Path):
         if not url:
             # The -wal and -shm files such a connection may create go to the data directory's owner.
             hand_over_wal_files(data_dir / INDEX_NAME)
+
+
+def describe(url: str, data_dir: Path, db: Database | None = None) -> dict:
+    """`Index.describe` for the service tool with the service stopped: `db`, when given, is a
+    `read_only` connection to the index; PostgreSQL's server is asked through it (or a new one)."""
+    if not url:
+        path = data_dir / INDEX_NAME
+        described = describe_sqlite(path)
+        if not path.exists():
+            described.update(connected=False, error=f"there is no index at {path}")
+        return described
+    from appliance.store.postgres import describe_server, read_only_database, safe_url
+
+    if db is not None:
+        return describe_server(db, safe_url(url))
+    db = read_only_database(url)
+    try:
+        return describe_server(db, safe_url(url))
+    finally:
+        db.close()

@@ -1,5 +1,6 @@
 """The SQL that differs between the index's backends (IX-01): C-FIND's UID lists and wildcards,
-the Instance Number order of a C-MOVE, and the query plan the tests and bench/find.py read.
+the Instance Number order of a C-MOVE, the form of a UTC time (received_at, edited_at), and the
+query plan the tests and bench/find.py read.
 
 Both backends compare text byte by byte (SQLite always, PostgreSQL through the C collation
 store/postgres.py insists on), so the ranges query/matching.py builds around a wildcard's
@@ -8,14 +9,30 @@ literal prefix, and DA/TM ranges, select the same rows on both.
 
 from __future__ import annotations
 
+import datetime
 import json
 
-from peewee import SQL, Case, Expression, PostgresqlDatabase, fn
+from peewee import SQL, Case, Database, Expression, PostgresqlDatabase, fn
 
 from appliance.store.models import database
 
 
+def as_utc(moment: datetime.datetime | str) -> datetime.datetime:
+    """A time as the index holds it (an aware or a naive UTC datetime, or SQLite's text), aware UTC."""
+    if isinstance(moment, str):
+        moment = datetime.datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
+
+
 class SqliteDialect:
+    @staticmethod
+    def timestamp(moment: datetime.datetime | str) -> str:
+        """A UTC time as SQLite's text holds it (str() of an aware UTC datetime, as sqlite3 writes
+        peewee's: 'YYYY-MM-DD HH:MM:SS[.ffffff]+00:00'), which sorts as the times do."""
+        return str(as_utc(moment))
+
     @staticmethod
     def in_list(column, values: list[str]) -> Expression:
         """`column` is one of `values`: one parameter however long the list (SQLite caps them)."""
@@ -46,6 +63,12 @@ class SqliteDialect:
 
 
 class PostgresDialect:
+    @staticmethod
+    def timestamp(moment: datetime.datetime | str) -> datetime.datetime:
+        """A naive UTC datetime: the columns are `timestamp` and the session's zone is UTC, so a
+        comparison is of like with like and their indexes serve it."""
+        return as_utc(moment).replace(tzinfo=None)
+
     @staticmethod
     def in_list(column, values: list[str]) -> Expression:
         return Expression(column, "=", SQL("ANY(%s)", [list(values)]))
@@ -92,6 +115,10 @@ class PostgresDialect:
         return [line.strip() for line in plan if "Index Scan" in line or "Index Only Scan" in line]
 
 
+def of(db: Database) -> type[SqliteDialect] | type[PostgresDialect]:
+    return PostgresDialect if isinstance(db, PostgresqlDatabase) else SqliteDialect
+
+
 def current() -> type[SqliteDialect] | type[PostgresDialect]:
     """The dialect of the database the models are bound to."""
-    return PostgresDialect if isinstance(database.obj, PostgresqlDatabase) else SqliteDialect
+    return of(database.obj)

@@ -194,15 +194,19 @@ def _after(buffers: list[memoryview], count: int) -> list[memoryview]:
     return []
 
 
-class SpoolElsewhere(Exception):
-    """The spool and the store are on two file systems: a store file cannot have a spool name."""
+class StoreUnusable(Exception):
+    """storage.store_dir names a directory that is not there, or on another file system than
+    the spool (a store file could not have a spool name)."""
 
 
 class StorageArea:
     def __init__(self, data_dir: Path, store: Path | None = None):
         """`store`: where the stored files live, `<data_dir>/store` unless the configuration
-        names another directory (storage.store_dir, shared by several boxes, IX-02). The spool
-        stays in the data directory, which must be on the store's file system."""
+        names another directory (storage.store_dir, shared by several boxes, IX-02), which must
+        exist: made here, it would be the local disk under a share that is not mounted. The
+        spool stays in the data directory, which must be on the store's file system."""
+        if store is not None and not store.is_dir():
+            raise StoreUnusable(f"storage.store_dir {store} is not a directory (is the shared file system mounted?)")
         self.root = data_dir
         self.spool = data_dir / "spool"
         self.store = store or data_dir / "store"
@@ -210,7 +214,7 @@ class StorageArea:
         for d in (self.spool, self.store):
             d.mkdir(parents=True, exist_ok=True)
         if self.spool.stat().st_dev != self.store.stat().st_dev:
-            raise SpoolElsewhere(
+            raise StoreUnusable(
                 f"storage.store_dir {self.store} is on another file system than the spool ({self.spool}, in "
                 "storage.data_dir): a stored file and its spool name are hard links of one file; put the data "
                 "directory on the store's file system")

@@ -1,8 +1,10 @@
 """`service-tool backup --full DIR`: the whole archive into a directory, while the service runs (MG-05).
 
-What goes in: the configuration file, an index snapshot (backup.py: SQLite's online backup, the
-index as of one commit) and every stored file the snapshot names. backup_set.py has DIR's
-layout and why DIR always holds one complete backup; restore.py puts one back.
+What goes in: the configuration file, an index snapshot (backup.py: the index as of one commit,
+one SQLite file whichever backend holds the index, snapshot.py) and every stored file the
+snapshot names, from `storage.store_dir`. backup_set.py has DIR's layout and why DIR always holds
+one complete backup; restore.py puts one back. On a PostgreSQL index shared by several boxes
+(IX-02) it runs while they all serve the archive, like a backup of a single box's.
 
 Consistency. Stored files never change, so a snapshot and the files it names stay one archive
 however long the copy takes, but for one case: an instance deleted (`study delete`, MG-02) or
@@ -30,7 +32,6 @@ import datetime
 import os
 import re
 import socket
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,10 +40,11 @@ from typing import Protocol
 
 from peewee import PeeweeException, SqliteDatabase
 
-from appliance.config import Config, data_dir
+from appliance.config import Config, data_dir, store_dir
 from appliance.durable import fsync_dir, fsync_file
 from appliance.store import INDEX_NAME, lock
-from appliance.store.backup import BackupFailed, backup, read_only
+from appliance.store.backup import BackupFailed, backup
+from appliance.store.db import first_line, read_only
 from appliance.store.backup_set import (STORE, Damaged, Manifest, Unreadable, copy_verified, error_text,
                                         hash_file, read_manifest, write_manifest)
 from appliance.store.models import ALL_MODELS, Instance, Patient, Series, Study
@@ -90,11 +92,12 @@ def back_up(config_file: Path, config: Config, directory: Path, progress: Progre
             verify_all: bool = False) -> Summary:
     """Back the archive configured in `config` (read from `config_file`) up into `directory`."""
     started = time.monotonic()
-    data = data_dir(config)
+    data, store = data_dir(config), store_dir(config)
     if not directory.is_dir():
         raise BackupFailed(f"{directory} is not a directory (is the disk or share mounted?)")
-    if directory.resolve() == data.resolve() or data.resolve() in directory.resolve().parents:
-        raise BackupFailed(f"{directory} is inside the data directory {data}: a backup belongs on another disk")
+    for what, inside in (("data directory", data), ("store directory", store)):
+        if directory.resolve() == inside.resolve() or inside.resolve() in directory.resolve().parents:
+            raise BackupFailed(f"{directory} is inside the {what} {inside}: a backup belongs on another disk")
     try:
         previous = read_manifest(directory)
     except Unreadable as exc:
@@ -107,28 +110,30 @@ def back_up(config_file: Path, config: Config, directory: Path, progress: Progre
         raise BackupFailed(f"{directory} is not writable: {error_text(exc)}") from None
     try:
         with tempfile.TemporaryDirectory(prefix="appliance-backup-") as work:
-            summary = _Run(config_file, data, directory, previous, progress, verify_all).run(Path(work) / INDEX_NAME)
-    except (BackupFailed, OSError, Damaged, sqlite3.Error, PeeweeException) as exc:
-        text = error_text(exc) if isinstance(exc, OSError) else str(exc)
+            summary = _Run(config_file, config.index.url, data, store, directory, previous, progress,
+                           verify_all).run(Path(work) / INDEX_NAME)
+    except (BackupFailed, OSError, Damaged, PeeweeException) as exc:
+        text = error_text(exc) if isinstance(exc, OSError) else first_line(exc)
         raise BackupFailed(f"{text}; {directory} holds the previous backup as it was") from None
     finally:
         held.close()
-    summary.same_disk = os.stat(directory).st_dev == os.stat(data).st_dev
+    summary.same_disk = os.stat(directory).st_dev in (os.stat(data).st_dev, os.stat(store).st_dev)
     summary.seconds = round(time.monotonic() - started, 2)
     summary.mb_per_s = round(summary.copied_bytes / 1e6 / summary.seconds, 1) if summary.seconds else 0.0
     return summary
 
 
 class _Run:
-    def __init__(self, config_file: Path, data: Path, directory: Path, previous: Manifest | None,
+    def __init__(self, config_file: Path, url: str, data: Path, store: Path, directory: Path, previous: Manifest | None,
                  progress: Progress, verify_all: bool):
-        self.config_file, self.data, self.directory, self.previous = config_file, data, directory, previous
+        self.config_file, self.url, self.data, self.store = config_file, url, data, store
+        self.directory, self.previous = directory, previous
         self.progress, self.verify_all = progress, verify_all
         self.written: list[Path] = []  # new in DIR: removed if this backup fails
 
     def run(self, snapshot: Path) -> Summary:
         made = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        taken = backup(self.data / INDEX_NAME, snapshot)
+        taken = backup(self.url, self.data, snapshot)
         stored = _stored_files(snapshot)
         generation = self.previous.generation + 1 if self.previous else 1
         held = self.previous.files if self.previous else {}
@@ -141,7 +146,7 @@ class _Run:
         try:
             files, gone = self._copy_stored(stored, held, summary)
             summary.instances, summary.studies = _prune(snapshot, gone) if gone else (taken.instances, taken.studies)
-            summary.lost = _still_indexed(self.data / INDEX_NAME, gone)
+            summary.lost = _still_indexed(self.url, self.data, gone)
             summary.deleted_during = len(gone) - len(summary.lost)
             config_name, index_name = f"config-{generation}.toml", f"index-{generation}.sqlite"
             head = {config_name: self._copy(self.config_file, config_name),
@@ -175,7 +180,7 @@ class _Run:
                 if target.parent not in made_dirs:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     made_dirs.add(target.parent)
-                source = self.data / STORE / path
+                source = self.store / path
                 try:
                     files[name] = copy_verified(source, target)
                 except FileNotFoundError as exc:
@@ -274,13 +279,15 @@ def _delete_empty(model, ids: set[int], child_key, parent_key) -> set[int]:
     return parents
 
 
-def _still_indexed(index: Path, gone: list[str]) -> list[str]:
+def _still_indexed(url: str, data: Path, gone: list[str]) -> list[str]:
     """Those of `gone` the live index still names: lost from the archive, not deleted."""
     if not gone:
         return []
-    with read_only(index) as live:
-        return [f"{STORE}/{path}" for path in gone
-                if live.execute("SELECT 1 FROM instance WHERE path = ?", (path,)).fetchone()]
+    with read_only(url, data) as live:
+        named = {path for chunk in _chunks(gone)
+                 for path in Instance.select(Instance.path).where(Instance.path.in_(chunk)).scalars(live)}
+    return [f"{STORE}/{path}" for path in gone if path in named]
+
 
 
 def _sweep(directory: Path, files: dict) -> tuple[int, list[str]]:

@@ -143,3 +143,5 @@ class SchemaInfo(_Base):
 
 
 ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest, StudyEdit)
+# Every table, each after those its foreign keys name: the order to fill an index in.
+ALL_MODELS_BY_PARENT = (SchemaInfo, Patient, Study, Series, Instance, StudyEdit, CommitmentRequest)

@@ -18,14 +18,20 @@ NODE_FILE = "node-id"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def node_id(data_dir: Path) -> str:
-    path = data_dir / NODE_FILE
+def known_node_id(data_dir: Path) -> str | None:
+    """The name, if the box has one yet (its service makes it at its first start)."""
     try:
-        name = path.read_text().strip()
-        if _NAME.fullmatch(name):
-            return name
-    except FileNotFoundError:
-        pass
+        name = (data_dir / NODE_FILE).read_text().strip()
+    except OSError:  # none yet, or none readable
+        return None
+    return name if _NAME.fullmatch(name) else None
+
+
+def node_id(data_dir: Path) -> str:
+    name = known_node_id(data_dir)
+    if name is not None:
+        return name
+    path = data_dir / NODE_FILE
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "box"
     name = f"{host}-{uuid.uuid4().hex[:8]}"
     write_text(path, name + "\n")

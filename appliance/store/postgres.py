@@ -26,7 +26,8 @@ from peewee import InterfaceError, OperationalError, PostgresqlDatabase
 from psycopg.conninfo import conninfo_to_dict
 
 from appliance.log import alert
-from appliance.store.db import Index
+from appliance.store import models
+from appliance.store.db import Index, first_line
 
 log = logging.getLogger("appliance.store.db")
 
@@ -38,6 +39,11 @@ MIGRATION_LOCK = 0x4150504C4D494752  # "APPLMIGR": one box migrates, the others 
 BYTEWISE_COLLATIONS = ("C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic")
 
 CONNECT_TIMEOUT = 5  # seconds; a server that does not answer fails the statement, not hangs it
+SERVICE = "appliance"  # the service's application_name; the service tool's is "service-tool"
+
+
+class OtherBoxes(Exception):
+    """A command that must have the archive to itself (reindex, restore) found boxes serving it."""
 
 
 def safe_url(url: str) -> str:
@@ -46,19 +52,13 @@ def safe_url(url: str) -> str:
     return f"postgresql://{parts.get('user', '')}@{parts.get('host', '')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-def first_line(exc: Exception) -> str:
-    """libpq's messages run over several lines; the first says what happened."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class _Database(PostgresqlDatabase):
     """peewee's PostgreSQL database that drops a dead connection instead of failing on it for
     good, and says once when the server was lost and when it is back."""
 
     _state_lock = threading.Lock()
 
-    def __init__(self, url: str, application_name: str = "appliance", options: str = ""):
+    def __init__(self, url: str, application_name: str = SERVICE, options: str = ""):
         self.safe_url = safe_url(url)
         self.lost = False
         super().__init__(url, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT, application_name=application_name,
@@ -109,10 +109,10 @@ class _Database(PostgresqlDatabase):
 class PostgresIndex(Index):
     backend = "postgresql"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, application_name: str = SERVICE, check_normaliser: bool = True):
         self._generation: int | None = None
-        database = _Database(url)
-        super().__init__(database, database.safe_url)
+        database = _Database(url, application_name)
+        super().__init__(database, database.safe_url, check_normaliser)
 
     def _check_database(self) -> None:
         """UTF8 (Latin-1 and other names stored as text) and a byte-order collation (dialect.py)."""
@@ -159,18 +159,58 @@ class PostgresIndex(Index):
         self._generation = None  # this box's own change: its caches are cleared by the caller
 
     def describe(self) -> dict:
-        described = {"backend": "postgresql", "where": self.where, "version": None, "connected": False}
+        return describe_server(self.db, self.where)
+
+    @contextlib.contextmanager
+    def alone(self):
+        """No other box may be connected: a running service keeps connections open (application
+        name "appliance"), so one found names a box that serves the archive, or one starting.
+        (A guard, not a proof: after the server restarted, an idle box's connections are back
+        only at its next request. The documented procedure stops every box first.) Meanwhile
+        this session holds the migration lock, which a box takes while it opens the index: one
+        that starts now waits there (answering 2/3/1) until the command is done."""
+        self.db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
-            described["version"] = self.db.execute_sql("SHOW server_version").fetchone()[0]
-            described["connected"] = True
-        except (OperationalError, InterfaceError) as exc:
-            described["error"] = first_line(exc)
-        return described
+            others = self.db.execute_sql(
+                "SELECT COALESCE(host(client_addr), 'local socket'), COUNT(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid() "
+                "GROUP BY 1 ORDER BY 1", (SERVICE,)).fetchall()
+            if others:
+                boxes = ", ".join(f"{address} ({count} connection{'s' if count > 1 else ''})"
+                                  for address, count in others)
+                raise OtherBoxes(f"the index database {self.where} is in use by the appliance service of other boxes, "
+                                 f"connected from {boxes}; stop the service on every box that shares it first")
+            yield
+        finally:
+            with contextlib.suppress(OperationalError, InterfaceError):  # a lost session has lost its lock too
+                self.db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+    def _clear_tables(self) -> None:
+        tables = ", ".join(f'"{model._meta.table_name}"' for model in models.ALL_MODELS_BY_PARENT)
+        self.db.execute_sql(f"TRUNCATE {tables} RESTART IDENTITY")
+
+    def _ids_copied(self) -> None:
+        """Each table's id sequence past its highest id."""
+        for model in models.ALL_MODELS_BY_PARENT:
+            table = model._meta.table_name
+            self.db.execute_sql(f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "  # noqa: S608 (own names)
+                                f'COALESCE((SELECT MAX(id) FROM "{table}"), 0) + 1, false)', (f'"{table}"',))
 
     def close(self) -> None:
         with self._write_lock:
             if not self.db.is_closed():
                 self.db.close()
+
+
+def describe_server(db: PostgresqlDatabase, where: str) -> dict:
+    """Backend, server version, where, and whether the server answers now (else the error)."""
+    described = {"backend": "postgresql", "where": where, "version": None, "connected": False}
+    try:
+        described["version"] = db.execute_sql("SHOW server_version").fetchone()[0]
+        described["connected"] = True
+    except (OperationalError, InterfaceError) as exc:
+        described["error"] = first_line(exc)
+    return described
 
 
 def read_only_database(url: str) -> PostgresqlDatabase:

@@ -32,6 +32,15 @@ archive stored under "keep").
 
 The new index is built beside the old one and renamed over it only when complete; the old
 database (with its -wal and -shm) is kept as `index.sqlite.replaced-<UTC time>`.
+
+On PostgreSQL (IX-01) the new index is built the same way, into an SQLite file in the data
+directory, and then replaces the database's content in one transaction (snapshot.py: TRUNCATE
+... RESTART IDENTITY, its rows with their ids, the id sequences set past them). The old content
+is kept first, as a snapshot in an SQLite file under the same `index.sqlite.replaced-<UTC time>`
+name, which is also where what the files lack is read from. The database is shared by the boxes
+of one archive (IX-02), so the rebuild is refused while any other box's service is connected to
+it (Index.alone), and a box that starts meanwhile waits until it is done. The stored files are
+those of `storage.store_dir`.
 """
 
 from __future__ import annotations
@@ -39,15 +48,17 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peewee import DatabaseError, PeeweeException, SqliteDatabase
+
+from appliance.config import Config, data_dir as data_dir_of, store_dir
 from appliance.config.model import StorageSCP
 from appliance.errors import DicomStatusError
-from appliance.store import INDEX_NAME, coercion
-from appliance.store.db import SqliteIndex
+from appliance.store import INDEX_NAME, coercion, dialect, snapshot
+from appliance.store.db import SqliteIndex, open_index
 from appliance.durable import fsync_dir, fsync_file, hand_over
 from appliance.store.files import InFlight, StorageArea
 from appliance.store.header import Unparseable, read_header
@@ -89,49 +100,79 @@ class Summary:
     seconds: float = 0.0
 
 
-def rebuild(data_dir: Path, policy: StorageSCP, progress=None, every: int = 1000) -> Summary:
-    """Rebuild `data_dir`'s index from its files; `progress(done, total)` every `every` files.
-    The caller holds the data directory lock. On any error the old index is left as it was."""
+def rebuild(config: Config, progress=None, every: int = 1000) -> Summary:
+    """Rebuild the configured archive's index from its files; `progress(done, total)` every
+    `every` files. The caller holds the data directory lock. On any error the old index is left
+    as it was. PostgreSQL: OtherBoxes (store/postgres.py) while another box is connected."""
     started = time.monotonic()
-    if not (data_dir / "store").is_dir():
-        raise Refused(f"{data_dir} has no store/ directory: no archive to reindex")
+    data_dir, store = data_dir_of(config), store_dir(config)
+    if not store.is_dir():
+        raise Refused(f"{data_dir} has no store/ directory: no archive to reindex" if store == data_dir / "store"
+                      else f"the store directory {store} does not exist: no archive to reindex")
     live = data_dir / INDEX_NAME
     new = data_dir / f"{INDEX_NAME}.reindex"
     summary = Summary()
-    old = _OldIndex.open(live, summary)
-    try:
-        _remove_database(new)  # left by a rebuild that was interrupted
+    build = _Rebuild(data_dir, store, config.storage_scp, summary)
+    if not config.index.url:
+        build.run(_OldIndex.open(live, summary), new, progress, every)
+        kept = _replace(new, live)
+    else:
+        index = open_index(config.index.url, data_dir, application_name="service-tool", check_normaliser=False)
         try:
-            _Rebuild(data_dir, policy, old, summary).run(new, progress, every)
-            fsync_file(new)
-            hand_over(new, data_dir)
-        except BaseException:
-            _remove_database(new)
-            raise
-    finally:
-        if old is not None:
-            old.close()
-    kept = _replace(new, live)
+            with index.alone():
+                kept = _keep(index, live, summary)
+                try:
+                    build.run(_OldIndex.open(kept, summary) if kept else None, new, progress, every)
+                    try:
+                        rebuilt = SqliteDatabase(str(new), pragmas={"foreign_keys": 1})
+                        with rebuilt.connection_context():
+                            snapshot.replace_content(index, rebuilt)
+                    finally:
+                        _remove_database(new)
+                except BaseException:
+                    if kept:  # the database is as it was: no copy of it to keep
+                        _remove_database(kept)
+                    raise
+        finally:
+            index.close()
     summary.old_index = str(kept) if kept else None
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
 
 
+def _keep(index, live: Path, summary: Summary) -> Path | None:
+    """The PostgreSQL index's content as it is, in an SQLite file under the name a replaced
+    SQLite index gets (None: the database held no index before this opened it)."""
+    if not index.found_schema:
+        summary.old_index_unreadable = "there is none"
+        return None
+    kept = _unused_name(live)
+    try:
+        snapshot.to_sqlite(index.db, kept)
+        fsync_file(kept)
+        fsync_dir(kept.parent)
+    except BaseException:
+        _remove_database(kept)
+        raise
+    return kept
+
+
 class _OldIndex:
-    """The index being replaced, opened read-only, for what the files cannot tell."""
+    """The index being replaced, for what the files cannot tell: the SQLite index file opened
+    read-only, or the snapshot of the PostgreSQL index's content (`_keep`)."""
 
     def __init__(self, path: Path):
         # Without a -wal the file alone is complete and, the lock being held, nothing writes
         # it: immutable, so that SQLite creates no -wal or -shm beside it.
         immutable = "" if Path(f"{path}-wal").exists() else "&immutable=1"
-        self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True)
+        self.db = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True)
         try:
-            problems = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+            self.db.connect()
+            problems = [row[0] for row in self.db.execute_sql("PRAGMA quick_check")]
             if problems != ["ok"]:
-                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+                raise DatabaseError("; ".join(problems[:3]))
             self.instance("")  # the columns it needs are there
-            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            self.has_commitments = "commitment_request" in tables
+            self.has_commitments = "commitment_request" in self.db.get_tables()
         except BaseException:
             self.db.close()
             raise
@@ -143,34 +184,50 @@ class _OldIndex:
             return None
         try:
             return cls(path)
-        except sqlite3.Error as exc:
+        except PeeweeException as exc:
             summary.old_index_unreadable = str(exc)
             return None
 
-    def instance(self, relative: str) -> tuple[str, str, str, str] | None:
+    def instance(self, relative: str) -> tuple[str, str, datetime.datetime | str, str] | None:
         """(indexed UID, the file's UID, received at, calling AE) of the row for that file."""
-        return self.db.execute("SELECT sop_instance_uid, file_sop_instance_uid, received_at, calling_ae "
-                               "FROM instance WHERE path = ?", (relative,)).fetchone()
+        return (Instance.select(Instance.sop_instance_uid, Instance.file_sop_instance_uid, Instance.received_at,
+                                Instance.calling_ae)
+                .where(Instance.path == relative).tuples().first(self.db))
 
     def commitment_requests(self) -> list[tuple]:
         if not self.has_commitments:
             return []
-        return self.db.execute(f"SELECT {', '.join(_COMMITMENT_COLUMNS)} FROM commitment_request "
-                               "ORDER BY id").fetchall()
+        columns = [getattr(CommitmentRequest, name) for name in _COMMITMENT_COLUMNS]
+        return list(CommitmentRequest.select(*columns).order_by(CommitmentRequest.id).tuples().execute(self.db))
 
     def close(self) -> None:
         self.db.close()
 
 
 class _Rebuild:
-    def __init__(self, data_dir: Path, policy: StorageSCP, old: _OldIndex | None, summary: Summary):
-        self.area = StorageArea(data_dir)
+    def __init__(self, data_dir: Path, store: Path, policy: StorageSCP, summary: Summary):
+        self.area = StorageArea(data_dir, store)
         self.policy = policy
-        self.old = old
         self.summary = summary
         self.journaled = {p.stem for p in self.area.spool.glob("*.dcm")}  # not the retired (.old)
 
-    def run(self, new: Path, progress, every: int) -> None:
+    def run(self, old: _OldIndex | None, new: Path, progress, every: int) -> None:
+        """The new index at `new` (SQLite), complete and durable; none there on any error."""
+        self.old = old
+        try:
+            _remove_database(new)  # left by a rebuild that was interrupted
+            try:
+                self._build(new, progress, every)
+                fsync_file(new)
+                hand_over(new, self.area.root)
+            except BaseException:
+                _remove_database(new)
+                raise
+        finally:
+            if old is not None:
+                old.close()
+
+    def _build(self, new: Path, progress, every: int) -> None:
         keys, self.summary.ignored = _stored_files(self.area.store)
         index = SqliteIndex(new)
         try:
@@ -218,7 +275,7 @@ class _Rebuild:
         received_at = datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc)
         duplicate_uid = None
         if known is not None:
-            received_at = datetime.datetime.fromisoformat(known[2])
+            received_at = dialect.as_utc(known[2])
             if known[0] != known[1]:
                 duplicate_uid = known[0]
         try:

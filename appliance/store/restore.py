@@ -9,6 +9,13 @@ the written configuration then names instead.
 The data directory must hold no archive: absent, empty, or as a service that never stored an
 instance leaves it (a new box after its first boot: an index without instances, empty store
 directories, its log, lock, audit spool and node-id). Anything else there is refused, naming it.
+So is a `storage.store_dir` elsewhere that holds a stored file.
+
+On PostgreSQL (IX-01) the index goes into the database the restored configuration names: it
+must hold no instances and no storage commitment requests, and no other box's service may be
+connected to it (Index.alone; a box starting meanwhile waits until the restore is done). The
+backup's snapshot (SQLite, brought to this release's schema) then replaces the database's
+content in one transaction, ids kept (snapshot.replace_content).
 
 Every file is checked against the manifest as it is copied, and read back after its fsync
 (backup_set.copy_verified); one that differs stops the restore, naming it, and what the
@@ -19,25 +26,27 @@ is there (daemon.py), and the next restore clears what an interrupted one left.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 import shutil
-import sqlite3
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
+from peewee import Database, PeeweeException
 
-from appliance.config import data_dir, load_dict
+from appliance.config import data_dir, load_dict, store_dir
 from appliance.config.write import write_document
 from appliance.durable import fsync_dir, hand_over, write_bytes
 from appliance.errors import ConfigError
-from appliance.store import INDEX_NAME, RESTORE_MARKER, lock
-from appliance.store.backup import read_only
+from appliance.store import INDEX_NAME, RESTORE_MARKER, lock, snapshot
+from appliance.store.db import Index, SqliteIndex, first_line, open_index, read_only
+from appliance.store.models import CommitmentRequest, Instance
 from appliance.store.node import NODE_FILE
 from appliance.store.backup_set import (MANIFEST_NAME, STORE, Damaged, Manifest, Unreadable, copy_verified,
                                         error_text, read_manifest)
@@ -45,7 +54,9 @@ from appliance.store.full_backup import Progress
 
 _STAGED_INDEX = f"{INDEX_NAME}.restoring"
 _INDEX_SIDE_FILES = (f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm")
+_STAGED_SIDE_FILES = (f"{_STAGED_INDEX}-wal", f"{_STAGED_INDEX}-shm")
 # What a box's service makes in its data directory besides the archive: kept by a restore.
+# Its node-id (IX-02) stays: the restored archive is served by this box.
 _BOX_OWN = {lock.LOCK_NAME, "control.sock", "audit-spool", NODE_FILE, *_INDEX_SIDE_FILES}
 _SERVICE_LOG = re.compile(r".+\.log(\.\d+)?")  # logging.file and its rotated backups
 
@@ -88,7 +99,7 @@ def restore(directory: Path, config_file: Path, progress: Progress, data_overrid
     if manifest is None:
         raise Refused(f"{directory} holds no backup (there is no {directory / MANIFEST_NAME})")
     document, config = _configuration(directory, manifest, config_file, data_override)
-    data = data_dir(config)
+    data, store = data_dir(config), store_dir(config)
     created = not data.exists()
     try:
         data.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -99,17 +110,21 @@ def restore(directory: Path, config_file: Path, progress: Progress, data_overrid
         raise Refused(f"cannot use the data directory: {error_text(exc)}") from None
     try:
         hand_over(data / lock.LOCK_NAME, data)
-        if not (data / RESTORE_MARKER).exists() and (found := _not_empty(data)):
-            raise Refused(f"the data directory {data} is not empty: {found}. A restore goes into an empty data "
-                          "directory only (or another one: --data-dir)")
-        summary = _Restore(directory, manifest, data, progress).run(config_file, document)
+        with _database(config.index.url, data) as index:
+            if not (data / RESTORE_MARKER).exists() and (found := _not_empty(data, store)):
+                raise Refused(f"the data directory {data} is not empty: {found}. A restore goes into an empty data "
+                              "directory only (or another one: --data-dir)")
+            if index is not None and (found := _indexed(index.db, f"the index database {index.where}")):
+                raise Refused(f"{found}. A restore goes into an empty archive only")
+            summary = _Restore(directory, manifest, data, store, index, progress).run(config_file, document)
     except Incomplete:
         raise  # what is there stays, with the marker, for the next restore
     except BaseException as exc:
         if created:
             shutil.rmtree(data, ignore_errors=True)
-        if isinstance(exc, (OSError, Damaged, ConfigError)):
-            raise Refused(f"{error_text(exc) if isinstance(exc, OSError) else exc}; the restore was undone") from None
+        if isinstance(exc, (OSError, Damaged, ConfigError, PeeweeException)):
+            text = error_text(exc) if isinstance(exc, OSError) else first_line(exc)
+            raise Refused(f"{text}; the restore was undone") from None
         raise
     finally:
         held.close()
@@ -117,6 +132,29 @@ def restore(directory: Path, config_file: Path, progress: Progress, data_overrid
     summary.seconds = round(time.monotonic() - started, 2)
     summary.mb_per_s = round(summary.bytes / 1e6 / summary.seconds, 1) if summary.seconds else 0.0
     return summary
+
+
+@contextlib.contextmanager
+def _database(url: str, data: Path):
+    """The PostgreSQL index the restored configuration names, to itself (Index.alone), or None
+    for SQLite (the data directory's lock, held, is enough)."""
+    if not url:
+        yield None
+        return
+    from appliance.store.postgres import OtherBoxes
+
+    try:
+        index = open_index(url, data, application_name="service-tool", check_normaliser=False)
+    except (PeeweeException, RuntimeError) as exc:
+        raise Refused(f"the index database cannot be used: {first_line(exc)}") from None
+    try:
+        with index.alone():
+            yield index
+    except OtherBoxes as exc:
+        raise Refused(str(exc)) from None
+    finally:
+        index.close()
+
 
 
 def _configuration(directory: Path, manifest: Manifest, config_file: Path, data_override: Path | None):
@@ -142,8 +180,11 @@ def _configuration(directory: Path, manifest: Manifest, config_file: Path, data_
 
 
 class _Restore:
-    def __init__(self, directory: Path, manifest: Manifest, data: Path, progress: Progress):
+    def __init__(self, directory: Path, manifest: Manifest, data: Path, store: Path, index: Index | None,
+                 progress: Progress):
         self.directory, self.manifest, self.data, self.progress = directory, manifest, data, progress
+        self.store = store
+        self.index = index  # PostgreSQL's; None: the index is the SQLite file in the data directory
         self.made: list[Path] = []  # files and directories this restore made: removed if it fails
 
     def run(self, config_file: Path, document) -> Summary:
@@ -158,22 +199,33 @@ class _Restore:
         m = self.manifest
         self.progress.begin(f"backup {m.generation} of {m.host}, made {m.made}: {len(stored)} stored files "
                             f"({total / 1e6:.0f} MB) into {self.data}", len(stored), total)
+        filled = False
         try:
             self._copy_stored(stored)
             staged = self._copy(m.index, self.data / _STAGED_INDEX)
+            if self.index is not None:
+                self._fill(staged)
+                filled = True
             replaced = _write_config(config_file, document)
         except BaseException:
+            if filled:  # it held no archive before (restore()), and no box has used it since (alone)
+                snapshot.empty(self.index)
             for path in reversed(self.made):
                 (path.rmdir if path.is_dir() else path.unlink)()
+            for name in _STAGED_SIDE_FILES:
+                (self.data / name).unlink(missing_ok=True)
             marker.unlink()
             fsync_dir(self.data)
             raise
         try:
-            # The service's own empty index goes, -wal and -shm first: a log left beside the
-            # new index would be applied to it.
-            for name in (*_INDEX_SIDE_FILES, INDEX_NAME):
-                (self.data / name).unlink(missing_ok=True)
-            os.rename(staged, self.data / INDEX_NAME)
+            if self.index is not None:
+                staged.unlink()
+            else:
+                # The service's own empty index goes, -wal and -shm first: a log left beside the
+                # new index would be applied to it.
+                for name in (*_INDEX_SIDE_FILES, INDEX_NAME):
+                    (self.data / name).unlink(missing_ok=True)
+                os.rename(staged, self.data / INDEX_NAME)
             fsync_dir(self.data)
             marker.unlink()
             fsync_dir(self.data)
@@ -184,11 +236,24 @@ class _Restore:
                        str(replaced) if replaced else None, str(self.data), False, False, len(stored), total,
                        m.instances, m.studies)
 
+    def _fill(self, staged: Path) -> None:
+        """The PostgreSQL index's content replaced by the snapshot's, in one transaction. The
+        snapshot, a file of this restore's own, is first brought to this release's schema."""
+        source = SqliteIndex(staged, check_normaliser=False)  # a normaliser change: reindex, as on SQLite
+        try:
+            snapshot.replace_content(self.index, source.db)
+        finally:
+            source.close()
+
     def _copy_stored(self, stored: list[str]) -> None:
         done_bytes = 0
         directories: set[Path] = set()
+        if not self.store.exists():  # storage.store_dir elsewhere, not there yet
+            self.store.mkdir(mode=0o750, parents=True)
+            hand_over(self.store, self.data)
+            self.made.append(self.store)
         for done, name in enumerate(stored, 1):
-            target = self.data / name
+            target = self.store / name.removeprefix(f"{STORE}/")
             for directory in (target.parent.parent, target.parent):
                 if directory not in directories and not directory.exists():
                     directory.mkdir(mode=0o750)
@@ -218,25 +283,28 @@ class _Restore:
 
     def _clear_interrupted(self) -> None:
         """What an interrupted restore left (the marker says the archive files are its own)."""
-        store = self.data / STORE
+        store = self.store
         for path in sorted(store.rglob("*"), reverse=True) if store.is_dir() else []:
             if path.is_file():
                 path.unlink()
-        for name in (_STAGED_INDEX, *_INDEX_SIDE_FILES, INDEX_NAME):
+        for name in (_STAGED_INDEX, *_STAGED_SIDE_FILES, *_INDEX_SIDE_FILES, INDEX_NAME):
             (self.data / name).unlink(missing_ok=True)
         fsync_dir(self.data)
 
 
-def _not_empty(data: Path) -> str | None:
-    """What in the data directory is not a new box's own (module docstring), or None."""
+def _not_empty(data: Path, store: Path) -> str | None:
+    """What in the data directory is not a new box's own (module docstring), or None; or the
+    stored file a store directory elsewhere holds."""
+    if store != data / STORE and (found := _stored_file(store)):
+        return found
     for entry in sorted(data.iterdir()):
         name = entry.name
         if name in _BOX_OWN or (_SERVICE_LOG.fullmatch(name) and entry.is_file()):
             continue
         if name == INDEX_NAME:
-            found = _indexed(entry)
+            found = _indexed_file(data)
         elif name == STORE:
-            found = next((f"{p} is a stored file" for p in sorted(entry.rglob("*")) if not p.is_dir()), None)
+            found = _stored_file(entry)
         elif name in ("spool", "quarantine"):  # the spool's files made ahead are empty (files.py)
             found = next((f"{p} is not empty" for p in sorted(entry.iterdir()) if p.is_dir() or p.stat().st_size),
                          None)
@@ -247,19 +315,28 @@ def _not_empty(data: Path) -> str | None:
     return None
 
 
-def _indexed(index: Path) -> str | None:
-    """Why the index at `index` is not an empty archive's, or None."""
+def _stored_file(store: Path) -> str | None:
+    if not store.is_dir():
+        return None
+    return next((f"{p} is a stored file" for p in sorted(store.rglob("*")) if not p.is_dir()), None)
+
+
+def _indexed_file(data: Path) -> str | None:
+    """Why the SQLite index in the data directory is not an empty archive's, or None."""
+    index = data / INDEX_NAME
     try:
-        with read_only(index) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            counts = {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (own names)
-                      for table in ("instance", "commitment_request") if table in tables}
-    except sqlite3.Error as exc:
+        with read_only("", data) as db:
+            return _indexed(db, str(index))
+    except (PeeweeException, OSError) as exc:
         return f"{index} cannot be read ({exc})"
-    if counts.get("instance"):
-        return f"{index} holds {counts['instance']} instances"
-    if counts.get("commitment_request"):
-        return f"{index} holds {counts['commitment_request']} storage commitment requests"
+
+
+def _indexed(db: Database, where: str) -> str | None:
+    """Why the index `db` (named `where`) is not an empty archive's, or None."""
+    tables = set(db.get_tables())
+    for model, what in ((Instance, "instances"), (CommitmentRequest, "storage commitment requests")):
+        if model._meta.table_name in tables and (count := model.select().count(db)):
+            return f"{where} holds {count} {what}"
     return None
 
 

@@ -1,60 +1,64 @@
-"""What the archive holds, in numbers: for `service-tool status`, with the service up or down (TL-07).
+"""What the archive holds, in numbers, and which index holds it: for `service-tool status`, with
+the service up or down (TL-07).
 
-Plain read-only SQL on the index file, so the daemon and the tool (which must not migrate or
-write the index) count the same way.
+The same peewee queries on either backend (IX-01), run on the database they are handed: the
+running service's own index, or, in the tool with the service stopped, a read-only connection
+(db.read_only), which must not migrate or write the index.
 """
 
 from __future__ import annotations
 
 import datetime
-import sqlite3
 from pathlib import Path
 
+from peewee import Database, PeeweeException, fn
+
 from appliance.config.model import Storage
-from appliance.store import INDEX_NAME, watermarks
+from appliance.store import dialect, watermarks
+from appliance.store.db import Index, describe, first_line, read_only
+from appliance.store.models import CommitmentRequest, Instance, Patient, Series, Study
+from appliance.store.node import known_node_id
 
-_COUNTS = {
-    "patients": "SELECT COUNT(*) FROM patient",
-    "studies": "SELECT COUNT(*) FROM study",
-    "series": "SELECT COUNT(*) FROM series",
-    "instances": "SELECT COUNT(*) FROM instance",
-    "instance_bytes": "SELECT COALESCE(SUM(size), 0) FROM instance",
-    "pending_commitment_reports": "SELECT COUNT(*) FROM commitment_request",
-}
-
-# MG-04: the ingest rate. instance.received_at is the text sqlite3 makes of peewee's UTC
-# datetime ('YYYY-MM-DD HH:MM:SS.ffffff+00:00', no fraction when it is 0), which sorts as the
-# times do; so a range and MIN on the bare column, which its index (schema 5) serves.
+# MG-04: the ingest rate, from a range and a MIN on the bare received_at column, which its
+# index (schema 5) serves on both backends; the bound is a UTC time in the column's own form.
 INGEST_DAYS = 7
-RECEIVED_SINCE = "SELECT COALESCE(SUM(size), 0) FROM instance WHERE received_at >= ?"
-FIRST_RECEIVED = "SELECT MIN(received_at) FROM instance"
 
 
-def _ingest(connection: sqlite3.Connection) -> dict:
+def _total_size():
+    """SUM of the sizes; an int (PostgreSQL's SUM of a bigint is a numeric, a Decimal)."""
+    return fn.COALESCE(fn.SUM(Instance.size), 0)
+
+
+def received_since(db: Database, since: datetime.datetime):
+    """The bytes received since `since`, as a query."""
+    return Instance.select(_total_size()).where(Instance.received_at >= dialect.of(db).timestamp(since))
+
+
+def first_received():
+    return Instance.select(fn.MIN(Instance.received_at))
+
+
+def _ingest(db: Database) -> dict:
     """Bytes received a day over the last INGEST_DAYS days; over an archive younger than that,
     over its age (since its oldest instance was received), but at least a day: a first hour's
     images would make an absurd daily rate."""
-    first = connection.execute(FIRST_RECEIVED).fetchone()[0]
+    first = first_received().scalar(db)
     if first is None:
         return {"ingest_bytes_per_day": 0.0, "ingest_days": float(INGEST_DAYS), "archive_age_days": None}
     now = datetime.datetime.now(datetime.timezone.utc)
-    age = (now - datetime.datetime.fromisoformat(first)) / datetime.timedelta(days=1)
+    age = (now - dialect.as_utc(first)) / datetime.timedelta(days=1)
     days = min(float(INGEST_DAYS), max(1.0, age))
-    since = str(now - datetime.timedelta(days=INGEST_DAYS))  # str(): the stored text's form
-    received = connection.execute(RECEIVED_SINCE, (since,)).fetchone()[0]
+    received = int(received_since(db, now - datetime.timedelta(days=INGEST_DAYS)).scalar(db))
     return {"ingest_bytes_per_day": received / days, "ingest_days": days, "archive_age_days": age}
 
 
-def archive_counts(index_path: Path) -> dict:
-    """Counts and the ingest rate from the index; raises sqlite3.Error when it cannot be read."""
-    if not index_path.exists():
-        raise sqlite3.OperationalError(f"{index_path} does not exist")
-    connection = sqlite3.connect(f"{index_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-    try:
-        return {**{name: connection.execute(sql).fetchone()[0] for name, sql in _COUNTS.items()},
-                **_ingest(connection)}
-    finally:
-        connection.close()
+def archive_counts(db: Database) -> dict:
+    """Counts and the ingest rate from the index `db`; raises PeeweeException when it cannot be read."""
+    return {"patients": Patient.select().count(db), "studies": Study.select().count(db),
+            "series": Series.select().count(db), "instances": Instance.select().count(db),
+            "instance_bytes": int(Instance.select(_total_size()).scalar(db)),
+            "pending_commitment_reports": CommitmentRequest.select().count(db),
+            **_ingest(db)}
 
 
 def _disk(directory: Path, storage: Storage, bytes_per_day: float | None) -> dict:
@@ -70,14 +74,41 @@ def _disk(directory: Path, storage: Storage, bytes_per_day: float | None) -> dic
             "days_until_full": round(left / bytes_per_day, 2) if bytes_per_day else None}
 
 
-def archive_and_disk(directory: Path, storage: Storage) -> dict:
-    """`archive` (counts, or the error that kept the index from answering) and `disk` of a data directory."""
-    try:
-        archive = archive_counts(directory / INDEX_NAME)
-    except sqlite3.Error as exc:
-        archive = {"error": str(exc)}
+def archive_and_disk(directory: Path, storage: Storage, url: str, index: Index | None = None) -> dict:
+    """`index` (backend, version, where, connected, this box's node id), `archive` (counts, or
+    the error that kept the index from answering) and `disk` of a data directory. `index`: the
+    running service's; without it the index `url` names is opened read-only."""
+    if index is not None:
+        described = index.describe()
+        try:
+            archive = archive_counts(index.db)
+        except PeeweeException as exc:
+            archive = {"error": first_line(exc)}
+    else:
+        described, archive = _offline(url, directory)
+    described["node"] = known_node_id(directory)
     try:
         disk = _disk(directory, storage, archive.get("ingest_bytes_per_day"))
     except OSError as exc:
         disk = {"error": exc.strerror}
-    return {"archive": archive, "disk": disk}
+    return {"index": described, "archive": archive, "disk": disk}
+
+
+def _offline(url: str, directory: Path) -> tuple[dict, dict]:
+    try:
+        with read_only(url, directory) as db:
+            described = describe(url, directory, db)
+            try:
+                return described, archive_counts(db)
+            except PeeweeException as exc:
+                return described, {"error": first_line(exc)}
+    except (PeeweeException, OSError) as exc:  # no index file, no server
+        described = describe(url, directory) if not url else {
+            "backend": "postgresql", "where": _where(url), "version": None, "connected": False, "error": first_line(exc)}
+        return described, {"error": first_line(exc)}
+
+
+def _where(url: str) -> str:
+    from appliance.store.postgres import safe_url
+
+    return safe_url(url)

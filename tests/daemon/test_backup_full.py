@@ -10,6 +10,10 @@ Where a test must hold a process at a known point (storescu between two C-STOREs
 between its snapshot and its copy, a restore in the middle of its files), the process's stderr
 is a small pipe the test stops reading (`Held`): the kernel then holds the process in its next
 write there, so no sleep decides the timing.
+
+On both index backends (IX-01). On PostgreSQL a backup's configuration names the original's
+database, which still holds the archive: a restore onto a new box goes into an empty database
+put in its place for the restore, which the new box keeps (index_backend.set_aside).
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from pathlib import Path
 import pytest
 
 import datasets
+import index_backend as backend
 import scu
 from appliance.query.keys import KEYS, Level
 from helpers import SERVICE_TOOL, Appliance, merge, service_tool, tool, wait_for
 from query_archive import uid
+
+pytestmark = pytest.mark.index_backends
 
 NOBODY = 65534  # uid and gid of Debian's nobody and nogroup
 PIPE_SIZE = 4096  # the smallest pipe Linux makes: a held child blocks soon
@@ -75,10 +82,10 @@ def store(app: Appliance, instances, directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
+def stored(tmp_path_factory, new_index_url):
     """A stopped appliance holding `sent_instances`, with its C-FIND answers."""
     root = tmp_path_factory.mktemp("backup-full")
-    app = Appliance(root / "appliance").start()
+    app = Appliance(root / "appliance", index_url=new_index_url()).start()
     try:
         store(app, (instance(*sent) for sent in sent_instances()), root / "sent")
         app.answers = answers(app)
@@ -90,9 +97,10 @@ def stored(tmp_path_factory):
 
 @pytest.fixture
 def archive(stored, make_appliance):
-    """A stopped appliance on a copy of `stored`'s data directory."""
+    """A stopped appliance on a copy of `stored`'s data directory, and of its database."""
     app = make_appliance(start=False)
     shutil.copytree(stored.data_dir, app.data_dir)
+    backend.copy(stored, app)
     app.answers = stored.answers
     return app
 
@@ -149,16 +157,20 @@ def backup_full(app: Appliance, directory: Path, *args: str) -> tuple[subprocess
 
 
 _new_boxes: list[Appliance] = []
+_restored_databases: list[str] = []  # URLs of the databases restores filled (PostgreSQL)
 
 
 @pytest.fixture(autouse=True)
 def stop_new_boxes():
-    """The boxes a test made with new_box and started are stopped when it ends, passed or failed."""
+    """The boxes a test made with new_box and started are stopped when it ends, passed or failed,
+    and the databases its restores filled are dropped."""
     yield
     while _new_boxes:
         box = _new_boxes.pop()
         if box.proc is not None and box.proc.poll() is None:
             assert box.stop() == 0, box.log()
+    while _restored_databases:
+        backend.drop(_restored_databases.pop())
 
 
 def new_box(root: Path) -> Appliance:
@@ -169,12 +181,40 @@ def new_box(root: Path) -> Appliance:
     return app
 
 
+def backed_up_index_url(directory: Path) -> str:
+    """The `[index] url` of the configuration in DIR's backup ("" for SQLite, or no backup)."""
+    try:
+        config = tomllib.loads((directory / manifest(directory)["config"]).read_text())
+    except (OSError, ValueError, KeyError):
+        return ""
+    return config.get("index", {}).get("url", "")
+
+
+@contextlib.contextmanager
+def restoring_into_a_new_database(directory: Path):
+    """On PostgreSQL, the block's restores of DIR go into an empty database in place of the one
+    the backed-up configuration names (the original's); the URL of the one they filled is
+    yielded, and dropped at the end of the test. "" on SQLite."""
+    url = backed_up_index_url(directory)
+    name = f"restored_{len(_restored_databases) + 1}_{os.getpid()}"
+    with backend.set_aside(url, name) as restored:
+        if restored:
+            _restored_databases.append(restored)
+        yield restored
+
+
 def restore(app: Appliance, directory: Path, *args: str) -> subprocess.CompletedProcess:
-    """`service-tool restore DIR --data-dir` onto `app`, whose `config` becomes the written one."""
-    result = service_tool(app.config_path, "restore", str(directory), "--data-dir", str(app.data_dir), *args,
-                          timeout=120)
+    """`service-tool restore DIR --data-dir` onto `app`, whose `config` becomes the written one
+    (on PostgreSQL naming the database the restore filled: restoring_into_a_new_database)."""
+    with restoring_into_a_new_database(directory) as restored:
+        result = service_tool(app.config_path, "restore", str(directory), "--data-dir", str(app.data_dir), *args,
+                              timeout=120)
     if result.returncode == 0:
         app.config = tomllib.loads(app.config_path.read_text())
+        if restored:
+            app.config["index"]["url"] = restored
+            app.write_config(app.config)
+        app.index_url = restored
     return result
 
 
@@ -512,6 +552,8 @@ def test_restore_refuses_a_data_directory_that_is_not_empty(archive, tmp_path, c
     box = new_box(tmp_path / "box")
     if content == "archive":
         shutil.copytree(archive.data_dir, box.data_dir)
+        if backend.is_postgresql(archive):  # its index is in the database: what is there is its files
+            named = f"{min(p.relative_to(box.data_dir) for p in box.data_dir.glob('store/*/*.dcm'))} is a stored file"
     else:
         path = box.data_dir / ("notes.txt" if content == "other file" else named.split()[0])
         path.parent.mkdir(parents=True)
@@ -573,9 +615,10 @@ def test_an_interrupted_restore_keeps_the_service_off_until_a_restore_completes(
     directory.mkdir()
     assert backup_full(archive, directory)[0].returncode == 0
     box = new_box(tmp_path / "box")
-    restoring = held_mid_copy(tool_args(box.config_path, "restore", str(directory), "--data-dir", str(box.data_dir),
-                                        "--progress-every", "1"))
-    restoring.kill()
+    with restoring_into_a_new_database(directory):
+        restoring = held_mid_copy(tool_args(box.config_path, "restore", str(directory), "--data-dir",
+                                            str(box.data_dir), "--progress-every", "1"))
+        restoring.kill()
     assert (box.data_dir / "restore-incomplete").exists() and not (box.data_dir / "index.sqlite").exists()
     assert 3 <= len(list(box.data_dir.rglob("*.dcm"))) < 200
     box.write_config(box.config)  # the restore had not written one yet
@@ -610,6 +653,7 @@ def test_an_interrupted_backup_leaves_the_previous_one(archive, tmp_path):
     copied = {str(p.relative_to(directory)) for p in (directory / "store").rglob("*.dcm")} - set(first["files"])
     assert 3 <= len(copied) < 200
     assert manifest(directory) == first
+    assert archive.stop() == 0  # on PostgreSQL its database is set aside for the restore
     box = new_box(tmp_path / "box")
     result = restore(box, directory)
     assert result.returncode == 0, result.stderr
@@ -672,6 +716,7 @@ def test_a_backup_into_a_full_disk_fails_and_keeps_the_previous_backup(archive, 
             assert ": No space left on device (the disk is full); " in message
         assert message.endswith(f"; {directory} holds the previous backup as it was")
         assert listing(directory) == before
+        assert archive.stop() == 0  # on PostgreSQL its database is set aside for the restore
         box = new_box(tmp_path / "box")
         restored = restore(box, directory)
         assert restored.returncode == 0, restored.stderr
@@ -755,6 +800,78 @@ def test_an_empty_archive_backs_up_and_restores(make_appliance, tmp_path):
     assert restored.returncode == 0, restored.stderr
     box.start()
     assert box.index_rows("SELECT COUNT(*) FROM instance") == [(0,)]
+
+
+@pytest.mark.index_backends("postgresql")  # SQLite's index file is the data directory's (tested above)
+def test_restore_into_a_database_that_holds_an_archive_is_refused(archive, tmp_path):
+    """IX-01: on PostgreSQL the restore goes into the database the backed-up configuration names,
+    which must hold no archive: here the original's, still holding it."""
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    assert backup_full(archive, directory)[0].returncode == 0
+    box = new_box(tmp_path / "box")
+    rows = archive.index_rows("SELECT id, path FROM instance ORDER BY id")
+
+    refused = service_tool(box.config_path, "restore", str(directory), "--data-dir", str(box.data_dir))
+
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (f"restore refused: the index database {archive.index_url} holds 10 instances. "
+                              "A restore goes into an empty archive only\n")
+    assert not box.data_dir.exists() and not box.config_path.exists()
+    assert archive.index_rows("SELECT id, path FROM instance ORDER BY id") == rows
+
+
+@pytest.mark.index_backends("postgresql")
+def test_reindex_and_restore_are_refused_while_another_box_is_connected(archive, make_appliance, tmp_path):
+    """IX-02: two boxes share one PostgreSQL index. While the other box serves it, a full backup
+    works, but reindex and restore, which replace the index's content, are refused, naming where
+    the other box connects from; nothing is changed. Once it stops, reindex works, and the other
+    box, started during the reindex, waits to open the index until it is done. (SQLite: one box
+    per index, its data directory's lock, tested above.)"""
+    other = make_appliance({"index": {"url": archive.index_url}}, name="other")
+    rows = archive.index_rows("SELECT id, path, received_at FROM instance ORDER BY id")
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    assert backup_full(archive, directory)[0].returncode == 0
+    refusal = (rf"the index database {re.escape(archive.index_url)} is in use by the appliance service of other "
+               r"boxes, connected from 127\.0\.0\.1 \(\d+ connections?\); stop the service on every box that shares "
+               r"it first\n")
+
+    reindex = service_tool(archive.config_path, "reindex")
+
+    assert (reindex.returncode, reindex.stdout) == (1, "")
+    assert re.fullmatch("reindex refused: " + refusal, reindex.stderr), reindex.stderr
+    assert not list(archive.data_dir.glob("index.sqlite*"))
+
+    box = new_box(tmp_path / "box")
+    restored = service_tool(box.config_path, "restore", str(directory), "--data-dir", str(box.data_dir))
+
+    assert (restored.returncode, restored.stdout) == (1, "")
+    assert re.fullmatch("restore refused: " + refusal, restored.stderr), restored.stderr
+    assert not box.data_dir.exists() and not box.config_path.exists()
+    assert archive.index_rows("SELECT id, path, received_at FROM instance ORDER BY id") == rows
+
+    # Once it stops, reindex runs; the other box, started meanwhile, waits for it to open the index.
+    assert other.stop() == 0
+    reindexing = Held(tool_args(archive.config_path, "reindex", "--json", "--progress-every", "1"), filled=True)
+    try:
+        reindexing.hold("the reindex's first progress line")
+        other.spawn()
+        wait_for(lambda: other.index_rows("SELECT wait_event FROM pg_stat_activity WHERE application_name = "
+                                          "'appliance' AND datname = current_database()") == [("advisory",)],
+                 "the other box to wait for the index")
+        code, out = reindexing.finish()
+    finally:
+        if reindexing.proc.poll() is None:
+            reindexing.kill()
+    assert code == 0, reindexing.text()
+    assert json.loads(out)["carried_instances"] == 10
+    assert sorted(archive.index_rows("SELECT path, received_at FROM instance")) == sorted(r[1:] for r in rows)
+    other.wait_notify("READY=1", 60)
+    # Later inserts get new ids: the sequences went past the copied rows.
+    store(other, [instance("S906", "S906.1", 1, {"patient_name": "After^Reindex", "patient_id": "PID-AFTER"})],
+          tmp_path / "after")
+    assert other.index_rows("SELECT COUNT(*) FROM instance") == [(11,)]
 
 
 def test_help():

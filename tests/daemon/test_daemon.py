@@ -4,8 +4,10 @@ refusal to start (bad configuration, port in use), IPv6 loopback. Real daemon, r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -286,3 +288,40 @@ def test_associations_leave_no_descriptors_or_threads_behind(appliance):
                  f"descriptors and threads back to {before}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; now {counts()}") from None
+
+
+@pytest.mark.index_backends
+def test_the_postgresql_driver_is_loaded_only_for_a_postgresql_index(appliance, index_backend):
+    """IX-01 and the peak RSS target (docs/performance.md): peewee would load psycopg (16 MiB)
+    into every daemon; a box whose index is SQLite does without it."""
+    maps = Path(f"/proc/{appliance.proc.pid}/maps").read_text()
+    assert ("psycopg" in maps) == (index_backend == "postgresql")
+
+
+def test_a_store_dir_on_another_file_system_than_the_spool_is_refused(make_appliance, tmp_path):
+    """IX-02: a stored file and its spool name (in storage.data_dir) are hard links of one file,
+    so storage.store_dir must be on the data directory's file system: a store on another one
+    (here a tmpfs) keeps the service from starting, with a line naming the key."""
+    store = tmp_path / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(store)], check=True)
+    try:
+        app = make_appliance({"storage": {"store_dir": str(store)}}, start=False)
+        assert app.run_to_exit() == 1
+        assert re.search(rf"ERROR appliance.daemon: cannot start: storage.store_dir {store} is on another file "
+                         r"system than the spool", app.log()), app.log()
+        assert not any(store.iterdir())  # nothing was made there
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
+
+
+def test_a_store_dir_that_is_not_there_is_refused_not_made(make_appliance, tmp_path):
+    """IX-02: storage.store_dir names a shared file system; made by the service when it is not
+    mounted, it would be a directory on the local disk under the mount point."""
+    share = tmp_path / "share"  # the mount point, with nothing mounted
+    share.mkdir()
+    app = make_appliance({"storage": {"store_dir": str(share / "store")}}, start=False)
+    assert app.run_to_exit() == 1
+    assert (f"ERROR appliance.daemon: cannot start: storage.store_dir {share / 'store'} is not a directory "
+            "(is the shared file system mounted?)") in app.log()
+    assert not any(share.iterdir())

@@ -14,9 +14,6 @@ import postgres
 
 pytestmark = pytest.mark.index_backends
 
-created: dict[str, list[str]] = {}  # backend -> index URLs test_each_appliance_gets_its_own_database made
-
-
 def test_the_backend_is_a_parameter_of_the_test(index_backend, request):
     assert request.node.callspec.params["index_backend"] == index_backend
     assert request.node.name.endswith(f"[{index_backend}]")
@@ -25,7 +22,6 @@ def test_the_backend_is_a_parameter_of_the_test(index_backend, request):
 
 def test_each_appliance_gets_its_own_database(make_appliance, index_backend, request):
     first, second = make_appliance(start=False, name="first"), make_appliance(start=False, name="second")
-    created[index_backend] = [first.index_url, second.index_url]
     for app in first, second:
         assert tomllib.loads(app.config_path.read_text()).get("index", {}).get("url", "") == app.index_url
     if index_backend == "sqlite":
@@ -40,9 +36,10 @@ def test_each_appliance_gets_its_own_database(make_appliance, index_backend, req
         assert (app.index_url.endswith(f"/{database}"), text) == (True, "a?%")
 
 
-def test_the_databases_of_a_test_are_dropped_after_it(index_backend):
-    if index_backend not in created:
-        pytest.skip("test_each_appliance_gets_its_own_database was not run")
-    for url in filter(None, created[index_backend]):
-        with pytest.raises(psycopg.OperationalError, match="does not exist"):
-            postgres.connect(url).close()
+@pytest.mark.postgresql
+def test_a_database_is_dropped_when_its_appliance_is_done(postgres_cluster):
+    """What the appliance fixtures use (conftest.index_url): one database each, gone afterwards."""
+    with postgres_cluster.database() as url:
+        postgres.connect(url).close()
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        postgres.connect(url).close()

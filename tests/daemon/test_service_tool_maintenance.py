@@ -4,6 +4,8 @@ One appliance stores a small archive whose index values depend on arrival order 
 coerced for a second name, EL-06), on the policy (a default Accession Number, EL-02) and on a
 duplicate SOP Instance UID (ST-17); each reindex test works on a copy of its data directory
 and compares the rebuilt index, or the daemon's C-FIND answers from it, with the original's.
+On both index backends (IX-01): on PostgreSQL the copy of the data directory comes with a copy
+of the original's database.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 import pytest
 
 import datasets
+import index_backend as backend
 import scu
 from helpers import Appliance, service_tool, tool, wait_for
 from query_archive import uid
+
+pytestmark = pytest.mark.index_backends
 
 NOBODY = 65534  # uid and gid of Debian's nobody and nogroup
 POLICY = {"storage_scp": {"default_values": {"accession_number": "NOACC"}}}
@@ -83,10 +88,10 @@ def instance_rows(app: Appliance) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
+def stored(tmp_path_factory, new_index_url):
     """A stopped appliance that stored `sent_instances`, with its C-FIND answers and index rows."""
     root = tmp_path_factory.mktemp("maintenance")
-    app = Appliance(root / "appliance", POLICY).start()
+    app = Appliance(root / "appliance", POLICY, index_url=new_index_url()).start()
     try:
         with scu.association(app.storage_port, app.storage_title, calling="MODALITY1") as assoc:
             for n, (name, ds) in enumerate(sent_instances()):
@@ -104,9 +109,10 @@ def stored(tmp_path_factory):
 
 @pytest.fixture
 def archive(stored, make_appliance):
-    """A stopped appliance on a copy of `stored`'s data directory (file times kept)."""
+    """A stopped appliance on a copy of `stored`'s data directory (file times kept), and of its database."""
     app = make_appliance(POLICY, start=False)
     shutil.copytree(stored.data_dir, app.data_dir)
+    backend.copy(stored, app)
     return app
 
 
@@ -123,8 +129,7 @@ def aside_of(directory: Path) -> list[Path]:
 
 
 def test_reindex_rebuilds_a_lost_index_that_answers_as_before(archive, stored):
-    for path in index_files(archive):
-        path.unlink(missing_ok=True)
+    backend.lose(archive)  # on PostgreSQL: a new, empty database
 
     result = run(archive, "reindex", "--json", "--progress-every", "3")
 
@@ -158,18 +163,19 @@ def test_reindex_run_by_root_leaves_the_archive_to_the_services_user(archive, tm
         for path in [directory, *directory.rglob("*")]:
             os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
         config = tmp_path / "owned.toml"
-        config.write_text(f'[storage]\ndata_dir = "{directory}"\n')
+        config.write_text(f'[storage]\ndata_dir = "{directory}"\n[index]\nurl = "{archive.index_url}"\n')
 
         result = service_tool(config, "reindex")
 
         assert result.returncode == 0, result.stderr
-        assert aside_of(directory)  # a new index was made
+        assert aside_of(directory)  # a new index was made (on PostgreSQL: the old content kept)
         assert {(path.name, path.stat().st_uid, path.stat().st_gid) for path in directory.rglob("*")
                 if (path.stat().st_uid, path.stat().st_gid) != (NOBODY, NOBODY)} == set()
     finally:
         shutil.rmtree(outside)
 
 
+@pytest.mark.index_backends("sqlite")  # an index file's damage
 def test_reindex_over_a_corrupted_index_keeps_it_aside(archive, stored):
     garbage = os.urandom(8192)
     index_files(archive)[0].write_bytes(garbage)
@@ -191,10 +197,11 @@ def test_reindex_over_a_readable_index_carries_over_what_the_files_lack(archive,
     """Received time, calling AE, the ST-17 UID and a pending commitment report (SC-24)."""
     commitment = ("1.2.3.4", "MODALITY1", "2026-01-01 10:00:00+00:00", f'[["{datasets.CT}", "{DUPLICATE}"]]',
                   "[]", 1, 1767261600.0)
-    with closing(sqlite3.connect(index_files(archive)[0])) as db, db:
-        db.execute("INSERT INTO commitment_request (transaction_uid, requester, received_at, committed, failed, "
-                   "attempts, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)", commitment)
-    old_inode = index_files(archive)[0].stat().st_ino
+    backend.execute(archive, "INSERT INTO commitment_request (transaction_uid, requester, received_at, committed, "
+                             "failed, attempts, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)", *commitment)
+    as_read = archive.index_rows("SELECT transaction_uid, requester, received_at, committed, failed, attempts, "
+                                 "next_attempt FROM commitment_request")
+    old_inode = index_files(archive)[0].stat().st_ino if not backend.is_postgresql(archive) else None
 
     result = run(archive, "reindex", "--json")
 
@@ -204,23 +211,34 @@ def test_reindex_over_a_readable_index_carries_over_what_the_files_lack(archive,
     assert summary["old_index_unreadable"] == ""
     assert instance_rows(archive) == stored.rows
     assert archive.index_rows("SELECT transaction_uid, requester, received_at, committed, failed, attempts, "
-                              "next_attempt FROM commitment_request") == [commitment]
+                              "next_attempt FROM commitment_request") == as_read
     [kept] = aside(archive)
-    assert str(kept) == summary["old_index"] and kept.stat().st_ino == old_inode
+    assert str(kept) == summary["old_index"]
+    if old_inode is not None:  # SQLite: the old file itself
+        assert kept.stat().st_ino == old_inode and as_read == [commitment]
+    else:  # PostgreSQL: its content as it was, in an SQLite file with this release's schema
+        with closing(sqlite3.connect(f"file:{kept}?mode=ro", uri=True)) as db:
+            assert db.execute("SELECT transaction_uid, requester, received_at FROM commitment_request").fetchall() \
+                == [commitment[:3]]
+            assert sorted(db.execute("SELECT path, sop_instance_uid, file_sop_instance_uid, calling_ae "
+                                     "FROM instance").fetchall()) == [(r[0], r[1], r[2], r[4]) for r in stored.rows]
     assert not any(p.exists() for p in index_files(archive)[1:])
 
 
-def test_reindex_is_refused_while_the_service_runs(archive):
+def test_reindex_is_refused_while_the_service_runs(archive, stored):
     archive.start()
     listing = sorted(p.name for p in archive.data_dir.iterdir())
-    digest = hashlib.sha256(index_files(archive)[0].read_bytes()).hexdigest()
+    digest = None if backend.is_postgresql(archive) else \
+        hashlib.sha256(index_files(archive)[0].read_bytes()).hexdigest()
 
     result = run(archive, "reindex")
 
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.startswith(f"reindex refused: {archive.data_dir} is in use by the appliance service (pid ")
     assert sorted(p.name for p in archive.data_dir.iterdir()) == listing
-    assert hashlib.sha256(index_files(archive)[0].read_bytes()).hexdigest() == digest
+    assert instance_rows(archive) == stored.rows
+    if digest is not None:
+        assert hashlib.sha256(index_files(archive)[0].read_bytes()).hexdigest() == digest
 
 
 def test_unreadable_files_are_reported_and_left_in_place(archive, stored):
@@ -270,8 +288,7 @@ def test_interrupted_placement_is_indexed_as_recovery_would_keep_it(archive, sto
     assert result.returncode == 0, result.stderr
     assert {k: json.loads(result.stdout)[k] for k in ("files", "instances", "unacknowledged")} == {
         "files": 9, "instances": 8, "unacknowledged": 1}
-    for path in index_files(archive):
-        path.unlink(missing_ok=True)
+    backend.lose(archive)
 
     result = run(archive, "reindex", "--json")
 

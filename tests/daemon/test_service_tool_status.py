@@ -1,5 +1,5 @@
 """`service-tool status|config diff` and the control socket they use (TL-07, LG-09); `logs` is in
-test_service_tool_logs.py."""
+test_service_tool_logs.py. On both index backends (IX-01)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ import pytest
 from pynetdicom.presentation import build_context
 
 import datasets
+import index_backend as backend
 import pdus
 import scu
-from appliance.store import summary
-from appliance.store.db import SqliteIndex
+from appliance.store import dialect, summary
+from appliance.store.db import open_index
 from commitment_peer import SCPM, n_action
 from commitment_peer import request as commitment_request
 from destinations import move, move_contexts, move_identifier
-from helpers import fill_until_percent, free_port, percent_free, service_tool, wait_for
+from helpers import Appliance, fill_until_percent, free_port, percent_free, service_tool, wait_for
 from query_archive import populate, uid
+
+pytestmark = pytest.mark.index_backends
 
 
 def status(app) -> tuple[int, dict]:
@@ -129,13 +132,14 @@ def test_the_requesters_mistakes_are_not_errors_of_the_service(make_appliance, t
 
 def received_days_ago(app, *ages: float) -> None:
     """Set the instances' reception (in the order stored) to that many days ago, in the stopped
-    appliance's index, written as the service writes it (str() of a UTC datetime)."""
+    appliance's index, written as the service writes it (SQLite: str() of a UTC datetime;
+    PostgreSQL: a UTC timestamp)."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    with contextlib.closing(sqlite3.connect(app.data_dir / "index.sqlite")) as db, db:
-        ids = [row[0] for row in db.execute("SELECT id FROM instance ORDER BY id")]
-        assert len(ids) == len(ages)
-        db.executemany("UPDATE instance SET received_at = ? WHERE id = ?",
-                       [(str(now - datetime.timedelta(days=age)), id_) for age, id_ in zip(ages, ids)])
+    ids = [row[0] for row in app.index_rows("SELECT id FROM instance ORDER BY id")]
+    assert len(ids) == len(ages)
+    form = dialect.PostgresDialect.timestamp if backend.is_postgresql(app) else dialect.SqliteDialect.timestamp
+    backend.executemany(app, "UPDATE instance SET received_at = ? WHERE id = ?",
+                        [(form(now - datetime.timedelta(days=age)), id_) for age, id_ in zip(ages, ids)])
 
 
 def test_status_shows_free_space_watermarks_ingest_rate_and_days_until_full(small_disk, tmp_path):
@@ -149,8 +153,10 @@ def test_status_shows_free_space_watermarks_ingest_rate_and_days_until_full(smal
     with scu.association(app.storage_port) as assoc:
         assert [scu.send_file(assoc, path) for path in paths] == [0x0000] * 3
     rows = app.index_rows("SELECT path, received_at FROM instance ORDER BY id")
-    # The text form the SQL's range on received_at relies on (peewee's UTC datetime via sqlite3).
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00", at) for _, at in rows), rows
+    if backend.is_postgresql(app):  # a naive UTC timestamp
+        assert all(isinstance(at, datetime.datetime) and at.tzinfo is None for _, at in rows), rows
+    else:  # the text form the range on received_at relies on (peewee's UTC datetime via sqlite3)
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00", at) for _, at in rows), rows
     sizes = [(app.data_dir / "store" / path).stat().st_size for path, _ in rows]
 
     def check(report: dict, bytes_per_day: float, days: float) -> None:
@@ -209,15 +215,74 @@ def test_status_shows_free_space_watermarks_ingest_rate_and_days_until_full(smal
                      service_tool(app.config_path, "status").stdout, re.M)
 
 
-def test_the_ingest_rate_searches_the_index_on_received_at(tmp_path):
-    """MG-04: the ingest rate's SQL is a range and a MIN on the bare received_at column, so the
-    index schema 5 has on it is searched instead of the instance table scanned (SQLite's own
-    plan, on a real index file)."""
-    SqliteIndex(tmp_path / "index.sqlite").close()
-    with contextlib.closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
-        for sql, parameters in ((summary.RECEIVED_SINCE, ("2026-01-01 00:00:00+00:00",)), (summary.FIRST_RECEIVED, ())):
-            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)]
-            assert plan and all(line.startswith("SEARCH") and "received_at" in line for line in plan), plan
+def test_the_ingest_rate_searches_the_index_on_received_at(make_appliance):
+    """MG-04: the ingest rate's queries are a range and a MIN on the bare received_at column,
+    with the bound in the column's own form, so the index schema 5 has on it is searched
+    instead of the instance table scanned (the backend's own plan, on a real index)."""
+    app = make_appliance(start=False)
+    app.data_dir.mkdir()
+    index = open_index(app.index_url, app.data_dir)
+    try:
+        since = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+        for query in (summary.received_since(index.db, since), summary.first_received()):
+            plan = dialect.current().plan(*query.sql())
+            searches = dialect.current().searches(plan)
+            assert searches and not dialect.current().scans(plan), plan
+            assert all("received_at" in line for line in searches), plan
+    finally:
+        index.close()
+
+
+def test_status_names_the_index_and_the_box(make_appliance, tmp_path, index_backend):
+    """IX-01, IX-02: the backend, its version, where it is (PostgreSQL's URL without its
+    password), that it answers, and this box's node id, from the service and from the tool with
+    the service stopped; the libraries line names SQLite's version only for SQLite."""
+    app = make_appliance()
+    node = (app.data_dir / "node-id").read_text().strip()
+    if index_backend == "postgresql":
+        [(version,)] = app.index_rows("SHOW server_version")
+        where = app.index_url
+        line = f"index: PostgreSQL {version}, {where}, connected; node {node}"
+    else:
+        version, where = sqlite3.sqlite_version, str(app.data_dir / "index.sqlite")
+        line = f"index: SQLite {version}, {where}; node {node}"
+    expected = {"backend": index_backend, "version": version, "where": where, "connected": True, "node": node}
+
+    code, report = status(app)
+
+    assert code == 0 and report["index"] == expected
+    assert ("SQLite " in report["libraries"]) == (index_backend == "sqlite")
+    assert ("psycopg " in report["libraries"]) == (index_backend == "postgresql")
+    assert line in service_tool(app.config_path, "status").stdout.splitlines()
+    assert app.stop() == 0
+
+    code, report = status(app)
+
+    assert code == 3 and report["index"] == expected
+    assert line in service_tool(app.config_path, "status").stdout.splitlines()
+
+
+def test_status_with_the_service_stopped_asks_the_database_server_itself(tmp_path):
+    """IX-01: a PostgreSQL index whose server does not answer: the tool says so, naming the URL
+    without its password, and an ERROR line says why; the archive's counts are unknown."""
+    port = free_port()
+    app = Appliance(tmp_path / "appliance", {"index": {"url": f"postgresql://archive:secret@127.0.0.1:{port}/pacs"}})
+    app.data_dir.mkdir()
+
+    code, report = status(app)
+
+    assert code == 3
+    where = f"postgresql://archive@127.0.0.1:{port}/pacs"
+    assert {k: v for k, v in report["index"].items() if k != "error"} == {
+        "backend": "postgresql", "version": None, "where": where, "connected": False, "node": None}
+    assert "Connection refused" in report["index"]["error"] and "\n" not in report["index"]["error"]
+    assert "secret" not in json.dumps(report)
+    lines = service_tool(app.config_path, "status").stdout.splitlines()
+    assert f"index: PostgreSQL, {where}, NOT CONNECTED; node none yet (the service names the box at its first " \
+           "start)" in lines
+    assert f"ERROR: the index database {where} does not answer: {report['index']['error']}" in lines
+    assert [line for line in lines if line.startswith("archive: ")] == [
+        f"archive: index unreadable: {report['archive']['error']}"]
 
 
 def test_control_socket_is_local_and_owner_and_group_only(make_appliance):

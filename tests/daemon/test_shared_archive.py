@@ -122,6 +122,7 @@ def make_shared(tmp_path, postgres_cluster):
         name = f"shared_{os.getpid()}_{next(_databases)}"
         url = postgres_cluster.create_database(name)
         store = tmp_path / "store"
+        store.mkdir()  # as the installer does on the share (the service never makes it)
         ports = {MODALITY: free_port(), DESTINATION: free_port()}
         nodes = {n: Appliance(tmp_path / f"node-{n.lower()}", node_config(n, store, ports, storage_scp), index_url=url)
                  for n in ("A", "B")}

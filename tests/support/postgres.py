@@ -10,6 +10,7 @@ root, so as root (the suite in CI) the server runs as Debian's `postgres` system
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import re
@@ -40,6 +41,7 @@ SETTINGS = {
 }
 DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
+_index_databases = itertools.count(1)  # names of the databases `database()` makes
 
 def bin_dir() -> Path:
     """The newest PostgreSQL installed from Debian's packages; AssertionError (a missing
@@ -215,6 +217,16 @@ class PostgresCluster:
     def connect(self, url: str | None = None, **kwargs) -> psycopg.Connection:
         """A connection to `url`, by default to the cluster's `postgres` database as superuser."""
         return connect(url or self.url(), **kwargs)
+
+    @contextlib.contextmanager
+    def database(self):
+        """The URL of a new database (`index_N`) for one appliance, dropped on leaving."""
+        name = f"index_{next(_index_databases)}"
+        url = self.create_database(name)
+        try:
+            yield url
+        finally:
+            self.drop_database(name)
 
     def create_database(self, name: str) -> str:
         """A new database as the service requires it (UTF8, collation and ctype C); its URL."""
