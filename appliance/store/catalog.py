@@ -17,7 +17,8 @@ from appliance.errors import DicomStatusError
 from appliance.query import matching
 from appliance.query.identifier import filters
 from appliance.query.keys import STUDY_ROOT, Level
-from appliance.store.models import Instance, Patient, Series, Study, StudyEdit
+from appliance.store import dialect
+from appliance.store.models import Instance, Patient, Series, Study, StudyEdit, total_size
 
 
 class BadFilter(ValueError):
@@ -85,7 +86,7 @@ def show_study(study_instance_uid: str, patient_id: str = "") -> dict:
     row = _studies().where(Study.id == study_id(study_instance_uid, patient_id)).dicts().first()
     series = (Series.select(Series.series_instance_uid, Series.series_number, Series.modality,
                             Series.series_description, fn.COUNT(Instance.id).alias("instances"),
-                            fn.COALESCE(fn.SUM(Instance.size), 0).cast("BIGINT").alias("bytes"),
+                            total_size().alias("bytes"),
                             fn.MIN(Instance.received_at).alias("first_received"),
                             fn.MAX(Instance.received_at).alias("last_received"))
               .join(Instance, JOIN.LEFT_OUTER).where(Series.study == row["id"])
@@ -107,7 +108,7 @@ def _studies():
                          Patient.patient_id, Patient.last_name, Patient.first_name, Patient.birth_date, Patient.sex,
                          fn.COUNT(Series.id.distinct()).alias("series_count"),
                          fn.COUNT(Instance.id).alias("instances"),
-                         fn.COALESCE(fn.SUM(Instance.size), 0).cast("BIGINT").alias("bytes"),
+                         total_size().alias("bytes"),
                          fn.MIN(Instance.received_at).alias("first_received"),
                          fn.MAX(Instance.received_at).alias("last_received"))
             .join(Patient).switch(Study).join(Series, JOIN.LEFT_OUTER).join(Instance, JOIN.LEFT_OUTER)
@@ -162,10 +163,6 @@ def _received_range(text: str) -> tuple[str, str]:
 
 
 def _iso(value) -> str | None:
-    """An index time as ISO 8601 with its offset: SQLite hands back text with the offset,
-    PostgreSQL a datetime without one (the column and the session are UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).isoformat()
-    return str(value).replace(" ", "T", 1)
+    """An index time as ISO 8601 with its UTC offset (`dialect.as_utc`: whichever form the
+    backend hands back)."""
+    return None if value is None else dialect.as_utc(value).isoformat()

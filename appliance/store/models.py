@@ -21,6 +21,7 @@ from peewee import (
     IntegerField,
     Model,
     TextField,
+    fn,
 )
 
 database = DatabaseProxy()
@@ -140,6 +141,12 @@ class SchemaInfo(_Base):
     # IX-02: counts deletions and moves (MG-02, MG-03); a box that sees it change forgets the
     # row ids it cached (db.Index.rows_changed).
     generation = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+
+
+def total_size():
+    """The instances' bytes as an integer on both backends (PostgreSQL's SUM of a bigint is a
+    numeric), 0 for none: `status` and `study list` count the same way."""
+    return fn.COALESCE(fn.SUM(Instance.size), 0).cast("BIGINT")
 
 
 ALL_MODELS = (Patient, Study, Series, Instance, SchemaInfo, CommitmentRequest, StudyEdit)

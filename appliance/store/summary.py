@@ -16,7 +16,7 @@ from peewee import Database, PeeweeException, fn
 from appliance.config.model import Storage
 from appliance.store import dialect, watermarks
 from appliance.store.db import Index, describe, first_line, read_only
-from appliance.store.models import CommitmentRequest, Instance, Patient, Series, Study
+from appliance.store.models import CommitmentRequest, Instance, Patient, Series, Study, total_size
 from appliance.store.node import known_node_id
 
 # MG-04: the ingest rate, from a range and a MIN on the bare received_at column, which its
@@ -24,14 +24,9 @@ from appliance.store.node import known_node_id
 INGEST_DAYS = 7
 
 
-def _total_size():
-    """SUM of the sizes; an int (PostgreSQL's SUM of a bigint is a numeric, a Decimal)."""
-    return fn.COALESCE(fn.SUM(Instance.size), 0)
-
-
 def received_since(db: Database, since: datetime.datetime):
     """The bytes received since `since`, as a query."""
-    return Instance.select(_total_size()).where(Instance.received_at >= dialect.of(db).timestamp(since))
+    return Instance.select(total_size()).where(Instance.received_at >= dialect.of(db).timestamp(since))
 
 
 def first_received():
@@ -48,7 +43,7 @@ def _ingest(db: Database) -> dict:
     now = datetime.datetime.now(datetime.timezone.utc)
     age = (now - dialect.as_utc(first)) / datetime.timedelta(days=1)
     days = min(float(INGEST_DAYS), max(1.0, age))
-    received = int(received_since(db, now - datetime.timedelta(days=INGEST_DAYS)).scalar(db))
+    received = received_since(db, now - datetime.timedelta(days=INGEST_DAYS)).scalar(db)
     return {"ingest_bytes_per_day": received / days, "ingest_days": days, "archive_age_days": age}
 
 
@@ -56,7 +51,7 @@ def archive_counts(db: Database) -> dict:
     """Counts and the ingest rate from the index `db`; raises PeeweeException when it cannot be read."""
     return {"patients": Patient.select().count(db), "studies": Study.select().count(db),
             "series": Series.select().count(db), "instances": Instance.select().count(db),
-            "instance_bytes": int(Instance.select(_total_size()).scalar(db)),
+            "instance_bytes": Instance.select(total_size()).scalar(db),
             "pending_commitment_reports": CommitmentRequest.select().count(db),
             **_ingest(db)}
 

@@ -216,7 +216,7 @@ def test_client_vanishing_mid_dataset_leaves_nothing(make_appliance, tmp_path, v
     assoc = associate(appliance.storage_port, appliance.storage_title, datasets.CT)
     assert [assoc.send_c_store(p).Status for p in earlier.values()] == [SUCCESS, SUCCESS]
     send_first_half(assoc, large)
-    wait_for(lambda: any(p.stat().st_size > 1 << 20 for p in appliance.in_flight()),
+    wait_for(lambda: appliance.in_flight(larger_than=1 << 20),
              "the partial dataset to reach the spool")
     vanish(assoc)
 

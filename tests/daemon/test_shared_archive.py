@@ -484,7 +484,7 @@ def test_a_box_killed_mid_transfer_recovers_and_the_other_serves_on(make_shared,
     with partial, open(log_path, "wb") as out:
         message = pdus.c_store(big, context_id=1)
         partial.sendall(b"".join(message[:len(message) // 2]))
-        wait_for(lambda: any(p.stat().st_size > 1 << 19 for p in a.in_flight()),
+        wait_for(lambda: a.in_flight(larger_than=1 << 19),
                  "the first part of the large data set in A's spool", WAIT)
         proc = subprocess.Popen(storescu_command(a, files, "MODALITY"), stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TCP_NODELAY": "1"})

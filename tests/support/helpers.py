@@ -343,14 +343,16 @@ class Appliance:
         journaled = {p.stem for p in spool.iterdir()} if spool.exists() else set()
         return sorted(p for p in files if p.stem not in journaled)
 
-    def in_flight(self) -> list[Path]:
-        """Spool names of files with data: instances being received, or stored with an index row
-        not flushed yet. The files the service makes ahead (empty, store/files.py) are not."""
+    def in_flight(self, larger_than: int = 0) -> list[Path]:
+        """Spool names of files with more than `larger_than` bytes: instances being received, or
+        stored with an index row not flushed yet. The files the service makes ahead (empty,
+        store/files.py) are not. Sizes are read here, once: a caller's second stat() could find
+        the name renamed into the store meanwhile."""
         found = []
         with contextlib.suppress(FileNotFoundError), os.scandir(self.data_dir / "spool") as entries:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):  # a name the service removes meanwhile
-                    if entry.stat().st_size:
+                    if entry.stat().st_size > larger_than:
                         found.append(Path(entry.path))
         return sorted(found)
 
