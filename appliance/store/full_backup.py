@@ -32,7 +32,6 @@ import datetime
 import os
 import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from peewee import PeeweeException, SqliteDatabase
 
 from appliance.config import Config, data_dir, store_dir
 from appliance.durable import fsync_dir, fsync_file
-from appliance.store import INDEX_NAME, lock
+from appliance.store import lock
 from appliance.store.backup import BackupFailed, backup
 from appliance.store.db import first_line, read_only
 from appliance.store.backup_set import (STORE, Damaged, Manifest, Unreadable, copy_verified, error_text,
@@ -54,6 +53,7 @@ _LISTED = 10  # files that could not be removed, named in the summary
 # Top-level names an earlier generation or an interrupted backup leaves (the manifest's own
 # temporary file among them): removed unless the manifest names them.
 _LEFT_BEHIND = re.compile(r"(config-\d+\.toml|index-\d+\.sqlite|\..*\.tmp)")
+SNAPSHOT = ".index-snapshot.tmp"  # the index as this backup copies it, in DIR
 
 
 class Progress(Protocol):
@@ -108,10 +108,17 @@ def back_up(config_file: Path, config: Config, directory: Path, progress: Progre
         raise BackupFailed(f"{exc}: one backup at a time") from None
     except OSError as exc:
         raise BackupFailed(f"{directory} is not writable: {error_text(exc)}") from None
+    # The index snapshot is made in DIR, under its lock: not in /tmp, which on the box is on the
+    # root slot (issue 21) and would keep a copy of the patient data after a killed backup. Its
+    # name is one _sweep removes; one a killed backup left goes first.
+    snapshot = directory / SNAPSHOT
     try:
-        with tempfile.TemporaryDirectory(prefix="appliance-backup-") as work:
+        snapshot.unlink(missing_ok=True)
+        try:
             summary = _Run(config_file, config.index.url, data, store, directory, previous, progress,
-                           verify_all).run(Path(work) / INDEX_NAME)
+                           verify_all).run(snapshot)
+        finally:
+            snapshot.unlink(missing_ok=True)
     except (BackupFailed, OSError, Damaged, PeeweeException) as exc:
         text = error_text(exc) if isinstance(exc, OSError) else first_line(exc)
         raise BackupFailed(f"{text}; {directory} holds the previous backup as it was") from None

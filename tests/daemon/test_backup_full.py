@@ -639,7 +639,7 @@ def test_an_interrupted_restore_keeps_the_service_off_until_a_restore_completes(
 def test_an_interrupted_backup_leaves_the_previous_one(archive, tmp_path):
     """kill -9 in the middle of the second backup's copy: DIR's manifest, and so the backup it
     names, are the first backup's, which restores; the next backup completes and DIR then holds
-    nothing its manifest does not name."""
+    nothing its manifest does not name, the killed run's index snapshot included."""
     directory = tmp_path / "dir"
     directory.mkdir()
     assert backup_full(archive, directory)[0].returncode == 0
@@ -653,6 +653,8 @@ def test_an_interrupted_backup_leaves_the_previous_one(archive, tmp_path):
     copied = {str(p.relative_to(directory)) for p in (directory / "store").rglob("*.dcm")} - set(first["files"])
     assert 3 <= len(copied) < 200
     assert manifest(directory) == first
+    # The killed run's index snapshot is on the backup's disk (not in /tmp, on the box's root slot).
+    assert (directory / ".index-snapshot.tmp").stat().st_size > 0
     assert archive.stop() == 0  # on PostgreSQL its database is set aside for the restore
     box = new_box(tmp_path / "box")
     result = restore(box, directory)
@@ -666,6 +668,7 @@ def test_an_interrupted_backup_leaves_the_previous_one(archive, tmp_path):
     assert (summary["generation"], summary["copied"], summary["skipped"]) == (2, 200, 10)
     assert {name for name in listing(directory) if name.startswith("store/")} == {
         name for name in manifest(directory)["files"] if name.startswith("store/")}
+    assert not (directory / ".index-snapshot.tmp").exists()
 
 
 @contextlib.contextmanager
