@@ -49,6 +49,7 @@ SYSTEM_FILES = {
     "system/sysusers.d/appliance.conf": ("usr/lib/sysusers.d/appliance.conf", 0o644),
     "system/tmpfiles.d/appliance.conf": ("usr/lib/tmpfiles.d/appliance.conf", 0o644),
     "system/journald.conf.d/50-appliance.conf": ("usr/lib/systemd/journald.conf.d/50-appliance.conf", 0o644),
+    "system/system.conf.d/50-appliance.conf": ("usr/lib/systemd/system.conf.d/50-appliance.conf", 0o644),
     "system/resolved.conf.d/50-appliance.conf": ("usr/lib/systemd/resolved.conf.d/50-appliance.conf", 0o644),
     "system/sysctl.d/60-appliance-net.conf": ("usr/lib/sysctl.d/60-appliance-net.conf", 0o644),
     "system/appliance.toml": ("usr/share/appliance/appliance.toml", 0o644),
@@ -248,10 +249,11 @@ def export_boot_files(root: Path, output: Path) -> str:
 
 def make_filesystem(root: Path, image: Path) -> None:
     """`root` as a slot's ext4 file system in `image`, written by mke2fs itself (no loop
-    device), sized to its content plus room to work in (the bundle carries it; RAUC grows it
-    to the slot, and make_disk does for the image's slot A)."""
+    device), sized to its content plus room for ext4's own (the bundle carries it; RAUC grows
+    it to the slot, and make_disk does for the image's slot A). Kept small because an update
+    writes all of it: 920 MB for a 780 MB tree takes 30 % less time to install than 1.2 GB."""
     used = int(debian.run(["du", "-sx", "--block-size=1M", str(root)], 120).split()[0])
-    size = min(int(used * 1.2) + 256, PARTITIONS[1][2])
+    size = min(int(used * 1.1) + 64, PARTITIONS[1][2])
     image.unlink(missing_ok=True)
     debian.run(["truncate", "--size", f"{size}M", str(image)], 30)
     debian.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(image)], 900)
@@ -267,7 +269,10 @@ def make_bundle(slot_fs: Path, version: str, cert: Path, key: Path, content: Pat
         f"build={time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}\n\n"
         "[image.rootfs]\nfilename=rootfs.ext4\n")
     bundle.unlink(missing_ok=True)
-    debian.run(["rauc", "bundle", f"--cert={cert}", f"--key={key}", "--mksquashfs-args=-comp zstd",
+    # zstd at level 3, not mksquashfs's 15: 1.5 s instead of 33 s for a 1.2 GB slot, for a
+    # bundle 12 % larger (269 MB instead of 240 MB; docs/performance.md).
+    debian.run(["rauc", "bundle", f"--cert={cert}", f"--key={key}",
+                "--mksquashfs-args=-comp zstd -Xcompression-level 3",
                 str(content), str(bundle)], 900)
     return bundle
 

@@ -54,8 +54,11 @@ class Entry:
 
 def kernel_command_line(slot: str) -> str:
     """The slot's root, mounted writable by the initramfs (the image's fstab has no / line: both
-    slots share it); rauc.slot tells RAUC which slot is booted."""
-    return f"root=PARTLABEL=root-{slot} rw rauc.slot={slot} {CONSOLE}"
+    slots share it); rauc.slot tells RAUC which slot is booted. panic=10: a kernel panic, or an
+    initramfs that cannot mount the root (it panics instead of waiting at its shell when panic=
+    is set), reboots after 10 s, so a slot on trial that cannot boot spends its tries and the
+    other slot boots, instead of the box hanging with nobody at its console."""
+    return f"root=PARTLABEL=root-{slot} rw rauc.slot={slot} panic=10 {CONSOLE}"
 
 
 def entry_text(slot: str, version: str) -> str:

@@ -1,7 +1,9 @@
 """The appliance image booted under QEMU (TCG: these machines have no usable KVM) from its own
 disk, as a PC boots it: UEFI firmware (Debian's OVMF), then the disk's systemd-boot, which picks
-the slot (issue 21); driven like a box on a bench: its DICOM ports forwarded to host loopback, its serial console read and typed
-into, one more forward from the guest to a DICOM peer on host loopback.
+the slot (issue 21); driven like a box on a bench: its DICOM ports forwarded to host loopback,
+its serial console read and typed into, one more forward from the guest to a DICOM peer on host
+loopback, a USB port for a stick (plugged in at power-on or while it runs, through QEMU's
+monitor).
 
 QEMU's user-mode network runs with restrict=on: the guest gets its DHCP lease from QEMU and
 reaches nothing but the forwards named here, so its NTP and DNS lookups go nowhere.
@@ -10,6 +12,7 @@ reaches nothing but the forwards named here, so its NTP and DNS lookups go nowhe
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +34,7 @@ class Guest:
 
     def __init__(self, disk: Path, forwards: dict[int, int], peer_port: int, console_log: Path,
                  stick: Path | None = None):
+        self.monitor = console_log.with_suffix(".monitor")
         netdev = ",".join(
             ["user,id=n0,restrict=on"]
             + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in forwards.items()]
@@ -40,12 +44,13 @@ class Guest:
             "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
             "-smp", "2", "-m", "1024", "-bios", str(FIRMWARE),
             "-drive", f"file={disk},if=virtio,format=raw,cache=unsafe",
-            # A USB stick with update bundles, as a second (read-only) disk.
-            *(["-drive", f"file={stick},if=virtio,format=raw,readonly=on"] if stick else []),
+            "-device", "qemu-xhci,id=usb", *(self._stick_options(stick) if stick else []),
+            "-device", "i6300esb",  # a hardware watchdog, as a PC board has
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
             # A reboot ends QEMU, and the caller powers the box on again: a warm reboot under
             # TCG took 50 s longer in the kernel than a cold start, for no finding about the box.
-            "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+            "-display", "none", "-monitor", f"unix:{self.monitor},server=on,wait=off", "-serial", "stdio",
+            "-no-reboot"]
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
@@ -78,6 +83,23 @@ class Guest:
                 self._lock.wait(min(left, 1.0))
             self._seen = found.end()
             return found
+
+    @staticmethod
+    def _stick_options(stick: Path) -> list[str]:
+        return ["-drive", f"file={stick},if=none,id=stick,format=raw,readonly=on",
+                "-device", "usb-storage,bus=usb.0,drive=stick,id=stick-port,removable=on"]
+
+    def plug_in(self, stick: Path) -> None:
+        """`stick` (a disk image) plugged into the running box's USB port, read-only."""
+        options = self._stick_options(stick)
+        with socket.socket(socket.AF_UNIX) as monitor:
+            monitor.settimeout(30)
+            monitor.connect(str(self.monitor))
+            _until_prompt(monitor)  # QEMU's greeting
+            for command in (f"drive_add 0 {options[1]}", f"device_add {options[3]}"):
+                monitor.sendall(command.encode() + b"\n")
+                said = _until_prompt(monitor)
+                assert "error" not in said.lower(), f"QEMU monitor: {command}: {said}"
 
     def type(self, text: str) -> None:
         self.process.stdin.write(text.encode())
@@ -124,3 +146,13 @@ class Guest:
         self.process.wait(30)
         self._reader.join(10)
         self._log.close()
+
+
+def _until_prompt(monitor: socket.socket) -> str:
+    """What QEMU's human monitor wrote up to its next prompt."""
+    said = b""
+    while not said.endswith(b"(qemu) "):
+        chunk = monitor.recv(4096)
+        assert chunk, f"QEMU's monitor closed; it said {said!r}"
+        said += chunk
+    return said.decode(errors="replace")

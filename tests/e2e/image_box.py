@@ -55,12 +55,10 @@ class Box:
         self.guest = self.boot(console, stick=self.stick)
         self.logged_in = False
 
-    def shut_down(self) -> None:
-        """A clean power-off from the console."""
-        self.guest.type("systemctl poweroff\r")
-        self.logged_in = False
-        self.guest.wait_for_power_off(180)
-        self.guest.stop()
+    def plug_in(self, stick: Path) -> None:
+        """`stick` plugged into the running box's USB port; it stays in across power-ons."""
+        self.guest.plug_in(stick)
+        self.stick = stick
 
     def power_cut(self) -> None:
         """SIGKILL to QEMU: to the guest, a power cut. Its page cache is lost; what it had

@@ -2,14 +2,15 @@
 into the inactive slot, boot counting and the health check, the automatic fall-back.
 
 It goes on with conftest.py's box (image version IMAGE_VERSION, slot A) after the other
-modules: 20 instances are stored; the box is powered off and on again with a stick holding
-three bundles (built here from the same checkout: a higher version, one whose service cannot
+modules: 20 instances are stored; a USB stick is plugged into the running box, holding three
+bundles (built here from the same checkout: a higher version, one whose service cannot
 start, and the first re-signed with a key the box does not trust). Then, in order:
 - the re-signed bundle is refused, and slot B is still empty;
 - the higher version is installed into slot B, boots, answers and finds the 20 instances, and
   the health check keeps it;
-- the broken one is installed into slot A and booted: its service refuses its configuration,
-  the health check reboots it until its tries are spent, and systemd-boot goes back to slot B,
+- `update rollback` boots slot A (the image's version) again, which finds the 20 instances;
+- the broken one is installed into slot B and booted: its service refuses its configuration,
+  the health check reboots it until its tries are spent, and systemd-boot goes back to slot A,
   which answers and finds the 20 instances; `update status` names the failed attempt.
 Each install and boot is timed (docs/performance.md).
 """
@@ -28,8 +29,8 @@ import datasets
 from helpers import dcmtk
 
 from .conftest import build, signing_pair
-from .image_box import (BOOT_TIMEOUT, QUERY_PORT, QUERY_TITLE, SCU_TITLE, STORE_TITLE, Box, echo, find,
-                        first_echo)
+from .image_box import (BOOT_TIMEOUT, IMAGE_VERSION, QUERY_PORT, QUERY_TITLE, SCU_TITLE, STORE_TITLE, Box,
+                        echo, find, first_echo)
 
 pytestmark = pytest.mark.debian_tree
 
@@ -153,13 +154,9 @@ def test_twenty_instances_then_the_update_stick_plugged_in(box, stick, tmp_path)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert instances_found(box) == INSTANCES
         ensure_logged_in(box)
-        box.stick = Path(stick["image"])
-        box.shut_down()
-        box.power_on()
-        elapsed = first_echo(box.query_port, QUERY_TITLE, box.guest.started)
-        print(f"power-on to first C-ECHO (slot A): {elapsed:.1f} s")
-        ensure_logged_in(box)
-        code, said = box.guest.run(f"mount -o ro /dev/disk/by-label/UPDATES {MOUNT} && ls {MOUNT}")
+        box.plug_in(Path(stick["image"]))
+        code, said = box.guest.run(f"udevadm wait --timeout=60 /dev/disk/by-label/UPDATES && "
+                                   f"mount -o ro /dev/disk/by-label/UPDATES {MOUNT} && ls {MOUNT}")
         assert code == 0 and stick["new"] in said, said
         wait_for_health(box)
         report = status(box)
@@ -197,19 +194,37 @@ def test_an_update_boots_the_new_version_which_finds_the_archive(box, stick):
         assert box.guest.run("findmnt -no SOURCE /etc/appliance")[0] == 0
 
 
+def test_a_rollback_boots_the_previous_version_which_finds_the_archive(box):
+    with box.diagnosed():
+        ensure_logged_in(box)
+        code, said = box.guest.run("service-tool update rollback")
+        assert code == 0 and f"slot A (version {IMAGE_VERSION}) boots next" in said, said
+        assert "next boot: A" in status(box)
+        assert reboot_until_echo(box, 1) == 1
+        assert instances_found(box) == INSTANCES
+        ensure_logged_in(box)
+        assert box.guest.run("cat /usr/lib/appliance/version") == (0, f"{IMAGE_VERSION}\n")
+        wait_for_health(box)
+        report = status(box)
+        assert f"slot A: version {IMAGE_VERSION}, good" in report, report
+        assert f"slot B: version {NEW_VERSION}, good" in report, report
+        assert re.search(rf"last update: rollback of version {re.escape(IMAGE_VERSION)} into slot A .*succeeded",
+                         report), report
+
+
 def test_an_update_whose_service_cannot_start_falls_back_by_itself(box, stick):
     with box.diagnosed():
         ensure_logged_in(box)
         code, said, _ = install(box, stick["broken"])
-        assert code == 0 and "slot A" in said, said
+        assert code == 0 and "slot B" in said, said
         boots = reboot_until_echo(box, MAX_BOOTS)
         print(f"back on the previous slot after {boots} boots")
         assert boots >= 2  # the broken slot was tried, then the previous one booted
         assert instances_found(box) == INSTANCES
         ensure_logged_in(box)
-        assert box.guest.run("cat /usr/lib/appliance/version") == (0, f"{NEW_VERSION}\n")
-        assert "rauc.slot=b" in box.guest.run("cat /proc/cmdline")[1]
+        assert box.guest.run("cat /usr/lib/appliance/version") == (0, f"{IMAGE_VERSION}\n")
+        assert "rauc.slot=a" in box.guest.run("cat /proc/cmdline")[1]
         report = status(box)
-        assert f"slot A: version {BROKEN_VERSION}, bad" in report, report
-        assert re.search(rf"last update: installed of version {BROKEN_VERSION} into slot A .*failed after \d+ "
-                         r"boot\(s\), back on slot B: appliance.service failed", report), report
+        assert f"slot B: version {BROKEN_VERSION}, bad" in report, report
+        assert re.search(rf"last update: installed of version {BROKEN_VERSION} into slot B .*failed after \d+ "
+                         r"boot\(s\), back on slot A: appliance.service failed", report), report
