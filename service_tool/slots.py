@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.durable import fsync_dir, fsync_file
+
 SLOTS = ("a", "b")
 TRIES = 2  # boots an updated slot gets to pass the health check before the other slot is booted
 ENTRIES = Path("loader/entries")
@@ -93,15 +95,7 @@ def primary(esp: Path) -> str | None:
 def _rename(old: Path, new_name: str) -> None:
     if old.name != new_name:
         os.rename(old, old.with_name(new_name))
-        _sync_directory(old.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(old.parent)
 
 
 def mark_good(esp: Path, slot: str) -> bool:
@@ -133,11 +127,10 @@ def make_primary(esp: Path, slot: str, version: str, tries: int | None = TRIES) 
     path = directory / f"appliance-{priority}-{slot}{counter}.conf"
     temporary = directory / f".{slot}.tmp"
     temporary.write_text(entry_text(slot, version))
-    with open(temporary, "rb+") as file:
-        os.fsync(file.fileno())
+    fsync_file(temporary)
     os.rename(temporary, path)
     for found in others:
         if found.slot == slot:
             found.path.unlink()
-    _sync_directory(directory)
+    fsync_dir(directory)
     return path

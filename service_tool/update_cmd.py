@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from appliance.durable import fsync_dir, fsync_file
 from service_tool import slots
 
 ESP = Path(os.environ.get("APPLIANCE_ESP", "/efi"))
@@ -169,9 +170,9 @@ def copy_boot_files(root: Path, target: Path) -> None:
     for source, name in ((kernels[-1], "vmlinuz"), (root / "boot" / f"initrd.img-{release}", "initrd.img")):
         temporary = target / f".{name}.tmp"
         shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
+        fsync_file(temporary)
         os.rename(temporary, target / name)
+    fsync_dir(target)
 
 
 def carry_settings(source: Path, target: Path) -> None:

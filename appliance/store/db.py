@@ -18,7 +18,7 @@ from typing import Callable
 
 from peewee import Database, SqliteDatabase
 
-from appliance.durable import hand_over_wal_files
+from appliance.durable import fsync_dir, fsync_file, hand_over_wal_files
 from appliance.store import INDEX_NAME, coercion, models
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,9 @@ class SqliteIndex(Index):
             self.db.connection().backup(copy)
         finally:
             copy.close()
-        with open(partial, "rb+") as file:
-            os.fsync(file.fileno())
+        fsync_file(partial)
         os.replace(partial, target)
+        fsync_dir(target.parent)
         log.debug("index %s: copy at schema %d kept as %s for a rollback", self.where, version, target.name)
 
     def _restore_snapshot(self, version: int) -> bool:
@@ -255,6 +255,7 @@ class SqliteIndex(Index):
             if Path(f"{self.path}{suffix}").exists():
                 os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
         os.replace(snapshot, self.path)
+        fsync_dir(self.path.parent)
         self.db.connect()
         log.warning("index %s had schema %d, newer than this release's %d (a rollback): the copy kept before "
                     "its migration is back in use, the newer one is %s; instances received since the update "
