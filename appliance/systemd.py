@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 
 log = logging.getLogger(__name__)
 _failed: list[OSError] = []
@@ -37,3 +39,31 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
+
+
+@contextlib.contextmanager
+def keep_starting(status: str, every: float = 10.0):
+    """Around a long step of the start (an index migration on the first boot of a new
+    version): STATUS=`status`, and every `every` s the start timeout extended and the watchdog
+    fed, so that systemd neither kills a start that is working nor the health check after an
+    update (service_tool/update_cmd.py) takes it for a failed one. Nothing when not run under
+    systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        yield
+        return
+    done = threading.Event()
+
+    def keep() -> None:
+        while True:
+            fields = [f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={int(every * 3e6)}"]
+            notify(*fields, *(["WATCHDOG=1"] if watchdog_interval() else []))
+            if done.wait(every):
+                return
+
+    keeper = threading.Thread(target=keep, name="start-keeper", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join()

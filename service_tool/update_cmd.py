@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 from appliance.durable import fsync_dir, fsync_file
+from appliance.store.db import MIGRATING
 from service_tool import slots
 
 ESP = Path(os.environ.get("APPLIANCE_ESP", "/efi"))
 RECORDS = Path(os.environ.get("APPLIANCE_UPDATE_RECORDS", "/data/update"))
 VERSION_FILE = Path("/usr/lib/appliance/version")
 HEALTH_TIMEOUT = 180  # s from the health check's start for appliance.service to be READY
+MIGRATION_TIMEOUT = 4 * 3600  # s the check waits for a start that is migrating the index
 EXIT_FAILED = 1
 # The box's own settings, made on the console after its installation, copied from the running
 # slot into the slot made primary (the configuration, archive and journal are on /data).
@@ -253,28 +255,41 @@ def run_rollback(args) -> int:
 
 # --- health --------------------------------------------------------------------------------------
 
-def service_state() -> str:
-    return subprocess.run(["systemctl", "show", "-P", "ActiveState", "appliance.service"],
+def service_property(name: str) -> str:
+    return subprocess.run(["systemctl", "show", "-P", name, "appliance.service"],
                           capture_output=True, text=True).stdout.strip()
 
 
 def check_health(timeout: float) -> str | None:
     """None when appliance.service is READY and both SCP AEs answer C-ECHO; else why not."""
-    deadline = time.monotonic() + timeout
-    state = service_state()
+    if (reason := wait_until_ready(timeout)) is not None:
+        return reason
+    echoed = subprocess.run([sys.executable, "-m", "service_tool.cli", "echo", "--local"],
+                            capture_output=True, text=True, timeout=120)
+    if echoed.returncode != 0:
+        return f"C-ECHO of the box's own AEs failed: {(echoed.stdout + echoed.stderr).strip()[-300:]}"
+    return None
+
+
+def wait_until_ready(timeout: float) -> str | None:
+    """None once appliance.service is READY (active) within `timeout`; else why not. A start
+    that says it is migrating the index (the first boot of a newer version on a large archive)
+    is waited for up to MIGRATION_TIMEOUT instead."""
+    started = time.monotonic()
+    deadline = started + timeout
+    state = service_property("ActiveState")
     while state != "active":
         if state == "failed":
             said = subprocess.run(["systemctl", "show", "-P", "Result,ExecMainStatus", "appliance.service"],
                                   capture_output=True, text=True).stdout.split()
             return f"appliance.service failed ({' '.join(said)})"
-        if time.monotonic() > deadline:
-            return f"appliance.service not READY within {timeout:.0f} s (state {state})"
+        now = time.monotonic()
+        if service_property("StatusText").startswith(MIGRATING) and now < started + MIGRATION_TIMEOUT:
+            deadline = max(deadline, now + timeout)
+        if now > deadline:
+            return f"appliance.service not READY within {now - started:.0f} s (state {state})"
         time.sleep(1)
-        state = service_state()
-    echoed = subprocess.run([sys.executable, "-m", "service_tool.cli", "echo", "--local"],
-                            capture_output=True, text=True, timeout=120)
-    if echoed.returncode != 0:
-        return f"C-ECHO of the box's own AEs failed: {(echoed.stdout + echoed.stderr).strip()[-300:]}"
+        state = service_property("ActiveState")
     return None
 
 

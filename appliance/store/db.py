@@ -18,6 +18,7 @@ from typing import Callable
 
 from peewee import Database, SqliteDatabase
 
+from appliance import systemd
 from appliance.durable import fsync_dir, fsync_file, hand_over_wal_files
 from appliance.store import INDEX_NAME, coercion, models
 
@@ -93,6 +94,9 @@ def _migration_6(db) -> None:
 
 # Append-only: migration N takes the schema from version N-1 to N.
 MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
+# How the service's status (systemctl status) begins while it migrates: the update health check
+# waits for a start that says so (service_tool/update_cmd.py).
+MIGRATING = "migrating the index"
 
 
 class Index:
@@ -170,13 +174,17 @@ class Index:
         if version > len(MIGRATIONS):
             raise RuntimeError(f"index {self.where} has schema {version}, newer than this release "
                                f"({len(MIGRATIONS)}); refusing to open it")
-        if 0 < version < len(MIGRATIONS):
-            self._snapshot(version)
-        for number in range(version + 1, len(MIGRATIONS) + 1):
-            with self.db.atomic():
-                MIGRATIONS[number - 1](self.db)
-                self._set_schema_version(number)
-            self.sync()
+        if version < len(MIGRATIONS):
+            doing = (f"{MIGRATING} {self.where} from schema {version} to {len(MIGRATIONS)}" if version
+                     else f"creating the index {self.where}")
+            with systemd.keep_starting(doing):
+                if version > 0:
+                    self._snapshot(version)
+                for number in range(version + 1, len(MIGRATIONS) + 1):
+                    with self.db.atomic():
+                        MIGRATIONS[number - 1](self.db)
+                        self._set_schema_version(number)
+                    self.sync()
         if version == 0:
             log.info("index %s created (schema %d)", self.where, len(MIGRATIONS))
         elif version < len(MIGRATIONS):

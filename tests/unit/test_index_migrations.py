@@ -5,13 +5,15 @@ exactly the schema a new index has."""
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
 from peewee import IntegrityError
 
-from appliance.store.db import MIGRATIONS, SqliteIndex
+from appliance.store.db import MIGRATING, MIGRATIONS, SqliteIndex
 from helpers import RESOURCES
 from appliance.store.models import Patient, Series, Study
 
@@ -62,6 +64,25 @@ def test_the_log_says_created_for_a_new_index_and_migrated_for_an_old_one(tmp_pa
         SqliteIndex(tmp_path / "fresh.sqlite").close()  # nothing to do: nothing said
     assert [r.getMessage().split(" ", 2)[2] for r in caplog.records] == [
         f"created (schema {len(MIGRATIONS)})", f"migrated from schema 3 to {len(MIGRATIONS)}"]
+
+
+def test_a_migration_under_systemd_says_so_and_keeps_the_start_from_timing_out(tmp_path, monkeypatch):
+    """Issue 21: the first boot of a newer version migrates the index before READY. systemd
+    (its notify socket here, a real one) hears what the start is doing, with the start timeout
+    extended and the watchdog fed, so that neither it nor the update's health check kills a
+    migration that takes long on a large archive."""
+    heard = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    heard.bind(str(tmp_path / "notify"))
+    heard.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    old = released(tmp_path / "old.sqlite", 3)
+    SqliteIndex(old).close()
+    with heard:
+        fields = heard.recv(4096).decode().split("\n")
+    assert fields == [f"STATUS={MIGRATING} {old} from schema 3 to {len(MIGRATIONS)}", "EXTEND_TIMEOUT_USEC=30000000",
+                      "WATCHDOG=1"]
 
 
 def test_after_migration_4_a_uid_may_have_a_second_parent_but_never_twice_the_same(tmp_path):

@@ -7,6 +7,7 @@ import argparse
 
 import pytest
 
+from appliance.store.db import MIGRATING
 from service_tool import slots, update_cmd
 
 pytestmark = pytest.mark.unit
@@ -62,3 +63,28 @@ def test_an_empty_slot_is_shown_as_such(box):
     report = update_cmd.describe()
     assert report["slots"]["b"]["state"] == "empty" and report["slots"]["a"]["state"] == "good"
     assert report["last_update"] is None
+
+
+def states(monkeypatch, *seen: tuple[str, str]) -> None:
+    """appliance.service as systemctl would show it, one (ActiveState, StatusText) per poll: the
+    unit cannot run on a test machine's host, so its two properties are given here."""
+    polls = iter(seen)
+    current: dict[str, str] = {}
+
+    def service_property(name: str) -> str:
+        if name == "ActiveState":
+            current["ActiveState"], current["StatusText"] = next(polls)
+        return current[name]
+
+    monkeypatch.setattr(update_cmd, "service_property", service_property)
+
+
+def test_a_start_that_migrates_the_index_is_waited_for_beyond_the_timeout(monkeypatch):
+    migrating = f"{MIGRATING} /var/lib/appliance/index.sqlite from schema 6 to 7"
+    states(monkeypatch, ("activating", migrating), ("activating", migrating), ("active", "serving"))
+    assert update_cmd.wait_until_ready(timeout=0) is None
+
+
+def test_a_start_that_does_not_say_so_fails_the_check_at_the_timeout(monkeypatch):
+    states(monkeypatch, ("activating", "opening the index"))
+    assert update_cmd.wait_until_ready(timeout=0).startswith("appliance.service not READY within 0 s")
