@@ -420,13 +420,14 @@ class Link:
 
 # --- the index on PostgreSQL (IX-01): find.py's appliance-pg, store.py's service-pg ------------
 
-# On top of tests/support/postgres.SETTINGS (fsync and synchronous_commit on, as the service
-# expects of its server). shared_buffers: the tests' 32 MB suits many small clusters at once;
+# On top of tests/support/postgres.SETTINGS: fsync on (the tests' cluster runs without it), with
+# synchronous_commit on, as the service expects of its server. shared_buffers: the tests' 32 MB suits many small clusters at once;
 # a server holding an archive's index gets more (the 1M-instance index is ~0.9 GB). max_wal_size:
 # the bulk load is not checkpointed every GB (find.py checkpoints once after it).
 # pg_stat_statements and track_wal_io_timing: the evidence of what a write costs (round
 # trips, server time per statement, WAL flushes and their time), read per database.
 PG_BENCH_SETTINGS = {
+    "fsync": "on",
     "shared_buffers": "512MB",
     "max_wal_size": "4GB",
     "shared_preload_libraries": "pg_stat_statements",

@@ -3,9 +3,13 @@ own binaries (package `postgresql`, tests/run.sh installs it), a fresh cluster i
 directory, listening on 127.0.0.1 on a free port and on a unix socket in that directory only.
 
 The cluster is initialised as the service requires its database: encoding UTF8, locale C. It
-trusts every connection (loopback only, nothing in it outlives the run) and keeps fsync on: what
-the tests see survive a crash of the server is what a real server keeps. initdb refuses to run as
-root, so as root (the suite in CI) the server runs as Debian's `postgres` system user."""
+trusts every connection (loopback only, nothing in it outlives the run). It runs with fsync off:
+the tests kill the server's processes, never the machine under it, so what the server wrote is
+in the host's page cache either way, and commits still wait for the server as the service
+expects (synchronous_commit on). fsync on cost 0.18 s per test here (CREATE DATABASE and each
+commit's flush): 25 s instead of 8 s for 99 of them. The benchmarks, which measure durable
+storing, turn it on (bench/lab.py). initdb refuses to run as root, so as root (the suite in CI)
+the server runs as Debian's `postgres` system user."""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ SETTINGS = {
     "listen_addresses": "127.0.0.1",
     "max_connections": 200,  # several daemons at a time, each with its pool
     "shared_buffers": "32MB",
-    "fsync": "on",  # the default, said: durability is what the tests check
+    "fsync": "off",  # see above; bench/lab.py turns it on
     "synchronous_commit": "on",
     "full_page_writes": "on",
     "log_line_prefix": "%m [%p] %q%u@%d ",
