@@ -54,19 +54,18 @@ def stick(tmp_path_factory, signing) -> dict[str, str]:
     """A stick image (ext4, label UPDATES) with the three bundles; their names on it."""
     work = tmp_path_factory.mktemp("bundles")
     content = work / "stick"
-    output = build(content, signing, "--no-image", "--bundle", "--version", NEW_VERSION)
     overlay = work / "broken"
     for relative, text in BROKEN_FILES.items():
         (overlay / relative).parent.mkdir(parents=True, exist_ok=True)
         (overlay / relative).write_text(text)
-    build(content, signing, "--no-image", "--bundle", "--version", BROKEN_VERSION, "--overlay", str(overlay))
+    build(content, signing, ("--no-image", "--bundle", "--version", NEW_VERSION),
+          ("--no-image", "--bundle", "--version", BROKEN_VERSION, "--overlay", str(overlay)))
     intruder_cert, intruder_key = signing_pair(work, "intruder")
     resigned = subprocess.run(["rauc", "resign", f"--keyring={signing[0]}", f"--signing-keyring={intruder_cert}",
                                f"--cert={intruder_cert}",
                                f"--key={intruder_key}", str(content / f"appliance-{NEW_VERSION}.raucb"),
                                str(content / "untrusted.raucb")], capture_output=True, text=True, timeout=600)
     assert resigned.returncode == 0, resigned.stderr
-    print(output)
     for bundle in sorted(content.glob("*.raucb")):
         print(f"bundle {bundle.name}: {bundle.stat().st_size / 1e6:.0f} MB")
     image = work / "stick.img"
