@@ -50,7 +50,7 @@ class Box:
     stick: Path | None = None  # a disk image plugged in as a USB stick at the next power-on
 
     def power_on(self) -> None:
-        console = self.consoles / f"console-{len(list(self.consoles.iterdir())) + 1}.log"
+        console = self.consoles / f"console-{len(list(self.consoles.glob('console-*.log'))) + 1}.log"
         print(f"serial console: {console}")
         self.guest = self.boot(console, stick=self.stick)
         self.logged_in = False
