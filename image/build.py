@@ -18,6 +18,7 @@ The Debian tree is downloaded each time unless --cache names a directory to keep
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
@@ -184,8 +185,16 @@ def development_key(directory: Path) -> tuple[Path, Path]:
 
 
 def build_wheels(wheels: Path) -> Path:
-    """The project's wheel and its dependencies' (PyPI, or pip's cache) in `wheels`."""
-    debian.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)], 600)
+    """The project's wheel and its dependencies' (PyPI, or pip's cache) in `wheels`. setuptools
+    builds in the checkout (its build/ and .egg-info): two builds from one checkout at once (an
+    image and a bundle) take turns here, holding a lock on the checkout's directory, or one
+    removes the other's files mid-build."""
+    checkout = os.open(REPO, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(checkout, fcntl.LOCK_EX)
+        debian.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)], 600)
+    finally:
+        os.close(checkout)
     return wheels
 
 
